@@ -1,0 +1,136 @@
+//! Settings: `pegabridge.toml` (or `--config FILE`), then `PEGABRIDGE_SECTION__KEY`
+//! environment overrides; `${VAR}` in any string reads the environment. Unknown keys are
+//! errors that name the file and the key.
+
+mod env;
+
+use crate::template::expr::ExpressionFormat;
+use crate::template::variable::{pega_defaults, Variable};
+use crate::template::Plan;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+pub use env::expand;
+
+/// The file read when `--config` is not given (if it exists).
+pub const DEFAULT_FILE: &str = "pegabridge.toml";
+
+/// Everything pegabridge is configured with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The manual fields every template carries (`[[variables]]`).
+    #[serde(default = "pega_defaults")]
+    pub variables: Vec<Variable>,
+    /// Template preparation (`[templates]`).
+    #[serde(default)]
+    pub templates: TemplateSettings,
+    /// Where relative paths are resolved from: the config file's folder.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[templates]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateSettings {
+    /// The folder of templates mappings refer to.
+    pub dir: PathBuf,
+    /// The personalization expression with `%name%` and `%default%`.
+    pub expression: ExpressionFormat,
+}
+
+impl Default for TemplateSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("templates"),
+            expression: ExpressionFormat::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` names a file that is not there.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// Syntax, types, unknown keys, unset environment variables.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads `path`, or `./pegabridge.toml` when it exists, or the built-in defaults; then
+    /// applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) if !p.is_file() => return Err(ConfigError::Missing(p.to_owned())),
+            Some(p) => Some(p.to_owned()),
+            None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(figment::value::Dict::new()));
+        if let Some(file) = &file {
+            figment = figment.merge(env::ExpandEnv(Toml::file_exact(file)));
+        }
+        let overrides = Env::prefixed("PEGABRIDGE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        figment = figment.merge(env::ExpandEnv(overrides));
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.base_dir = file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for v in &self.variables {
+            if !seen.insert(v.name.as_ref()) {
+                return Err(ConfigError::Invalid(format!(
+                    "variables: `{}` is configured twice",
+                    v.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tags `prepare` writes and `check` expects.
+    pub fn plan(&self) -> Plan {
+        Plan::new(&self.variables, &self.templates.expression)
+    }
+
+    /// A configured path, resolved against the config file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// Every error figment found, one per line, each naming key and file.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let mut line = e.to_string();
+            if !e.path.is_empty() && !line.contains(&e.path.join(".")) {
+                line.push_str(&format!(" (key `{}`)", e.path.join(".")));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

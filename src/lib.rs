@@ -1,0 +1,11 @@
+//! pegabridge carries Pega's offer and interaction identifiers through email and brings every
+//! email interaction back to Pega.
+//!
+//! - [`template`]: prepares email templates with the manual-field `<meta>` tags and checks them.
+//! - [`config`]: `pegabridge.toml`, environment overrides and `${VAR}` expansion.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod template;

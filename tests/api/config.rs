@@ -1,0 +1,93 @@
+//! Configuration as users write it: file, environment overrides, `${VAR}`, unknown keys.
+
+use crate::helpers::{pegabridge, stderr, stdout};
+use std::fs;
+use std::process::Command;
+
+#[test]
+fn an_unknown_key_is_an_error_naming_the_file_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("pegabridge.toml"),
+        "[templates]\ndirr = \"x\"\n",
+    )
+    .unwrap();
+    let out = pegabridge(tmp.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("dirr"), "{err}");
+    assert!(err.contains("pegabridge.toml"), "{err}");
+    assert!(err.contains("templates"), "{err}");
+}
+
+#[test]
+fn configured_variables_and_expression_are_what_prepare_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("custom.toml"),
+        "[[variables]]\nname = \"OfferCode\"\ndefault = \"${OFFER_DEFAULT}\"\n\n[templates]\nexpression = \"[%%name%%|'%default%']\"\n",
+    )
+    .unwrap();
+    fs::write(tmp.path().join("a.html"), "<html><head></head></html>").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["--config", "custom.toml", "prepare", "a.html", "--in-place"])
+        .current_dir(tmp.path())
+        .env("OFFER_DEFAULT", "SPRING")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("a.html")).unwrap(),
+        "<html><head><meta name=\"OfferCode\" content=\"[%OfferCode%|'SPRING']\"></head></html>"
+    );
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("a.html"), "<html><head></head></html>").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["prepare", "a.html", "--in-place"])
+        .current_dir(tmp.path())
+        .env("PEGABRIDGE_TEMPLATES__EXPRESSION", "<%= %name% %>")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(tmp.path().join("a.html")).unwrap();
+    assert!(
+        text.contains("content=\"&lt;%= UniqueOfferId %>\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unset_environment_variable_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("pegabridge.toml"),
+        "[[variables]]\nname = \"X\"\ndefault = \"${PEGABRIDGE_TEST_UNSET}\"\n",
+    )
+    .unwrap();
+    let out = pegabridge(tmp.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("PEGABRIDGE_TEST_UNSET"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_config_file_given_explicitly_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = pegabridge(tmp.path(), &["--config", "nope.toml", "config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope.toml does not exist"));
+}
+
+#[test]
+fn the_example_configuration_loads() {
+    let out = pegabridge(&crate::helpers::root(), &["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("UniqueOfferId, InteractionId"));
+}

@@ -1,0 +1,115 @@
+//! Shared test helpers: the built binary, temporary folders, the default plan.
+
+use pegabridge::template::expr::ExpressionFormat;
+use pegabridge::template::variable::pega_defaults;
+use pegabridge::template::Plan;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (tests read fixtures from it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The plan the example configuration gives: UniqueOfferId/NONE and InteractionId/0.
+pub fn default_plan() -> Plan {
+    Plan::new(&pega_defaults(), &ExpressionFormat::default())
+}
+
+/// Runs the `pegabridge` binary in `dir` with no ambient configuration.
+pub fn pegabridge(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PEGABRIDGE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs")
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every template under `dir`, recursively.
+pub fn templates_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = walkdir(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "html" || e == "htm"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("readable dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Asserts that `output` is `input` with one contiguous block inserted, and that the block
+/// holds only manual-field `<meta>` tags (and, when `allow_head`, a `<head>` around them) and
+/// whitespace. Returns the block.
+pub fn inserted_block(input: &[u8], output: &[u8], allow_head: bool) -> String {
+    let prefix = input.iter().zip(output).take_while(|(a, b)| a == b).count();
+    let max_suffix = input.len().min(output.len()) - prefix;
+    let suffix = input
+        .iter()
+        .rev()
+        .zip(output.iter().rev())
+        .take(max_suffix)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert_eq!(
+        prefix + suffix,
+        input.len(),
+        "bytes of the original were changed, not only added to"
+    );
+    // The common prefix may reach into the block when the block ends like the text after
+    // it (`<meta ...>` before `</head>`): try the block shifted left by a few bytes.
+    let end = output.len() - suffix;
+    for shift in 0..=prefix.min(64) {
+        let (start, stop) = (prefix - shift, end - shift);
+        if output[stop..end] != input[start..prefix] {
+            continue;
+        }
+        let block = String::from_utf8_lossy(&output[start..stop]).into_owned();
+        if only_tags(&block, allow_head) {
+            return block;
+        }
+    }
+    panic!(
+        "inserted block holds more than meta tags: {:?}",
+        String::from_utf8_lossy(&output[prefix..end])
+    );
+}
+
+fn only_tags(block: &str, allow_head: bool) -> bool {
+    let tag = regex::Regex::new(
+        r#"^\s*<meta name="(UniqueOfferId|InteractionId)" content="[^"<]*"( /)?>\s*"#,
+    )
+    .unwrap();
+    let mut rest = block.trim().to_owned();
+    if allow_head {
+        rest = rest.replace("<head>", "").replace("</head>", "");
+    }
+    let mut tags = 0;
+    while let Some(m) = tag.find(&rest) {
+        rest = rest[m.end()..].to_owned();
+        tags += 1;
+    }
+    tags > 0 && rest.trim().is_empty()
+}

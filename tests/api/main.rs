@@ -1,0 +1,9 @@
+mod helpers;
+
+mod check_cli;
+mod config;
+mod corpus;
+mod edge_cases;
+mod golden;
+mod prepare_cli;
+mod properties;

@@ -18,10 +18,14 @@ use super::plan::Plan;
 use encoding_rs::Encoding;
 use lol_html::html_content::{ContentType, Element};
 use lol_html::{
-    comments, doctype, element, end_tag, text, AsciiCompatibleEncoding, HtmlRewriter, Settings,
+    comments, doctype, element, end_tag, AsciiCompatibleEncoding, HtmlRewriter, Settings,
 };
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::LazyLock;
+
+static HEAD_END: LazyLock<regex::bytes::Regex> =
+    LazyLock::new(|| regex::bytes::Regex::new(r"(?i-u)</head\s*>").expect("valid regex"));
 
 /// Bytes handed to the rewriter at a time (at least); small, so that it stops soon after
 /// `</head>`.
@@ -108,33 +112,12 @@ struct State {
     head_seen: bool,
     done: bool,
     placement: Option<Placement>,
-    /// Whitespace after the last line break of the text just before the current point, if the
-    /// current point starts a line (within `<head>`).
-    head_tail: Option<String>,
-    /// The same, before `<html>`'s first child.
-    html_tail: Option<String>,
-    /// The indentation of the head's first child.
-    child_indent: Option<String>,
-    /// The template's line breaks are `\r\n`.
-    crlf: bool,
-}
-
-impl State {
-    fn newline(&self) -> &'static str {
-        if self.crlf {
-            "\r\n"
-        } else {
-            "\n"
-        }
-    }
-
-    fn track(&mut self, tail: Option<String>, chunk: &str) -> Option<String> {
-        self.crlf |= chunk.contains("\r\n");
-        next_tail(tail, chunk)
-    }
+    /// The line layout where the head's first child starts (set once that child is seen).
+    first_child: Option<Line>,
 }
 
 type Shared = Rc<RefCell<State>>;
+type Output = Rc<RefCell<Vec<u8>>>;
 
 /// Rewrites `input` so that it carries every field of `plan` exactly once.
 pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
@@ -144,13 +127,24 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
         duplicates: vec![0; plan.fields().len()],
         ..State::default()
     }));
-    let mut output = Vec::with_capacity(input.len() + 256);
+    // Shared with the `</head>` handler, which reads the layout before the end tag from what
+    // was written so far (the handler must outlive the borrow of `input`).
+    let output: Output = Rc::new(RefCell::new(Vec::with_capacity(input.len() + 256)));
     let mut consumed = 0;
     {
-        let settings = settings(&state, plan, encoding);
-        let mut rewriter = HtmlRewriter::new(settings, |c: &[u8]| output.extend_from_slice(c));
+        let settings = settings(&state, &output, plan, input, encoding);
+        let sink = output.clone();
+        let mut rewriter = HtmlRewriter::new(settings, move |c: &[u8]| {
+            sink.borrow_mut().extend_from_slice(c)
+        });
+        // Cut right after each `</head>` too: the rewriter is usually done there.
+        let mut head_ends = HEAD_END.find_iter(input).map(|m| m.end()).peekable();
         while consumed < input.len() {
-            let end = chunk_end(input, consumed);
+            while head_ends.next_if(|&e| e <= consumed).is_some() {}
+            let end = head_ends
+                .peek()
+                .map_or(usize::MAX, |&e| e)
+                .min(chunk_end(input, consumed));
             rewriter.write(&input[consumed..end])?;
             consumed = end;
             if state.borrow().done {
@@ -159,6 +153,9 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
         }
         rewriter.end()?;
     }
+    let mut output = Rc::try_unwrap(output)
+        .expect("the rewriter is gone")
+        .into_inner();
     output.extend_from_slice(&input[consumed..]);
 
     let mut st = state.borrow_mut();
@@ -196,6 +193,40 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
         placement: st.placement.expect("set above"),
         encoding,
     })
+}
+
+/// How the line holding a position looks: if only spaces and tabs stand between the last line
+/// break and the position, `indent` holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Line {
+    indent: Option<String>,
+    crlf: bool,
+}
+
+impl Line {
+    /// The layout at byte `pos` of `bytes`.
+    fn at(bytes: &[u8], pos: usize) -> Self {
+        let before = &bytes[..pos.min(bytes.len())];
+        let start = before
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\t')
+            .map_or(0, |i| i + 1);
+        match start.checked_sub(1).map(|i| (i, before[i])) {
+            Some((i, b'\n')) => Self {
+                indent: Some(String::from_utf8_lossy(&before[start..]).into_owned()),
+                crlf: i > 0 && before[i - 1] == b'\r',
+            },
+            _ => Self::default(),
+        }
+    }
+
+    fn newline(&self) -> &'static str {
+        if self.crlf {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    }
 }
 
 /// The template's own line break, judged by its first one.
@@ -237,10 +268,12 @@ fn missing_tags(st: &mut State, plan: &Plan) -> Vec<String> {
 
 fn settings<'h>(
     state: &Shared,
+    output: &'h Output,
     plan: &'h Plan,
+    input: &'h [u8],
     encoding: &'static Encoding,
 ) -> Settings<'h, 'static> {
-    let [s1, s2, s3, s4, s5, s6, s7, s8, s9] = std::array::from_fn(|_| state.clone());
+    let [s1, s2, s4, s6] = std::array::from_fn(|_| state.clone());
     let plan_for_head = plan.clone();
     Settings {
         encoding: AsciiCompatibleEncoding::new(encoding).expect("charset::detect checks this"),
@@ -251,95 +284,79 @@ fn settings<'h>(
             st.xhtml |= public.to_ascii_uppercase().contains("XHTML");
             Ok(())
         })],
+        // One `*` handler dispatching on the tag name: compiling a selector costs more than
+        // the rewrite of a typical template's head, and the rewrite stops at `</head>`.
         element_content_handlers: vec![
-            element!("html", move |el| {
+            element!("*", move |el| {
                 let mut st = s2.borrow_mut();
-                st.html_seen = true;
-                st.xhtml |= el.has_attribute("xmlns");
-                Ok(())
-            }),
-            text!("html", move |t| {
-                let mut st = s3.borrow_mut();
-                if !st.head_seen && !st.done {
-                    let tail = st.html_tail.take();
-                    st.html_tail = st.track(tail, t.as_str());
-                }
-                Ok(())
-            }),
-            element!("html > *, body", move |el| {
-                let mut st = s4.borrow_mut();
-                if !st.head_seen && !st.done && el.tag_name() != "head" {
-                    let tags = missing_tags(&mut st, plan);
-                    let block = head_block(&tags, st.html_tail.as_deref(), st.newline());
-                    el.before(&block, ContentType::Html);
-                    st.placement = Some(Placement::CreatedHead);
-                    st.done = true;
-                }
-                Ok(())
-            }),
-            element!("head", move |el| {
-                let mut st = s5.borrow_mut();
-                if st.head_seen || st.done {
-                    return Ok(());
-                }
-                st.head_seen = true;
-                st.head_tail = None;
-                let (state, plan) = (s5.clone(), plan_for_head.clone());
-                if el.can_have_content() && !el.is_self_closing() {
-                    el.on_end_tag(end_tag!(move |end| {
-                        let mut st = state.borrow_mut();
-                        let tags = missing_tags(&mut st, &plan);
-                        let block = head_insertion(
-                            &tags,
-                            st.child_indent.as_deref(),
-                            st.head_tail.as_deref(),
-                            st.newline(),
-                        );
-                        end.before(&block, ContentType::Html);
-                        st.placement = Some(Placement::Head);
-                        st.done = true;
-                        Ok(())
-                    }))?;
-                }
-                Ok(())
-            }),
-            text!("head", move |t| {
-                let mut st = s6.borrow_mut();
-                if !st.done {
-                    let tail = st.head_tail.take();
-                    st.head_tail = st.track(tail, t.as_str());
-                }
-                Ok(())
-            }),
-            element!("head *", move |el| {
-                let mut st = s7.borrow_mut();
                 if st.done {
                     return Ok(());
                 }
-                start_of_child(&mut st);
-                if el.can_have_content() && !el.is_self_closing() {
-                    let state = s7.clone();
-                    el.on_end_tag(end_tag!(move |_| {
-                        state.borrow_mut().head_tail = None;
-                        Ok(())
-                    }))?;
+                match el.tag_name().as_str() {
+                    "html" if !st.html_seen => {
+                        st.html_seen = true;
+                        st.xhtml |= el.has_attribute("xmlns");
+                    }
+                    "head" if !st.head_seen => {
+                        start_head(&mut st, el, &s4, output, &plan_for_head)?
+                    }
+                    // The first element after <html> is its first child; a <body> first means
+                    // there is no head either.
+                    _ if !st.head_seen && (st.html_seen || el.tag_name() == "body") => {
+                        let tags = missing_tags(&mut st, plan);
+                        let line = Line::at(input, el.source_location().bytes().start);
+                        el.before(&head_block(&tags, &line), ContentType::Html);
+                        st.placement = Some(Placement::CreatedHead);
+                        st.done = true;
+                    }
+                    tag => {
+                        if st.head_seen && st.first_child.is_none() {
+                            st.first_child =
+                                Some(Line::at(input, el.source_location().bytes().start));
+                        }
+                        if tag == "meta" {
+                            visit_meta(&mut st, plan, el);
+                        }
+                    }
                 }
                 Ok(())
             }),
-            comments!("head", move |_| {
-                let mut st = s8.borrow_mut();
-                if !st.done {
-                    start_of_child(&mut st);
+            comments!("head", move |c| {
+                let mut st = s6.borrow_mut();
+                if !st.done && st.first_child.is_none() {
+                    st.first_child = Some(Line::at(input, c.source_location().bytes().start));
                 }
-                Ok(())
-            }),
-            element!("meta[name]", move |el| {
-                visit_meta(&mut s9.borrow_mut(), plan, el);
                 Ok(())
             }),
         ],
         ..Settings::new()
     }
+}
+
+/// The first `<head>`: tags go in when it closes.
+fn start_head(
+    st: &mut State,
+    el: &mut Element,
+    state: &Shared,
+    output: &Output,
+    plan: &Plan,
+) -> lol_html::HandlerResult {
+    st.head_seen = true;
+    if !el.can_have_content() || el.is_self_closing() {
+        return Ok(());
+    }
+    let (state, output, plan) = (state.clone(), output.clone(), plan.clone());
+    el.on_end_tag(end_tag!(move |end| {
+        let mut st = state.borrow_mut();
+        let tags = missing_tags(&mut st, &plan);
+        let written = output.borrow();
+        let closing = Line::at(&written, written.len());
+        let block = head_insertion(&tags, st.first_child.as_ref(), &closing);
+        end.before(&block, ContentType::Html);
+        st.placement = Some(Placement::Head);
+        st.done = true;
+        Ok(())
+    }))
 }
 
 /// A `<meta name>`: in the head, or anywhere in a fragment before any structure is seen.
@@ -370,46 +387,19 @@ fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element) {
     }
 }
 
-fn start_of_child(st: &mut State) {
-    if st.child_indent.is_none() {
-        st.child_indent = st.head_tail.clone();
-    }
-    st.head_tail = None;
-}
-
-/// Tracks whether the text so far ends with a line break followed by whitespace only.
-fn next_tail(tail: Option<String>, chunk: &str) -> Option<String> {
-    if chunk.is_empty() {
-        return tail;
-    }
-    match chunk.rfind('\n') {
-        Some(nl) => {
-            let after = &chunk[nl + 1..];
-            after
-                .chars()
-                .all(|c| c == ' ' || c == '\t' || c == '\r')
-                .then(|| after.trim_start_matches('\r').to_owned())
-        }
-        None if chunk.chars().all(|c| c == ' ' || c == '\t') => tail.map(|t| t + chunk),
-        None => None,
-    }
-}
-
 /// What goes right before `</head>`: one tag per line when the head is laid out in lines.
-fn head_insertion(
-    tags: &[String],
-    child_indent: Option<&str>,
-    closing: Option<&str>,
-    nl: &str,
-) -> String {
-    let Some(closing) = closing else {
+fn head_insertion(tags: &[String], first_child: Option<&Line>, closing: &Line) -> String {
+    let Some(closing_indent) = closing.indent.as_deref() else {
         return tags.concat();
     };
     if tags.is_empty() {
         return String::new();
     }
-    let child = child_indent.map_or_else(|| format!("{closing}  "), str::to_owned);
-    let first = child.strip_prefix(closing).unwrap_or(&child);
+    let nl = closing.newline();
+    let child = first_child
+        .and_then(|l| l.indent.clone())
+        .unwrap_or_else(|| format!("{closing_indent}  "));
+    let first = child.strip_prefix(closing_indent).unwrap_or(&child);
     let mut out = String::from(first);
     for (i, tag) in tags.iter().enumerate() {
         if i > 0 {
@@ -419,19 +409,39 @@ fn head_insertion(
         out.push_str(tag);
     }
     out.push_str(nl);
-    out.push_str(closing);
+    out.push_str(closing_indent);
     out
 }
 
 /// A whole `<head>` for a document that has none, placed before its first child element.
-fn head_block(tags: &[String], indent: Option<&str>, nl: &str) -> String {
-    let Some(indent) = indent else {
+fn head_block(tags: &[String], line: &Line) -> String {
+    let Some(indent) = line.indent.as_deref() else {
         return format!("<head>{}</head>", tags.concat());
     };
+    let nl = line.newline();
     let mut out = format!("<head>{nl}");
     for tag in tags {
         out.push_str(&format!("{indent}  {tag}{nl}"));
     }
     out.push_str(&format!("{indent}</head>{nl}{indent}"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Line;
+
+    #[test]
+    fn the_line_layout_is_read_back_to_the_last_line_break() {
+        let text = b"<head>\r\n\t  <title>";
+        assert_eq!(
+            Line::at(text, 11),
+            Line {
+                indent: Some("\t  ".into()),
+                crlf: true
+            }
+        );
+        assert_eq!(Line::at(b"<head><title>", 6), Line::default());
+        assert_eq!(Line::at(b"x\n<title>", 2).indent.as_deref(), Some(""));
+    }
 }

@@ -36,6 +36,27 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve Pega's triggers (POST /webhooks/NAME), previews and health.
+    Serve,
+    /// Show what a trigger would produce, per recipient, without storing or sending anything.
+    Preview(PreviewArgs),
+}
+
+/// `pegabridge preview`.
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// The mapping (mappings/NAME.toml).
+    #[arg(long)]
+    pub mapping: String,
+    /// A file holding the trigger JSON (`-` for standard input).
+    #[arg(long)]
+    pub trigger: PathBuf,
+    /// Include the whole personalized HTML.
+    #[arg(long)]
+    pub html: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// `pegabridge prepare`.
@@ -101,20 +122,126 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prepare(args) => prepare(&settings, args),
         Command::Check(args) => check(&settings, args),
-        Command::Config(ConfigCommand::Check) => {
-            println!(
-                "configuration ok: {} manual fields ({})",
-                settings.variables.len(),
-                settings
-                    .variables
-                    .iter()
-                    .map(|v| v.name.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            Ok(ExitCode::SUCCESS)
+        Command::Config(ConfigCommand::Check) => config_check(&settings),
+        Command::Serve => serve(settings),
+        Command::Preview(args) => preview(&settings, args),
+    }
+}
+
+fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let loaded = crate::http::load(settings)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let names: Vec<String> = settings
+        .variables
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    println!(
+        "configuration ok: {} manual fields ({}), {} mappings",
+        names.len(),
+        names.join(", "),
+        loaded.mappings.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = crate::http::Application::build(&settings).await?;
+        eprintln!(
+            "pegabridge listening on {} (port {})",
+            settings.server.listen,
+            app.port()
+        );
+        app.run_until_stopped(crate::http::shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {
+    let loaded = crate::http::load(settings)?;
+    let mapping = loaded
+        .mappings
+        .get(&args.mapping)
+        .with_context(|| format!("no mapping named `{}`", args.mapping))?;
+    let text = if args.trigger.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.trigger)
+            .with_context(|| format!("reading {}", args.trigger.display()))?
+    };
+    let trigger: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed JSON", args.trigger.display()))?;
+    let result = crate::broadcast::preview(
+        &settings.account,
+        &settings.plan(),
+        &settings.variables,
+        &mapping,
+        &trigger,
+        args.html,
+    );
+    let preview = match result {
+        Ok(p) => p,
+        Err(crate::broadcast::TriggerError::Invalid(errors)) => {
+            for e in errors {
+                eprintln!("invalid: {} ({}): {}", e.field, e.path, e.message);
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&preview)?),
+        Format::Text => print!("{}", render_preview(&preview)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The preview for people: aligned name/value columns per recipient, then warnings.
+fn render_preview(preview: &crate::broadcast::Preview) -> String {
+    let mut out = String::new();
+    for (i, r) in preview.recipients.iter().enumerate() {
+        out.push_str(&format!(
+            "recipient {} <{}>\n",
+            i + 1,
+            r.event.email_address
+        ));
+        let width = r
+            .manual_options
+            .keys()
+            .chain(r.meta.keys())
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
+        out.push_str("  manual options:\n");
+        for (k, v) in &r.manual_options {
+            out.push_str(&format!("    {k:<width$}  {v}\n"));
+        }
+        out.push_str("  meta tags:\n");
+        for (k, v) in &r.meta {
+            let v = v.as_str().unwrap_or_default();
+            out.push_str(&format!(
+                "    {k:<width$}  <meta name=\"{k}\" content=\"{v}\">\n"
+            ));
+        }
+        out.push_str("  event:\n");
+        let event = serde_json::to_string_pretty(&[&r.event]).unwrap_or_default();
+        for line in event.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+        for w in &r.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+        if let Some(html) = &r.html {
+            out.push_str("  html:\n");
+            out.push_str(html);
+            out.push('\n');
         }
     }
+    out
 }
 
 fn prepare(settings: &Settings, args: PrepareArgs) -> anyhow::Result<ExitCode> {

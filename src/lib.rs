@@ -6,6 +6,11 @@
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
+pub mod broadcast;
 pub mod cli;
 pub mod config;
+pub mod event;
+pub mod http;
+pub mod mapping;
+pub mod store;
 pub mod template;

@@ -1,5 +1,5 @@
-//! `${VAR}` in any string value of the configuration reads the environment (`$${` is a literal
-//! `${`). A figment provider wrapper, so file names and keys stay in error messages.
+//! `${VAR}` in any string value of the configuration reads the environment, `${VAR:-value}`
+//! with a default (`$${` is a literal `${`). A figment provider wrapper, so file names and keys stay in error messages.
 
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
@@ -60,8 +60,12 @@ pub fn expand(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String
             out.push_str("${");
             rest = tail;
         } else if let (Some(tail), Some(end)) = (after.strip_prefix("${"), after.find('}')) {
-            let name = &tail[..end - 2];
-            out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+            let inner = &tail[..end - 2];
+            let value = match inner.split_once(":-") {
+                Some((name, default)) => lookup(name).unwrap_or_else(|| default.to_owned()),
+                None => lookup(inner).ok_or_else(|| inner.to_owned())?,
+            };
+            out.push_str(&value);
             rest = &after[end + 1..];
         } else {
             out.push('$');
@@ -83,6 +87,14 @@ mod tests {
     #[test]
     fn variables_are_read_from_the_environment() {
         assert_eq!(expand("Bearer ${TOKEN}!", env).unwrap(), "Bearer s3cret!");
+    }
+
+    #[test]
+    fn a_default_after_colon_dash_is_used_when_unset() {
+        assert_eq!(
+            expand("${MISSING:-dev}/${TOKEN:-x}", env).unwrap(),
+            "dev/s3cret"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! errors that name the file and the key.
 
 mod env;
+pub mod secret;
 
 use crate::template::expr::ExpressionFormat;
 use crate::template::variable::{pega_defaults, Variable};
@@ -28,6 +29,18 @@ pub struct Settings {
     /// Template preparation (`[templates]`).
     #[serde(default)]
     pub templates: TemplateSettings,
+    /// Where mapping files are (`[mappings]`).
+    #[serde(default)]
+    pub mappings: MappingSettings,
+    /// The HTTP server (`[server]`).
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// The database (`[store]`).
+    #[serde(default)]
+    pub store: StoreSettings,
+    /// The common fields of every event (`[account]`).
+    #[serde(default)]
+    pub account: crate::event::Account,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -48,6 +61,64 @@ impl Default for TemplateSettings {
         Self {
             dir: PathBuf::from("templates"),
             expression: ExpressionFormat::default(),
+        }
+    }
+}
+
+/// `[mappings]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingSettings {
+    /// The folder of `NAME.toml` mapping files.
+    pub dir: PathBuf,
+}
+
+impl Default for MappingSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("mappings"),
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// The address to listen on.
+    pub listen: String,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long requests in flight may take to finish on shutdown, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            body_limit: 1024 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `sqlite://FILE` (relative to the config file's folder).
+    pub url: String,
+    /// SQLite `synchronous`: `normal` survives a crash of the process (SIGKILL), `full` also
+    /// survives a crash of the machine, at a lower commit rate.
+    pub synchronous: String,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://pegabridge.db".into(),
+            synchronous: "normal".into(),
         }
     }
 }

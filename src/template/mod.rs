@@ -6,6 +6,7 @@ pub mod check;
 pub mod expr;
 pub mod fields;
 pub mod plan;
+pub mod render;
 pub mod rewrite;
 pub mod variable;
 

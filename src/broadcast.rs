@@ -1,0 +1,175 @@
+//! Personal broadcasts: a trigger, through its mapping, becomes recipients, their `broadcasts`
+//! events, and (in the preview) their rendered metadata and HTML.
+
+use crate::event::{email_domain, now, Account, Common};
+use crate::mapping::apply::{apply, FieldError};
+use crate::mapping::Mapping;
+use crate::store::sqlite::NewRecipient;
+use crate::store::{Store, TriggerAnswer};
+use crate::template::render::{render, RenderError};
+use crate::template::{Plan, Variable};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The `broadcasts` event of one personal broadcast.
+pub fn broadcast_event(
+    account: &Account,
+    mapping: &Mapping,
+    recipient: &NewRecipient,
+    ids: (i64, i64, i64),
+    uuid: &str,
+) -> Common {
+    let (broadcast_id, broadcast_timestamp, customer_id) = ids;
+    let f = &mapping.file;
+    Common {
+        portal_id: account.portal_id,
+        portal_name: account.portal_name.clone(),
+        brand_id: account.brand_id,
+        brand_name: account.brand_name.clone(),
+        metric: "broadcasts".into(),
+        metric_id: 0,
+        metric_timestamp: broadcast_timestamp,
+        customer_id,
+        external_id: recipient.external_id.clone(),
+        campaign_id: f.campaign_id,
+        campaign_name: f.campaign_name.clone(),
+        campaign_object_id: f.campaign_object_id,
+        broadcast_id,
+        broadcast_timestamp,
+        broadcast_type: "MAIL".into(),
+        broadcast_event_type: f.broadcast_event_type.clone(),
+        broadcast_manual_options: recipient.manual_options.clone(),
+        sub_type: f.sub_type.clone(),
+        content_id: f.content_id,
+        content_name: f.content_name.clone(),
+        subject: f.subject.clone(),
+        email_domain: email_domain(&recipient.email),
+        mailing_type: f.mailing_type.clone(),
+        test_mailing: f.test_mailing,
+        email_address_override: false,
+        customer_email_address: recipient.email.clone(),
+        email_address: recipient.email.clone(),
+        uuid: uuid.to_owned(),
+    }
+}
+
+/// Why a trigger was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// Fields break the mapping's rules (every one of them).
+    #[error("{} field(s) break the mapping's rules", .0.len())]
+    Invalid(Vec<FieldError>),
+    /// Rendering failed (preview).
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+fn recipients(
+    mapping: &Mapping,
+    configured: &[Variable],
+    trigger: &Value,
+) -> Result<Vec<(NewRecipient, Vec<String>)>, TriggerError> {
+    let personal = apply(mapping, configured, trigger).map_err(TriggerError::Invalid)?;
+    Ok(personal
+        .into_iter()
+        .map(|p| {
+            (
+                NewRecipient {
+                    email: p.email,
+                    external_id: p.external_id,
+                    manual_options: p.manual_options,
+                    idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
+                },
+                p.warnings,
+            )
+        })
+        .collect())
+}
+
+/// Accepts a trigger: maps it and records every personal broadcast durably.
+pub async fn accept(
+    store: &Store,
+    account: &Account,
+    configured: &[Variable],
+    mapping: &Mapping,
+    trigger: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<TriggerAnswer, TriggerError> {
+    let new: Vec<NewRecipient> = recipients(mapping, configured, trigger)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let key = idempotency_key.map(|k| format!("{}:{k}", mapping.name));
+    Ok(store
+        .record_trigger(&mapping.name, key.as_deref(), &new, |r, b, ts, c, uuid| {
+            broadcast_event(account, mapping, r, (b, ts, c), uuid)
+        })
+        .await?)
+}
+
+/// One recipient in a preview.
+#[derive(Debug, Serialize)]
+pub struct PreviewRecipient {
+    /// The resolved manual options.
+    pub manual_options: Map<String, Value>,
+    /// Each configured field's `<meta>` content, rendered.
+    pub meta: Map<String, Value>,
+    /// The exact event Pega would receive (ids are 0: nothing is stored).
+    pub event: Common,
+    /// For people: defaults used, unmapped fields, unsupported constructs.
+    pub warnings: Vec<String>,
+    /// The whole personalized HTML, on request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+}
+
+/// A preview of a trigger.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub recipients: Vec<PreviewRecipient>,
+}
+
+/// Previews a trigger: nothing is stored or sent.
+pub fn preview(
+    account: &Account,
+    plan: &Plan,
+    configured: &[Variable],
+    mapping: &Mapping,
+    trigger: &Value,
+    with_html: bool,
+) -> Result<Preview, TriggerError> {
+    let mut out = Vec::new();
+    for (r, mut warnings) in recipients(mapping, configured, trigger)? {
+        let mut meta = Map::new();
+        for field in plan.fields() {
+            let rendered = render(&field.expression, &r.manual_options)?;
+            meta.insert(field.name.clone(), Value::String(rendered.html));
+        }
+        let html = if with_html {
+            let rendered = render(&mapping.template_html, &r.manual_options)?;
+            warnings.extend(rendered.warnings);
+            Some(rendered.html)
+        } else {
+            warnings.extend(crate::template::render::translate(&mapping.template_html).1);
+            None
+        };
+        let event = broadcast_event(
+            account,
+            mapping,
+            &r,
+            (0, now(), 0),
+            "00000000-0000-0000-0000-000000000000",
+        );
+        out.push(PreviewRecipient {
+            manual_options: r.manual_options,
+            meta,
+            event,
+            warnings,
+            html,
+        });
+    }
+    Ok(Preview { recipients: out })
+}

@@ -1,0 +1,63 @@
+//! The events Pega receives, with the seed's exact field names (its JSON examples are the
+//! contract). Every event shares [`Common`]; each metric adds its own fields.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The account an event comes from (`[account]`): the same on every event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Account {
+    pub portal_id: i64,
+    pub portal_name: String,
+    pub brand_id: i64,
+    pub brand_name: String,
+}
+
+/// The fields every event carries, in the order of the seed's examples.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Common {
+    pub portal_id: i64,
+    pub portal_name: String,
+    pub brand_id: i64,
+    pub brand_name: String,
+    pub metric: String,
+    pub metric_id: i64,
+    pub metric_timestamp: i64,
+    pub customer_id: i64,
+    pub external_id: String,
+    pub campaign_id: i64,
+    pub campaign_name: String,
+    pub campaign_object_id: i64,
+    pub broadcast_id: i64,
+    pub broadcast_timestamp: i64,
+    pub broadcast_type: String,
+    pub broadcast_event_type: String,
+    pub broadcast_manual_options: Map<String, Value>,
+    pub sub_type: String,
+    pub content_id: i64,
+    pub content_name: String,
+    pub subject: String,
+    pub email_domain: String,
+    pub mailing_type: String,
+    pub test_mailing: bool,
+    pub email_address_override: bool,
+    pub customer_email_address: String,
+    pub email_address: String,
+    pub uuid: String,
+}
+
+/// The domain part of an address (`email_domain`).
+pub fn email_domain(email: &str) -> String {
+    email
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Now, in Unix seconds (the seed's timestamps).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,228 @@
+//! Mappings (`mappings/NAME.toml`): where in a Pega trigger the recipients and the manual
+//! fields are, their rules, and which template and campaign the send uses. Loaded and checked
+//! once at start-up; `apply` turns a trigger into personal broadcasts.
+
+pub mod apply;
+pub mod path;
+
+use crate::config::secret::Secret;
+use crate::template::fields::{manual_fields, ManualField};
+use anyhow::Context;
+use path::FieldPath;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A mapping file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// A file in the templates folder.
+    pub template: String,
+    /// The subject of the send.
+    pub subject: String,
+    /// Campaign fields of every event.
+    pub campaign_id: i64,
+    pub campaign_name: String,
+    pub campaign_object_id: i64,
+    pub content_id: i64,
+    pub content_name: String,
+    /// QUICKMAIL, SINGLEMAIL, CAMPAIGNMAIL, ...
+    pub broadcast_event_type: String,
+    pub sub_type: String,
+    #[serde(default)]
+    pub mailing_type: String,
+    #[serde(default)]
+    pub test_mailing: bool,
+    /// How Pega authenticates its triggers.
+    pub auth: TriggerAuth,
+    /// Where the recipient is.
+    pub recipient: RecipientSpec,
+    /// Manual fields, by name.
+    #[serde(default)]
+    pub variables: BTreeMap<String, VariableSpec>,
+    /// A path whose value identifies a recipient's send, so a repeated trigger is not sent
+    /// twice (e.g. `InteractionID`). The `Idempotency-Key` header works for whole triggers.
+    pub idempotency_key: Option<FieldPath>,
+}
+
+/// Trigger authentication.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TriggerAuth {
+    /// `Authorization: Bearer TOKEN`.
+    Bearer { token: Secret },
+    /// `Authorization: Basic ...`.
+    Basic { username: String, password: Secret },
+}
+
+/// `[recipient]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientSpec {
+    /// An array: one personal broadcast per element.
+    pub each: Option<FieldPath>,
+    /// The email address (required).
+    pub email: FieldPath,
+    /// The customer's external id.
+    pub external_id: Option<FieldPath>,
+}
+
+/// `[variables.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableSpec {
+    /// Where the value is.
+    pub path: FieldPath,
+    /// A missing value is an error (422).
+    #[serde(default)]
+    pub required: bool,
+    /// A regular expression the value (as text) must match in full.
+    pub pattern: Option<String>,
+    /// The value when the trigger has none (any JSON type).
+    pub default: Option<toml::Value>,
+}
+
+/// A loaded, checked mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    /// The file stem: `POST /webhooks/NAME`.
+    pub name: String,
+    /// The file as written.
+    pub file: MappingFile,
+    /// Compiled patterns, by variable name.
+    pub patterns: HashMap<String, regex::Regex>,
+    /// The template's text.
+    pub template_html: String,
+    /// The manual fields the template uses.
+    pub template_fields: Vec<ManualField>,
+}
+
+/// Every mapping, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Mappings(HashMap<String, Arc<Mapping>>);
+
+/// What loading found: mappings, and warnings that do not stop the server.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub mappings: Mappings,
+    pub warnings: Vec<String>,
+}
+
+impl Mappings {
+    /// The mapping called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Mapping>> {
+        self.0.get(name).cloned()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Loads every `*.toml` in `dir`; every problem, with file and key, is in the error.
+    pub fn load(dir: &Path, templates: &Path, configured: &[String]) -> anyhow::Result<Loaded> {
+        let mut loaded = Loaded::default();
+        let mut errors = Vec::new();
+        if !dir.is_dir() {
+            return Ok(loaded);
+        }
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            match load_one(&path, templates, configured) {
+                Ok((mapping, warnings)) => {
+                    loaded.warnings.extend(warnings);
+                    loaded
+                        .mappings
+                        .0
+                        .insert(mapping.name.clone(), Arc::new(mapping));
+                }
+                Err(e) => errors.push(format!("{}: {e:#}", path.display())),
+            }
+        }
+        if !errors.is_empty() {
+            anyhow::bail!("{}", errors.join("\n"));
+        }
+        Ok(loaded)
+    }
+}
+
+fn load_one(
+    path: &Path,
+    templates: &Path,
+    configured: &[String],
+) -> anyhow::Result<(Mapping, Vec<String>)> {
+    let text = std::fs::read_to_string(path).context("cannot read")?;
+    let value: toml::Value = toml::from_str(&text)?;
+    let expanded = expand_strings(value)?;
+    let file: MappingFile = expanded.try_into()?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("file name is not UTF-8")?
+        .to_owned();
+    let template_path = templates.join(&file.template);
+    let template_html = std::fs::read_to_string(&template_path)
+        .with_context(|| format!("key `template`: cannot read {}", template_path.display()))?;
+    let template_fields = manual_fields(&template_html);
+    let mut patterns = HashMap::new();
+    let mut warnings = Vec::new();
+    for (var, spec) in &file.variables {
+        if let Some(p) = &spec.pattern {
+            let re = regex::Regex::new(&format!("^(?:{p})$"))
+                .with_context(|| format!("key `variables.{var}.pattern`: invalid pattern"))?;
+            patterns.insert(var.clone(), re);
+        }
+        let used = template_fields.iter().any(|f| &f.name == var) || configured.contains(var);
+        if !used {
+            warnings.push(format!(
+                "{}: variables.{var} is not used by template {} nor configured in [[variables]]",
+                path.display(),
+                file.template
+            ));
+        }
+    }
+    Ok((
+        Mapping {
+            name,
+            file,
+            patterns,
+            template_html,
+            template_fields,
+        },
+        warnings,
+    ))
+}
+
+/// `${VAR}` in mapping strings reads the environment, as in the main configuration.
+fn expand_strings(value: toml::Value) -> anyhow::Result<toml::Value> {
+    Ok(match value {
+        toml::Value::String(s) => toml::Value::String(
+            crate::config::expand(&s, |n| std::env::var(n).ok())
+                .map_err(|v| anyhow::anyhow!("environment variable `{v}` is not set"))?,
+        ),
+        toml::Value::Table(t) => toml::Value::Table(
+            t.into_iter()
+                .map(|(k, v)| expand_strings(v).map(|v| (k, v)))
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        toml::Value::Array(a) => toml::Value::Array(
+            a.into_iter()
+                .map(expand_strings)
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        other => other,
+    })
+}

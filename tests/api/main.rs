@@ -1,4 +1,5 @@
 mod helpers;
+mod server;
 
 mod check_cli;
 mod config;
@@ -6,4 +7,6 @@ mod corpus;
 mod edge_cases;
 mod golden;
 mod prepare_cli;
+mod previews;
 mod properties;
+mod triggers;

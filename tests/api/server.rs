@@ -1,0 +1,148 @@
+//! The trigger server end to end: real HTTP on port 0, a temporary SQLite database.
+
+use pegabridge::config::Settings;
+use pegabridge::http::Application;
+use pegabridge::store::Store;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+pub const TOKEN: &str = "test-token-123";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+const MAPPING: &str = r#"
+template = "offer.html"
+subject = "Your personal offer"
+campaign_id = 22
+campaign_name = "Next best offer"
+campaign_object_id = 1
+content_id = 4
+content_name = "Offer mail"
+broadcast_event_type = "CAMPAIGNMAIL"
+sub_type = "CAMPAIGNMAIL"
+mailing_type = "Service"
+idempotency_key = "InteractionID"
+
+[auth]
+type = "bearer"
+token = "${PB_TEST_TOKEN:-test-token-123}"
+
+[recipient]
+each = "Customers"
+email = "Email"
+external_id = "CustomerID"
+
+[variables.UniqueOfferId]
+path = "Offer.UniqueOfferId"
+required = true
+
+[variables.InteractionId]
+path = "InteractionID"
+required = true
+pattern = "-?[0-9]{1,20}"
+
+[variables.FirstName]
+path = "FirstName"
+"#;
+
+const SINGLE: &str = r#"
+template = "offer.html"
+subject = "Hi"
+campaign_id = 1
+campaign_name = "Single"
+campaign_object_id = 1
+content_id = 1
+content_name = "Single"
+broadcast_event_type = "SINGLEMAIL"
+sub_type = "SINGLEMAIL"
+
+[auth]
+type = "basic"
+username = "pega"
+password = "s3cret"
+
+[recipient]
+email = "customer.email"
+
+[variables.UniqueOfferId]
+path = "offer"
+
+[variables.InteractionId]
+path = "interaction"
+required = true
+"#;
+
+/// Starts a server on port 0 with its own folder and database.
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("templates")).unwrap();
+    std::fs::create_dir_all(root.join("mappings")).unwrap();
+    std::fs::copy(
+        crate::helpers::root().join("templates/offer.html"),
+        root.join("templates/offer.html"),
+    )
+    .unwrap();
+    std::fs::write(root.join("mappings/offer.toml"), MAPPING).unwrap();
+    std::fs::write(root.join("mappings/single.toml"), SINGLE).unwrap();
+    std::fs::write(
+        root.join("pegabridge.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n",
+    )
+    .unwrap();
+    let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        dir,
+        shutdown: Some(tx),
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("test.db")
+    }
+
+    /// The events committed to the outbox.
+    pub async fn outbox(&self) -> Vec<Value> {
+        let url = format!("sqlite://{}", self.db_path().display());
+        Store::connect(&url, "normal")
+            .await
+            .unwrap()
+            .pending_events()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn trigger() -> Value {
+    json!({
+        "Offer": {"UniqueOfferId": "OFFER-1"},
+        "Customers": [
+            {"Email": "ann@example.com", "CustomerID": "c1", "FirstName": "Ann", "InteractionID": "-563481321460449721"},
+            {"Email": "bob@example.org", "CustomerID": "c2", "InteractionID": 18446744073709551615u64}
+        ]
+    })
+}

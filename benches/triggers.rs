@@ -19,7 +19,11 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::copy(root.join("mappings/offer.toml"), dir.path().join("mappings/offer.toml")).unwrap();
+    std::fs::copy(
+        root.join("mappings/offer.toml"),
+        dir.path().join("mappings/offer.toml"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("pegabridge.toml"),
         format!(
@@ -40,10 +44,18 @@ async fn main() {
     println!("| measure | value | target |");
     println!("|---|---|---|");
     println!("| triggers/s, durable commit (POST /webhooks) | {stored:.0} | >= 2000 |");
-    println!("| triggers/s, same server without storing (POST /preview) | {baseline:.0} | (baseline) |");
+    println!(
+        "| triggers/s, same server without storing (POST /preview) | {baseline:.0} | (baseline) |"
+    );
     println!("| ratio stored / baseline | {:.2} | |", stored / baseline);
-    println!("| p50 latency at 500/s | {:.2} ms | |", p50.as_secs_f64() * 1e3);
-    println!("| p99 latency at 500/s | {:.2} ms | <= 50 ms |", p99.as_secs_f64() * 1e3);
+    println!(
+        "| p50 latency at 500/s | {:.2} ms | |",
+        p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "| p99 latency at 500/s | {:.2} ms | <= 50 ms |",
+        p99.as_secs_f64() * 1e3
+    );
 }
 
 /// A distinct trigger (a fresh InteractionID, so idempotency does not short-circuit).
@@ -65,7 +77,13 @@ async fn throughput(client: &reqwest::Client, url: &str, offset: usize) -> f64 {
                 if n >= TOTAL {
                     break;
                 }
-                let res = client.post(&url).bearer_auth("change-me").json(&body(n + offset)).send().await.unwrap();
+                let res = client
+                    .post(&url)
+                    .bearer_auth("change-me")
+                    .json(&body(n + offset))
+                    .send()
+                    .await
+                    .unwrap();
                 assert!(res.status().is_success(), "{}", res.status());
             }
         }));
@@ -76,7 +94,12 @@ async fn throughput(client: &reqwest::Client, url: &str, offset: usize) -> f64 {
     TOTAL as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn latency(client: &reqwest::Client, url: &str, rate: f64, count: usize) -> (Duration, Duration) {
+async fn latency(
+    client: &reqwest::Client,
+    url: &str,
+    rate: f64,
+    count: usize,
+) -> (Duration, Duration) {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -85,7 +108,13 @@ async fn latency(client: &reqwest::Client, url: &str, rate: f64, count: usize) -
         let (client, url) = (client.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let res = client.post(&url).bearer_auth("change-me").json(&body(2_000_000 + i)).send().await.unwrap();
+            let res = client
+                .post(&url)
+                .bearer_auth("change-me")
+                .json(&body(2_000_000 + i))
+                .send()
+                .await
+                .unwrap();
             assert!(res.status().is_success());
             t.elapsed()
         }));

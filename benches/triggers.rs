@@ -2,6 +2,7 @@
 //! - throughput: triggers accepted per second with the durable commit (POST /webhooks), and in
 //!   the same run the same server answering without storing (POST /preview, same mapping work);
 //! - latency: p50/p99 at a fixed 500 triggers/s.
+//!
 //! Targets: >= 2,000 triggers/s, p99 <= 50 ms at 500/s.
 
 use pegabridge::config::Settings;

@@ -5,7 +5,8 @@
 
 use crate::config::Settings;
 use crate::template::batch::{self, Destination, Summary};
-use crate::template::check::{render_text, summary_line, CheckReport};
+use crate::template::check::{render_text, CheckReport};
+use crate::template::rewrite::FieldOutcome;
 use crate::template::FieldStatus;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -129,7 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let loaded = crate::http::load(settings)?;
+    let loaded = crate::mapping::Mappings::load_configured(settings)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -162,7 +163,7 @@ fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 }
 
 fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {
-    let loaded = crate::http::load(settings)?;
+    let loaded = crate::mapping::Mappings::load_configured(settings)?;
     let mapping = loaded
         .mappings
         .get(&args.mapping)
@@ -257,36 +258,37 @@ fn prepare(settings: &Settings, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         match &report.result {
             Err(e) => eprintln!("failed     {path}: {e}"),
             Ok(p) if !p.rewrite.changed() => println!("unchanged  {path}"),
-            Ok(p) => {
-                let notes: Vec<String> = p
-                    .rewrite
-                    .fields
-                    .iter()
-                    .flat_map(|f| {
-                        let status = match &f.status {
-                            FieldStatus::Present => None,
-                            FieldStatus::Inserted => Some(format!("added {}", f.name)),
-                            FieldStatus::Updated { previous } => {
-                                Some(format!("updated {} (was `{previous}`)", f.name))
-                            }
-                        };
-                        let dups = (f.duplicates_removed > 0).then(|| {
-                            format!("removed {} duplicate {}", f.duplicates_removed, f.name)
-                        });
-                        status.into_iter().chain(dups)
-                    })
-                    .collect();
-                println!("changed    {path}: {}", notes.join(", "));
-            }
+            Ok(p) => println!("changed    {path}: {}", changes(&p.rewrite.fields)),
         }
     }
     let summary = Summary::of(&reports);
-    println!("{}", summary_line(&summary));
+    println!("{summary}");
     Ok(if summary.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `prepare` did to a template's fields, for people: "added X, updated Y (was `...`)".
+fn changes(fields: &[FieldOutcome]) -> String {
+    let mut notes = Vec::new();
+    for f in fields {
+        match &f.status {
+            FieldStatus::Present => {}
+            FieldStatus::Inserted => notes.push(format!("added {}", f.name)),
+            FieldStatus::Updated { previous } => {
+                notes.push(format!("updated {} (was `{previous}`)", f.name))
+            }
+        }
+        if f.duplicates_removed > 0 {
+            notes.push(format!(
+                "removed {} duplicate {}",
+                f.duplicates_removed, f.name
+            ));
+        }
+    }
+    notes.join(", ")
 }
 
 fn check(settings: &Settings, args: CheckArgs) -> anyhow::Result<ExitCode> {

@@ -8,13 +8,13 @@ pub mod secret;
 use crate::template::expr::ExpressionFormat;
 use crate::template::variable::{pega_defaults, Variable};
 use crate::template::Plan;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-pub use env::expand;
+pub use env::{expand, ExpandEnv};
 
 /// The file read when `--config` is not given (if it exists).
 pub const DEFAULT_FILE: &str = "pegabridge.toml";
@@ -143,7 +143,7 @@ impl Settings {
             Some(p) => Some(p.to_owned()),
             None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
         };
-        let mut figment = Figment::from(Serialized::defaults(figment::value::Dict::new()));
+        let mut figment = Figment::new();
         if let Some(file) = &file {
             figment = figment.merge(env::ExpandEnv(Toml::file_exact(file)));
         }
@@ -192,7 +192,7 @@ impl Settings {
 }
 
 /// Every error figment found, one per line, each naming key and file.
-fn describe(error: figment::Error) -> String {
+pub(crate) fn describe(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {

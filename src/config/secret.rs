@@ -21,8 +21,14 @@ impl Secret {
 
     /// Constant-time comparison with a presented value.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        self.0.as_bytes().ct_eq(presented).into()
+        constant_time_eq(self.0.as_bytes(), presented)
     }
+}
+
+/// Compares without an early exit on the first differing byte (credentials that are not
+/// secret themselves, such as a user name, are compared this way too).
+pub fn constant_time_eq(expected: &[u8], presented: &[u8]) -> bool {
+    expected.ct_eq(presented).into()
 }
 
 impl std::fmt::Debug for Secret {

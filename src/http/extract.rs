@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::secret::constant_time_eq;
 use crate::mapping::{Mapping, TriggerAuth};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -36,11 +37,9 @@ pub fn authorize(auth: &TriggerAuth, headers: &HeaderMap) -> Result<(), ApiError
             })
             .and_then(|d| String::from_utf8(d).ok())
             .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+            // Both compared, always: no early exit on a wrong user name.
             .is_some_and(|(u, p)| {
-                let user_ok =
-                    crate::config::secret::Secret::new(username.clone()).matches(u.as_bytes());
-                let pass_ok = password.matches(p.as_bytes());
-                user_ok & pass_ok
+                constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
             }),
     };
     if ok {

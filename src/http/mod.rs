@@ -29,30 +29,6 @@ pub struct AppState {
     pub plan: Plan,
 }
 
-/// Everything the server needs, loaded and checked.
-pub struct Loaded {
-    pub mappings: Mappings,
-    pub warnings: Vec<String>,
-}
-
-/// Loads and checks every mapping and its template (what `config check` runs too).
-pub fn load(settings: &Settings) -> anyhow::Result<Loaded> {
-    let names: Vec<String> = settings
-        .variables
-        .iter()
-        .map(|v| v.name.to_string())
-        .collect();
-    let loaded = Mappings::load(
-        &settings.resolve(&settings.mappings.dir),
-        &settings.resolve(&settings.templates.dir),
-        &names,
-    )?;
-    Ok(Loaded {
-        mappings: loaded.mappings,
-        warnings: loaded.warnings,
-    })
-}
-
 /// A built, bound server.
 pub struct Application {
     listener: TcpListener,
@@ -63,7 +39,7 @@ pub struct Application {
 impl Application {
     /// Loads mappings, opens the store and binds `[server] listen`.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let loaded = load(settings)?;
+        let loaded = Mappings::load_configured(settings)?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }

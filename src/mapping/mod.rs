@@ -6,8 +6,12 @@ pub mod apply;
 pub mod path;
 
 use crate::config::secret::Secret;
+use crate::config::{describe, ExpandEnv, Settings};
 use crate::template::fields::{manual_fields, ManualField};
+use crate::template::Variable;
 use anyhow::Context;
+use figment::providers::{Format, Toml};
+use figment::Figment;
 use path::FieldPath;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -126,8 +130,18 @@ impl Mappings {
         self.0.is_empty()
     }
 
+    /// Loads and checks every mapping and its template from the configured folders: what
+    /// `serve`, `preview` and `config check` run.
+    pub fn load_configured(settings: &Settings) -> anyhow::Result<Loaded> {
+        Self::load(
+            &settings.resolve(&settings.mappings.dir),
+            &settings.resolve(&settings.templates.dir),
+            &settings.variables,
+        )
+    }
+
     /// Loads every `*.toml` in `dir`; every problem, with file and key, is in the error.
-    pub fn load(dir: &Path, templates: &Path, configured: &[String]) -> anyhow::Result<Loaded> {
+    pub fn load(dir: &Path, templates: &Path, configured: &[Variable]) -> anyhow::Result<Loaded> {
         let mut loaded = Loaded::default();
         let mut errors = Vec::new();
         if !dir.is_dir() {
@@ -162,12 +176,12 @@ impl Mappings {
 fn load_one(
     path: &Path,
     templates: &Path,
-    configured: &[String],
+    configured: &[Variable],
 ) -> anyhow::Result<(Mapping, Vec<String>)> {
-    let text = std::fs::read_to_string(path).context("cannot read")?;
-    let value: toml::Value = toml::from_str(&text)?;
-    let expanded = expand_strings(value)?;
-    let file: MappingFile = expanded.try_into()?;
+    // The same reader as the main configuration: `${VAR}` expansion, file and key in errors.
+    let file: MappingFile = Figment::from(ExpandEnv(Toml::file_exact(path)))
+        .extract()
+        .map_err(|e| anyhow::anyhow!(describe(e)))?;
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -185,7 +199,8 @@ fn load_one(
                 .with_context(|| format!("key `variables.{var}.pattern`: invalid pattern"))?;
             patterns.insert(var.clone(), re);
         }
-        let used = template_fields.iter().any(|f| &f.name == var) || configured.contains(var);
+        let used = template_fields.iter().any(|f| &f.name == var)
+            || configured.iter().any(|v| v.name.as_ref() == var);
         if !used {
             warnings.push(format!(
                 "{}: variables.{var} is not used by template {} nor configured in [[variables]]",
@@ -204,25 +219,4 @@ fn load_one(
         },
         warnings,
     ))
-}
-
-/// `${VAR}` in mapping strings reads the environment, as in the main configuration.
-fn expand_strings(value: toml::Value) -> anyhow::Result<toml::Value> {
-    Ok(match value {
-        toml::Value::String(s) => toml::Value::String(
-            crate::config::expand(&s, |n| std::env::var(n).ok())
-                .map_err(|v| anyhow::anyhow!("environment variable `{v}` is not set"))?,
-        ),
-        toml::Value::Table(t) => toml::Value::Table(
-            t.into_iter()
-                .map(|(k, v)| expand_strings(v).map(|v| (k, v)))
-                .collect::<anyhow::Result<_>>()?,
-        ),
-        toml::Value::Array(a) => toml::Value::Array(
-            a.into_iter()
-                .map(expand_strings)
-                .collect::<anyhow::Result<_>>()?,
-        ),
-        other => other,
-    })
 }

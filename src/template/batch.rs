@@ -44,7 +44,8 @@ pub struct FileReport {
 pub struct Processed {
     /// What the rewrite did.
     pub rewrite: Rewrite,
-    /// The manual fields the template uses (`{{$X}}`), configured ones included.
+    /// The manual fields the template uses (`{{$X}}`), configured ones included; scanned for
+    /// dry runs (`check`) only.
     pub manual_fields: Vec<ManualField>,
 }
 
@@ -71,6 +72,16 @@ impl Summary {
             }
         }
         s
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} changed, {} already prepared, {} failed",
+            self.changed, self.unchanged, self.failed
+        )
     }
 }
 
@@ -139,7 +150,11 @@ pub fn run(sources: &[Source], plan: &Plan, dest: &Destination) -> Vec<FileRepor
 pub fn process(source: &Source, plan: &Plan, dest: &Destination) -> anyhow::Result<Processed> {
     let input = std::fs::read(&source.path).context("cannot read")?;
     let rewrite = rewrite(&input, plan)?;
-    let manual_fields = manual_fields(&charset::decode(&input, rewrite.encoding));
+    // Only `check` reports the other manual fields: `prepare` does not decode and scan.
+    let manual_fields = match dest {
+        Destination::DryRun => manual_fields(&charset::decode(&input, rewrite.encoding)),
+        _ => Vec::new(),
+    };
     match dest {
         Destination::DryRun => {}
         Destination::InPlace if rewrite.changed() => {

@@ -1,6 +1,6 @@
 //! `pegabridge check`: which templates lack a field, carry a stale default, or cannot be read.
 
-use super::batch::{FileReport, Summary};
+use super::batch::FileReport;
 use super::fields::ManualField;
 use super::{FieldStatus, Plan};
 use serde::Serialize;
@@ -165,12 +165,4 @@ pub fn render_text(report: &CheckReport) -> String {
         report.failing
     ));
     out
-}
-
-/// Re-exported for the CLI's summary line of `prepare`.
-pub fn summary_line(summary: &Summary) -> String {
-    format!(
-        "{} changed, {} already prepared, {} failed",
-        summary.changed, summary.unchanged, summary.failed
-    )
 }

@@ -110,7 +110,7 @@ struct State {
     doctype: bool,
     html_seen: bool,
     head_seen: bool,
-    done: bool,
+    /// Where the tags went; once set, the rewrite is done and the rest is copied as it is.
     placement: Option<Placement>,
     /// The line layout where the head's first child starts (set once that child is seen).
     first_child: Option<Line>,
@@ -147,7 +147,7 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
                 .min(chunk_end(input, consumed));
             rewriter.write(&input[consumed..end])?;
             consumed = end;
-            if state.borrow().done {
+            if state.borrow().placement.is_some() {
                 break;
             }
         }
@@ -160,22 +160,7 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
 
     let mut st = state.borrow_mut();
     if st.placement.is_none() {
-        if st.doctype {
-            return Err(RewriteError::DoctypeFragment);
-        }
-        let missing = missing_tags(&mut st, plan);
-        if !missing.is_empty() {
-            let nl = first_line_break(input);
-            let mut top = String::new();
-            for tag in &missing {
-                top.push_str(tag);
-                top.push_str(nl);
-            }
-            let mut encoded = encoding.encode(&top).0.into_owned();
-            encoded.extend_from_slice(&output);
-            output = encoded;
-        }
-        st.placement = Some(Placement::FragmentTop);
+        output = prepend_to_fragment(&mut st, plan, encoding, output)?;
     }
     let fields = plan
         .fields()
@@ -193,6 +178,28 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
         placement: st.placement.expect("set above"),
         encoding,
     })
+}
+
+/// A fragment (no `<html>`, `<head>` or `<body>`): the missing tags go on top, one per line.
+fn prepend_to_fragment(
+    st: &mut State,
+    plan: &Plan,
+    encoding: &'static Encoding,
+    output: Vec<u8>,
+) -> Result<Vec<u8>, RewriteError> {
+    if st.doctype {
+        return Err(RewriteError::DoctypeFragment);
+    }
+    st.placement = Some(Placement::FragmentTop);
+    let missing = missing_tags(st, plan);
+    if missing.is_empty() {
+        return Ok(output);
+    }
+    let nl = first_line_break(&output);
+    let top: String = missing.iter().map(|tag| format!("{tag}{nl}")).collect();
+    let mut prepended = encoding.encode(&top).0.into_owned();
+    prepended.extend_from_slice(&output);
+    Ok(prepended)
 }
 
 /// How the line holding a position looks: if only spaces and tabs stand between the last line
@@ -273,12 +280,12 @@ fn settings<'h>(
     input: &'h [u8],
     encoding: &'static Encoding,
 ) -> Settings<'h, 'static> {
-    let [s1, s2, s4, s6] = std::array::from_fn(|_| state.clone());
-    let plan_for_head = plan.clone();
+    let [doctype_state, element_state, comment_state] = std::array::from_fn(|_| state.clone());
+    let head_state = state.clone();
     Settings {
         encoding: AsciiCompatibleEncoding::new(encoding).expect("charset::detect checks this"),
         document_content_handlers: vec![doctype!(move |d| {
-            let mut st = s1.borrow_mut();
+            let mut st = doctype_state.borrow_mut();
             st.doctype = true;
             let public = d.public_id().unwrap_or_default();
             st.xhtml |= public.to_ascii_uppercase().contains("XHTML");
@@ -288,26 +295,24 @@ fn settings<'h>(
         // the rewrite of a typical template's head, and the rewrite stops at `</head>`.
         element_content_handlers: vec![
             element!("*", move |el| {
-                let mut st = s2.borrow_mut();
-                if st.done {
+                let mut st = element_state.borrow_mut();
+                if st.placement.is_some() {
                     return Ok(());
                 }
-                match el.tag_name().as_str() {
+                let tag = el.tag_name();
+                match tag.as_str() {
                     "html" if !st.html_seen => {
                         st.html_seen = true;
                         st.xhtml |= el.has_attribute("xmlns");
                     }
-                    "head" if !st.head_seen => {
-                        start_head(&mut st, el, &s4, output, &plan_for_head)?
-                    }
+                    "head" if !st.head_seen => start_head(&mut st, el, &head_state, output, plan)?,
                     // The first element after <html> is its first child; a <body> first means
                     // there is no head either.
-                    _ if !st.head_seen && (st.html_seen || el.tag_name() == "body") => {
+                    _ if !st.head_seen && (st.html_seen || tag == "body") => {
                         let tags = missing_tags(&mut st, plan);
                         let line = Line::at(input, el.source_location().bytes().start);
                         el.before(&head_block(&tags, &line), ContentType::Html);
                         st.placement = Some(Placement::CreatedHead);
-                        st.done = true;
                     }
                     tag => {
                         if st.head_seen && st.first_child.is_none() {
@@ -322,8 +327,8 @@ fn settings<'h>(
                 Ok(())
             }),
             comments!("head", move |c| {
-                let mut st = s6.borrow_mut();
-                if !st.done && st.first_child.is_none() {
+                let mut st = comment_state.borrow_mut();
+                if st.placement.is_none() && st.first_child.is_none() {
                     st.first_child = Some(Line::at(input, c.source_location().bytes().start));
                 }
                 Ok(())
@@ -354,14 +359,13 @@ fn start_head(
         let block = head_insertion(&tags, st.first_child.as_ref(), &closing);
         end.before(&block, ContentType::Html);
         st.placement = Some(Placement::Head);
-        st.done = true;
         Ok(())
     }))
 }
 
 /// A `<meta name>`: in the head, or anywhere in a fragment before any structure is seen.
 fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element) {
-    let in_scope = !st.done && (st.head_seen || (!st.html_seen && st.placement.is_none()));
+    let in_scope = st.placement.is_none() && (st.head_seen || !st.html_seen);
     if !in_scope {
         return;
     }

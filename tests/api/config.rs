@@ -91,3 +91,25 @@ fn the_example_configuration_loads() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("UniqueOfferId, InteractionId"));
 }
+
+#[test]
+fn a_mapping_with_an_unknown_key_or_missing_template_is_named_by_config_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mappings = tmp.path().join("mappings");
+    fs::create_dir_all(&mappings).unwrap();
+    let offer = fs::read_to_string(crate::helpers::root().join("mappings/offer.toml")).unwrap();
+    fs::write(
+        mappings.join("typo.toml"),
+        offer.replace("subject =", "subjekt ="),
+    )
+    .unwrap();
+    fs::write(mappings.join("lost.toml"), &offer).unwrap();
+    let out = pegabridge(tmp.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("typo.toml") && err.contains("subjekt"),
+        "{err}"
+    );
+    assert!(err.contains("lost.toml: key `template`"), "{err}");
+}

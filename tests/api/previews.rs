@@ -35,20 +35,18 @@ async fn a_script_in_a_trigger_value_renders_inert() {
     assert!(html.contains("OFFER-1"));
 }
 
+/// `pegabridge preview --mapping offer --trigger TRIGGER [extra...]` in the repository.
+fn preview_offer(trigger: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["preview", "--mapping", "offer", "--trigger", trigger];
+    args.extend_from_slice(extra);
+    pegabridge(&root(), &args)
+}
+
+const EXAMPLE: &str = "mappings/example-trigger.json";
+
 #[test]
 fn the_preview_command_prints_the_json_shape() {
-    let out = pegabridge(
-        &root(),
-        &[
-            "preview",
-            "--mapping",
-            "offer",
-            "--trigger",
-            "mappings/example-trigger.json",
-            "--format",
-            "json",
-        ],
-    );
+    let out = preview_offer(EXAMPLE, &["--format", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -75,27 +73,9 @@ fn the_preview_command_reports_invalid_triggers_and_exits_non_zero() {
     )
     .unwrap();
     let t = dir.path().join("t.json");
-    let out = pegabridge(
-        &root(),
-        &[
-            "preview",
-            "--mapping",
-            "offer",
-            "--trigger",
-            t.to_str().unwrap(),
-        ],
-    );
+    let out = preview_offer(t.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("variables.InteractionId"));
-    let text = pegabridge(
-        &root(),
-        &[
-            "preview",
-            "--mapping",
-            "offer",
-            "--trigger",
-            "mappings/example-trigger.json",
-        ],
-    );
+    let text = preview_offer(EXAMPLE, &[]);
     assert!(stdout(&text).contains("warning: OfferText: not mapped, template default used"));
 }

@@ -71,6 +71,7 @@ email = "customer.email"
 
 [variables.UniqueOfferId]
 path = "offer"
+default = "NO-OFFER"
 
 [variables.InteractionId]
 path = "interaction"
@@ -111,14 +112,38 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// POST JSON with the offer mapping's bearer token.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.address))
+        let req = self
+            .client
+            .post(self.url(path))
             .bearer_auth(TOKEN)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+            .json(body);
+        req.send().await.unwrap()
+    }
+
+    /// POST JSON to the `single` mapping as user `pega` with `password`.
+    pub async fn post_basic(&self, password: &str, body: &Value) -> reqwest::Response {
+        let req = self.client.post(self.url("/webhooks/single"));
+        let req = req.basic_auth("pega", Some(password)).json(body);
+        req.send().await.unwrap()
+    }
+
+    /// POST a raw body with the bearer token and this content type.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: &str) -> reqwest::Response {
+        let req = self.client.post(self.url(path)).bearer_auth(TOKEN);
+        let req = req
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.client.get(self.url(path)).send().await
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -93,10 +93,7 @@ async fn an_unknown_mapping_is_404() {
 async fn a_missing_or_wrong_token_is_401_with_a_challenge_and_stores_nothing() {
     let app = spawn_app().await;
     for auth in [None, Some("Bearer wrong"), Some("Basic dGVzdA==")] {
-        let mut req = app
-            .client
-            .post(format!("{}/webhooks/offer", app.address))
-            .json(&trigger());
+        let mut req = app.client.post(app.url("/webhooks/offer")).json(&trigger());
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
@@ -116,28 +113,13 @@ async fn a_missing_or_wrong_token_is_401_with_a_challenge_and_stores_nothing() {
 async fn basic_auth_mappings_check_username_and_password() {
     let app = spawn_app().await;
     let body = json!({"customer": {"email": "c@x.nl"}, "interaction": -1, "offer": "O"});
-    let url = format!("{}/webhooks/single", app.address);
-    let bad = app
-        .client
-        .post(&url)
-        .basic_auth("pega", Some("nope"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let bad = app.post_basic("nope", &body).await;
     assert_eq!(bad.status(), 401);
     assert_eq!(
         bad.headers()["www-authenticate"],
         "Basic realm=\"pegabridge\""
     );
-    let ok = app
-        .client
-        .post(&url)
-        .basic_auth("pega", Some("s3cret"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let ok = app.post_basic("s3cret", &body).await;
     assert_eq!(ok.status(), 202);
     assert_eq!(
         app.outbox().await[0]["broadcast_manual_options"]["InteractionId"],
@@ -148,28 +130,13 @@ async fn basic_auth_mappings_check_username_and_password() {
 #[tokio::test]
 async fn a_body_that_is_not_json_gets_415_or_400() {
     let app = spawn_app().await;
-    let url = format!("{}/webhooks/offer", app.address);
-    let text = app
-        .client
-        .post(&url)
-        .bearer_auth(TOKEN)
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let text = app.post_raw("/webhooks/offer", "text/plain", "{}").await;
     assert_eq!(text.status(), 415);
     let body: Value = text.json().await.unwrap();
     assert_eq!(body["error"]["field"], "Content-Type");
     let broken = app
-        .client
-        .post(&url)
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body("{\"a\":")
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/webhooks/offer", "application/json", "{\"a\":")
+        .await;
     assert_eq!(broken.status(), 400);
     let body: Value = broken.json().await.unwrap();
     assert_eq!(body["error"]["code"], "malformed_json");
@@ -233,7 +200,7 @@ async fn the_same_idempotency_key_gives_the_same_answer_and_no_second_broadcast(
     let app = spawn_app().await;
     let send = || {
         app.client
-            .post(format!("{}/webhooks/single", app.address))
+            .post(app.url("/webhooks/single"))
             .basic_auth("pega", Some("s3cret"))
             .header("Idempotency-Key", "abc-1")
             .json(&json!({"customer": {"email": "c@x.nl"}, "interaction": 5}))
@@ -243,7 +210,12 @@ async fn the_same_idempotency_key_gives_the_same_answer_and_no_second_broadcast(
     let second = send().await.unwrap();
     assert_eq!(second.status(), 202);
     assert_eq!(second.json::<Value>().await.unwrap(), first);
-    assert_eq!(app.outbox().await.len(), 1);
+    let events = app.outbox().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["broadcast_manual_options"]["UniqueOfferId"], "NO-OFFER",
+        "the mapping's default"
+    );
 }
 
 #[tokio::test]
@@ -287,12 +259,7 @@ async fn a_customer_keeps_its_id_across_triggers() {
 #[tokio::test]
 async fn health_answers_ok() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .get(format!("{}/health", app.address))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get("/health").await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "ok");
 }
@@ -302,11 +269,7 @@ async fn the_server_stops_on_its_shutdown_signal() {
     let mut app = spawn_app().await;
     app.shutdown.take().unwrap().send(()).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let res = app
-        .client
-        .get(format!("{}/health", app.address))
-        .send()
-        .await;
+    let res = app.get("/health").await;
     assert!(res.is_err(), "still answering after shutdown");
 }
 

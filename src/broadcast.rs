@@ -2,25 +2,20 @@
 //! events, and (in the preview) their rendered metadata and HTML.
 
 use crate::event::{email_domain, now, Account, Common};
-use crate::mapping::apply::{apply, FieldError};
+use crate::mapping::apply::{apply, FieldError, PersonalBroadcast};
 use crate::mapping::Mapping;
-use crate::store::sqlite::NewRecipient;
-use crate::store::{Store, TriggerAnswer};
+use crate::store::{NewRecipient, Store, TriggerAnswer};
 use crate::template::render::{render, RenderError};
 use crate::template::{Plan, Variable};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// The `broadcasts` event of one personal broadcast.
-pub fn broadcast_event(
-    account: &Account,
-    mapping: &Mapping,
-    recipient: &NewRecipient,
-    ids: (i64, i64, i64),
-    uuid: &str,
-) -> Common {
-    let (broadcast_id, broadcast_timestamp, customer_id) = ids;
+/// The `broadcasts` event of one personal broadcast, as far as the mapping knows it: the store
+/// assigns `broadcast_id`, `customer_id`, `uuid` and the timestamps when it records the send
+/// (until then they are 0, now and the nil uuid, which is what the preview shows).
+pub fn broadcast_event(account: &Account, mapping: &Mapping, p: &PersonalBroadcast) -> Common {
     let f = &mapping.file;
+    let ts = now();
     Common {
         portal_id: account.portal_id,
         portal_name: account.portal_name.clone(),
@@ -28,28 +23,28 @@ pub fn broadcast_event(
         brand_name: account.brand_name.clone(),
         metric: "broadcasts".into(),
         metric_id: 0,
-        metric_timestamp: broadcast_timestamp,
-        customer_id,
-        external_id: recipient.external_id.clone(),
+        metric_timestamp: ts,
+        customer_id: 0,
+        external_id: p.external_id.clone(),
         campaign_id: f.campaign_id,
         campaign_name: f.campaign_name.clone(),
         campaign_object_id: f.campaign_object_id,
-        broadcast_id,
-        broadcast_timestamp,
+        broadcast_id: 0,
+        broadcast_timestamp: ts,
         broadcast_type: "MAIL".into(),
         broadcast_event_type: f.broadcast_event_type.clone(),
-        broadcast_manual_options: recipient.manual_options.clone(),
+        broadcast_manual_options: p.manual_options.clone(),
         sub_type: f.sub_type.clone(),
         content_id: f.content_id,
         content_name: f.content_name.clone(),
         subject: f.subject.clone(),
-        email_domain: email_domain(&recipient.email),
+        email_domain: email_domain(&p.email),
         mailing_type: f.mailing_type.clone(),
         test_mailing: f.test_mailing,
         email_address_override: false,
-        customer_email_address: recipient.email.clone(),
-        email_address: recipient.email.clone(),
-        uuid: uuid.to_owned(),
+        customer_email_address: p.email.clone(),
+        email_address: p.email.clone(),
+        uuid: uuid::Uuid::nil().to_string(),
     }
 }
 
@@ -67,7 +62,9 @@ pub enum TriggerError {
     Store(#[from] anyhow::Error),
 }
 
+/// The trigger's recipients with their events, and warnings for people.
 fn recipients(
+    account: &Account,
     mapping: &Mapping,
     configured: &[Variable],
     trigger: &Value,
@@ -76,15 +73,15 @@ fn recipients(
     Ok(personal
         .into_iter()
         .map(|p| {
-            (
-                NewRecipient {
-                    email: p.email,
-                    external_id: p.external_id,
-                    manual_options: p.manual_options,
-                    idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
-                },
-                p.warnings,
-            )
+            let event = broadcast_event(account, mapping, &p);
+            let recipient = NewRecipient {
+                idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
+                email: p.email,
+                external_id: p.external_id,
+                manual_options: p.manual_options,
+                event,
+            };
+            (recipient, p.warnings)
         })
         .collect())
 }
@@ -98,16 +95,12 @@ pub async fn accept(
     trigger: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<TriggerAnswer, TriggerError> {
-    let new: Vec<NewRecipient> = recipients(mapping, configured, trigger)?
+    let new: Vec<NewRecipient> = recipients(account, mapping, configured, trigger)?
         .into_iter()
         .map(|(r, _)| r)
         .collect();
     let key = idempotency_key.map(|k| format!("{}:{k}", mapping.name));
-    Ok(store
-        .record_trigger(&mapping.name, key.as_deref(), &new, |r, b, ts, c, uuid| {
-            broadcast_event(account, mapping, r, (b, ts, c), uuid)
-        })
-        .await?)
+    Ok(store.record_trigger(mapping.name.clone(), key, new).await?)
 }
 
 /// One recipient in a preview.
@@ -142,7 +135,7 @@ pub fn preview(
     with_html: bool,
 ) -> Result<Preview, TriggerError> {
     let mut out = Vec::new();
-    for (r, mut warnings) in recipients(mapping, configured, trigger)? {
+    for (r, mut warnings) in recipients(account, mapping, configured, trigger)? {
         let mut meta = Map::new();
         for field in plan.fields() {
             let rendered = render(&field.expression, &r.manual_options)?;
@@ -156,17 +149,10 @@ pub fn preview(
             warnings.extend(crate::template::render::translate(&mapping.template_html).1);
             None
         };
-        let event = broadcast_event(
-            account,
-            mapping,
-            &r,
-            (0, now(), 0),
-            "00000000-0000-0000-0000-000000000000",
-        );
         out.push(PreviewRecipient {
             manual_options: r.manual_options,
             meta,
-            event,
+            event: r.event,
             warnings,
             html,
         });

@@ -17,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// What handlers share.
@@ -34,6 +35,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    grace: Duration,
 }
 
 impl Application {
@@ -66,6 +68,7 @@ impl Application {
             listener,
             router,
             port,
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })
     }
 
@@ -74,14 +77,29 @@ impl Application {
         self.port
     }
 
-    /// Serves until `shutdown` completes; requests in flight finish.
+    /// Serves until `shutdown` completes; requests in flight then get `[server]
+    /// shutdown_grace_secs` to finish before they are dropped. Nothing is lost either way: a
+    /// request is answered only after its commit.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = fired_tx.send(());
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let grace_over = async {
+            if fired_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            result = serve => result?,
+            () = grace_over => tracing::warn!("shutdown grace period over: dropping requests in flight"),
+        }
         Ok(())
     }
 }

@@ -6,7 +6,22 @@ pub mod sqlite;
 
 pub use sqlite::Store;
 
+use crate::event::Common;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A personal broadcast to record.
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    pub email: String,
+    pub external_id: String,
+    pub manual_options: Map<String, Value>,
+    /// The mapping's per-recipient idempotency key, if any (already namespaced).
+    pub idempotency_key: Option<String>,
+    /// Its `broadcasts` event, complete but for what the store assigns: `broadcast_id`,
+    /// `customer_id`, `uuid` and the timestamps.
+    pub event: Common,
+}
 
 /// One recipient in the answer to a trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

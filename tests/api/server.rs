@@ -80,6 +80,13 @@ required = true
 
 /// Starts a server on port 0 with its own folder and database.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await.0
+}
+
+/// Like [`spawn_app`] with more `[server]` keys; also returns the server task.
+pub async fn spawn_app_with(
+    server: &str,
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("templates")).unwrap();
@@ -93,22 +100,23 @@ pub async fn spawn_app() -> TestApp {
     std::fs::write(root.join("mappings/single.toml"), SINGLE).unwrap();
     std::fs::write(
         root.join("pegabridge.toml"),
-        "[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n",
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n"),
     )
     .unwrap();
     let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();
     let app = Application::build(&settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
+    let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp {
+    let app = TestApp {
         address,
         client: reqwest::Client::new(),
         dir,
         shutdown: Some(tx),
-    }
+    };
+    (app, task)
 }
 
 impl TestApp {

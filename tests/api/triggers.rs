@@ -1,6 +1,6 @@
 //! POST /webhooks/{mapping}: answers, storage, idempotency, identifiers.
 
-use crate::server::{spawn_app, trigger, TOKEN};
+use crate::server::{spawn_app, spawn_app_with, trigger, TOKEN};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -271,6 +271,26 @@ async fn the_server_stops_on_its_shutdown_signal() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let res = app.get("/health").await;
     assert!(res.is_err(), "still answering after shutdown");
+}
+
+#[tokio::test]
+async fn a_request_still_in_flight_after_the_grace_period_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let (mut app, server) = spawn_app_with("shutdown_grace_secs = 1").await;
+    // A request whose body never completes stays in flight.
+    let mut slow = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = "POST /webhooks/offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    app.shutdown.take().unwrap().send(()).unwrap();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), server).await;
+    assert!(stopped.is_ok(), "shutdown waited past the grace period");
+    assert!(
+        app.outbox().await.is_empty(),
+        "the unfinished trigger was not recorded"
+    );
 }
 
 proptest! {

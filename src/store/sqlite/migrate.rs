@@ -1,0 +1,24 @@
+//! Schema migrations for SQLite, tracked in `PRAGMA user_version`: migration N (1-based) runs
+//! once, in a transaction with the version bump.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_initial.sql")];
+
+/// Applies the migrations this database has not seen.
+pub fn run(conn: &Connection) -> anyhow::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database is at schema version {current}, newer than this pegabridge ({})",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}

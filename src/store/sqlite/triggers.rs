@@ -1,0 +1,176 @@
+//! Recording a trigger: broadcast, customers, personal broadcasts and their `broadcasts`
+//! events in the outbox, all in the caller's savepoint.
+
+use super::Store;
+use crate::event::now;
+use crate::store::{NewRecipient, RecipientAnswer, TriggerAnswer};
+use rusqlite::{params, Connection, OptionalExtension};
+
+impl Store {
+    /// Records a trigger and answers with its broadcast and recipients. A repeated
+    /// idempotency key (the whole trigger's, or every recipient's) returns the first answer
+    /// and records nothing.
+    pub async fn record_trigger(
+        &self,
+        mapping: String,
+        idempotency_key: Option<String>,
+        recipients: Vec<NewRecipient>,
+    ) -> anyhow::Result<TriggerAnswer> {
+        self.call(move |c| record(c, &mapping, idempotency_key.as_deref(), recipients))
+            .await
+    }
+}
+
+fn record(
+    c: &Connection,
+    mapping: &str,
+    idempotency_key: Option<&str>,
+    recipients: Vec<NewRecipient>,
+) -> anyhow::Result<TriggerAnswer> {
+    if let Some(key) = idempotency_key {
+        let stored: Option<String> = c
+            .prepare_cached("SELECT response FROM broadcasts WHERE idempotency_key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(response) = stored {
+            return Ok(serde_json::from_str(&response)?);
+        }
+    }
+    let earlier = recipients
+        .iter()
+        .map(|r| match &r.idempotency_key {
+            Some(k) => earlier_send(c, k),
+            None => Ok(None),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !earlier.is_empty() && earlier.iter().all(Option::is_some) {
+        let found: Vec<(i64, RecipientAnswer)> = earlier.into_iter().flatten().collect();
+        return Ok(TriggerAnswer {
+            broadcast_id: found[0].0,
+            recipients: found.into_iter().map(|(_, r)| r).collect(),
+        });
+    }
+
+    let ts = now();
+    let broadcast_id: i64 = c
+        .prepare_cached(
+            "INSERT INTO broadcasts (mapping, created_at, idempotency_key) VALUES (?1, ?2, ?3) RETURNING id",
+        )?
+        .query_row(params![mapping, ts, idempotency_key], |r| r.get(0))?;
+    let mut answers: Vec<RecipientAnswer> = Vec::new();
+    for (r, before) in recipients.into_iter().zip(earlier) {
+        if let Some((_, answer)) = before {
+            answers.push(RecipientAnswer {
+                status: "duplicate".into(),
+                ..answer
+            });
+            continue;
+        }
+        let customer_id = customer(c, &r.email, &r.external_id, ts)?;
+        // The same customer twice in one trigger gets one mail.
+        if let Some(first) = answers.iter().find(|a| a.customer_id == customer_id) {
+            let duplicate = RecipientAnswer {
+                status: "duplicate".into(),
+                ..first.clone()
+            };
+            answers.push(duplicate);
+            continue;
+        }
+        answers.push(insert_personal(c, r, broadcast_id, customer_id, ts)?);
+    }
+    let answer = TriggerAnswer {
+        broadcast_id,
+        recipients: answers,
+    };
+    if idempotency_key.is_some() {
+        c.prepare_cached("UPDATE broadcasts SET response = ?1 WHERE id = ?2")?
+            .execute(params![serde_json::to_string(&answer)?, broadcast_id])?;
+    }
+    Ok(answer)
+}
+
+/// One personal broadcast and its event in the outbox.
+fn insert_personal(
+    c: &Connection,
+    r: NewRecipient,
+    broadcast_id: i64,
+    customer_id: i64,
+    ts: i64,
+) -> anyhow::Result<RecipientAnswer> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let mut event = r.event;
+    event.broadcast_id = broadcast_id;
+    event.customer_id = customer_id;
+    event.uuid = uuid.clone();
+    event.broadcast_timestamp = ts;
+    event.metric_timestamp = ts;
+    let payload = serde_json::to_string(&event)?;
+    c.prepare_cached(
+        "INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event, idempotency_key) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        broadcast_id,
+        customer_id,
+        uuid,
+        r.email,
+        serde_json::to_string(&r.manual_options)?,
+        payload,
+        r.idempotency_key
+    ])?;
+    c.prepare_cached(
+        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at) VALUES (?1, 'broadcasts', ?2, ?3, ?3)",
+    )?
+    .execute(params![uuid, payload, ts])?;
+    Ok(RecipientAnswer {
+        customer_id,
+        uuid,
+        email_address: r.email,
+        status: "queued".into(),
+    })
+}
+
+/// The earlier send of a recipient with this idempotency key: (broadcast id, its answer).
+fn earlier_send(c: &Connection, key: &str) -> anyhow::Result<Option<(i64, RecipientAnswer)>> {
+    Ok(c
+        .prepare_cached(
+            "SELECT broadcast_id, customer_id, uuid, email, status FROM personal_broadcasts WHERE idempotency_key = ?1",
+        )?
+        .query_row([key], |r| {
+            Ok((
+                r.get(0)?,
+                RecipientAnswer {
+                    customer_id: r.get(1)?,
+                    uuid: r.get(2)?,
+                    email_address: r.get(3)?,
+                    status: r.get(4)?,
+                },
+            ))
+        })
+        .optional()?)
+}
+
+/// The customer with this external id (or, without one, this email), created if new.
+fn customer(c: &Connection, email: &str, external_id: &str, ts: i64) -> anyhow::Result<i64> {
+    let (sql, key) = if external_id.is_empty() {
+        (
+            "SELECT id FROM customers WHERE email = ?1 ORDER BY id LIMIT 1",
+            email,
+        )
+    } else {
+        (
+            "SELECT id FROM customers WHERE external_id = ?1 ORDER BY id LIMIT 1",
+            external_id,
+        )
+    };
+    let found: Option<i64> = c
+        .prepare_cached(sql)?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    Ok(c.prepare_cached(
+        "INSERT INTO customers (email, external_id, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+    )?
+    .query_row(params![email, external_id, ts], |r| r.get(0))?)
+}

@@ -6,11 +6,14 @@
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod broadcast;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod mapping;
+pub mod mock;
 pub mod store;
 pub mod template;

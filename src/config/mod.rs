@@ -3,6 +3,7 @@
 //! errors that name the file and the key.
 
 mod env;
+pub mod pega;
 pub mod secret;
 
 use crate::template::expr::ExpressionFormat;
@@ -41,6 +42,15 @@ pub struct Settings {
     /// The common fields of every event (`[account]`).
     #[serde(default)]
     pub account: crate::event::Account,
+    /// `POST /activities` (`[activities]`).
+    #[serde(default)]
+    pub activities: pega::ActivitySettings,
+    /// Delivery to Pega (`[pega]`).
+    #[serde(default)]
+    pub pega: pega::PegaSettings,
+    /// The operator API (`[admin]`).
+    #[serde(default)]
+    pub admin: pega::AdminSettings,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -164,6 +174,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(endpoint) = &self.pega.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return invalid(format!("pega.endpoint: `{endpoint}` is not an http(s) URL")),
+            }
+        }
+        if self.pega.batch_size == 0 || self.pega.concurrency == 0 {
+            return invalid("pega.batch_size and pega.concurrency must be at least 1".into());
+        }
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {
@@ -179,6 +199,17 @@ impl Settings {
     /// The tags `prepare` writes and `check` expects.
     pub fn plan(&self) -> Plan {
         Plan::new(&self.variables, &self.templates.expression)
+    }
+
+    /// `[store] url` with a relative SQLite file resolved against the config file's folder.
+    pub fn store_url(&self) -> String {
+        let url = &self.store.url;
+        match url.strip_prefix("sqlite://") {
+            Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+                format!("sqlite://{}", self.resolve(Path::new(path)).display())
+            }
+            _ => url.clone(),
+        }
     }
 
     /// A configured path, resolved against the config file's folder.

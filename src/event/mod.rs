@@ -1,5 +1,9 @@
 //! The events Pega receives, with the seed's exact field names (its JSON examples are the
-//! contract). Every event shares [`Common`]; each metric adds its own fields.
+//! contract). Every event shares [`Common`]; each metric adds its own fields ([`Event`]).
+
+mod metrics;
+
+pub use metrics::{Bounce, Click, Complaint, Conversion, Event, Metric, Open};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -14,7 +18,8 @@ pub struct Account {
     pub brand_name: String,
 }
 
-/// The fields every event carries, in the order of the seed's examples.
+/// The fields every event carries, in the order of the seed's examples. The seed's bounce and
+/// unsubscribe examples lack the five optional ones; events pegabridge makes always have them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Common {
     pub portal_id: i64,
@@ -27,7 +32,8 @@ pub struct Common {
     pub customer_id: i64,
     pub external_id: String,
     pub campaign_id: i64,
-    pub campaign_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_name: Option<String>,
     pub campaign_object_id: i64,
     pub broadcast_id: i64,
     pub broadcast_timestamp: i64,
@@ -36,14 +42,18 @@ pub struct Common {
     pub broadcast_manual_options: Map<String, Value>,
     pub sub_type: String,
     pub content_id: i64,
-    pub content_name: String,
-    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub email_domain: String,
     pub mailing_type: String,
     pub test_mailing: bool,
     pub email_address_override: bool,
-    pub customer_email_address: String,
-    pub email_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_email_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
     pub uuid: String,
 }
 

@@ -1,8 +1,8 @@
-//! Request parts every trigger endpoint needs: the mapping, its authentication, a JSON body.
+//! Request parts the endpoints need: the mapping, authentication, a JSON body.
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::secret::constant_time_eq;
+use crate::config::secret::{constant_time_eq, Secret};
 use crate::mapping::{Mapping, TriggerAuth};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -20,38 +20,45 @@ pub fn mapping(state: &AppState, name: &str) -> Result<Arc<Mapping>, ApiError> {
 
 /// Checks the `Authorization` header against the mapping's credentials (constant time).
 pub fn authorize(auth: &TriggerAuth, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
+    match auth {
+        TriggerAuth::Bearer { token } => require_bearer(token, headers),
+        TriggerAuth::Basic { username, password } => {
+            let ok = presented(headers, "Basic ")
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
+                .and_then(|d| String::from_utf8(d).ok())
+                .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+                // Both compared, always: no early exit on a wrong user name.
+                .is_some_and(|(u, p)| {
+                    constant_time_eq(username.as_bytes(), u.as_bytes())
+                        & password.matches(p.as_bytes())
+                });
+            ok.then_some(()).ok_or(ApiError::Unauthorized {
+                challenge: "Basic realm=\"pegabridge\"",
+            })
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer TOKEN` (constant time).
+pub fn require_bearer(token: &Secret, headers: &HeaderMap) -> Result<(), ApiError> {
+    presented(headers, "Bearer ")
+        .is_some_and(|t| token.matches(t.trim().as_bytes()))
+        .then_some(())
+        .ok_or(ApiError::Unauthorized {
+            challenge: "Bearer realm=\"pegabridge\"",
+        })
+}
+
+/// The credentials after `scheme` in the `Authorization` header.
+fn presented<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let ok = match auth {
-        TriggerAuth::Bearer { token } => presented
-            .strip_prefix("Bearer ")
-            .is_some_and(|t| token.matches(t.trim().as_bytes())),
-        TriggerAuth::Basic { username, password } => presented
-            .strip_prefix("Basic ")
-            .and_then(|b| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .ok()
-            })
-            .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-            // Both compared, always: no early exit on a wrong user name.
-            .is_some_and(|(u, p)| {
-                constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
-            }),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized {
-            challenge: match auth {
-                TriggerAuth::Bearer { .. } => "Bearer realm=\"pegabridge\"",
-                TriggerAuth::Basic { .. } => "Basic realm=\"pegabridge\"",
-            },
-        })
-    }
+        .and_then(|v| v.strip_prefix(scheme))
 }
 
 /// The body as JSON: 413 over the limit, 415 when not declared JSON, 400 when malformed.

@@ -2,12 +2,17 @@
 //! 0 in tests) and `run_until_stopped` serves until the shutdown signal, letting requests in
 //! flight finish.
 
+mod activities;
+mod admin;
 pub mod error;
 mod extract;
 mod health;
 mod webhooks;
 
+use crate::config::secret::Secret;
 use crate::config::Settings;
+use crate::delivery::metrics::Metrics;
+use crate::delivery::Worker;
 use crate::event::Account;
 use crate::mapping::Mappings;
 use crate::store::Store;
@@ -19,6 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -28,6 +34,14 @@ pub struct AppState {
     pub account: Arc<Account>,
     pub variables: Arc<[Variable]>,
     pub plan: Plan,
+    /// The `[activities]` token.
+    pub activity_token: Option<Arc<Secret>>,
+    /// Woken when events are committed, so the delivery worker picks them up at once.
+    pub outbox: Arc<Notify>,
+    /// The `[admin]` token.
+    pub admin_token: Option<Arc<Secret>>,
+    /// Delivery metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A built, bound server.
@@ -36,6 +50,9 @@ pub struct Application {
     router: Router,
     port: u16,
     grace: Duration,
+    /// The delivery worker (none without `[pega] endpoint`).
+    worker: Option<Worker>,
+    outbox: Arc<Notify>,
 }
 
 impl Application {
@@ -45,16 +62,32 @@ impl Application {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let store = Store::connect(&store_url(settings), &settings.store.synchronous).await?;
+        let store = Store::connect(&settings.store_url(), &settings.store.synchronous).await?;
+        let metrics = Arc::new(Metrics::new());
+        let worker = Worker::new(
+            store.clone(),
+            Arc::new(settings.pega.clone()),
+            metrics.clone(),
+        )?;
+        if worker.is_none() {
+            tracing::warn!("no [pega] endpoint: events wait in the outbox");
+        }
+        let outbox = Arc::new(Notify::new());
         let state = AppState {
             store,
             mappings: loaded.mappings,
             account: Arc::new(settings.account.clone()),
             variables: settings.variables.clone().into(),
             plan: settings.plan(),
+            activity_token: settings.activities.token.clone().map(Arc::new),
+            outbox: outbox.clone(),
+            admin_token: settings.admin.token.clone().map(Arc::new),
+            metrics,
         };
         let router = Router::new()
             .merge(webhooks::router())
+            .merge(activities::router())
+            .merge(admin::router())
             .merge(health::router())
             .layer(DefaultBodyLimit::max(settings.server.body_limit))
             .with_state(state);
@@ -69,6 +102,8 @@ impl Application {
             router,
             port,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            worker,
+            outbox,
         })
     }
 
@@ -77,16 +112,25 @@ impl Application {
         self.port
     }
 
-    /// Serves until `shutdown` completes; requests in flight then get `[server]
-    /// shutdown_grace_secs` to finish before they are dropped. Nothing is lost either way: a
-    /// request is answered only after its commit.
+    /// Serves (and delivers) until `shutdown` completes; requests in flight and the delivery
+    /// round in progress then get `[server] shutdown_grace_secs` to finish before they are
+    /// dropped. Nothing is lost either way: a request is answered only after its commit, and
+    /// an event whose delivery was cut short is claimed again when its lease runs out.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = self.worker.map(|w| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(w.run(self.outbox.clone(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
+            let _ = stop_tx.send(true);
             let _ = fired_tx.send(());
         };
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
@@ -100,21 +144,12 @@ impl Application {
             result = serve => result?,
             () = grace_over => tracing::warn!("shutdown grace period over: dropping requests in flight"),
         }
-        Ok(())
-    }
-}
-
-/// `sqlite://FILE` with FILE resolved against the config file's folder.
-fn store_url(settings: &Settings) -> String {
-    let url = &settings.store.url;
-    match url.strip_prefix("sqlite://") {
-        Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
-            format!(
-                "sqlite://{}",
-                settings.resolve(std::path::Path::new(path)).display()
-            )
+        if let Some(w) = worker {
+            if tokio::time::timeout(self.grace, w).await.is_err() {
+                tracing::warn!("shutdown grace period over: leaving a delivery round unfinished");
+            }
         }
-        _ => url.clone(),
+        Ok(())
     }
 }
 

@@ -38,6 +38,7 @@ async fn trigger(
         key,
     )
     .await?;
+    state.outbox.notify_one();
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

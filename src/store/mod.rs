@@ -4,6 +4,7 @@
 
 pub mod sqlite;
 
+pub use sqlite::activities::{ActivityAnswer, UnknownBroadcast};
 pub use sqlite::Store;
 
 use crate::event::Common;
@@ -29,7 +30,8 @@ pub struct RecipientAnswer {
     pub customer_id: i64,
     pub uuid: String,
     pub email_address: String,
-    /// `queued`, or `duplicate` for a recipient already sent by an earlier trigger.
+    /// `queued`; `duplicate` for a recipient already sent by an earlier trigger; `suppressed`
+    /// for a customer who is not mailable (no mail, no event).
     pub status: String,
 }
 

@@ -3,7 +3,10 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../../migrations/sqlite/0002_activities_delivery.sql"),
+];
 
 /// Applies the migrations this database has not seen.
 pub fn run(conn: &Connection) -> anyhow::Result<()> {

@@ -6,7 +6,9 @@
 //! two thread hand-offs, which dominated a trigger's cost (about 1 ms for its nine statements);
 //! here a trigger costs one hand-off, and a batch one commit.
 
+pub mod activities;
 mod migrate;
+pub mod outbox;
 mod triggers;
 
 use anyhow::Context;

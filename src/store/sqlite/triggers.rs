@@ -66,7 +66,7 @@ fn record(
             });
             continue;
         }
-        let customer_id = customer(c, &r.email, &r.external_id, ts)?;
+        let (customer_id, mailable) = customer(c, &r.email, &r.external_id, ts)?;
         // The same customer twice in one trigger gets one mail.
         if let Some(first) = answers.iter().find(|a| a.customer_id == customer_id) {
             let duplicate = RecipientAnswer {
@@ -76,7 +76,13 @@ fn record(
             answers.push(duplicate);
             continue;
         }
-        answers.push(insert_personal(c, r, broadcast_id, customer_id, ts)?);
+        answers.push(insert_personal(
+            c,
+            r,
+            broadcast_id,
+            (customer_id, mailable),
+            ts,
+        )?);
     }
     let answer = TriggerAnswer {
         broadcast_id,
@@ -89,14 +95,16 @@ fn record(
     Ok(answer)
 }
 
-/// One personal broadcast and its event in the outbox.
+/// One personal broadcast and, when the customer is mailable, its event in the outbox (a
+/// suppressed send is recorded but neither sent nor reported).
 fn insert_personal(
     c: &Connection,
     r: NewRecipient,
     broadcast_id: i64,
-    customer_id: i64,
+    (customer_id, mailable): (i64, bool),
     ts: i64,
 ) -> anyhow::Result<RecipientAnswer> {
+    let status = if mailable { "queued" } else { "suppressed" };
     let uuid = uuid::Uuid::new_v4().to_string();
     let mut event = r.event;
     event.broadcast_id = broadcast_id;
@@ -106,26 +114,26 @@ fn insert_personal(
     event.metric_timestamp = ts;
     let payload = serde_json::to_string(&event)?;
     c.prepare_cached(
-        "INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event, idempotency_key) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+        "INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         broadcast_id,
         customer_id,
         uuid,
         r.email,
+        status,
         serde_json::to_string(&r.manual_options)?,
         payload,
         r.idempotency_key
     ])?;
-    c.prepare_cached(
-        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at) VALUES (?1, 'broadcasts', ?2, ?3, ?3)",
-    )?
-    .execute(params![uuid, payload, ts])?;
+    if mailable {
+        super::outbox::enqueue(c, &uuid, "broadcasts", &payload)?;
+    }
     Ok(RecipientAnswer {
         customer_id,
         uuid,
         email_address: r.email,
-        status: "queued".into(),
+        status: status.into(),
     })
 }
 
@@ -149,28 +157,36 @@ fn earlier_send(c: &Connection, key: &str) -> anyhow::Result<Option<(i64, Recipi
         .optional()?)
 }
 
-/// The customer with this external id (or, without one, this email), created if new.
-fn customer(c: &Connection, email: &str, external_id: &str, ts: i64) -> anyhow::Result<i64> {
-    let (sql, key) = if external_id.is_empty() {
-        (
-            "SELECT id FROM customers WHERE email = ?1 ORDER BY id LIMIT 1",
-            email,
-        )
+/// Whether a customer may be mailed (the seed: hard bounces > 0, soft bounces > 4, a
+/// complaint or an unsubscribe make a customer not mailable).
+const MAILABLE: &str =
+    "bounce_count_hard = 0 AND bounce_count_soft <= 4 AND complaints = 0 AND unsubscribed = 0";
+
+/// The customer with this external id (or, without one, this email), created if new, and
+/// whether it is mailable.
+fn customer(
+    c: &Connection,
+    email: &str,
+    external_id: &str,
+    ts: i64,
+) -> anyhow::Result<(i64, bool)> {
+    let (by, key) = if external_id.is_empty() {
+        ("email", email)
     } else {
-        (
-            "SELECT id FROM customers WHERE external_id = ?1 ORDER BY id LIMIT 1",
-            external_id,
-        )
+        ("external_id", external_id)
     };
-    let found: Option<i64> = c
-        .prepare_cached(sql)?
-        .query_row([key], |r| r.get(0))
+    let sql = format!("SELECT id, {MAILABLE} FROM customers WHERE {by} = ?1 ORDER BY id LIMIT 1");
+    let found: Option<(i64, bool)> = c
+        .prepare_cached(&sql)?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if let Some(id) = found {
-        return Ok(id);
+    if let Some(found) = found {
+        return Ok(found);
     }
-    Ok(c.prepare_cached(
-        "INSERT INTO customers (email, external_id, created_at) VALUES (?1, ?2, ?3) RETURNING id",
-    )?
-    .query_row(params![email, external_id, ts], |r| r.get(0))?)
+    let id = c
+        .prepare_cached(
+            "INSERT INTO customers (email, external_id, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+        )?
+        .query_row(params![email, external_id, ts], |r| r.get(0))?;
+    Ok((id, true))
 }

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 the command ran and found problems (a template failed or lacks a
 //! field); 2 the command could not run (bad arguments or configuration).
 
+mod ops;
+
 use crate::config::Settings;
 use crate::template::batch::{self, Destination, Summary};
 use crate::template::check::{render_text, CheckReport};
@@ -41,6 +43,11 @@ pub enum Command {
     Serve,
     /// Show what a trigger would produce, per recipient, without storing or sending anything.
     Preview(PreviewArgs),
+    /// Inspect, replay, pause and resume deliveries to Pega.
+    #[command(subcommand)]
+    Deliveries(ops::DeliveriesCommand),
+    /// A local stand-in for the Pega endpoint, to test a setup against.
+    MockPega(ops::MockArgs),
 }
 
 /// `pegabridge preview`.
@@ -119,6 +126,9 @@ pub fn init_logging(verbose: u8) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::MockPega(args) = cli.command {
+        return ops::mock_pega(args);
+    }
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
         Command::Prepare(args) => prepare(&settings, args),
@@ -126,6 +136,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => config_check(&settings),
         Command::Serve => serve(settings),
         Command::Preview(args) => preview(&settings, args),
+        Command::Deliveries(command) => ops::deliveries(&settings, command),
+        Command::MockPega(_) => unreachable!("handled above"),
     }
 }
 
@@ -208,7 +220,7 @@ fn render_preview(preview: &crate::broadcast::Preview) -> String {
         out.push_str(&format!(
             "recipient {} <{}>\n",
             i + 1,
-            r.event.email_address
+            r.event.email_address.as_deref().unwrap_or_default()
         ));
         let width = r
             .manual_options

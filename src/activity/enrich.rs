@@ -1,0 +1,141 @@
+//! What an activity's caller may leave out: `os` and `browser` from the user agent (woothee),
+//! the `google_*` fields from the URL's utm parameters, and `machine_generated` from known
+//! image proxies and link scanners.
+
+use std::sync::LazyLock;
+
+static PARSER: LazyLock<woothee::parser::Parser> = LazyLock::new(woothee::parser::Parser::new);
+
+/// Operating system and browser of a user agent, as the seed names them ("Windows", "Chrome");
+/// empty when unknown.
+pub fn os_and_browser(user_agent: &str) -> (String, String) {
+    let Some(r) = PARSER.parse(user_agent) else {
+        return (String::new(), String::new());
+    };
+    let known = |s: &str| {
+        if s == "UNKNOWN" {
+            String::new()
+        } else {
+            s.to_owned()
+        }
+    };
+    // woothee names Windows by version ("Windows 10"); the seed uses the family.
+    let os = if r.os.starts_with("Windows") {
+        "Windows".to_owned()
+    } else {
+        known(r.os)
+    };
+    (os, known(r.name))
+}
+
+/// Image proxies and scanners that fetch mail content without a person: an open or click
+/// through them is machine generated.
+const MACHINES: &[&str] = &[
+    "googleimageproxy",
+    "yahoomailproxy",
+    "yahoo! slurp",
+    "apple mail privacy",
+    "mimecast",
+    "proofpoint",
+    "barracuda",
+    "symantec",
+    "messagelabs",
+    "trendmicro",
+    "forcepoint",
+    "safelinks",
+    "microsoft office existence discovery",
+    "bot",
+    "crawler",
+    "spider",
+    "python-requests",
+    "curl/",
+    "wget/",
+    "go-http-client",
+];
+
+/// Whether the user agent belongs to a known proxy, scanner or crawler.
+pub fn machine_generated(user_agent: &str) -> bool {
+    let ua = user_agent.to_ascii_lowercase();
+    if ua.trim().is_empty() {
+        return false;
+    }
+    MACHINES.iter().any(|m| ua.contains(m))
+        || PARSER
+            .parse(user_agent)
+            .is_some_and(|r| r.category == "crawler")
+}
+
+/// The Google Analytics fields of a URL: source, medium, term, content, campaign.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Utm {
+    pub source: String,
+    pub medium: String,
+    pub term: String,
+    pub content: String,
+    pub campaign: String,
+}
+
+/// The utm parameters of `url` (empty when absent or when the URL does not parse).
+pub fn utm(url: &str) -> Utm {
+    let mut utm = Utm::default();
+    let Ok(parsed) = url::Url::parse(url) else {
+        return utm;
+    };
+    for (k, v) in parsed.query_pairs() {
+        let slot = match k.as_ref() {
+            "utm_source" => &mut utm.source,
+            "utm_medium" => &mut utm.medium,
+            "utm_term" => &mut utm.term,
+            "utm_content" => &mut utm.content,
+            "utm_campaign" => &mut utm.campaign,
+            _ => continue,
+        };
+        *slot = v.into_owned();
+    }
+    utm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_user_agents_give_its_os_and_browser() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0.4044.138 Safari/537.36";
+        assert_eq!(os_and_browser(chrome), ("Windows".into(), "Chrome".into()));
+        let ie = "Mozilla/5.0 (Windows NT 6.1; WOW64; Trident/7.0; yie11; rv:11.0) like Gecko";
+        assert_eq!(
+            os_and_browser(ie),
+            ("Windows".into(), "Internet Explorer".into())
+        );
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1";
+        assert_eq!(os_and_browser(iphone).1, "Safari");
+        assert_eq!(os_and_browser("???"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn image_proxies_and_scanners_are_machines_and_people_are_not() {
+        assert!(machine_generated(
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+        ));
+        assert!(machine_generated(
+            "Googlebot/2.1 (+http://www.google.com/bot.html)"
+        ));
+        assert!(!machine_generated(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0 Safari/537.36"
+        ));
+        assert!(!machine_generated(""));
+    }
+
+    #[test]
+    fn utm_parameters_become_the_google_fields() {
+        let u = utm(
+            "https://shop.example/?utm_source=pega&utm_medium=email&utm_campaign=spring%20sale&x=1",
+        );
+        assert_eq!(u.source, "pega");
+        assert_eq!(u.medium, "email");
+        assert_eq!(u.campaign, "spring sale");
+        assert_eq!(u.term, "");
+        assert_eq!(utm("not a url"), Utm::default());
+    }
+}

@@ -1,0 +1,359 @@
+//! Activities from the mail platform (`POST /activities`): parsed and checked at the edge,
+//! enriched where the caller left fields out, and turned into the seed's events once joined
+//! with their personal broadcast.
+
+pub mod enrich;
+
+use crate::event::{Bounce, Click, Common, Complaint, Conversion, Event, Metric, Open};
+use crate::mapping::apply::FieldError;
+use serde::Deserialize;
+use serde_json::{Number, Value};
+
+/// An activity as the caller sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityIn {
+    id: Option<String>,
+    metric: String,
+    broadcast_id: i64,
+    customer_id: i64,
+    timestamp: Option<i64>,
+    user_agent: Option<String>,
+    os: Option<String>,
+    browser: Option<String>,
+    machine_generated: Option<bool>,
+    link_id: Option<i64>,
+    url: Option<String>,
+    alt: Option<String>,
+    tags: Option<Vec<Value>>,
+    google_source: Option<String>,
+    google_medium: Option<String>,
+    google_term: Option<String>,
+    google_content: Option<String>,
+    google_campaign: Option<String>,
+    bounce_type: Option<String>,
+    bounce_code: Option<String>,
+    bounce_reason: Option<String>,
+    conversion_name: Option<String>,
+    value: Option<Number>,
+    currency: Option<String>,
+    order_id: Option<String>,
+}
+
+/// What an activity adds to the common part.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    Open {
+        user_agent: String,
+        os: String,
+        browser: String,
+        machine_generated: bool,
+    },
+    Click(Box<ClickDetail>),
+    Bounce {
+        hard: bool,
+        code: String,
+        reason: String,
+    },
+    Complaint,
+    Unsubscribe,
+    Conversion {
+        name: String,
+        value: Option<Number>,
+        currency: Option<String>,
+        order_id: Option<String>,
+    },
+}
+
+/// A click's own fields (clicks and short_links).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickDetail {
+    pub user_agent: String,
+    pub os: String,
+    pub browser: String,
+    pub link_id: i64,
+    pub url: String,
+    pub alt: String,
+    pub utm: enrich::Utm,
+    pub tags: Vec<Value>,
+}
+
+/// A checked, enriched activity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    /// The caller's id: a resend with the same id is a no-op.
+    pub external_id: Option<String>,
+    pub metric: Metric,
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+    /// Unix seconds; now when not given.
+    pub timestamp: Option<i64>,
+    pub detail: Detail,
+}
+
+/// The customer's counts after an activity (the seed's mailability fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub bounce_count_hard: i64,
+    pub bounce_count_soft: i64,
+    pub complaints: i64,
+}
+
+/// Parses a body of one activity or an array of them; every problem is reported, with the
+/// element's index in `path`.
+pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
+    let items = match body {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    let mut activities = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match serde_json::from_value::<ActivityIn>(item) {
+            Ok(raw) => match check(raw) {
+                Ok(a) => activities.push(a),
+                Err((field, message)) => errors.push(error(i, field, message)),
+            },
+            Err(e) => {
+                let message = e.to_string();
+                let field = message.split('`').nth(1).unwrap_or("").to_owned();
+                errors.push(error(i, &field, message));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(activities)
+    } else {
+        Err(errors)
+    }
+}
+
+fn error(index: usize, field: &str, message: String) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        path: format!("{index}.{field}"),
+        message,
+    }
+}
+
+fn check(a: ActivityIn) -> Result<Activity, (&'static str, String)> {
+    let metric = match Metric::parse(&a.metric) {
+        Some(Metric::Broadcasts) => {
+            return Err((
+                "metric",
+                "broadcasts come from triggers, not activities".into(),
+            ))
+        }
+        Some(m) => m,
+        None => return Err(("metric", format!("unknown metric `{}`", a.metric))),
+    };
+    let user_agent = a.user_agent.clone().unwrap_or_default();
+    let (ua_os, ua_browser) = enrich::os_and_browser(&user_agent);
+    let os = a.os.clone().unwrap_or(ua_os);
+    let browser = a.browser.clone().unwrap_or(ua_browser);
+    let detail = match metric {
+        Metric::Opens => Detail::Open {
+            machine_generated: a
+                .machine_generated
+                .unwrap_or_else(|| enrich::machine_generated(&user_agent)),
+            user_agent,
+            os,
+            browser,
+        },
+        Metric::Clicks | Metric::ShortLinks => {
+            let url = a
+                .url
+                .clone()
+                .ok_or(("url", "is required for clicks".to_owned()))?;
+            let from_url = enrich::utm(&url);
+            let utm = enrich::Utm {
+                source: a.google_source.clone().unwrap_or(from_url.source),
+                medium: a.google_medium.clone().unwrap_or(from_url.medium),
+                term: a.google_term.clone().unwrap_or(from_url.term),
+                content: a.google_content.clone().unwrap_or(from_url.content),
+                campaign: a.google_campaign.clone().unwrap_or(from_url.campaign),
+            };
+            Detail::Click(Box::new(ClickDetail {
+                user_agent,
+                os,
+                browser,
+                link_id: a.link_id.unwrap_or(0),
+                url,
+                alt: a.alt.clone().unwrap_or_default(),
+                utm,
+                tags: a.tags.clone().unwrap_or_default(),
+            }))
+        }
+        Metric::Bounces => {
+            let kind = a.bounce_type.as_deref().map(str::to_ascii_lowercase);
+            let hard = match kind.as_deref() {
+                Some("hard") => true,
+                Some("soft") => false,
+                _ => return Err(("bounce_type", "must be `hard` or `soft`".into())),
+            };
+            Detail::Bounce {
+                hard,
+                code: a.bounce_code.clone().unwrap_or_default(),
+                reason: a.bounce_reason.clone().unwrap_or_default(),
+            }
+        }
+        Metric::Complaints => Detail::Complaint,
+        Metric::Unsubscribes => Detail::Unsubscribe,
+        Metric::Conversions => Detail::Conversion {
+            name: a
+                .conversion_name
+                .clone()
+                .ok_or(("conversion_name", "is required for conversions".to_owned()))?,
+            value: a.value.clone(),
+            currency: a.currency.clone(),
+            order_id: a.order_id.clone(),
+        },
+        Metric::Broadcasts => unreachable!("refused above"),
+    };
+    Ok(Activity {
+        external_id: a.id,
+        metric,
+        broadcast_id: a.broadcast_id,
+        customer_id: a.customer_id,
+        timestamp: a.timestamp,
+        detail,
+    })
+}
+
+/// The event of an activity: the personal broadcast's common part with this activity's
+/// metric, id, time and uuid, plus its own fields and the customer's current counts.
+pub fn event(
+    mut common: Common,
+    a: &Activity,
+    metric_id: i64,
+    ts: i64,
+    uuid: &str,
+    counts: Counts,
+) -> Event {
+    common.metric = a.metric.as_str().to_owned();
+    common.metric_id = metric_id;
+    common.metric_timestamp = ts;
+    common.uuid = uuid.to_owned();
+    match &a.detail {
+        Detail::Open {
+            user_agent,
+            os,
+            browser,
+            machine_generated,
+        } => Event::Open(Open {
+            common,
+            user_agent: user_agent.clone(),
+            os: os.clone(),
+            browser: browser.clone(),
+            machine_generated: *machine_generated,
+        }),
+        Detail::Click(c) => Event::Click(Click {
+            common,
+            user_agent: c.user_agent.clone(),
+            link_id: c.link_id,
+            url: c.url.clone(),
+            alt: c.alt.clone(),
+            google_source: c.utm.source.clone(),
+            google_medium: c.utm.medium.clone(),
+            google_term: c.utm.term.clone(),
+            google_content: c.utm.content.clone(),
+            google_campaign: c.utm.campaign.clone(),
+            tags: c.tags.clone(),
+            os: c.os.clone(),
+            browser: c.browser.clone(),
+        }),
+        Detail::Bounce { hard, code, reason } => Event::Bounce(Bounce {
+            common,
+            bounce_type: if *hard { "hard" } else { "soft" }.to_owned(),
+            bounce_code: code.clone(),
+            bounce_reason: reason.clone(),
+            bounce_count_hard: counts.bounce_count_hard,
+            bounce_count_soft: counts.bounce_count_soft,
+        }),
+        Detail::Complaint => Event::Complaint(Complaint {
+            common,
+            complaints: counts.complaints,
+        }),
+        Detail::Unsubscribe => Event::Plain(common),
+        Detail::Conversion {
+            name,
+            value,
+            currency,
+            order_id,
+        } => Event::Conversion(Conversion {
+            common,
+            conversion_name: name.clone(),
+            value: value.clone(),
+            currency: currency.clone(),
+            order_id: order_id.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn one_activity_or_an_array_is_accepted_and_enriched() {
+        let one = parse(json!({"metric": "clicks", "broadcast_id": 7, "customer_id": 3,
+            "url": "https://shop.example/?utm_source=pega&utm_medium=email", "alt": "Your account",
+            "link_id": 17786, "tags": ["account"],
+            "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0.4044.138 Safari/537.36"}))
+        .unwrap();
+        let Detail::Click(c) = &one[0].detail else {
+            panic!("a click")
+        };
+        assert_eq!((c.os.as_str(), c.browser.as_str()), ("Windows", "Chrome"));
+        assert_eq!(c.utm.source, "pega");
+        assert_eq!(c.utm.medium, "email");
+        let many = parse(
+            json!([{"metric": "opens", "broadcast_id": 1, "customer_id": 1},
+                                {"metric": "unsubscribes", "broadcast_id": 1, "customer_id": 1}]),
+        )
+        .unwrap();
+        assert_eq!(many.len(), 2);
+    }
+
+    #[test]
+    fn given_fields_win_over_derived_ones() {
+        let a = parse(
+            json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1,
+            "user_agent": "GoogleImageProxy", "os": "Plan 9", "machine_generated": false}),
+        )
+        .unwrap();
+        assert_eq!(
+            a[0].detail,
+            Detail::Open {
+                user_agent: "GoogleImageProxy".into(),
+                os: "Plan 9".into(),
+                browser: String::new(),
+                machine_generated: false
+            }
+        );
+    }
+
+    #[test]
+    fn every_bad_element_is_reported_with_its_index() {
+        let errors = parse(json!([
+            {"metric": "bounces", "broadcast_id": 1, "customer_id": 1, "bounce_type": "medium"},
+            {"metric": "clicks", "broadcast_id": 1, "customer_id": 1},
+            {"metric": "opens", "customer_id": 1},
+            {"metric": "broadcasts", "broadcast_id": 1, "customer_id": 1},
+            {"metric": "opens", "broadcast_id": 1, "customer_id": 1, "colour": "red"}
+        ]))
+        .unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "0.bounce_type",
+                "1.url",
+                "2.broadcast_id",
+                "3.metric",
+                "4.colour"
+            ]
+        );
+    }
+}

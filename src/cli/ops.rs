@@ -1,0 +1,186 @@
+//! Operator commands: `deliveries ...` (on the store the configuration names) and
+//! `mock-pega`.
+
+use crate::config::secret::Secret;
+use crate::config::Settings;
+use crate::mock::{Behaviour, MockAuth, MockPega};
+use crate::store::sqlite::outbox::Replay;
+use crate::store::Store;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `pegabridge deliveries ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Events in the outbox, newest first.
+    List {
+        /// pending, inflight, delivered, dead or filtered.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One event: its JSON and every delivery attempt.
+    Show { uuid: String },
+    /// Deliver events again (with a fresh retry schedule).
+    Replay(ReplayArgs),
+    /// Stop delivering (events keep queueing).
+    Pause,
+    /// Start delivering again.
+    Resume,
+}
+
+/// Which events to replay: exactly one of these.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["uuid", "status", "since"])))]
+pub struct ReplayArgs {
+    /// One event.
+    pub uuid: Option<String>,
+    /// Every event with this status (e.g. dead).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Every event created since TIME: Unix seconds, or an age such as 90m, 2h, 1d.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+/// `pegabridge mock-pega`.
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: String,
+    #[arg(long)]
+    pub username: String,
+    #[arg(long, env = "MOCK_PEGA_PASSWORD")]
+    pub password: String,
+    /// The status failures answer with.
+    #[arg(long, default_value_t = 503)]
+    pub fail_status: u16,
+    /// Fail this fraction of requests (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Fail the first N requests.
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: u32,
+    /// Wait this long before each answer.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+/// Runs a `deliveries` command.
+pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = Store::connect(&settings.store_url(), &settings.store.synchronous).await?;
+        match command {
+            DeliveriesCommand::List { status, limit } => {
+                let rows = store.deliveries(status, limit).await?;
+                println!(
+                    "{:<36}  {:<12}  {:<9}  {:>8}  last error",
+                    "uuid", "metric", "status", "attempts"
+                );
+                for r in rows {
+                    let error = r.last_error.unwrap_or_default().replace('\n', " ");
+                    let error: String = error.chars().take(60).collect();
+                    println!(
+                        "{:<36}  {:<12}  {:<9}  {:>8}  {error}",
+                        r.uuid, r.metric, r.status, r.attempts
+                    );
+                }
+            }
+            DeliveriesCommand::Show { uuid } => {
+                let Some((row, event, attempts)) = store.delivery(uuid.clone()).await? else {
+                    eprintln!("no event with uuid {uuid}");
+                    return Ok(ExitCode::from(1));
+                };
+                let shown =
+                    serde_json::json!({"delivery": row, "event": event, "attempts": attempts});
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            }
+            DeliveriesCommand::Replay(args) => {
+                let which = match (args.uuid, args.status, args.since) {
+                    (Some(u), _, _) => Replay::Uuid(u),
+                    (_, Some(s), _) => Replay::Status(s),
+                    (_, _, Some(t)) => Replay::Since(parse_since(&t, crate::event::now())?),
+                    _ => unreachable!("clap requires one"),
+                };
+                println!(
+                    "{} events will be delivered again",
+                    store.replay(which).await?
+                );
+            }
+            DeliveriesCommand::Pause => {
+                store.set_paused(true).await?;
+                println!("delivery paused");
+            }
+            DeliveriesCommand::Resume => {
+                store.set_paused(false).await?;
+                println!("delivery resumed");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Unix seconds, or an age (`90m`, `2h`, `1d`, `30s`) before `now`.
+pub fn parse_since(text: &str, now: i64) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let unit = match text.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => {
+            return text
+                .parse()
+                .with_context(|| format!("`{text}` is not Unix seconds nor an age like 2h"))
+        }
+    };
+    let n: i64 = text[..text.len() - 1]
+        .parse()
+        .with_context(|| format!("`{text}` is not an age like 90m, 2h or 1d"))?;
+    Ok(now - n * unit)
+}
+
+/// Runs the stand-in until ctrl-c.
+pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
+    let mock = MockPega::new(
+        MockAuth::Basic {
+            username: args.username,
+            password: Secret::new(args.password),
+        },
+        Behaviour {
+            fail_next: args.fail_first,
+            fail_rate: args.fail_rate,
+            fail_status: Some(args.fail_status),
+            delay: Duration::from_millis(args.delay_ms),
+            print: true,
+        },
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!("mock Pega listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, mock.router())
+            .with_graceful_shutdown(crate::http::shutdown_signal())
+            .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_unix_seconds_or_an_age() {
+        assert_eq!(parse_since("1700000000", 0).unwrap(), 1_700_000_000);
+        assert_eq!(parse_since("2h", 10_000).unwrap(), 10_000 - 7200);
+        assert_eq!(parse_since("1d", 100_000).unwrap(), 100_000 - 86_400);
+        assert!(parse_since("soon", 0).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! `pegabridge mock-pega`: a local stand-in for the Pega endpoint, for users testing their
+//! setup and for this project's tests. It checks Basic auth (or OAuth2 client-credentials
+//! tokens it issued at `POST /oauth/token`) and every event against the contract, and can be
+//! told to fail: a status code for the next N requests or at a rate, and a delay.
+
+use crate::config::secret::{constant_time_eq, Secret};
+use crate::event::Event;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the stand-in authenticates callers.
+#[derive(Debug, Clone)]
+pub enum MockAuth {
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// Tokens from `POST /oauth/token` for this client, valid for `lifetime`.
+    Oauth2 {
+        client_id: String,
+        client_secret: Secret,
+        lifetime: Duration,
+    },
+}
+
+/// What the stand-in does; change it at any time through [`MockPega::control`].
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Answer this status to the next `fail_next` requests...
+    pub fail_next: u32,
+    /// ...and to this fraction of the others (0 to 1).
+    pub fail_rate: f64,
+    /// The failure status (503 by default).
+    pub fail_status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Print one line per accepted event.
+    pub print: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    behaviour: Behaviour,
+    events: Vec<Value>,
+    requests: u64,
+    tokens: HashMap<String, Instant>,
+    tokens_issued: u64,
+}
+
+/// A running stand-in's shared state.
+#[derive(Debug, Clone)]
+pub struct MockPega {
+    auth: Arc<MockAuth>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MockPega {
+    /// A stand-in with this authentication and behaviour.
+    pub fn new(auth: MockAuth, behaviour: Behaviour) -> Self {
+        Self {
+            auth: Arc::new(auth),
+            inner: Arc::new(Mutex::new(Inner {
+                behaviour,
+                ..Inner::default()
+            })),
+        }
+    }
+
+    /// The routes: `POST /oauth/token`, and events at any other path.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/oauth/token", post(token))
+            .fallback(post(receive))
+            .with_state(self.clone())
+    }
+
+    /// Changes the behaviour.
+    pub fn control(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.inner.lock().expect("not poisoned").behaviour);
+    }
+
+    /// Every event accepted so far (duplicates included).
+    pub fn events(&self) -> Vec<Value> {
+        self.inner.lock().expect("not poisoned").events.clone()
+    }
+
+    /// Requests received, accepted or not.
+    pub fn requests(&self) -> u64 {
+        self.inner.lock().expect("not poisoned").requests
+    }
+
+    /// OAuth2 tokens issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.inner.lock().expect("not poisoned").tokens_issued
+    }
+
+    /// Makes every issued token invalid (as a token server that rotated its keys would).
+    pub fn revoke_tokens(&self) {
+        self.inner.lock().expect("not poisoned").tokens.clear();
+    }
+}
+
+async fn token(
+    State(mock): State<MockPega>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let MockAuth::Oauth2 {
+        client_id,
+        client_secret,
+        lifetime,
+    } = mock.auth.as_ref()
+    else {
+        return (StatusCode::NOT_FOUND, "no OAuth2 here").into_response();
+    };
+    let given = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let ok = given("grant_type") == "client_credentials"
+        && constant_time_eq(client_id.as_bytes(), given("client_id").as_bytes())
+        && client_secret.matches(given("client_secret").as_bytes());
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let value = uuid::Uuid::new_v4().simple().to_string();
+    let mut inner = mock.inner.lock().expect("not poisoned");
+    inner
+        .tokens
+        .insert(value.clone(), Instant::now() + *lifetime);
+    inner.tokens_issued += 1;
+    Json(json!({"access_token": value, "token_type": "Bearer", "expires_in": lifetime.as_secs()}))
+        .into_response()
+}
+
+async fn receive(State(mock): State<MockPega>, headers: HeaderMap, body: Bytes) -> Response {
+    let (delay, fail) = {
+        let mut inner = mock.inner.lock().expect("not poisoned");
+        inner.requests += 1;
+        let b = &mut inner.behaviour;
+        let fail = if b.fail_next > 0 {
+            b.fail_next -= 1;
+            true
+        } else {
+            b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate
+        };
+        (b.delay, fail.then(|| b.fail_status.unwrap_or(503)))
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if !authorized(&mock, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "unauthorized"})),
+        )
+            .into_response();
+    }
+    if let Some(status) = fail {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (status, Json(json!({"error": "told to fail"}))).into_response();
+    }
+    let events = match check(&headers, &body) {
+        Ok(events) => events,
+        Err(message) => {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+        }
+    };
+    let mut inner = mock.inner.lock().expect("not poisoned");
+    for e in events {
+        if inner.behaviour.print {
+            println!(
+                "{} {:<12} broadcast {} customer {} metric_id {}",
+                e["uuid"].as_str().unwrap_or(""),
+                e["metric"].as_str().unwrap_or(""),
+                e["broadcast_id"],
+                e["customer_id"],
+                e["metric_id"]
+            );
+        }
+        inner.events.push(e);
+    }
+    StatusCode::OK.into_response()
+}
+
+fn authorized(mock: &MockPega, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match mock.auth.as_ref() {
+        MockAuth::Basic { username, password } => presented
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+            .is_some_and(|(u, p)| {
+                constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
+            }),
+        MockAuth::Oauth2 { .. } => presented.strip_prefix("Bearer ").is_some_and(|t| {
+            let inner = mock.inner.lock().expect("not poisoned");
+            inner.tokens.get(t).is_some_and(|exp| *exp > Instant::now())
+        }),
+    }
+}
+
+/// What a real receiver would refuse: not JSON, not an array, an event that breaks the
+/// contract (missing or mistyped fields for its metric, a bad uuid, a broadcast with a
+/// metric_id other than 0).
+pub fn check(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, String> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_type {
+        return Err("Content-Type must be application/json".into());
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Array(items) = value else {
+        return Err("the body must be a JSON array of events".into());
+    };
+    for (i, item) in items.iter().enumerate() {
+        let event = Event::from_value(item.clone()).map_err(|e| format!("event {i}: {e}"))?;
+        let common = event.common();
+        uuid::Uuid::parse_str(&common.uuid).map_err(|_| format!("event {i}: bad uuid"))?;
+        if (common.metric == "broadcasts") != (common.metric_id == 0) {
+            return Err(format!(
+                "event {i}: metric_id must be 0 exactly for broadcasts"
+            ));
+        }
+        if common.metric_timestamp <= 0 || common.broadcast_timestamp <= 0 {
+            return Err(format!("event {i}: timestamps must be Unix seconds"));
+        }
+    }
+    Ok(items)
+}

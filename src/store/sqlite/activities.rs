@@ -1,0 +1,118 @@
+//! Recording activities: joined with their personal broadcast, counted against the
+//! customer's mailability, and queued as events, all or nothing per request.
+
+use super::Store;
+use crate::activity::{event, Activity, Counts, Detail};
+use crate::event::{now, Common, Metric};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// The answer for one activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityAnswer {
+    pub uuid: String,
+    pub metric_id: i64,
+    /// `queued`, or `duplicate` for a resend of an activity with a known `id`.
+    pub status: String,
+}
+
+/// An activity whose personal broadcast does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("activity {index}: no personal broadcast {broadcast_id} for customer {customer_id}")]
+pub struct UnknownBroadcast {
+    pub index: usize,
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+}
+
+impl Store {
+    /// Records the activities of one request in one savepoint: an unknown personal broadcast
+    /// fails them all ([`UnknownBroadcast`] in the error chain).
+    pub async fn record_activities(
+        &self,
+        activities: Vec<Activity>,
+    ) -> anyhow::Result<Vec<ActivityAnswer>> {
+        self.call(move |c| {
+            activities
+                .iter()
+                .enumerate()
+                .map(|(i, a)| record(c, i, a))
+                .collect()
+        })
+        .await
+    }
+}
+
+fn record(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<ActivityAnswer> {
+    if let Some(id) = &a.external_id {
+        let earlier = c
+            .prepare_cached("SELECT uuid, id FROM activities WHERE external_id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((uuid, metric_id)) = earlier {
+            return Ok(ActivityAnswer {
+                uuid,
+                metric_id,
+                status: "duplicate".into(),
+            });
+        }
+    }
+    let stored: Option<String> = c
+        .prepare_cached(
+            "SELECT event FROM personal_broadcasts WHERE broadcast_id = ?1 AND customer_id = ?2",
+        )?
+        .query_row(params![a.broadcast_id, a.customer_id], |r| r.get(0))
+        .optional()?;
+    let Some(stored) = stored else {
+        return Err(UnknownBroadcast {
+            index,
+            broadcast_id: a.broadcast_id,
+            customer_id: a.customer_id,
+        }
+        .into());
+    };
+    let common: Common = serde_json::from_str(&stored)?;
+    let counts = count(c, a)?;
+    let ts = a.timestamp.unwrap_or_else(now);
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let metric_id: i64 = c
+        .prepare_cached(
+            "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?
+        .query_row(
+            params![a.external_id, uuid, a.metric.as_str(), a.broadcast_id, a.customer_id, now()],
+            |r| r.get(0),
+        )?;
+    let payload = serde_json::to_string(&event(common, a, metric_id, ts, &uuid, counts))?;
+    super::outbox::enqueue(c, &uuid, a.metric.as_str(), &payload)?;
+    Ok(ActivityAnswer {
+        uuid,
+        metric_id,
+        status: "queued".into(),
+    })
+}
+
+/// Updates the customer's mailability counts for this activity and returns them.
+fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
+    let change = match (&a.metric, &a.detail) {
+        (Metric::Bounces, Detail::Bounce { hard: true, .. }) => {
+            "bounce_count_hard = bounce_count_hard + 1"
+        }
+        (Metric::Bounces, _) => "bounce_count_soft = bounce_count_soft + 1",
+        (Metric::Complaints, _) => "complaints = complaints + 1",
+        (Metric::Unsubscribes, _) => "unsubscribed = 1",
+        // An open or a click shows the address works: the soft count starts again.
+        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => "bounce_count_soft = 0",
+        _ => "id = id",
+    };
+    let sql = format!(
+        "UPDATE customers SET {change} WHERE id = ?1 RETURNING bounce_count_hard, bounce_count_soft, complaints"
+    );
+    Ok(c.prepare_cached(&sql)?.query_row([a.customer_id], |r| {
+        Ok(Counts {
+            bounce_count_hard: r.get(0)?,
+            bounce_count_soft: r.get(1)?,
+            complaints: r.get(2)?,
+        })
+    })?)
+}

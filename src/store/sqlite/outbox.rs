@@ -1,0 +1,310 @@
+//! The outbox: events committed with the change that made them, claimed by the delivery
+//! worker with a lease, completed with a record of every attempt.
+
+use super::Store;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// Now in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Queues an event (inside the caller's transaction).
+pub(super) fn enqueue(
+    c: &Connection,
+    uuid: &str,
+    metric: &str,
+    payload: &str,
+) -> rusqlite::Result<()> {
+    let ms = now_ms();
+    c.prepare_cached(
+        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+    )?
+    .execute(params![uuid, metric, payload, ms, ms / 1000])?;
+    Ok(())
+}
+
+/// An event claimed for delivery.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub uuid: String,
+    pub metric: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub created_ms: i64,
+}
+
+/// How an attempt ended, for the event's row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    Delivered,
+    /// Try again at `next_at_ms` (Unix milliseconds).
+    Retry {
+        next_at_ms: i64,
+    },
+    /// Give up: visible, replayable.
+    Dead,
+    /// Not sent: the metric is not in `[pega] activities`.
+    Filtered,
+}
+
+/// One attempt, as recorded (never a secret; the first KB of the answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub at_ms: i64,
+    pub http_status: Option<u16>,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// An outbox row, for operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub uuid: String,
+    pub metric: String,
+    pub status: String,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub next_attempt_at: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// Which events to replay.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    Uuid(String),
+    Status(String),
+    /// Every event created at or after this Unix time.
+    Since(i64),
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub inflight: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    pub filtered: i64,
+    pub oldest_pending_age_secs: i64,
+}
+
+const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
+
+fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        uuid: r.get(0)?,
+        metric: r.get(1)?,
+        status: r.get(2)?,
+        attempts: r.get(3)?,
+        next_attempt_at: r.get(4)?,
+        created_at: r.get(5)?,
+        last_error: r.get(6)?,
+    })
+}
+
+impl Store {
+    /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
+    /// reserving them for `lease_secs`. Nothing while delivery is paused.
+    pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
+        self.call(move |c| {
+            if paused(c)? {
+                return Ok(Vec::new());
+            }
+            let now = now_ms();
+            let mut stmt = c.prepare_cached(
+                "UPDATE outbox SET status = 'inflight', lease_until = ?1
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE (status = 'pending' AND next_attempt_at <= ?2)
+                                 OR (status = 'inflight' AND lease_until < ?2)
+                              ORDER BY id LIMIT ?3)
+                 RETURNING id, uuid, metric, payload, attempts, created_ms",
+            )?;
+            let rows = stmt.query_map(
+                params![now + lease_secs as i64 * 1000, now, limit as i64],
+                |r| {
+                    Ok(Claimed {
+                        id: r.get(0)?,
+                        uuid: r.get(1)?,
+                        metric: r.get(2)?,
+                        payload: r.get(3)?,
+                        attempts: r.get(4)?,
+                        created_ms: r.get(5)?,
+                    })
+                },
+            )?;
+            let mut claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            claimed.sort_by_key(|c| c.id);
+            Ok(claimed)
+        })
+        .await
+    }
+
+    /// Records an attempt on each of `ids` and moves them on.
+    pub async fn complete(
+        &self,
+        ids: Vec<i64>,
+        attempt: Option<Attempt>,
+        completion: Completion,
+    ) -> anyhow::Result<()> {
+        self.call(move |c| {
+            let (status, next_at, delivered_at) = match completion {
+                Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
+                Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
+                Completion::Dead => ("dead", None, None),
+                Completion::Filtered => ("filtered", None, None),
+            };
+            let error = attempt
+                .as_ref()
+                .filter(|a| a.outcome != "delivered")
+                .map(|a| a.detail.clone());
+            let bump = i64::from(attempt.is_some());
+            for id in ids {
+                c.prepare_cached(
+                    "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+                     delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
+                     attempts = attempts + ?5, lease_until = 0 WHERE id = ?6",
+                )?
+                .execute(params![status, next_at, delivered_at, error, bump, id])?;
+                if let Some(a) = &attempt {
+                    c.prepare_cached(
+                        "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![id, a.at_ms, a.http_status, a.duration_ms, a.outcome, a.detail])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Events by status (all when `None`), newest first.
+    pub async fn deliveries(
+        &self,
+        status: Option<String>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![status, limit as i64], delivery)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// One event: its row, its payload and its attempts.
+    pub async fn delivery(
+        &self,
+        uuid: String,
+    ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        self.call(move |c| {
+            let sql = format!("SELECT {COLUMNS}, payload, id FROM outbox WHERE uuid = ?1");
+            let found = c
+                .prepare_cached(&sql)?
+                .query_row([&uuid], |r| Ok((delivery(r)?, r.get::<_, String>(7)?, r.get::<_, i64>(8)?)))
+                .optional()?;
+            let Some((row, payload, id)) = found else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT at_ms, http_status, duration_ms, outcome, detail FROM attempts WHERE outbox_id = ?1 ORDER BY id",
+            )?;
+            let attempts = stmt
+                .query_map([id], |r| {
+                    Ok(Attempt {
+                        at_ms: r.get(0)?,
+                        http_status: r.get(1)?,
+                        duration_ms: r.get(2)?,
+                        outcome: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((row, serde_json::from_str(&payload)?, attempts)))
+        })
+        .await
+    }
+
+    /// Makes the selected events due again with a fresh retry schedule; returns how many.
+    pub async fn replay(&self, which: Replay) -> anyhow::Result<usize> {
+        self.call(move |c| {
+            let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, attempts = 0, lease_until = 0";
+            let now = now_ms();
+            let n = match which {
+                Replay::Uuid(u) => c.execute(&format!("{set} WHERE uuid = ?2"), params![now, u])?,
+                Replay::Status(s) => c.execute(&format!("{set} WHERE status = ?2"), params![now, s])?,
+                Replay::Since(t) => c.execute(
+                    &format!("{set} WHERE created_at >= ?2 AND status <> 'inflight'"),
+                    params![now, t],
+                )?,
+            };
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Pauses or resumes delivery (claims return nothing while paused).
+    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO flags (name, value) VALUES ('paused', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
+                [if paused { "1" } else { "0" }],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether delivery is paused.
+    pub async fn is_paused(&self) -> anyhow::Result<bool> {
+        self.call(paused).await
+    }
+
+    /// Counts by status and the age of the oldest pending event.
+    pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+        self.call(|c| {
+            let mut stats = OutboxStats::default();
+            let mut stmt =
+                c.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (status, n) = row?;
+                match status.as_str() {
+                    "pending" => stats.pending = n,
+                    "inflight" => stats.inflight = n,
+                    "delivered" => stats.delivered = n,
+                    "dead" => stats.dead = n,
+                    "filtered" => stats.filtered = n,
+                    _ => {}
+                }
+            }
+            let oldest: Option<i64> = c.query_row(
+                "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')",
+                [],
+                |r| r.get(0),
+            )?;
+            stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
+            Ok(stats)
+        })
+        .await
+    }
+}
+
+fn paused(c: &Connection) -> anyhow::Result<bool> {
+    let v: Option<String> = c
+        .prepare_cached("SELECT value FROM flags WHERE name = 'paused'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(v.as_deref() == Some("1"))
+}

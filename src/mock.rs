@@ -54,6 +54,7 @@ struct Inner {
     requests: u64,
     tokens: HashMap<String, Instant>,
     tokens_issued: u64,
+    last_headers: HeaderMap,
 }
 
 /// A running stand-in's shared state.
@@ -96,6 +97,16 @@ impl MockPega {
     /// Requests received, accepted or not.
     pub fn requests(&self) -> u64 {
         self.inner.lock().expect("not poisoned").requests
+    }
+
+    /// A header of the last request received (custom headers reach Pega).
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let inner = self.inner.lock().expect("not poisoned");
+        inner
+            .last_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 
     /// OAuth2 tokens issued.
@@ -146,6 +157,7 @@ async fn receive(State(mock): State<MockPega>, headers: HeaderMap, body: Bytes) 
     let (delay, fail) = {
         let mut inner = mock.inner.lock().expect("not poisoned");
         inner.requests += 1;
+        inner.last_headers = headers.clone();
         let b = &mut inner.behaviour;
         let fail = if b.fail_next > 0 {
             b.fail_next -= 1;

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 pub const TOKEN: &str = "test-token-123";
+pub const ACTIVITY_TOKEN: &str = "activity-token-456";
+pub const ADMIN_TOKEN: &str = "admin-token-789";
 
 pub struct TestApp {
     pub address: String,
@@ -80,12 +82,14 @@ required = true
 
 /// Starts a server on port 0 with its own folder and database.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with("").await.0
+    spawn_app_with("", "").await.0
 }
 
-/// Like [`spawn_app`] with more `[server]` keys; also returns the server task.
+/// Like [`spawn_app`] with more `[server]` keys and more sections (`extra`); also returns the
+/// server task.
 pub async fn spawn_app_with(
     server: &str,
+    extra: &str,
 ) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -100,7 +104,7 @@ pub async fn spawn_app_with(
     std::fs::write(root.join("mappings/single.toml"), SINGLE).unwrap();
     std::fs::write(
         root.join("pegabridge.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{extra}\n"),
     )
     .unwrap();
     let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();

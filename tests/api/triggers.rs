@@ -276,7 +276,7 @@ async fn the_server_stops_on_its_shutdown_signal() {
 #[tokio::test]
 async fn a_request_still_in_flight_after_the_grace_period_does_not_hold_up_shutdown() {
     use tokio::io::AsyncWriteExt;
-    let (mut app, server) = spawn_app_with("shutdown_grace_secs = 1").await;
+    let (mut app, server) = spawn_app_with("shutdown_grace_secs = 1", "").await;
     // A request whose body never completes stays in flight.
     let mut slow = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
         .await

@@ -1,0 +1,89 @@
+//! A stand-in Pega for the delivery tests (the `mock-pega` command's receiver, in process),
+//! and helpers to wait for what it receives.
+
+use crate::server::{spawn_app_with, TestApp, ACTIVITY_TOKEN, ADMIN_TOKEN};
+use pegabridge::config::secret::Secret;
+use pegabridge::mock::{Behaviour, MockAuth, MockPega};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+pub struct Pega {
+    pub mock: MockPega,
+    pub url: String,
+}
+
+/// A stand-in on port 0 with Basic auth `pega` / `pega-secret`.
+pub async fn start_pega() -> Pega {
+    start_pega_with(MockAuth::Basic {
+        username: "pega".into(),
+        password: Secret::new("pega-secret"),
+    })
+    .await
+}
+
+pub async fn start_pega_with(auth: MockAuth) -> Pega {
+    let mock = MockPega::new(auth, Behaviour::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = mock.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Pega { mock, url }
+}
+
+/// The `[pega]` section for a stand-in, with quick retries.
+pub fn pega_section(pega: &Pega, more: &str) -> String {
+    format!(
+        "[pega]\nendpoint = \"{}/prweb/api/interactions\"\ntimeout_secs = 1\npoll_ms = 20\n{more}\n\n[pega.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 400\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n\n[pega.headers]\nX-Source = \"pegabridge\"\n",
+        pega.url
+    )
+}
+
+/// A server delivering to a fresh stand-in.
+pub async fn spawn_delivering(more: &str) -> (TestApp, Pega) {
+    let pega = start_pega().await;
+    let (app, _) = spawn_app_with("", &pega_section(&pega, more)).await;
+    (app, pega)
+}
+
+/// Waits (at most 20 s) until the stand-in holds `n` events, and returns them.
+pub async fn wait_for_events(pega: &Pega, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let events = pega.mock.events();
+        if events.len() >= n || start.elapsed() > Duration::from_secs(20) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The event with this uuid among those received.
+pub fn by_uuid<'e>(events: &'e [Value], uuid: &Value) -> &'e Value {
+    events
+        .iter()
+        .find(|e| &e["uuid"] == uuid)
+        .unwrap_or_else(|| panic!("no event {uuid} among {}", events.len()))
+}
+
+impl TestApp {
+    /// POST /activities with the activity token.
+    pub async fn activities(&self, body: &Value) -> reqwest::Response {
+        let req = self
+            .client
+            .post(self.url("/activities"))
+            .bearer_auth(ACTIVITY_TOKEN);
+        req.json(body).send().await.unwrap()
+    }
+
+    /// GET an admin path with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let req = self.client.get(self.url(path)).bearer_auth(ADMIN_TOKEN);
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// POST an admin path with the admin token.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> reqwest::Response {
+        let req = self.client.post(self.url(path)).bearer_auth(ADMIN_TOKEN);
+        req.json(body).send().await.unwrap()
+    }
+}

@@ -4,6 +4,7 @@ mod server;
 mod check_cli;
 mod config;
 mod corpus;
+mod crash;
 mod delivery;
 mod edge_cases;
 mod faults;

@@ -9,6 +9,7 @@ mod delivery;
 mod edge_cases;
 mod faults;
 mod golden;
+mod ops_cli;
 mod pega;
 mod prepare_cli;
 mod previews;

@@ -51,6 +51,7 @@ pub struct Behaviour {
 struct Inner {
     behaviour: Behaviour,
     events: Vec<Value>,
+    arrivals: Vec<Instant>,
     requests: u64,
     tokens: HashMap<String, Instant>,
     tokens_issued: u64,
@@ -92,6 +93,11 @@ impl MockPega {
     /// Every event accepted so far (duplicates included).
     pub fn events(&self) -> Vec<Value> {
         self.inner.lock().expect("not poisoned").events.clone()
+    }
+
+    /// When each accepted event arrived (same order as [`MockPega::events`]).
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.inner.lock().expect("not poisoned").arrivals.clone()
     }
 
     /// Requests received, accepted or not.
@@ -200,6 +206,7 @@ async fn receive(State(mock): State<MockPega>, headers: HeaderMap, body: Bytes) 
             );
         }
         inner.events.push(e);
+        inner.arrivals.push(Instant::now());
     }
     StatusCode::OK.into_response()
 }

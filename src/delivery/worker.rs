@@ -3,16 +3,22 @@
 
 use super::client::{PegaClient, Sent};
 use super::metrics::Metrics;
+use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
 use crate::config::pega::PegaSettings;
 use crate::event::Metric;
-use crate::store::sqlite::outbox::{now_ms, Attempt, Claimed, Completion};
+use crate::store::sqlite::outbox::{now_ms, Attempt, Claimed, Completion, Outcome};
 use crate::store::Store;
+use futures::StreamExt;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
+/// between two store calls.
+const ROUND_BATCHES: usize = 8;
 
 /// What one round did (counts of events).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,15 +65,13 @@ impl Worker {
         }))
     }
 
-    /// One round: claim up to `concurrency` batches, post them concurrently, record the
-    /// outcomes.
+    /// One round: claim the due events (up to [`ROUND_BATCHES`] batches), post the batches
+    /// with at most `concurrency` in flight, then record every outcome in one store call.
     pub async fn try_deliver_next(&self) -> anyhow::Result<Step> {
         let s = &self.settings;
         let batch_size = s.batch_size.max(1);
-        let claimed = self
-            .store
-            .claim(batch_size * s.concurrency.max(1), s.lease_secs)
-            .await?;
+        let limit = batch_size * s.concurrency.max(1) * ROUND_BATCHES;
+        let claimed = self.store.claim(limit, s.lease_secs).await?;
         let (send, skip): (Vec<Claimed>, Vec<Claimed>) = claimed
             .into_iter()
             .partition(|c| Metric::parse(&c.metric).is_some_and(|m| self.enabled.contains(&m)));
@@ -75,25 +79,38 @@ impl Worker {
             filtered: skip.len(),
             ..Step::default()
         };
+        let mut outcomes = Vec::new();
         if !skip.is_empty() {
-            let ids = skip.iter().map(|c| c.id).collect();
-            self.store.complete(ids, None, Completion::Filtered).await?;
+            outcomes.push(Outcome {
+                ids: skip.iter().map(|c| c.id).collect(),
+                attempt: None,
+                completion: Completion::Filtered,
+            });
         }
-        let batches: Vec<&[Claimed]> = send.chunks(batch_size).collect();
-        let results = futures::future::join_all(batches.iter().map(|b| self.deliver(b))).await;
-        for r in results {
-            let (verdict, n) = r?;
+        // Built up front: a lazily mapped stream here trips the compiler's Send inference
+        // (rust-lang/rust#102211) when the worker is spawned.
+        let posts: Vec<_> = send.chunks(batch_size).map(|b| self.deliver(b)).collect();
+        let delivered: Vec<(Verdict, Outcome)> = futures::stream::iter(posts)
+            .buffer_unordered(s.concurrency.max(1))
+            .collect()
+            .await;
+        for (verdict, outcome) in delivered {
+            let n = outcome.ids.len();
             match verdict {
                 Verdict::Delivered => step.delivered += n,
                 Verdict::Retry(_) => step.retried += n,
                 Verdict::Dead => step.dead += n,
             }
+            outcomes.push(outcome);
+        }
+        if !outcomes.is_empty() {
+            self.store.complete(outcomes).await?;
         }
         Ok(step)
     }
 
-    /// Posts one batch and records the outcome on each of its events.
-    async fn deliver(&self, batch: &[Claimed]) -> anyhow::Result<(Verdict, usize)> {
+    /// Posts one batch; says what to record for its events.
+    async fn deliver(&self, batch: &[Claimed]) -> (Verdict, Outcome) {
         let body = array(batch);
         let at_ms = now_ms();
         let sent: Sent = self.client.send(body.as_bytes()).await;
@@ -115,20 +132,22 @@ impl Worker {
             Verdict::Dead => (Completion::Dead, "dead"),
         };
         let http_status = match sent.response {
-            super::schedule::Response::Status { code, .. } => Some(code),
-            super::schedule::Response::Failed => None,
+            Response::Status { code, .. } => Some(code),
+            Response::Failed => None,
         };
-        let attempt = Attempt {
-            at_ms,
-            http_status,
-            duration_ms: sent.duration.as_millis() as i64,
-            outcome: outcome.into(),
-            detail: sent.detail,
-        };
-        let ids = batch.iter().map(|c| c.id).collect();
-        self.store.complete(ids, Some(attempt), completion).await?;
         self.metrics.record(&verdict, batch, now_ms());
-        Ok((verdict, batch.len()))
+        let record = Outcome {
+            ids: batch.iter().map(|c| c.id).collect(),
+            attempt: Some(Attempt {
+                at_ms,
+                http_status,
+                duration_ms: sent.duration.as_millis() as i64,
+                outcome: outcome.into(),
+                detail: sent.detail,
+            }),
+            completion,
+        };
+        (verdict, record)
     }
 
     /// Delivers until `shutdown`: a round whenever events are committed (`wake`) or every

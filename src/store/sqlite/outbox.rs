@@ -53,6 +53,45 @@ pub enum Completion {
     Filtered,
 }
 
+/// What happened to some events (a batch posted together, or events filtered out).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ids: Vec<i64>,
+    /// The attempt made, if any (filtered events have none).
+    pub attempt: Option<Attempt>,
+    pub completion: Completion,
+}
+
+/// Records an attempt on each of the outcome's events and moves them on.
+fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
+    let (status, next_at, delivered_at) = match outcome.completion {
+        Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
+        Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
+        Completion::Dead => ("dead", None, None),
+        Completion::Filtered => ("filtered", None, None),
+    };
+    let attempt = outcome.attempt.as_ref();
+    let error = attempt
+        .filter(|a| a.outcome != "delivered")
+        .map(|a| a.detail.as_str());
+    let bump = i64::from(attempt.is_some());
+    for id in &outcome.ids {
+        c.prepare_cached(
+            "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+             delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
+             attempts = attempts + ?5, lease_until = 0 WHERE id = ?6",
+        )?
+        .execute(params![status, next_at, delivered_at, error, bump, id])?;
+        if let Some(a) = attempt {
+            c.prepare_cached(
+                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, a.at_ms, a.http_status, a.duration_ms, a.outcome, a.detail])?;
+        }
+    }
+    Ok(())
+}
+
 /// One attempt, as recorded (never a secret; the first KB of the answer).
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
@@ -148,38 +187,11 @@ impl Store {
         .await
     }
 
-    /// Records an attempt on each of `ids` and moves them on.
-    pub async fn complete(
-        &self,
-        ids: Vec<i64>,
-        attempt: Option<Attempt>,
-        completion: Completion,
-    ) -> anyhow::Result<()> {
+    /// Records the outcomes of a delivery round, in one piece of work.
+    pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
         self.call(move |c| {
-            let (status, next_at, delivered_at) = match completion {
-                Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
-                Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
-                Completion::Dead => ("dead", None, None),
-                Completion::Filtered => ("filtered", None, None),
-            };
-            let error = attempt
-                .as_ref()
-                .filter(|a| a.outcome != "delivered")
-                .map(|a| a.detail.clone());
-            let bump = i64::from(attempt.is_some());
-            for id in ids {
-                c.prepare_cached(
-                    "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-                     delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
-                     attempts = attempts + ?5, lease_until = 0 WHERE id = ?6",
-                )?
-                .execute(params![status, next_at, delivered_at, error, bump, id])?;
-                if let Some(a) = &attempt {
-                    c.prepare_cached(
-                        "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![id, a.at_ms, a.http_status, a.duration_ms, a.outcome, a.detail])?;
-                }
+            for outcome in &outcomes {
+                record_outcome(c, outcome)?;
             }
             Ok(())
         })

@@ -1,0 +1,306 @@
+//! `cargo bench --bench delivery`: end to end on loopback with bounded load.
+//! - throughput: activities/s from `POST /activities` to arrival at a receiver, and in the same
+//!   run a plain client posting the same bodies to the same receiver at the same concurrency;
+//! - latency: p50/p99 from an activity's POST to its arrival, at a fixed 1,000/s;
+//! - memory: resident size of `pegabridge serve` holding 1,000,000 pending events with the
+//!   endpoint down, beside the same process with an empty outbox.
+//!
+//! Targets: >= 0.5 of the raw rate; p99 <= 100 ms at 1,000/s; <= 150 MB with the backlog.
+
+use pegabridge::config::secret::Secret;
+use pegabridge::config::Settings;
+use pegabridge::http::Application;
+use pegabridge::mock::{Behaviour, MockAuth, MockPega};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ACTIVITIES: usize = 5000;
+const CONCURRENCY: usize = 16;
+
+#[tokio::main]
+async fn main() {
+    let (pega, pega_url) = receiver().await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let base = server(dir.path(), &pega_url).await;
+    let trigger = json!({"customer": {"email": "a@b.nl"}, "interaction": 1});
+    let answer: Value = client
+        .post(format!("{base}/webhooks/bench"))
+        .bearer_auth("t")
+        .json(&trigger)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (b, c) = (
+        answer["broadcast_id"].clone(),
+        answer["recipients"][0]["customer_id"].clone(),
+    );
+    wait_for(&pega, 1).await;
+    let open = json!({"metric": "opens", "broadcast_id": b, "customer_id": c,
+        "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0 Safari/537.36"});
+
+    // pegabridge: POST /activities until every event has arrived.
+    let start = Instant::now();
+    fan_out(ACTIVITIES, |_| {
+        let req = client
+            .post(format!("{base}/activities"))
+            .bearer_auth("a")
+            .json(&open);
+        async move { assert_eq!(req.send().await.unwrap().status(), 202) }
+    })
+    .await;
+    wait_for(&pega, 1 + ACTIVITIES).await;
+    let bridged = ACTIVITIES as f64 / start.elapsed().as_secs_f64();
+
+    // Raw: the same receiver, event bodies like those pegabridge posts, same concurrency.
+    let body = serde_json::to_vec(&vec![pega.events()[1].clone()]).unwrap();
+    let before = pega.events().len();
+    let start = Instant::now();
+    fan_out(ACTIVITIES, |_| {
+        let req = client
+            .post(format!("{pega_url}/raw"))
+            .basic_auth("pega", Some("pw"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+    })
+    .await;
+    let raw = ACTIVITIES as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(pega.events().len(), before + ACTIVITIES);
+
+    let (p50, p99) = latency(&client, &base, &open, &pega, 1000.0, 3000).await;
+    let (empty_rss, backlog_rss) = memory(&pega_url);
+
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| activities/s, POST /activities to arrival at the receiver | {bridged:.0} | |");
+    println!("| requests/s, plain client to the same receiver | {raw:.0} | (baseline) |");
+    println!("| ratio | {:.2} | >= 0.5 |", bridged / raw);
+    println!(
+        "| p50 activity-to-arrival at 1,000/s | {:.1} ms | |",
+        p50 * 1e3
+    );
+    println!(
+        "| p99 activity-to-arrival at 1,000/s | {:.1} ms | <= 100 ms |",
+        p99 * 1e3
+    );
+    println!("| resident size, empty outbox | {:.1} MB | |", empty_rss);
+    println!(
+        "| resident size, 1,000,000 pending events, endpoint down | {:.1} MB | <= 150 MB |",
+        backlog_rss
+    );
+}
+
+async fn receiver() -> (MockPega, String) {
+    let auth = MockAuth::Basic {
+        username: "pega".into(),
+        password: Secret::new("pw"),
+    };
+    let mock = MockPega::new(auth, Behaviour::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = mock.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (mock, url)
+}
+
+const MAPPING: &str = "template = \"offer.html\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"customer.email\"\n[variables.InteractionId]\npath = \"interaction\"\n";
+
+fn write_config(dir: &std::path::Path, listen: &str, endpoint: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/bench.toml"), MAPPING).unwrap();
+    std::fs::write(
+        dir.join("pegabridge.toml"),
+        format!("[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{endpoint}\"\nconcurrency = 8\nbatch_size = 1\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n",
+            root.join("templates").display()),
+    )
+    .unwrap();
+}
+
+async fn server(dir: &std::path::Path, pega_url: &str) -> String {
+    write_config(dir, "127.0.0.1:0", &format!("{pega_url}/in"));
+    let settings = Settings::load(Some(&dir.join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    base
+}
+
+async fn wait_for(pega: &MockPega, n: usize) {
+    let start = Instant::now();
+    while pega.events().len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "events did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs `count` requests with [`CONCURRENCY`] in flight.
+async fn fan_out<F, Fut>(count: usize, make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let futures: Vec<_> = (0..count).map(&make).collect();
+    let futures = Arc::new(std::sync::Mutex::new(
+        futures.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (next, futures) = (next.clone(), futures.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(f) = futures.lock().unwrap().get_mut(i).and_then(Option::take) else {
+                    break;
+                };
+                f.await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Activities at a fixed rate; seconds from each POST to its event's arrival.
+async fn latency(
+    client: &reqwest::Client,
+    base: &str,
+    open: &Value,
+    pega: &MockPega,
+    rate: f64,
+    count: usize,
+) -> (f64, f64) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let req = client
+            .post(format!("{base}/activities"))
+            .bearer_auth("a")
+            .json(open);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            (
+                v["activities"][0]["uuid"].as_str().unwrap().to_owned(),
+                sent,
+            )
+        }));
+    }
+    let mut sent = std::collections::HashMap::new();
+    for t in tasks {
+        let (uuid, at) = t.await.unwrap();
+        sent.insert(uuid, at);
+    }
+    let start_wait = Instant::now();
+    loop {
+        let events = pega.events();
+        let arrived = events
+            .iter()
+            .filter(|e| sent.contains_key(e["uuid"].as_str().unwrap()))
+            .count();
+        if arrived >= count || start_wait.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (events, arrivals) = (pega.events(), pega.arrivals());
+    let mut lat: Vec<f64> = events
+        .iter()
+        .zip(arrivals)
+        .filter_map(|(e, at)| {
+            sent.get(e["uuid"].as_str().unwrap())
+                .map(|s| at.duration_since(*s).as_secs_f64())
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
+/// Resident MB of `serve` with an empty outbox, then with 1,000,000 pending events while its
+/// endpoint refuses connections.
+fn memory(_pega_url: &str) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/in", l.local_addr().unwrap())
+    }; // closed again: connections are refused
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    write_config(dir.path(), &format!("127.0.0.1:{port}"), &down);
+    let empty = rss_of_serve(dir.path(), port);
+    fill_outbox(&dir.path().join("bench.db"), 1_000_000);
+    let backlog = rss_of_serve(dir.path(), port);
+    (empty, backlog)
+}
+
+fn rss_of_serve(dir: &std::path::Path, port: u16) -> f64 {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args([
+            "--config",
+            dir.join("pegabridge.toml").to_str().unwrap(),
+            "serve",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it start and run delivery rounds against the dead endpoint.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kb / 1024.0
+}
+
+/// Writes `n` pending events straight into the outbox (as accepted activities would).
+fn fill_outbox(db: &std::path::Path, n: usize) {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/seed/opens.json"
+    ))
+    .unwrap();
+    let event: Vec<Value> = serde_json::from_str(&seed).unwrap();
+    let payload = serde_json::to_string(&event[0]).unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    {
+        let mut stmt = conn
+            .prepare("INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', ?2, 0, 0, 0)")
+            .unwrap();
+        for _ in 0..n {
+            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), payload])
+                .unwrap();
+        }
+    }
+    conn.execute_batch("COMMIT").unwrap();
+}

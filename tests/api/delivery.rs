@@ -188,11 +188,10 @@ async fn an_activity_for_an_unknown_broadcast_is_refused_naming_it() {
 #[tokio::test]
 async fn activities_need_the_activity_token() {
     let (app, _pega) = spawn_delivering("").await;
+    let body = json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1});
     let res = app
-        .client
-        .post(app.url("/activities"))
-        .bearer_auth("nope")
-        .json(&json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1}))
+        .with_token(reqwest::Method::POST, "/activities", "nope")
+        .json(&body)
         .send()
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! Faults on the way to Pega: outages, refusals, timeouts, OAuth2 tokens, operators.
 
 use crate::pega::{
-    by_uuid, pega_section, spawn_delivering, start_pega, start_pega_with, wait_for_events,
+    by_uuid, pega_section, send_single, spawn_delivering, start_pega, start_pega_with,
+    wait_for_events,
 };
 use crate::server::{spawn_app_with, trigger, ADMIN_TOKEN};
 use pegabridge::config::secret::Secret;
@@ -55,24 +56,12 @@ async fn a_refused_event_becomes_a_visible_dead_letter_that_can_be_replayed() {
         b.fail_next = 1;
         b.fail_status = Some(400);
     });
-    let answer: Value = app
-        .post_basic(
-            "s3cret",
-            &json!({"customer": {"email": "d@x.nl"}, "interaction": 9}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let uuid = answer["recipients"][0]["uuid"].as_str().unwrap().to_owned();
-    let mut dead = Value::Null;
-    for _ in 0..500 {
-        dead = app.admin_get("/admin/deliveries?status=dead").await;
-        if !dead["deliveries"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let uuid = send_single(&app, 9).await;
+    let dead = app
+        .admin_until("/admin/deliveries?status=dead", |v| {
+            !v["deliveries"].as_array().unwrap().is_empty()
+        })
+        .await;
     assert_eq!(dead["deliveries"][0]["uuid"], uuid.as_str());
     let shown = app.admin_get(&format!("/admin/deliveries/{uuid}")).await;
     assert_eq!(shown["attempts"][0]["http_status"], 400);
@@ -99,24 +88,12 @@ async fn a_refused_event_becomes_a_visible_dead_letter_that_can_be_replayed() {
 async fn a_timeout_is_retried_until_the_endpoint_answers() {
     let (app, pega) = spawn_delivering("").await;
     pega.mock.control(|b| b.delay = Duration::from_millis(1500));
-    let answer: Value = app
-        .post_basic(
-            "s3cret",
-            &json!({"customer": {"email": "t@x.nl"}, "interaction": 3}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let uuid = answer["recipients"][0]["uuid"].as_str().unwrap().to_owned();
-    let mut shown = Value::Null;
-    for _ in 0..300 {
-        shown = app.admin_get(&format!("/admin/deliveries/{uuid}")).await;
-        if shown["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let uuid = send_single(&app, 3).await;
+    let shown = app
+        .admin_until(&format!("/admin/deliveries/{uuid}"), |v| {
+            v["attempts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
     assert_eq!(shown["attempts"][0]["outcome"], "retry");
     assert!(
         shown["attempts"][0]["http_status"].is_null(),
@@ -134,19 +111,12 @@ async fn the_schedule_running_out_makes_a_dead_letter() {
     pega.mock.control(|b| b.fail_rate = 1.0);
     let section = pega_section(&pega, "").replace("max_attempts = 400", "max_attempts = 3");
     let (app, _) = spawn_app_with("", &section).await;
-    app.post_basic(
-        "s3cret",
-        &json!({"customer": {"email": "r@x.nl"}, "interaction": 4}),
-    )
-    .await;
-    let mut dead = Value::Null;
-    for _ in 0..500 {
-        dead = app.admin_get("/admin/deliveries?status=dead").await;
-        if !dead["deliveries"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    send_single(&app, 4).await;
+    let dead = app
+        .admin_until("/admin/deliveries?status=dead", |v| {
+            !v["deliveries"].as_array().unwrap().is_empty()
+        })
+        .await;
     assert_eq!(dead["deliveries"][0]["attempts"], 3);
 }
 
@@ -209,21 +179,12 @@ async fn pausing_holds_events_and_resuming_delivers_them() {
 #[tokio::test]
 async fn the_admin_api_needs_its_own_token() {
     let (app, _pega) = spawn_delivering("").await;
-    let res = app
-        .client
-        .get(app.url("/admin/deliveries"))
-        .bearer_auth("test-token-123")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    let ok = app
-        .client
-        .get(app.url("/admin/deliveries"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let get = |token| {
+        app.with_token(reqwest::Method::GET, "/admin/deliveries", token)
+            .send()
+    };
+    assert_eq!(get("test-token-123").await.unwrap().status(), 401);
+    let ok = get(ADMIN_TOKEN).await.unwrap();
     assert_eq!(ok.status(), 200);
 }
 
@@ -260,10 +221,4 @@ async fn metrics_count_deliveries_retries_and_the_backlog() {
         text.contains("pegabridge_delivery_latency_seconds_count 2"),
         "{text}"
     );
-}
-
-/// A trigger to the `single` mapping for customer `n`.
-async fn send_single(app: &crate::server::TestApp, n: i64) {
-    let body = json!({"customer": {"email": format!("o{n}@x.nl")}, "interaction": n});
-    assert_eq!(app.post_basic("s3cret", &body).await.status(), 202);
 }

@@ -4,7 +4,7 @@
 use crate::server::{spawn_app_with, TestApp, ACTIVITY_TOKEN, ADMIN_TOKEN};
 use pegabridge::config::secret::Secret;
 use pegabridge::mock::{Behaviour, MockAuth, MockPega};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 pub struct Pega {
@@ -65,7 +65,40 @@ pub fn by_uuid<'e>(events: &'e [Value], uuid: &Value) -> &'e Value {
         .unwrap_or_else(|| panic!("no event {uuid} among {}", events.len()))
 }
 
+/// A trigger to the `single` mapping (Basic auth) for customer `n`; returns its uuid.
+pub async fn send_single(app: &TestApp, n: i64) -> String {
+    let body = json!({"customer": {"email": format!("c{n}@x.nl")}, "interaction": n});
+    let res = app.post_basic("s3cret", &body).await;
+    assert_eq!(res.status(), 202);
+    let answer: Value = res.json().await.unwrap();
+    answer["recipients"][0]["uuid"].as_str().unwrap().to_owned()
+}
+
 impl TestApp {
+    /// GETs an admin path until `done` holds for the answer (at most 10 s); returns it.
+    pub async fn admin_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.admin_get(path).await;
+            if done(&v) || start.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A request with a bearer token of the caller's choice.
+    pub fn with_token(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
     /// POST /activities with the activity token.
     pub async fn activities(&self, body: &Value) -> reqwest::Response {
         let req = self

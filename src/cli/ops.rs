@@ -4,7 +4,7 @@
 use crate::config::secret::Secret;
 use crate::config::Settings;
 use crate::mock::{Behaviour, MockAuth, MockPega};
-use crate::store::sqlite::outbox::Replay;
+use crate::store::Replay;
 use crate::store::Store;
 use anyhow::Context;
 use clap::{Args, Subcommand};

@@ -2,7 +2,7 @@
 //! and the latency from commit to delivery.
 
 use super::schedule::Verdict;
-use crate::store::sqlite::outbox::{Claimed, OutboxStats};
+use crate::store::{Claimed, OutboxStats};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
 
 /// The delivery metrics.

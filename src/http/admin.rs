@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::extract::require_bearer;
 use super::AppState;
-use crate::store::sqlite::outbox::Replay;
+use crate::store::Replay;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;

@@ -2,9 +2,10 @@
 //! Embedded SQLite (WAL) for now; everything that must not be lost is committed before the
 //! HTTP answer.
 
+pub mod outbox;
 pub mod sqlite;
 
-pub use sqlite::activities::{ActivityAnswer, UnknownBroadcast};
+pub use outbox::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
 pub use sqlite::Store;
 
 use crate::event::Common;
@@ -40,4 +41,22 @@ pub struct RecipientAnswer {
 pub struct TriggerAnswer {
     pub broadcast_id: i64,
     pub recipients: Vec<RecipientAnswer>,
+}
+
+/// The answer for one activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityAnswer {
+    pub uuid: String,
+    pub metric_id: i64,
+    /// `queued`, or `duplicate` for a resend of an activity with a known `id`.
+    pub status: String,
+}
+
+/// An activity whose personal broadcast does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("activity {index}: no personal broadcast {broadcast_id} for customer {customer_id}")]
+pub struct UnknownBroadcast {
+    pub index: usize,
+    pub broadcast_id: i64,
+    pub customer_id: i64,
 }

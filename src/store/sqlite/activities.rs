@@ -4,26 +4,8 @@
 use super::Store;
 use crate::activity::{event, Activity, Counts, Detail};
 use crate::event::{now, Common, Metric};
+use crate::store::{ActivityAnswer, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-
-/// The answer for one activity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ActivityAnswer {
-    pub uuid: String,
-    pub metric_id: i64,
-    /// `queued`, or `duplicate` for a resend of an activity with a known `id`.
-    pub status: String,
-}
-
-/// An activity whose personal broadcast does not exist.
-#[derive(Debug, thiserror::Error)]
-#[error("activity {index}: no personal broadcast {broadcast_id} for customer {customer_id}")]
-pub struct UnknownBroadcast {
-    pub index: usize,
-    pub broadcast_id: i64,
-    pub customer_id: i64,
-}
 
 impl Store {
     /// Records the activities of one request in one savepoint: an unknown personal broadcast

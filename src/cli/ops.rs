@@ -73,7 +73,7 @@ pub struct MockArgs {
 pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = Store::connect(&settings.store_url(), &settings.store.synchronous).await?;
+        let store = Store::open(settings).await?;
         match command {
             DeliveriesCommand::List { status, limit } => {
                 let rows = store.deliveries(status, limit).await?;

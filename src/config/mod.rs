@@ -122,6 +122,8 @@ pub struct StoreSettings {
     /// SQLite `synchronous`: `full` (default) survives a crash of the machine, `normal` only a
     /// crash of the process. With group commit both measured the same rate.
     pub synchronous: String,
+    /// PostgreSQL connections per instance.
+    pub pool_size: u32,
 }
 
 impl Default for StoreSettings {
@@ -129,6 +131,7 @@ impl Default for StoreSettings {
         Self {
             url: "sqlite://pegabridge.db".into(),
             synchronous: "full".into(),
+            pool_size: 10,
         }
     }
 }

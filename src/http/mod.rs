@@ -62,7 +62,7 @@ impl Application {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let store = Store::connect(&settings.store_url(), &settings.store.synchronous).await?;
+        let store = Store::open(settings).await?;
         let metrics = Arc::new(Metrics::new());
         let worker = Worker::new(
             store.clone(),
@@ -73,6 +73,9 @@ impl Application {
             tracing::warn!("no [pega] endpoint: events wait in the outbox");
         }
         let outbox = Arc::new(Notify::new());
+        if worker.is_some() {
+            store.listen(outbox.clone()).await?;
+        }
         let state = AppState {
             store,
             mappings: loaded.mappings,

@@ -1,16 +1,22 @@
 //! Durable storage: customers, broadcasts, personal broadcasts and the outbox of events.
-//! Embedded SQLite (WAL) for now; everything that must not be lost is committed before the
-//! HTTP answer.
+//! [`Store`] is the one interface; each backend has its own SQL and migrations: embedded
+//! SQLite (the default) and PostgreSQL (several instances on one database). Everything that
+//! must not be lost is committed before the HTTP answer.
 
 pub mod outbox;
+pub mod postgres;
 pub mod sqlite;
 
 pub use outbox::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
-pub use sqlite::Store;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
+use crate::activity::Activity;
 use crate::event::Common;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// A personal broadcast to record.
 #[derive(Debug, Clone)]
@@ -59,4 +65,123 @@ pub struct UnknownBroadcast {
     pub index: usize,
     pub broadcast_id: i64,
     pub customer_id: i64,
+}
+
+/// The store the configuration names: `sqlite://...` or `postgres://...`.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store at `url`: SQLite with its `synchronous` setting, or PostgreSQL with a
+    /// pool of `pool_size` connections. Runs the migrations.
+    pub async fn connect(url: &str, synchronous: &str, pool_size: u32) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::connect(url, pool_size).await?))
+        } else {
+            Ok(Store::Sqlite(SqliteStore::connect(url, synchronous).await?))
+        }
+    }
+
+    /// Opens the store `[store]` names.
+    pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<Self> {
+        let store = &settings.store;
+        Self::connect(&settings.store_url(), &store.synchronous, store.pool_size).await
+    }
+
+    /// Wakes `notify` when any instance commits events (PostgreSQL `LISTEN`); with SQLite
+    /// there is one process, whose handlers wake it themselves.
+    pub async fn listen(&self, notify: Arc<Notify>) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.listen(notify).await,
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        each!(self, s => s.ping().await)
+    }
+
+    /// Records a trigger's broadcast, personal broadcasts and events (one transaction).
+    pub async fn record_trigger(
+        &self,
+        mapping: String,
+        idempotency_key: Option<String>,
+        recipients: Vec<NewRecipient>,
+    ) -> anyhow::Result<TriggerAnswer> {
+        each!(self, s => s.record_trigger(mapping, idempotency_key, recipients).await)
+    }
+
+    /// Records a request's activities and their events, all or nothing.
+    pub async fn record_activities(
+        &self,
+        activities: Vec<Activity>,
+    ) -> anyhow::Result<Vec<ActivityAnswer>> {
+        each!(self, s => s.record_activities(activities).await)
+    }
+
+    /// Claims due events for delivery.
+    pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
+        each!(self, s => s.claim(limit, lease_secs).await)
+    }
+
+    /// Records a delivery round's outcomes.
+    pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+        each!(self, s => s.complete(outcomes).await)
+    }
+
+    /// Events by status, newest first.
+    pub async fn deliveries(
+        &self,
+        status: Option<String>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        each!(self, s => s.deliveries(status, limit).await)
+    }
+
+    /// One event with its attempts.
+    pub async fn delivery(
+        &self,
+        uuid: String,
+    ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        each!(self, s => s.delivery(uuid).await)
+    }
+
+    /// Makes events due again.
+    pub async fn replay(&self, which: Replay) -> anyhow::Result<usize> {
+        each!(self, s => s.replay(which).await)
+    }
+
+    /// Pauses or resumes delivery.
+    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        each!(self, s => s.set_paused(paused).await)
+    }
+
+    /// Whether delivery is paused.
+    pub async fn is_paused(&self) -> anyhow::Result<bool> {
+        each!(self, s => s.is_paused().await)
+    }
+
+    /// Outbox counts for `/metrics`.
+    pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+        each!(self, s => s.outbox_stats().await)
+    }
+
+    /// The events waiting in the outbox.
+    pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        each!(self, s => s.pending_events().await)
+    }
 }

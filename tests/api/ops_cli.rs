@@ -60,7 +60,7 @@ async fn deliveries_can_be_listed_shown_replayed_and_paused_from_the_command_lin
     assert!(stdout(&paused).contains("delivery paused"));
     assert!(app.admin_get("/admin/deliveries").await["deliveries"].is_array());
     let url = format!("sqlite://{}", app.db_path().display());
-    let store = pegabridge::store::Store::connect(&url, "normal")
+    let store = pegabridge::store::Store::connect(&url, "normal", 2)
         .await
         .unwrap();
     assert!(store.is_paused().await.unwrap());

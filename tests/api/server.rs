@@ -165,7 +165,7 @@ impl TestApp {
     /// The events committed to the outbox.
     pub async fn outbox(&self) -> Vec<Value> {
         let url = format!("sqlite://{}", self.db_path().display());
-        Store::connect(&url, "normal")
+        Store::connect(&url, "normal", 2)
             .await
             .unwrap()
             .pending_events()

@@ -1,13 +1,13 @@
 //! Recording activities: joined with their personal broadcast, counted against the
 //! customer's mailability, and queued as events, all or nothing per request.
 
-use super::Store;
+use super::SqliteStore;
 use crate::activity::{event, Activity, Counts, Detail};
 use crate::event::{now, Common, Metric};
 use crate::store::{ActivityAnswer, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
 
-impl Store {
+impl SqliteStore {
     /// Records the activities of one request in one savepoint: an unknown personal broadcast
     /// fails them all ([`UnknownBroadcast`] in the error chain).
     pub async fn record_activities(

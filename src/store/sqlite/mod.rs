@@ -24,11 +24,11 @@ const MAX_BATCH: usize = 256;
 
 /// The store: a handle to the writer thread (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct SqliteStore {
     work: mpsc::Sender<Work>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://FILE` or
     /// `sqlite::memory:`), runs the migrations and starts the writer thread.
     pub async fn connect(url: &str, synchronous: &str) -> anyhow::Result<Self> {
@@ -161,7 +161,7 @@ fn in_savepoint<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::Store;
+    use super::SqliteStore;
 
     fn insert(uuid: &'static str) -> impl FnOnce(&rusqlite::Connection) -> anyhow::Result<()> {
         move |c| {
@@ -177,7 +177,7 @@ mod tests {
     async fn a_failing_piece_of_work_does_not_undo_the_rest_of_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = Store::connect(&url, "normal").await.unwrap();
+        let store = SqliteStore::connect(&url, "normal").await.unwrap();
         store.call(insert("a")).await.unwrap();
         // Sent together, these land in one batch: the duplicate fails alone.
         let (dup, b, c) = tokio::join!(
@@ -187,7 +187,7 @@ mod tests {
         );
         assert!(dup.is_err());
         assert!(b.is_ok() && c.is_ok());
-        let reopened = Store::connect(&url, "normal").await.unwrap();
+        let reopened = SqliteStore::connect(&url, "normal").await.unwrap();
         assert_eq!(reopened.pending_events().await.unwrap().len(), 3);
     }
 
@@ -195,14 +195,14 @@ mod tests {
     async fn migrations_run_once_and_reopening_keeps_the_data() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        Store::connect(&url, "full")
+        SqliteStore::connect(&url, "full")
             .await
             .unwrap()
             .call(insert("x"))
             .await
             .unwrap();
-        let again = Store::connect(&url, "normal").await.unwrap();
+        let again = SqliteStore::connect(&url, "normal").await.unwrap();
         assert_eq!(again.pending_events().await.unwrap().len(), 1);
-        assert!(Store::connect(&url, "sometimes").await.is_err());
+        assert!(SqliteStore::connect(&url, "sometimes").await.is_err());
     }
 }

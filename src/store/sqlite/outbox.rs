@@ -1,7 +1,7 @@
 //! The outbox: events committed with the change that made them, claimed by the delivery
 //! worker with a lease, completed with a record of every attempt.
 
-use super::Store;
+use super::SqliteStore;
 use crate::store::outbox::{
     now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay,
 };
@@ -66,7 +66,7 @@ fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-impl Store {
+impl SqliteStore {
     /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
     /// reserving them for `lease_secs`. Nothing while delivery is paused.
     pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {

@@ -1,12 +1,12 @@
 //! Recording a trigger: broadcast, customers, personal broadcasts and their `broadcasts`
 //! events in the outbox, all in the caller's savepoint.
 
-use super::Store;
+use super::SqliteStore;
 use crate::event::now;
 use crate::store::{NewRecipient, RecipientAnswer, TriggerAnswer};
 use rusqlite::{params, Connection, OptionalExtension};
 
-impl Store {
+impl SqliteStore {
     /// Records a trigger and answers with its broadcast and recipients. A repeated
     /// idempotency key (the whole trigger's, or every recipient's) returns the first answer
     /// and records nothing.

@@ -1,0 +1,249 @@
+//! The outbox on PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` and a lease, so instances
+//! never work on the same row at once and a dead instance's rows return when its lease ends.
+
+use super::PgStore;
+use crate::store::outbox::now_ms;
+use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
+
+fn delivery(r: &PgRow) -> Delivery {
+    Delivery {
+        uuid: r.get(0),
+        metric: r.get(1),
+        status: r.get(2),
+        attempts: r.get::<i32, _>(3) as u32,
+        next_attempt_at: r.get(4),
+        created_at: r.get(5),
+        last_error: r.get(6),
+    }
+}
+
+impl PgStore {
+    /// Claims up to `limit` due events for `lease_secs` (nothing while paused).
+    pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
+        if self.is_paused().await? {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE outbox SET status = 'inflight', lease_until = $1
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE (status = 'pending' AND next_attempt_at <= $2)
+                             OR (status = 'inflight' AND lease_until < $2)
+                          ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, uuid, metric, payload, attempts, created_ms",
+        )
+        .bind(now + lease_secs as i64 * 1000)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                uuid: r.get(1),
+                metric: r.get(2),
+                payload: r.get(3),
+                attempts: r.get::<i32, _>(4) as u32,
+                created_ms: r.get(5),
+            })
+            .collect();
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    /// Records the outcomes of a delivery round in one transaction.
+    pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for o in &outcomes {
+            let (status, next_at, delivered_at) = match o.completion {
+                Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
+                Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
+                Completion::Dead => ("dead", None, None),
+                Completion::Filtered => ("filtered", None, None),
+            };
+            let attempt: Option<&Attempt> = o.attempt.as_ref();
+            let error = attempt
+                .filter(|a| a.outcome != "delivered")
+                .map(|a| a.detail.as_str());
+            sqlx::query(
+                "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at),
+                 delivered_at = COALESCE($3, delivered_at), last_error = COALESCE($4, last_error),
+                 attempts = attempts + $5, lease_until = 0 WHERE id = ANY($6)",
+            )
+            .bind(status)
+            .bind(next_at)
+            .bind(delivered_at)
+            .bind(error)
+            .bind(i32::from(attempt.is_some()))
+            .bind(&o.ids)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(a) = attempt {
+                sqlx::query(
+                    "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+                     SELECT id, $2, $3, $4, $5, $6 FROM unnest($1::bigint[]) AS id",
+                )
+                .bind(&o.ids)
+                .bind(a.at_ms)
+                .bind(a.http_status.map(i32::from))
+                .bind(a.duration_ms)
+                .bind(&a.outcome)
+                .bind(&a.detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Events by status (all when `None`), newest first.
+    pub async fn deliveries(
+        &self,
+        status: Option<String>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outbox WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(status)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(delivery).collect())
+    }
+
+    /// One event: its row, its payload and its attempts.
+    pub async fn delivery(
+        &self,
+        uuid: String,
+    ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        let sql = format!("SELECT {COLUMNS}, payload, id FROM outbox WHERE uuid = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(&uuid)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.get(8);
+        let attempts = sqlx::query(
+            "SELECT at_ms, http_status, duration_ms, outcome, detail FROM attempts WHERE outbox_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Attempt {
+            at_ms: r.get(0),
+            http_status: r.get::<Option<i32>, _>(1).map(|s| s as u16),
+            duration_ms: r.get(2),
+            outcome: r.get(3),
+            detail: r.get(4),
+        })
+        .collect();
+        let payload: String = row.get(7);
+        Ok(Some((
+            delivery(&row),
+            serde_json::from_str(&payload)?,
+            attempts,
+        )))
+    }
+
+    /// Makes the selected events due again with a fresh schedule; returns how many.
+    pub async fn replay(&self, which: Replay) -> anyhow::Result<usize> {
+        let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = 0, lease_until = 0";
+        let now = now_ms();
+        let done = match which {
+            Replay::Uuid(u) => {
+                let sql = format!("{set} WHERE uuid = $2");
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(u)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Replay::Status(s) => {
+                let sql = format!("{set} WHERE status = $2");
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(s)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Replay::Since(t) => {
+                let sql = format!("{set} WHERE created_at >= $2 AND status <> 'inflight'");
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(t)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    /// Pauses or resumes delivery for every instance.
+    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO flags (name, value) VALUES ('paused', $1) ON CONFLICT (name) DO UPDATE SET value = $1",
+        )
+        .bind(if paused { "1" } else { "0" })
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether delivery is paused.
+    pub async fn is_paused(&self) -> anyhow::Result<bool> {
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    /// Counts by status and the age of the oldest undelivered event.
+    pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+        let mut stats = OutboxStats::default();
+        let rows = sqlx::query("SELECT status, count(*) FROM outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let (status, n): (String, i64) = (r.get(0), r.get(1));
+            match status.as_str() {
+                "pending" => stats.pending = n,
+                "inflight" => stats.inflight = n,
+                "delivered" => stats.delivered = n,
+                "dead" => stats.dead = n,
+                "filtered" => stats.filtered = n,
+                _ => {}
+            }
+        }
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
+        Ok(stats)
+    }
+
+    /// The events waiting in the outbox, oldest first.
+    pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT payload FROM outbox WHERE status = 'pending' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
+    }
+}

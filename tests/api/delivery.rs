@@ -2,6 +2,7 @@
 //! its event at the stand-in receiver, checked field by field.
 
 use crate::pega::{by_uuid, spawn_delivering, wait_for_events};
+use crate::server::each_backend;
 use crate::server::trigger;
 use serde_json::{json, Value};
 
@@ -25,32 +26,36 @@ async fn send_trigger(app: &crate::server::TestApp) -> (i64, i64, Value) {
 
 #[tokio::test]
 async fn a_trigger_reaches_pega_as_a_broadcasts_event_with_its_manual_options() {
-    let (app, pega) = spawn_delivering("").await;
-    let (broadcast_id, customer_id, uuid) = send_trigger(&app).await;
-    let events = wait_for_events(&pega, 2).await;
-    assert_eq!(events.len(), 2);
-    let e = by_uuid(&events, &uuid);
-    assert_eq!(e["metric"], "broadcasts");
-    assert_eq!(e["metric_id"], 0);
-    assert_eq!(e["broadcast_id"], broadcast_id);
-    assert_eq!(e["customer_id"], customer_id);
-    assert_eq!(e["portal_id"], 1746);
-    assert_eq!(e["brand_name"], "Mok-Up");
-    assert_eq!(e["broadcast_type"], "MAIL");
-    assert_eq!(e["customer_email_address"], "ann@example.com");
-    assert_eq!(
-        e["broadcast_manual_options"]["InteractionId"],
-        "-563481321460449721"
-    );
-    assert_eq!(e["broadcast_manual_options"]["UniqueOfferId"], "OFFER-1");
-    assert_eq!(
-        pega.mock.last_header("x-source").as_deref(),
-        Some("pegabridge")
-    );
+    each_backend(|| async {
+        let (app, pega) = spawn_delivering("").await;
+        let (broadcast_id, customer_id, uuid) = send_trigger(&app).await;
+        let events = wait_for_events(&pega, 2).await;
+        assert_eq!(events.len(), 2);
+        let e = by_uuid(&events, &uuid);
+        assert_eq!(e["metric"], "broadcasts");
+        assert_eq!(e["metric_id"], 0);
+        assert_eq!(e["broadcast_id"], broadcast_id);
+        assert_eq!(e["customer_id"], customer_id);
+        assert_eq!(e["portal_id"], 1746);
+        assert_eq!(e["brand_name"], "Mok-Up");
+        assert_eq!(e["broadcast_type"], "MAIL");
+        assert_eq!(e["customer_email_address"], "ann@example.com");
+        assert_eq!(
+            e["broadcast_manual_options"]["InteractionId"],
+            "-563481321460449721"
+        );
+        assert_eq!(e["broadcast_manual_options"]["UniqueOfferId"], "OFFER-1");
+        assert_eq!(
+            pega.mock.last_header("x-source").as_deref(),
+            Some("pegabridge")
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn each_activity_kind_reaches_pega_with_the_broadcasts_common_fields() {
+    each_backend(|| async {
     let (app, pega) = spawn_delivering("").await;
     let (b, c, broadcast_uuid) = send_trigger(&app).await;
     let base = |metric: &str| json!({"metric": metric, "broadcast_id": b, "customer_id": c, "timestamp": 1589801661});
@@ -170,53 +175,65 @@ async fn each_activity_kind_reaches_pega_with_the_broadcasts_common_fields() {
         (Some("purchase"), Some("EUR"))
     );
     assert_eq!(cv["value"], json!(49.95));
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_activity_for_an_unknown_broadcast_is_refused_naming_it() {
-    let (app, _pega) = spawn_delivering("").await;
-    let res = app
-        .activities(&json!([{"metric": "opens", "broadcast_id": 999, "customer_id": 5}]))
-        .await;
-    assert_eq!(res.status(), 422);
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"]["field"], "broadcast_id");
-    assert!(body["error"]["message"].as_str().unwrap().contains("999"));
-    assert!(app.outbox().await.is_empty());
+    each_backend(|| async {
+        let (app, _pega) = spawn_delivering("").await;
+        let res = app
+            .activities(&json!([{"metric": "opens", "broadcast_id": 999, "customer_id": 5}]))
+            .await;
+        assert_eq!(res.status(), 422);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "broadcast_id");
+        assert!(body["error"]["message"].as_str().unwrap().contains("999"));
+        assert!(app.outbox().await.is_empty());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn activities_need_the_activity_token() {
-    let (app, _pega) = spawn_delivering("").await;
-    let body = json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1});
-    let res = app
-        .with_token(reqwest::Method::POST, "/activities", "nope")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
+    each_backend(|| async {
+        let (app, _pega) = spawn_delivering("").await;
+        let body = json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1});
+        let res = app
+            .with_token(reqwest::Method::POST, "/activities", "nope")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_resent_activity_with_the_same_id_is_a_no_op() {
-    let (app, pega) = spawn_delivering("").await;
-    let (b, c, _) = send_trigger(&app).await;
-    let open = json!({"id": "open-1", "metric": "opens", "broadcast_id": b, "customer_id": c});
-    let first: Value = app.activities(&open).await.json().await.unwrap();
-    let second: Value = app.activities(&open).await.json().await.unwrap();
-    assert_eq!(
-        second["activities"][0]["uuid"],
-        first["activities"][0]["uuid"]
-    );
-    assert_eq!(second["activities"][0]["status"], "duplicate");
-    assert_eq!(wait_for_events(&pega, 3).await.len(), 3);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(pega.mock.events().len(), 3);
+    each_backend(|| async {
+        let (app, pega) = spawn_delivering("").await;
+        let (b, c, _) = send_trigger(&app).await;
+        let open = json!({"id": "open-1", "metric": "opens", "broadcast_id": b, "customer_id": c});
+        let first: Value = app.activities(&open).await.json().await.unwrap();
+        let second: Value = app.activities(&open).await.json().await.unwrap();
+        assert_eq!(
+            second["activities"][0]["uuid"],
+            first["activities"][0]["uuid"]
+        );
+        assert_eq!(second["activities"][0]["status"], "duplicate");
+        assert_eq!(wait_for_events(&pega, 3).await.len(), 3);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(pega.mock.events().len(), 3);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_customer_who_hard_bounced_is_suppressed_on_the_next_trigger() {
+    each_backend(|| async {
     let (app, pega) = spawn_delivering("").await;
     let (b, c, _) = send_trigger(&app).await;
     app.activities(&json!({"metric": "bounces", "broadcast_id": b, "customer_id": c, "bounce_type": "hard", "bounce_code": "5.1.2"}))
@@ -240,10 +257,13 @@ async fn a_customer_who_hard_bounced_is_suppressed_on_the_next_trigger() {
     let bounce = events.iter().find(|e| e["metric"] == "bounces").unwrap();
     assert_eq!(bounce["bounce_type"], "hard");
     assert_eq!(bounce["bounce_count_hard"], 1);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_open_resets_the_soft_bounce_count() {
+    each_backend(|| async {
     let (app, pega) = spawn_delivering("").await;
     let (b, c, _) = send_trigger(&app).await;
     let soft =
@@ -259,21 +279,26 @@ async fn an_open_resets_the_soft_bounce_count() {
     let mut sorted = counts.clone();
     sorted.sort();
     assert_eq!(sorted, [1, 1, 2], "{counts:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn metrics_not_in_the_activity_list_are_not_sent() {
-    let (app, pega) = spawn_delivering("activities = [\"broadcasts\"]").await;
-    let (b, c, _) = send_trigger(&app).await;
-    app.activities(&json!({"metric": "opens", "broadcast_id": b, "customer_id": c}))
-        .await;
-    wait_for_events(&pega, 2).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(pega
-        .mock
-        .events()
-        .iter()
-        .all(|e| e["metric"] == "broadcasts"));
-    let filtered = app.admin_get("/admin/deliveries?status=filtered").await;
-    assert_eq!(filtered["deliveries"].as_array().unwrap().len(), 1);
+    each_backend(|| async {
+        let (app, pega) = spawn_delivering("activities = [\"broadcasts\"]").await;
+        let (b, c, _) = send_trigger(&app).await;
+        app.activities(&json!({"metric": "opens", "broadcast_id": b, "customer_id": c}))
+            .await;
+        wait_for_events(&pega, 2).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(pega
+            .mock
+            .events()
+            .iter()
+            .all(|e| e["metric"] == "broadcasts"));
+        let filtered = app.admin_get("/admin/deliveries?status=filtered").await;
+        assert_eq!(filtered["deliveries"].as_array().unwrap().len(), 1);
+    })
+    .await;
 }

@@ -1,69 +1,68 @@
 //! `pegabridge deliveries ...` and `pegabridge mock-pega` as an operator runs them.
 
 use crate::helpers::{pegabridge, stdout};
-use crate::server::{spawn_app, trigger};
+use crate::server::{each_backend, spawn_app, trigger};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn deliveries_can_be_listed_shown_replayed_and_paused_from_the_command_line() {
-    let app = spawn_app().await;
-    let answer: Value = app
-        .post("/webhooks/offer", &trigger())
-        .await
-        .json()
-        .await
-        .unwrap();
-    let uuid = answer["recipients"][0]["uuid"].as_str().unwrap().to_owned();
-    let dir = app.dir.path().to_owned();
-    let config = dir.join("pegabridge.toml");
-    let config = config.to_str().unwrap().to_owned();
-    let run = move |args: &[&str]| {
-        let mut all = vec!["--config", config.as_str(), "deliveries"];
-        all.extend_from_slice(args);
-        pegabridge(&dir, &all)
-    };
-    let run = std::sync::Arc::new(run);
-    let r = run.clone();
-    let list = tokio::task::spawn_blocking(move || r(&["list", "--status", "pending"]))
-        .await
-        .unwrap();
-    assert!(list.status.success());
-    assert!(stdout(&list).contains(&uuid), "{}", stdout(&list));
-    assert_eq!(stdout(&list).lines().count(), 3, "a header and two events");
+    each_backend(|| async {
+        let app = spawn_app().await;
+        let answer: Value = app
+            .post("/webhooks/offer", &trigger())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let uuid = answer["recipients"][0]["uuid"].as_str().unwrap().to_owned();
+        let dir = app.dir.path().to_owned();
+        let config = dir.join("pegabridge.toml");
+        let config = config.to_str().unwrap().to_owned();
+        let run = move |args: &[&str]| {
+            let mut all = vec!["--config", config.as_str(), "deliveries"];
+            all.extend_from_slice(args);
+            pegabridge(&dir, &all)
+        };
+        let run = std::sync::Arc::new(run);
+        let r = run.clone();
+        let list = tokio::task::spawn_blocking(move || r(&["list", "--status", "pending"]))
+            .await
+            .unwrap();
+        assert!(list.status.success());
+        assert!(stdout(&list).contains(&uuid), "{}", stdout(&list));
+        assert_eq!(stdout(&list).lines().count(), 3, "a header and two events");
 
-    let (r, u) = (run.clone(), uuid.clone());
-    let show = tokio::task::spawn_blocking(move || r(&["show", &u]))
-        .await
-        .unwrap();
-    let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
-    assert_eq!(shown["event"]["uuid"], uuid.as_str());
-    assert_eq!(shown["delivery"]["status"], "pending");
+        let (r, u) = (run.clone(), uuid.clone());
+        let show = tokio::task::spawn_blocking(move || r(&["show", &u]))
+            .await
+            .unwrap();
+        let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
+        assert_eq!(shown["event"]["uuid"], uuid.as_str());
+        assert_eq!(shown["delivery"]["status"], "pending");
 
-    let (r, u) = (run.clone(), uuid.clone());
-    let replay = tokio::task::spawn_blocking(move || r(&["replay", &u]))
-        .await
-        .unwrap();
-    assert!(stdout(&replay).contains("1 events will be delivered again"));
+        let (r, u) = (run.clone(), uuid.clone());
+        let replay = tokio::task::spawn_blocking(move || r(&["replay", &u]))
+            .await
+            .unwrap();
+        assert!(stdout(&replay).contains("1 events will be delivered again"));
 
-    let r = run.clone();
-    let none = tokio::task::spawn_blocking(move || r(&["replay"]))
-        .await
-        .unwrap();
-    assert_eq!(none.status.code(), Some(2), "replay needs a selection");
+        let r = run.clone();
+        let none = tokio::task::spawn_blocking(move || r(&["replay"]))
+            .await
+            .unwrap();
+        assert_eq!(none.status.code(), Some(2), "replay needs a selection");
 
-    let r = run.clone();
-    let paused = tokio::task::spawn_blocking(move || r(&["pause"]))
-        .await
-        .unwrap();
-    assert!(stdout(&paused).contains("delivery paused"));
-    assert!(app.admin_get("/admin/deliveries").await["deliveries"].is_array());
-    let url = format!("sqlite://{}", app.db_path().display());
-    let store = pegabridge::store::Store::connect(&url, "normal", 2)
-        .await
-        .unwrap();
-    assert!(store.is_paused().await.unwrap());
+        let r = run.clone();
+        let paused = tokio::task::spawn_blocking(move || r(&["pause"]))
+            .await
+            .unwrap();
+        assert!(stdout(&paused).contains("delivery paused"));
+        assert!(app.admin_get("/admin/deliveries").await["deliveries"].is_array());
+        assert!(app.store().await.is_paused().await.unwrap());
+    })
+    .await;
 }
 
 #[test]

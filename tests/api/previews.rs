@@ -1,38 +1,44 @@
 //! POST /preview/{mapping} and `pegabridge preview`: nothing stored, values escaped.
 
 use crate::helpers::{pegabridge, root, stdout};
-use crate::server::{spawn_app, trigger};
+use crate::server::{each_backend, spawn_app, trigger};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn the_preview_shows_options_meta_and_event_and_stores_nothing() {
-    let app = spawn_app().await;
-    let res = app.post("/preview/offer", &trigger()).await;
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    let r = &body["recipients"][0];
-    assert_eq!(r["manual_options"]["UniqueOfferId"], "OFFER-1");
-    assert_eq!(r["meta"]["InteractionId"], "-563481321460449721");
-    assert_eq!(r["event"]["metric"], "broadcasts");
-    assert_eq!(r["event"]["broadcast_manual_options"], r["manual_options"]);
-    assert!(r.get("html").is_none());
-    assert!(app.outbox().await.is_empty());
+    each_backend(|| async {
+        let app = spawn_app().await;
+        let res = app.post("/preview/offer", &trigger()).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        let r = &body["recipients"][0];
+        assert_eq!(r["manual_options"]["UniqueOfferId"], "OFFER-1");
+        assert_eq!(r["meta"]["InteractionId"], "-563481321460449721");
+        assert_eq!(r["event"]["metric"], "broadcasts");
+        assert_eq!(r["event"]["broadcast_manual_options"], r["manual_options"]);
+        assert!(r.get("html").is_none());
+        assert!(app.outbox().await.is_empty());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_script_in_a_trigger_value_renders_inert() {
-    let app = spawn_app().await;
-    let mut t = trigger();
-    t["Customers"][0]["FirstName"] = json!("\"><script>alert(1)</script>");
-    let res = app.post("/preview/offer?html=true", &t).await;
-    let body: Value = res.json().await.unwrap();
-    let html = body["recipients"][0]["html"].as_str().unwrap();
-    assert!(!html.contains("<script>alert"), "{html}");
-    assert!(
-        html.contains("&quot;&gt;&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"),
-        "{html}"
-    );
-    assert!(html.contains("OFFER-1"));
+    each_backend(|| async {
+        let app = spawn_app().await;
+        let mut t = trigger();
+        t["Customers"][0]["FirstName"] = json!("\"><script>alert(1)</script>");
+        let res = app.post("/preview/offer?html=true", &t).await;
+        let body: Value = res.json().await.unwrap();
+        let html = body["recipients"][0]["html"].as_str().unwrap();
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(
+            html.contains("&quot;&gt;&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("OFFER-1"));
+    })
+    .await;
 }
 
 /// `pegabridge preview --mapping offer --trigger TRIGGER [extra...]` in the repository.

@@ -1,10 +1,12 @@
-//! The trigger server end to end: real HTTP on port 0, a temporary SQLite database.
+//! The server end to end: real HTTP on port 0, a temporary database of the backend under test
+//! (SQLite, and PostgreSQL when `PEGABRIDGE_TEST_POSTGRES_URL` names a server).
 
 use pegabridge::config::Settings;
 use pegabridge::http::Application;
 use pegabridge::store::Store;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+
+pub use crate::backend::each_backend;
 
 pub const TOKEN: &str = "test-token-123";
 pub const ACTIVITY_TOKEN: &str = "activity-token-456";
@@ -15,6 +17,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The store's URL (`[store] url`).
+    pub store_url: String,
+    /// Dropped with the app: removes its PostgreSQL database.
+    _database: Option<crate::backend::Database>,
 }
 
 const MAPPING: &str = r#"
@@ -102,12 +108,17 @@ pub async fn spawn_app_with(
     .unwrap();
     std::fs::write(root.join("mappings/offer.toml"), MAPPING).unwrap();
     std::fs::write(root.join("mappings/single.toml"), SINGLE).unwrap();
+    let database = crate::backend::fresh_database().await;
+    let store_url = database
+        .as_ref()
+        .map_or_else(|| "sqlite://test.db".to_owned(), |d| d.url.clone());
     std::fs::write(
         root.join("pegabridge.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"sqlite://test.db\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{extra}\n"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"{store_url}\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{extra}\n"),
     )
     .unwrap();
     let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();
+    let store_url = settings.store_url();
     let app = Application::build(&settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -119,6 +130,8 @@ pub async fn spawn_app_with(
         client: reqwest::Client::new(),
         dir,
         shutdown: Some(tx),
+        store_url,
+        _database: database,
     };
     (app, task)
 }
@@ -158,14 +171,14 @@ impl TestApp {
         self.client.get(self.url(path)).send().await
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("test.db")
+    /// The app's store, opened again (as another process would).
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.store_url, "normal", 2).await.unwrap()
     }
 
     /// The events committed to the outbox.
     pub async fn outbox(&self) -> Vec<Value> {
-        let url = format!("sqlite://{}", self.db_path().display());
-        Store::connect(&url, "normal", 2)
+        Store::connect(&self.store_url, "normal", 2)
             .await
             .unwrap()
             .pending_events()

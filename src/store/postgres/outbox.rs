@@ -7,6 +7,28 @@ use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome,
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
+/// The outbox columns a round changes, one array per column.
+#[derive(Default)]
+struct Rows {
+    id: Vec<i64>,
+    status: Vec<String>,
+    next_at: Vec<Option<i64>>,
+    delivered_at: Vec<Option<i64>>,
+    error: Vec<Option<String>>,
+    bump: Vec<i32>,
+}
+
+/// The attempts of a round, one array per column.
+#[derive(Default)]
+struct AttemptRows {
+    id: Vec<i64>,
+    at_ms: Vec<i64>,
+    http_status: Vec<Option<i32>>,
+    duration_ms: Vec<i64>,
+    outcome: Vec<String>,
+    detail: Vec<String>,
+}
+
 const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
 
 fn delivery(r: &PgRow) -> Delivery {
@@ -22,15 +44,14 @@ fn delivery(r: &PgRow) -> Delivery {
 }
 
 impl PgStore {
-    /// Claims up to `limit` due events for `lease_secs` (nothing while paused).
+    /// Claims up to `limit` due events for `lease_secs` (nothing while paused), in one
+    /// statement.
     pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
-        if self.is_paused().await? {
-            return Ok(Vec::new());
-        }
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE outbox SET status = 'inflight', lease_until = $1
-             WHERE id IN (SELECT id FROM outbox
+             WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
+               AND id IN (SELECT id FROM outbox
                           WHERE (status = 'pending' AND next_attempt_at <= $2)
                              OR (status = 'inflight' AND lease_until < $2)
                           ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -56,9 +77,11 @@ impl PgStore {
         Ok(claimed)
     }
 
-    /// Records the outcomes of a delivery round in one transaction.
+    /// Records the outcomes of a delivery round: two set-based statements, whatever the
+    /// number of events (one round trip each).
     pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut rows = Rows::default();
+        let mut attempts = AttemptRows::default();
         for o in &outcomes {
             let (status, next_at, delivered_at) = match o.completion {
                 Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
@@ -69,34 +92,56 @@ impl PgStore {
             let attempt: Option<&Attempt> = o.attempt.as_ref();
             let error = attempt
                 .filter(|a| a.outcome != "delivered")
-                .map(|a| a.detail.as_str());
+                .map(|a| a.detail.clone());
+            for id in &o.ids {
+                rows.id.push(*id);
+                rows.status.push(status.to_owned());
+                rows.next_at.push(next_at);
+                rows.delivered_at.push(delivered_at);
+                rows.error.push(error.clone());
+                rows.bump.push(i32::from(attempt.is_some()));
+                if let Some(a) = attempt {
+                    attempts.id.push(*id);
+                    attempts.at_ms.push(a.at_ms);
+                    attempts.http_status.push(a.http_status.map(i32::from));
+                    attempts.duration_ms.push(a.duration_ms);
+                    attempts.outcome.push(a.outcome.clone());
+                    attempts.detail.push(a.detail.clone());
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE outbox o SET status = u.status,
+                 next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
+                 delivered_at = COALESCE(u.delivered_at, o.delivered_at),
+                 last_error = COALESCE(u.error, o.last_error),
+                 attempts = o.attempts + u.bump, lease_until = 0
+             FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[])
+                  AS u(id, status, next_at, delivered_at, error, bump)
+             WHERE o.id = u.id",
+        )
+        .bind(&rows.id)
+        .bind(&rows.status)
+        .bind(&rows.next_at)
+        .bind(&rows.delivered_at)
+        .bind(&rows.error)
+        .bind(&rows.bump)
+        .execute(&mut *tx)
+        .await?;
+        if !attempts.id.is_empty() {
             sqlx::query(
-                "UPDATE outbox SET status = $1, next_attempt_at = COALESCE($2, next_attempt_at),
-                 delivered_at = COALESCE($3, delivered_at), last_error = COALESCE($4, last_error),
-                 attempts = attempts + $5, lease_until = 0 WHERE id = ANY($6)",
+                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::text[], $6::text[])",
             )
-            .bind(status)
-            .bind(next_at)
-            .bind(delivered_at)
-            .bind(error)
-            .bind(i32::from(attempt.is_some()))
-            .bind(&o.ids)
+            .bind(&attempts.id)
+            .bind(&attempts.at_ms)
+            .bind(&attempts.http_status)
+            .bind(&attempts.duration_ms)
+            .bind(&attempts.outcome)
+            .bind(&attempts.detail)
             .execute(&mut *tx)
             .await?;
-            if let Some(a) = attempt {
-                sqlx::query(
-                    "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
-                     SELECT id, $2, $3, $4, $5, $6 FROM unnest($1::bigint[]) AS id",
-                )
-                .bind(&o.ids)
-                .bind(a.at_ms)
-                .bind(a.http_status.map(i32::from))
-                .bind(a.duration_ms)
-                .bind(&a.outcome)
-                .bind(&a.detail)
-                .execute(&mut *tx)
-                .await?;
-            }
         }
         tx.commit().await?;
         Ok(())

@@ -44,25 +44,48 @@ fn delivery(r: &PgRow) -> Delivery {
 }
 
 impl PgStore {
-    /// Claims up to `limit` due events for `lease_secs` (nothing while paused), in one
-    /// statement.
+    /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an
+    /// instance that died first, then new work by due time, each through its partial index,
+    /// skipping rows other instances are claiming.
     pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
         let now = now_ms();
-        let rows = sqlx::query(
+        let lease = (now + lease_secs as i64 * 1000, now);
+        let mut claimed = self
+            .claim_where(
+                "status = 'inflight' AND lease_until < $2 ORDER BY lease_until",
+                lease,
+                limit,
+            )
+            .await?;
+        let rest = limit - claimed.len();
+        if rest > 0 {
+            let filter =
+                "status = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
+            claimed.extend(self.claim_where(filter, lease, rest).await?);
+        }
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    async fn claim_where(
+        &self,
+        filter: &str,
+        (lease_until, now): (i64, i64),
+        limit: usize,
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let sql = format!(
             "UPDATE outbox SET status = 'inflight', lease_until = $1
              WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
-               AND id IN (SELECT id FROM outbox
-                          WHERE (status = 'pending' AND next_attempt_at <= $2)
-                             OR (status = 'inflight' AND lease_until < $2)
-                          ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, uuid, metric, payload, attempts, created_ms",
-        )
-        .bind(now + lease_secs as i64 * 1000)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed: Vec<Claimed> = rows
+               AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, uuid, metric, payload, attempts, created_ms"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
             .iter()
             .map(|r| Claimed {
                 id: r.get(0),
@@ -72,9 +95,7 @@ impl PgStore {
                 attempts: r.get::<i32, _>(4) as u32,
                 created_ms: r.get(5),
             })
-            .collect();
-        claimed.sort_by_key(|c| c.id);
-        Ok(claimed)
+            .collect())
     }
 
     /// Records the outcomes of a delivery round: two set-based statements, whatever the

@@ -75,28 +75,22 @@ impl SqliteStore {
                 return Ok(Vec::new());
             }
             let now = now_ms();
-            let mut stmt = c.prepare_cached(
-                "UPDATE outbox SET status = 'inflight', lease_until = ?1
-                 WHERE id IN (SELECT id FROM outbox
-                              WHERE (status = 'pending' AND next_attempt_at <= ?2)
-                                 OR (status = 'inflight' AND lease_until < ?2)
-                              ORDER BY id LIMIT ?3)
-                 RETURNING id, uuid, metric, payload, attempts, created_ms",
+            let lease_until = now + lease_secs as i64 * 1000;
+            // Rows of an instance that died first, then new work by due time: each through
+            // its own partial index.
+            let mut claimed = claim_where(
+                c,
+                "status = 'inflight' AND lease_until < ?2 ORDER BY lease_until",
+                (lease_until, now, limit),
             )?;
-            let rows = stmt.query_map(
-                params![now + lease_secs as i64 * 1000, now, limit as i64],
-                |r| {
-                    Ok(Claimed {
-                        id: r.get(0)?,
-                        uuid: r.get(1)?,
-                        metric: r.get(2)?,
-                        payload: r.get(3)?,
-                        attempts: r.get(4)?,
-                        created_ms: r.get(5)?,
-                    })
-                },
-            )?;
-            let mut claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let rest = limit - claimed.len();
+            if rest > 0 {
+                claimed.extend(claim_where(
+                    c,
+                    "status = 'pending' AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id",
+                    (lease_until, now, rest),
+                )?);
+            }
             claimed.sort_by_key(|c| c.id);
             Ok(claimed)
         })
@@ -227,6 +221,31 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Leases up to `limit` rows matching `filter` (which orders them) until `lease_until`.
+fn claim_where(
+    c: &Connection,
+    filter: &str,
+    (lease_until, now, limit): (i64, i64, usize),
+) -> anyhow::Result<Vec<Claimed>> {
+    let sql = format!(
+        "UPDATE outbox SET status = 'inflight', lease_until = ?1
+         WHERE id IN (SELECT id FROM outbox WHERE {filter} LIMIT ?3)
+         RETURNING id, uuid, metric, payload, attempts, created_ms"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {
+        Ok(Claimed {
+            id: r.get(0)?,
+            uuid: r.get(1)?,
+            metric: r.get(2)?,
+            payload: r.get(3)?,
+            attempts: r.get(4)?,
+            created_ms: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn paused(c: &Connection) -> anyhow::Result<bool> {

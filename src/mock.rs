@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
-use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -217,14 +216,9 @@ fn authorized(mock: &MockPega, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match mock.auth.as_ref() {
-        MockAuth::Basic { username, password } => presented
-            .strip_prefix("Basic ")
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-            .is_some_and(|(u, p)| {
-                constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
-            }),
+        MockAuth::Basic { username, password } => {
+            crate::http::extract::basic_matches(headers, username, password)
+        }
         MockAuth::Oauth2 { .. } => presented.strip_prefix("Bearer ").is_some_and(|t| {
             let inner = mock.inner.lock().expect("not poisoned");
             inner.tokens.get(t).is_some_and(|exp| *exp > Instant::now())

@@ -22,25 +22,28 @@ pub fn mapping(state: &AppState, name: &str) -> Result<Arc<Mapping>, ApiError> {
 pub fn authorize(auth: &TriggerAuth, headers: &HeaderMap) -> Result<(), ApiError> {
     match auth {
         TriggerAuth::Bearer { token } => require_bearer(token, headers),
-        TriggerAuth::Basic { username, password } => {
-            let ok = presented(headers, "Basic ")
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
-                .and_then(|d| String::from_utf8(d).ok())
-                .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-                // Both compared, always: no early exit on a wrong user name.
-                .is_some_and(|(u, p)| {
-                    constant_time_eq(username.as_bytes(), u.as_bytes())
-                        & password.matches(p.as_bytes())
-                });
-            ok.then_some(()).ok_or(ApiError::Unauthorized {
+        TriggerAuth::Basic { username, password } => basic_matches(headers, username, password)
+            .then_some(())
+            .ok_or(ApiError::Unauthorized {
                 challenge: "Basic realm=\"pegabridge\"",
-            })
-        }
+            }),
     }
+}
+
+/// Whether `Authorization: Basic` carries this user name and password (both compared, always,
+/// in constant time: no early exit on a wrong user name).
+pub(crate) fn basic_matches(headers: &HeaderMap, username: &str, password: &Secret) -> bool {
+    presented(headers, "Basic ")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+        .is_some_and(|(u, p)| {
+            constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
+        })
 }
 
 /// Checks `Authorization: Bearer TOKEN` (constant time).

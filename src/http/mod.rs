@@ -5,7 +5,7 @@
 mod activities;
 mod admin;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod health;
 mod webhooks;
 

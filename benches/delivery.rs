@@ -7,10 +7,12 @@
 //!
 //! Targets: >= 0.5 of the raw rate; p99 <= 100 ms at 1,000/s; <= 150 MB with the backlog.
 
-use pegabridge::config::secret::Secret;
+mod common;
+
+use common::{fill_sqlite, payload, receiver};
 use pegabridge::config::Settings;
 use pegabridge::http::Application;
-use pegabridge::mock::{Behaviour, MockAuth, MockPega};
+use pegabridge::mock::MockPega;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -94,19 +96,6 @@ async fn main() {
         "| resident size, 1,000,000 pending events, endpoint down | {:.1} MB | <= 150 MB |",
         backlog_rss
     );
-}
-
-async fn receiver() -> (MockPega, String) {
-    let auth = MockAuth::Basic {
-        username: "pega".into(),
-        password: Secret::new("pw"),
-    };
-    let mock = MockPega::new(auth, Behaviour::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = mock.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (mock, url)
 }
 
 const MAPPING: &str = "template = \"offer.html\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"customer.email\"\n[variables.InteractionId]\npath = \"interaction\"\n";
@@ -244,7 +233,7 @@ fn memory(_pega_url: &str) -> (f64, f64) {
         .port();
     write_config(dir.path(), &format!("127.0.0.1:{port}"), &down);
     let empty = rss_of_serve(dir.path(), port);
-    fill_outbox(&dir.path().join("bench.db"), 1_000_000);
+    fill_sqlite(&dir.path().join("bench.db"), &payload(), 1_000_000);
     let backlog = rss_of_serve(dir.path(), port);
     (empty, backlog)
 }
@@ -280,27 +269,4 @@ fn rss_of_serve(dir: &std::path::Path, port: u16) -> f64 {
     child.kill().unwrap();
     child.wait().unwrap();
     kb / 1024.0
-}
-
-/// Writes `n` pending events straight into the outbox (as accepted activities would).
-fn fill_outbox(db: &std::path::Path, n: usize) {
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/seed/opens.json"
-    ))
-    .unwrap();
-    let event: Vec<Value> = serde_json::from_str(&seed).unwrap();
-    let payload = serde_json::to_string(&event[0]).unwrap();
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    {
-        let mut stmt = conn
-            .prepare("INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', ?2, 0, 0, 0)")
-            .unwrap();
-        for _ in 0..n {
-            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), payload])
-                .unwrap();
-        }
-    }
-    conn.execute_batch("COMMIT").unwrap();
 }

@@ -5,8 +5,10 @@
 //! this machine's two cores with PostgreSQL and the receiver. Needs
 //! `PEGABRIDGE_TEST_POSTGRES_URL` (as the tests); without it only SQLite is measured.
 
-use pegabridge::config::secret::Secret;
-use pegabridge::mock::{Behaviour, MockAuth, MockPega};
+mod common;
+
+use common::{fill_sqlite, payload, receiver};
+use pegabridge::mock::MockPega;
 use pegabridge::store::{PgStore, SqliteStore};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +24,7 @@ async fn main() {
 
     let sqlite_url = format!("sqlite://{}/bench.db", dir.path().display());
     SqliteStore::connect(&sqlite_url, "full").await.unwrap();
-    fill_sqlite(&dir.path().join("bench.db"), &payload);
+    fill_sqlite(&dir.path().join("bench.db"), &payload, BACKLOG as usize);
     let sqlite = deliver(&pega, &pega_url, dir.path(), &sqlite_url, 1).await;
 
     println!("| store | instances | events/s |");
@@ -43,19 +45,6 @@ async fn main() {
         println!("| PostgreSQL | {n} | {rate:.0} |");
         admin(&server, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
     }
-}
-
-async fn receiver() -> (MockPega, String) {
-    let auth = MockAuth::Basic {
-        username: "pega".into(),
-        password: Secret::new("pw"),
-    };
-    let mock = MockPega::new(auth, Behaviour::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = mock.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (mock, url)
 }
 
 /// Starts `n` processes on `store_url`, waits for the whole backlog, stops them; events/s.
@@ -94,31 +83,6 @@ async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n
     let arrivals = pega.arrivals();
     let (first, last) = (arrivals[before], arrivals[target - 1]);
     BACKLOG as f64 / last.duration_since(first).as_secs_f64()
-}
-
-fn payload() -> String {
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/seed/opens.json"
-    ))
-    .unwrap();
-    let events: Vec<serde_json::Value> = serde_json::from_str(&seed).unwrap();
-    serde_json::to_string(&events[0]).unwrap()
-}
-
-fn fill_sqlite(db: &Path, payload: &str) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    {
-        let mut stmt = conn
-            .prepare("INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', ?2, 0, 0, 0)")
-            .unwrap();
-        for _ in 0..BACKLOG {
-            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), payload])
-                .unwrap();
-        }
-    }
-    conn.execute_batch("COMMIT").unwrap();
 }
 
 async fn fill_postgres(url: &str, payload: &str) {

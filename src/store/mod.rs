@@ -67,6 +67,53 @@ pub struct UnknownBroadcast {
     pub customer_id: i64,
 }
 
+/// How an activity changes its customer's counts (the seed's mailability rules), as the `SET`
+/// clause of an `UPDATE customers`; `truth` is the backend's literal for true.
+pub(crate) fn count_change(a: &Activity, truth: &str) -> String {
+    use crate::activity::Detail;
+    use crate::event::Metric;
+    match (&a.metric, &a.detail) {
+        (Metric::Bounces, Detail::Bounce { hard: true, .. }) => {
+            "bounce_count_hard = bounce_count_hard + 1".into()
+        }
+        (Metric::Bounces, _) => "bounce_count_soft = bounce_count_soft + 1".into(),
+        (Metric::Complaints, _) => "complaints = complaints + 1".into(),
+        (Metric::Unsubscribes, _) => format!("unsubscribed = {truth}"),
+        // An open or a click shows the address works: the soft count starts again.
+        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => "bounce_count_soft = 0".into(),
+        _ => "id = id".into(),
+    }
+}
+
+/// The first answer again when every recipient of a trigger was sent before (per-recipient
+/// idempotency keys): `earlier` holds each recipient's earlier send, if any.
+pub(crate) fn earlier_answer(earlier: &[Option<(i64, RecipientAnswer)>]) -> Option<TriggerAnswer> {
+    if earlier.is_empty() || earlier.iter().any(Option::is_none) {
+        return None;
+    }
+    let found: Vec<&(i64, RecipientAnswer)> = earlier.iter().flatten().collect();
+    Some(TriggerAnswer {
+        broadcast_id: found[0].0,
+        recipients: found.into_iter().map(|(_, r)| r.clone()).collect(),
+    })
+}
+
+/// A recipient's answer when it is a duplicate: of an earlier send, or of a customer already
+/// in this trigger (the same customer twice in one trigger gets one mail).
+pub(crate) fn duplicate_of(
+    before: Option<(i64, RecipientAnswer)>,
+    answers: &[RecipientAnswer],
+    customer_id: Option<i64>,
+) -> Option<RecipientAnswer> {
+    let original = before.map(|(_, a)| a).or_else(|| {
+        customer_id.and_then(|id| answers.iter().find(|a| a.customer_id == id).cloned())
+    })?;
+    Some(RecipientAnswer {
+        status: "duplicate".into(),
+        ..original
+    })
+}
+
 /// The store the configuration names: `sqlite://...` or `postgres://...`.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -183,5 +230,50 @@ impl Store {
     /// The events waiting in the outbox.
     pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         each!(self, s => s.pending_events().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(customer_id: i64, status: &str) -> RecipientAnswer {
+        RecipientAnswer {
+            customer_id,
+            uuid: format!("u{customer_id}"),
+            email_address: format!("c{customer_id}@x.nl"),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_answer_comes_back_only_when_every_recipient_was_sent_before() {
+        let all = [
+            Some((7, answer(1, "queued"))),
+            Some((7, answer(2, "queued"))),
+        ];
+        let again = earlier_answer(&all).unwrap();
+        assert_eq!(again.broadcast_id, 7);
+        assert_eq!(
+            again.recipients,
+            vec![answer(1, "queued"), answer(2, "queued")]
+        );
+        assert!(earlier_answer(&[Some((7, answer(1, "queued"))), None]).is_none());
+        assert!(earlier_answer(&[]).is_none());
+    }
+
+    #[test]
+    fn duplicates_repeat_the_original_answer_with_their_own_status() {
+        let earlier = Some((3, answer(1, "queued")));
+        assert_eq!(
+            duplicate_of(earlier, &[], None),
+            Some(answer(1, "duplicate"))
+        );
+        let so_far = [answer(4, "queued")];
+        assert_eq!(
+            duplicate_of(None, &so_far, Some(4)),
+            Some(answer(4, "duplicate"))
+        );
+        assert_eq!(duplicate_of(None, &so_far, Some(5)), None);
     }
 }

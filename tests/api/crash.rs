@@ -1,12 +1,12 @@
 //! The server killed with SIGKILL under load and started again: every acknowledged trigger
 //! and activity is delivered (duplicates only for events whose lease ran out).
 
-use crate::pega::{start_pega, wait_for_events};
+use crate::pega::{await_all, start_pega};
 use crate::processes::{free_port, send_triggers, start, wait_healthy, MAPPING};
 use crate::server::ACTIVITY_TOKEN;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_server_killed_under_load_delivers_every_acknowledged_event_after_a_restart() {
@@ -71,27 +71,9 @@ async fn a_server_killed_under_load_delivers_every_acknowledged_event_after_a_re
         expected.insert(a["uuid"].as_str().unwrap().to_owned());
     }
 
-    let start = Instant::now();
-    let mut received: HashMap<String, usize> = HashMap::new();
-    while start.elapsed() < Duration::from_secs(60) {
-        received.clear();
-        for e in wait_for_events(&pega, 0).await {
-            *received
-                .entry(e["uuid"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        if expected.iter().all(|u| received.contains_key(u)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (missing, duplicates) = await_all(&pega, &expected).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let missing = expected
-        .iter()
-        .filter(|u| !received.contains_key(*u))
-        .count();
-    let duplicates: usize = received.values().map(|n| n - 1).sum();
     eprintln!(
         "crash test: {} acknowledged events, {missing} missing, {duplicates} duplicates (leases that ran out)",
         expected.len()

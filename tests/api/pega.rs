@@ -57,6 +57,34 @@ pub async fn wait_for_events(pega: &Pega, n: usize) -> Vec<Value> {
     }
 }
 
+/// Waits (at most 60 s) until every uuid of `expected` has arrived; returns how many never
+/// did and how many arrived more than once.
+pub async fn await_all(
+    pega: &Pega,
+    expected: &std::collections::HashSet<String>,
+) -> (usize, usize) {
+    let start = Instant::now();
+    let mut received: std::collections::HashMap<String, usize> = Default::default();
+    while start.elapsed() < Duration::from_secs(60) {
+        received.clear();
+        for e in pega.mock.events() {
+            *received
+                .entry(e["uuid"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if expected.iter().all(|u| received.contains_key(u)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing = expected
+        .iter()
+        .filter(|u| !received.contains_key(*u))
+        .count();
+    let duplicates = received.values().map(|n| n - 1).sum();
+    (missing, duplicates)
+}
+
 /// The event with this uuid among those received.
 pub fn by_uuid<'e>(events: &'e [Value], uuid: &Value) -> &'e Value {
     events

@@ -2,9 +2,10 @@
 //! transaction each, retried when another instance wins a race on a unique key.
 
 use super::{is_unique_violation, PgStore, CHANNEL};
-use crate::activity::{event, Activity, Counts, Detail};
-use crate::event::{now, Common, Metric};
+use crate::activity::{event, Activity, Counts};
+use crate::event::{now, Common};
 use crate::store::outbox::now_ms;
+use crate::store::{duplicate_of, earlier_answer};
 use crate::store::{
     ActivityAnswer, NewRecipient, RecipientAnswer, TriggerAnswer, UnknownBroadcast,
 };
@@ -90,12 +91,8 @@ async fn record(
             None => None,
         });
     }
-    if !earlier.is_empty() && earlier.iter().all(Option::is_some) {
-        let found: Vec<(i64, RecipientAnswer)> = earlier.into_iter().flatten().collect();
-        return Ok(TriggerAnswer {
-            broadcast_id: found[0].0,
-            recipients: found.into_iter().map(|(_, r)| r).collect(),
-        });
+    if let Some(answer) = earlier_answer(&earlier) {
+        return Ok(answer);
     }
     let ts = now();
     let broadcast_id: i64 = sqlx::query_scalar(
@@ -108,19 +105,12 @@ async fn record(
     .await?;
     let mut answers: Vec<RecipientAnswer> = Vec::new();
     for (r, before) in recipients.iter().zip(earlier) {
-        if let Some((_, answer)) = before {
-            answers.push(RecipientAnswer {
-                status: "duplicate".into(),
-                ..answer
-            });
+        if let Some(duplicate) = duplicate_of(before, &answers, None) {
+            answers.push(duplicate);
             continue;
         }
         let (customer_id, mailable) = customer(c, &r.email, &r.external_id, ts).await?;
-        if let Some(first) = answers.iter().find(|a| a.customer_id == customer_id) {
-            let duplicate = RecipientAnswer {
-                status: "duplicate".into(),
-                ..first.clone()
-            };
+        if let Some(duplicate) = duplicate_of(None, &answers, Some(customer_id)) {
             answers.push(duplicate);
             continue;
         }
@@ -313,16 +303,7 @@ async fn record_activity(
 }
 
 async fn count(c: &mut PgConnection, a: &Activity) -> anyhow::Result<Counts> {
-    let change = match (&a.metric, &a.detail) {
-        (Metric::Bounces, Detail::Bounce { hard: true, .. }) => {
-            "bounce_count_hard = bounce_count_hard + 1"
-        }
-        (Metric::Bounces, _) => "bounce_count_soft = bounce_count_soft + 1",
-        (Metric::Complaints, _) => "complaints = complaints + 1",
-        (Metric::Unsubscribes, _) => "unsubscribed = true",
-        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => "bounce_count_soft = 0",
-        _ => "id = id",
-    };
+    let change = crate::store::count_change(a, "true");
     let sql = format!(
         "UPDATE customers SET {change} WHERE id = $1 RETURNING bounce_count_hard, bounce_count_soft, complaints"
     );

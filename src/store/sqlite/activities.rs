@@ -2,8 +2,8 @@
 //! customer's mailability, and queued as events, all or nothing per request.
 
 use super::SqliteStore;
-use crate::activity::{event, Activity, Counts, Detail};
-use crate::event::{now, Common, Metric};
+use crate::activity::{event, Activity, Counts};
+use crate::event::{now, Common};
 use crate::store::{ActivityAnswer, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -76,17 +76,7 @@ fn record(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Activity
 
 /// Updates the customer's mailability counts for this activity and returns them.
 fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
-    let change = match (&a.metric, &a.detail) {
-        (Metric::Bounces, Detail::Bounce { hard: true, .. }) => {
-            "bounce_count_hard = bounce_count_hard + 1"
-        }
-        (Metric::Bounces, _) => "bounce_count_soft = bounce_count_soft + 1",
-        (Metric::Complaints, _) => "complaints = complaints + 1",
-        (Metric::Unsubscribes, _) => "unsubscribed = 1",
-        // An open or a click shows the address works: the soft count starts again.
-        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => "bounce_count_soft = 0",
-        _ => "id = id",
-    };
+    let change = crate::store::count_change(a, "1");
     let sql = format!(
         "UPDATE customers SET {change} WHERE id = ?1 RETURNING bounce_count_hard, bounce_count_soft, complaints"
     );

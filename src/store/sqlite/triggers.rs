@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::event::now;
-use crate::store::{NewRecipient, RecipientAnswer, TriggerAnswer};
+use crate::store::{duplicate_of, earlier_answer, NewRecipient, RecipientAnswer, TriggerAnswer};
 use rusqlite::{params, Connection, OptionalExtension};
 
 impl SqliteStore {
@@ -43,12 +43,8 @@ fn record(
             None => Ok(None),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if !earlier.is_empty() && earlier.iter().all(Option::is_some) {
-        let found: Vec<(i64, RecipientAnswer)> = earlier.into_iter().flatten().collect();
-        return Ok(TriggerAnswer {
-            broadcast_id: found[0].0,
-            recipients: found.into_iter().map(|(_, r)| r).collect(),
-        });
+    if let Some(answer) = earlier_answer(&earlier) {
+        return Ok(answer);
     }
 
     let ts = now();
@@ -59,20 +55,12 @@ fn record(
         .query_row(params![mapping, ts, idempotency_key], |r| r.get(0))?;
     let mut answers: Vec<RecipientAnswer> = Vec::new();
     for (r, before) in recipients.into_iter().zip(earlier) {
-        if let Some((_, answer)) = before {
-            answers.push(RecipientAnswer {
-                status: "duplicate".into(),
-                ..answer
-            });
+        if let Some(duplicate) = duplicate_of(before, &answers, None) {
+            answers.push(duplicate);
             continue;
         }
         let (customer_id, mailable) = customer(c, &r.email, &r.external_id, ts)?;
-        // The same customer twice in one trigger gets one mail.
-        if let Some(first) = answers.iter().find(|a| a.customer_id == customer_id) {
-            let duplicate = RecipientAnswer {
-                status: "duplicate".into(),
-                ..first.clone()
-            };
+        if let Some(duplicate) = duplicate_of(None, &answers, Some(customer_id)) {
             answers.push(duplicate);
             continue;
         }

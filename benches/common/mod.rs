@@ -1,0 +1,48 @@
+//! Helpers the benchmarks share: an in-process receiver and a pre-filled SQLite outbox.
+
+#![allow(dead_code)] // each benchmark uses part of this
+
+use pegabridge::config::secret::Secret;
+use pegabridge::mock::{Behaviour, MockAuth, MockPega};
+use std::path::Path;
+
+/// The `mock-pega` receiver on port 0 (Basic auth pega / pw); returns it and its URL.
+pub async fn receiver() -> (MockPega, String) {
+    let auth = MockAuth::Basic {
+        username: "pega".into(),
+        password: Secret::new("pw"),
+    };
+    let mock = MockPega::new(auth, Behaviour::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = mock.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (mock, url)
+}
+
+/// The seed's example open, as the payload of pre-filled events.
+pub fn payload() -> String {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/seed/opens.json"
+    ))
+    .unwrap();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&seed).unwrap();
+    serde_json::to_string(&events[0]).unwrap()
+}
+
+/// Writes `n` pending events straight into a migrated SQLite outbox.
+pub fn fill_sqlite(db: &Path, payload: &str, n: usize) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    {
+        let mut stmt = conn
+            .prepare("INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', ?2, 0, 0, 0)")
+            .unwrap();
+        for _ in 0..n {
+            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), payload])
+                .unwrap();
+        }
+    }
+    conn.execute_batch("COMMIT").unwrap();
+}

@@ -2,7 +2,7 @@
 //! and activity is delivered (duplicates only for events whose lease ran out).
 
 use crate::pega::{await_all, start_pega};
-use crate::processes::{free_port, send_triggers, start, wait_healthy, MAPPING};
+use crate::processes::{free_port, project_dir, send_triggers, start, wait_healthy};
 use crate::server::ACTIVITY_TOKEN;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -12,15 +12,7 @@ use std::time::Duration;
 async fn a_server_killed_under_load_delivers_every_acknowledged_event_after_a_restart() {
     let pega = start_pega().await;
     pega.mock.control(|b| b.delay = Duration::from_millis(5));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-    std::fs::copy(
-        crate::helpers::root().join("templates/offer.html"),
-        dir.path().join("templates/offer.html"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("mappings/crash.toml"), MAPPING).unwrap();
+    let dir = project_dir();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     std::fs::write(

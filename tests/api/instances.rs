@@ -4,7 +4,7 @@
 
 use crate::backend::{create_database, POSTGRES_URL};
 use crate::pega::{await_all, start_pega};
-use crate::processes::{free_port, send_triggers, start, wait_healthy, MAPPING};
+use crate::processes::{free_port, project_dir, send_triggers, start, wait_healthy};
 use crate::server::ACTIVITY_TOKEN;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -19,15 +19,7 @@ async fn three_instances_share_one_database_and_survive_losing_one() {
     let database = create_database(&server_url).await;
     let pega = start_pega().await;
     pega.mock.control(|b| b.delay = Duration::from_millis(5));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-    std::fs::copy(
-        crate::helpers::root().join("templates/offer.html"),
-        dir.path().join("templates/offer.html"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("mappings/crash.toml"), MAPPING).unwrap();
+    let dir = project_dir();
     let mut bases = Vec::new();
     let mut servers = Vec::new();
     for k in 0..3 {

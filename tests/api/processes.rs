@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const MAPPING: &str = r#"
+const MAPPING: &str = r#"
 template = "offer.html"
 subject = "Hi"
 campaign_id = 1
@@ -24,6 +24,20 @@ email = "email"
 path = "interaction"
 required = true
 "#;
+
+/// A folder with the example template and the `crash` mapping, for `serve` processes.
+pub fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    std::fs::copy(
+        crate::helpers::root().join("templates/offer.html"),
+        dir.path().join("templates/offer.html"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("mappings/crash.toml"), MAPPING).unwrap();
+    dir
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

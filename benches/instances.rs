@@ -49,7 +49,7 @@ async fn main() {
 
 /// Starts `n` processes on `store_url`, waits for the whole backlog, stops them; events/s.
 async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n: usize) -> f64 {
-    let before = pega.events().len();
+    let before = pega.event_count();
     let mut children: Vec<Child> = (0..n)
         .map(|k| {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -69,7 +69,7 @@ async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n
         .collect();
     let target = before + BACKLOG as usize;
     let start = Instant::now();
-    while pega.events().len() < target {
+    while pega.event_count() < target {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "backlog not delivered"

@@ -94,6 +94,11 @@ impl MockPega {
         self.inner.lock().expect("not poisoned").events.clone()
     }
 
+    /// How many events were accepted so far (without copying them).
+    pub fn event_count(&self) -> usize {
+        self.inner.lock().expect("not poisoned").events.len()
+    }
+
     /// When each accepted event arrived (same order as [`MockPega::events`]).
     pub fn arrivals(&self) -> Vec<Instant> {
         self.inner.lock().expect("not poisoned").arrivals.clone()

@@ -1,5 +1,6 @@
 //! The worker: `try_deliver_next` does one round (claim, post, record) and says what happened;
-//! `run` repeats it, waking when events are committed or a retry falls due.
+//! `run` delivers the events this process's requests hand over, and claims from the store
+//! when woken, when a retry may be due and while there is a backlog.
 
 use super::client::{PegaClient, Sent};
 use super::metrics::Metrics;
@@ -7,14 +8,15 @@ use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
 use crate::config::pega::PegaSettings;
 use crate::event::Metric;
+use crate::store::handoff::{self, Leased};
 use crate::store::outbox::now_ms;
 use crate::store::Store;
 use crate::store::{Attempt, Claimed, Completion, Outcome};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
@@ -66,14 +68,28 @@ impl Worker {
         }))
     }
 
-    /// One round: claim the due events (up to [`ROUND_BATCHES`] batches), post the batches
-    /// with at most `concurrency` in flight, then record every outcome in one store call.
+    /// Most events in one round: [`ROUND_BATCHES`] batches for each slot of concurrency.
+    pub fn round_limit(&self) -> usize {
+        let s = &self.settings;
+        s.batch_size.max(1) * s.concurrency.max(1) * ROUND_BATCHES
+    }
+
+    /// One round from the store: claim the due events (up to [`Worker::round_limit`]) and
+    /// deliver them.
     pub async fn try_deliver_next(&self) -> anyhow::Result<Step> {
+        let claimed = self
+            .store
+            .claim(self.round_limit(), self.settings.lease_secs)
+            .await?;
+        self.deliver_round(claimed).await
+    }
+
+    /// Delivers leased events: posts the batches with at most `concurrency` in flight, then
+    /// records every outcome in one store call.
+    async fn deliver_round(&self, events: Vec<Claimed>) -> anyhow::Result<Step> {
         let s = &self.settings;
         let batch_size = s.batch_size.max(1);
-        let limit = batch_size * s.concurrency.max(1) * ROUND_BATCHES;
-        let claimed = self.store.claim(limit, s.lease_secs).await?;
-        let (send, skip): (Vec<Claimed>, Vec<Claimed>) = claimed
+        let (send, skip): (Vec<Claimed>, Vec<Claimed>) = events
             .into_iter()
             .partition(|c| Metric::parse(&c.metric).is_some_and(|m| self.enabled.contains(&m)));
         let mut step = Step {
@@ -151,27 +167,97 @@ impl Worker {
         (verdict, record)
     }
 
-    /// Delivers until `shutdown`: a round whenever events are committed (`wake`) or every
-    /// `poll_ms` for retries falling due.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: impl Future<Output = ()>) {
+    /// Delivers until `shutdown`: the events handed over by this process's requests as they
+    /// come, and events claimed from the store when woken (`wake`: events committed due, a
+    /// replay, a resume), every `poll_ms` (retries falling due, leases run out) and while
+    /// claims come back full. On shutdown, handed-over events not yet posted are made due
+    /// again for the next start.
+    pub async fn run(
+        self,
+        wake: Arc<Notify>,
+        mut handed: handoff::Receiver,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
+        let limit = self.round_limit();
         tokio::pin!(shutdown);
+        let mut claim = true;
+        let mut last_claim = Instant::now();
+        let mut waiting: Option<Leased> = None;
         loop {
-            let step = match self.try_deliver_next().await {
-                Ok(step) => step,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "delivery round failed");
-                    Step::default()
+            if shutdown.as_mut().now_or_never().is_some() {
+                break;
+            }
+            if wake.notified().now_or_never().is_some() || last_claim.elapsed() >= poll {
+                claim = true;
+            }
+            // Events handed over, then the store's due events, up to a round.
+            let mut places = Vec::new();
+            let mut events = Vec::new();
+            while events.len() < limit {
+                let Some(mut next) = waiting.take().or_else(|| handed.try_recv().ok()) else {
+                    break;
+                };
+                events.append(&mut next.events);
+                places.push(next);
+            }
+            if claim && events.len() < limit {
+                let want = limit - events.len();
+                last_claim = Instant::now();
+                match self.store.claim(want, self.settings.lease_secs).await {
+                    Ok(claimed) => {
+                        claim = claimed.len() == want;
+                        events.extend(claimed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "claiming events failed");
+                        claim = false;
+                    }
                 }
-            };
-            if !step.is_empty() {
+            }
+            if !events.is_empty() {
+                if let Err(e) = self.deliver_round(events).await {
+                    // The events stay leased: claimed again when their lease runs out.
+                    tracing::error!(error = format!("{e:#}"), "delivery round failed");
+                }
+                drop(places);
                 continue;
             }
             tokio::select! {
-                () = &mut shutdown => return,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                () = &mut shutdown => break,
+                next = handed.recv(), if !handed.is_closed() => waiting = next,
+                () = wake.notified() => claim = true,
+                () = tokio::time::sleep(poll) => claim = true,
             }
+        }
+        self.release(waiting, handed).await;
+    }
+
+    /// Makes handed-over events that were not posted due again (no attempt counted).
+    async fn release(&self, waiting: Option<Leased>, mut handed: handoff::Receiver) {
+        handed.close();
+        let mut ids: Vec<i64> = Vec::new();
+        for leased in waiting
+            .into_iter()
+            .chain(std::iter::from_fn(|| handed.try_recv().ok()))
+        {
+            ids.extend(leased.events.iter().map(|c| c.id));
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let release = Outcome {
+            ids,
+            attempt: None,
+            completion: Completion::Retry {
+                next_at_ms: now_ms(),
+            },
+        };
+        if let Err(e) = self.store.complete(vec![release]).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not release handed-over events: they are claimed again when their lease runs out"
+            );
         }
     }
 }

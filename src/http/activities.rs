@@ -52,7 +52,6 @@ async fn receive(
             None => return Err(ApiError::Internal(e)),
         },
     };
-    state.outbox.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(Answer {

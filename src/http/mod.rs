@@ -15,7 +15,7 @@ use crate::delivery::metrics::Metrics;
 use crate::delivery::Worker;
 use crate::event::Account;
 use crate::mapping::Mappings;
-use crate::store::Store;
+use crate::store::{handoff, Handoff, Store};
 use crate::template::{Plan, Variable};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -51,7 +51,7 @@ pub struct Application {
     port: u16,
     grace: Duration,
     /// The delivery worker (none without `[pega] endpoint`).
-    worker: Option<Worker>,
+    worker: Option<(Worker, handoff::Receiver)>,
     outbox: Arc<Notify>,
 }
 
@@ -73,9 +73,18 @@ impl Application {
             tracing::warn!("no [pega] endpoint: events wait in the outbox");
         }
         let outbox = Arc::new(Notify::new());
-        if worker.is_some() {
-            store.listen(outbox.clone()).await?;
-        }
+        // With a worker, requests hand their events to it (see `store::handoff`), up to two
+        // rounds' worth.
+        let (store, worker) = match worker {
+            Some(worker) => {
+                store.listen(outbox.clone()).await?;
+                let capacity = 2 * worker.round_limit();
+                let (handoff, handed) =
+                    Handoff::new(capacity, settings.pega.lease_secs, outbox.clone());
+                (store.with_handoff(handoff), Some((worker, handed)))
+            }
+            None => (store, None),
+        };
         let state = AppState {
             store,
             mappings: loaded.mappings,
@@ -117,23 +126,23 @@ impl Application {
 
     /// Serves (and delivers) until `shutdown` completes; requests in flight and the delivery
     /// round in progress then get `[server] shutdown_grace_secs` to finish before they are
-    /// dropped. Nothing is lost either way: a request is answered only after its commit, and
-    /// an event whose delivery was cut short is claimed again when its lease runs out.
+    /// dropped; the worker then finishes its round. Nothing is lost either way: a request is
+    /// answered only after its commit, and an event whose delivery was cut short is claimed
+    /// again when its lease runs out.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let worker = self.worker.map(|w| {
+        let worker = self.worker.map(|(w, handed)| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(w.run(self.outbox.clone(), async move {
+            tokio::spawn(w.run(self.outbox.clone(), handed, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }))
         });
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
             let _ = fired_tx.send(());
         };
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
@@ -147,6 +156,9 @@ impl Application {
             result = serve => result?,
             () = grace_over => tracing::warn!("shutdown grace period over: dropping requests in flight"),
         }
+        // The worker stops last: events handed over by the last requests are posted, or made
+        // due again for the next start.
+        let _ = stop_tx.send(true);
         if let Some(w) = worker {
             if tokio::time::timeout(self.grace, w).await.is_err() {
                 tracing::warn!("shutdown grace period over: leaving a delivery round unfinished");

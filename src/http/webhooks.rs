@@ -38,7 +38,6 @@ async fn trigger(
         key,
     )
     .await?;
-    state.outbox.notify_one();
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

@@ -3,10 +3,12 @@
 //! SQLite (the default) and PostgreSQL (several instances on one database). Everything that
 //! must not be lost is committed before the HTTP answer.
 
+pub mod handoff;
 pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 
+pub use handoff::{Handoff, Queue};
 pub use outbox::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -116,7 +118,14 @@ pub(crate) fn duplicate_of(
 
 /// The store the configuration names: `sqlite://...` or `postgres://...`.
 #[derive(Debug, Clone)]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+    /// Set when this process delivers: new events go to its worker in memory.
+    handoff: Option<Handoff>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
@@ -124,9 +133,9 @@ pub enum Store {
 /// Calls the same method on whichever backend this is.
 macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
+        match &$self.backend {
+            Backend::Sqlite($s) => $call,
+            Backend::Postgres($s) => $call,
         }
     };
 }
@@ -135,10 +144,34 @@ impl Store {
     /// Opens the store at `url`: SQLite with its `synchronous` setting, or PostgreSQL with a
     /// pool of `pool_size` connections. Runs the migrations.
     pub async fn connect(url: &str, synchronous: &str, pool_size: u32) -> anyhow::Result<Self> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PgStore::connect(url, pool_size).await?))
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(PgStore::connect(url, pool_size).await?)
         } else {
-            Ok(Store::Sqlite(SqliteStore::connect(url, synchronous).await?))
+            Backend::Sqlite(SqliteStore::connect(url, synchronous).await?)
+        };
+        Ok(Self {
+            backend,
+            handoff: None,
+        })
+    }
+
+    /// This store, handing the events it commits to this process's worker through `handoff`.
+    pub fn with_handoff(self, handoff: Handoff) -> Self {
+        Self {
+            handoff: Some(handoff),
+            ..self
+        }
+    }
+
+    /// Where a request's `n` new events go, and the places reserved for them.
+    fn reserve(&self, n: usize) -> Option<handoff::Reservation> {
+        self.handoff.as_ref().map(|h| h.reserve(n))
+    }
+
+    /// After the commit: the leased events to the worker, or a wake-up for due ones.
+    fn hand_over(&self, reservation: Option<handoff::Reservation>, leased: Vec<Claimed>) {
+        if let (Some(h), Some(r)) = (&self.handoff, reservation) {
+            h.hand_over(r, leased);
         }
     }
 
@@ -151,9 +184,9 @@ impl Store {
     /// Wakes `notify` when any instance commits events (PostgreSQL `LISTEN`); with SQLite
     /// there is one process, whose handlers wake it themselves.
     pub async fn listen(&self, notify: Arc<Notify>) -> anyhow::Result<()> {
-        match self {
-            Store::Sqlite(_) => Ok(()),
-            Store::Postgres(s) => s.listen(notify).await,
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.listen(notify).await,
         }
     }
 
@@ -169,7 +202,12 @@ impl Store {
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
     ) -> anyhow::Result<TriggerAnswer> {
-        each!(self, s => s.record_trigger(mapping, idempotency_key, recipients).await)
+        let reservation = self.reserve(recipients.len());
+        let queue = reservation.as_ref().map_or(Queue::Due, |r| r.queue());
+        let (answer, leased) =
+            each!(self, s => s.record_trigger(mapping, idempotency_key, recipients, queue).await)?;
+        self.hand_over(reservation, leased);
+        Ok(answer)
     }
 
     /// Records a request's activities and their events, all or nothing.
@@ -177,7 +215,11 @@ impl Store {
         &self,
         activities: Vec<Activity>,
     ) -> anyhow::Result<Vec<ActivityAnswer>> {
-        each!(self, s => s.record_activities(activities).await)
+        let reservation = self.reserve(activities.len());
+        let queue = reservation.as_ref().map_or(Queue::Due, |r| r.queue());
+        let (answers, leased) = each!(self, s => s.record_activities(activities, queue).await)?;
+        self.hand_over(reservation, leased);
+        Ok(answers)
     }
 
     /// Claims due events for delivery.

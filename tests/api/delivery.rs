@@ -302,3 +302,43 @@ async fn metrics_not_in_the_activity_list_are_not_sent() {
     })
     .await;
 }
+
+/// Events handed to the worker in memory but not yet posted when the server stops are made
+/// due again (not left leased until their lease runs out): a restart delivers them at once.
+#[tokio::test]
+async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_start() {
+    each_backend(|| async {
+        let pega = crate::pega::start_pega().await;
+        // One slow post at a time: most events wait in the hand-off.
+        pega.mock
+            .control(|b| b.delay = std::time::Duration::from_millis(100));
+        let section =
+            crate::pega::pega_section(&pega, "concurrency = 1\nbatch_size = 1\nlease_secs = 600");
+        let (mut app, task) = crate::server::spawn_app_with("", &section).await;
+        for n in 0..20 {
+            crate::pega::send_single(&app, n).await;
+        }
+        let _ = app.shutdown.take().unwrap().send(());
+        task.await.unwrap().unwrap();
+
+        let store = app.store().await;
+        let count = |status: &'static str| {
+            let store = store.clone();
+            async move { store.deliveries(Some(status.into()), 1000).await.unwrap() }
+        };
+        let (delivered, pending, inflight) = (
+            count("delivered").await,
+            count("pending").await,
+            count("inflight").await,
+        );
+        assert!(inflight.is_empty(), "left leased: {inflight:?}");
+        assert!(!pending.is_empty(), "the stand-in is slow: some must wait");
+        assert_eq!(delivered.len() + pending.len(), 20);
+        assert_eq!(pega.mock.events().len(), delivered.len());
+        assert!(
+            pending.iter().all(|d| d.attempts == 0),
+            "no attempt counted"
+        );
+    })
+    .await;
+}

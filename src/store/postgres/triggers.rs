@@ -7,7 +7,7 @@ use crate::event::{now, Common};
 use crate::store::outbox::now_ms;
 use crate::store::{duplicate_of, earlier_answer};
 use crate::store::{
-    ActivityAnswer, NewRecipient, RecipientAnswer, TriggerAnswer, UnknownBroadcast,
+    ActivityAnswer, Claimed, NewRecipient, Queue, RecipientAnswer, TriggerAnswer, UnknownBroadcast,
 };
 use sqlx::{PgConnection, Row};
 
@@ -21,15 +21,22 @@ impl PgStore {
         mapping: String,
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
-    ) -> anyhow::Result<TriggerAnswer> {
+        queue: Queue,
+    ) -> anyhow::Result<(TriggerAnswer, Vec<Claimed>)> {
         let mut tries = 0;
         loop {
             let mut tx = self.pool.begin().await?;
-            let result = record(&mut tx, &mapping, idempotency_key.as_deref(), &recipients).await;
+            let mut leased = Vec::new();
+            let result = async {
+                let queue = effective(&mut tx, queue).await?;
+                let key = idempotency_key.as_deref();
+                record(&mut tx, &mapping, key, &recipients, (queue, &mut leased)).await
+            }
+            .await;
             match result {
                 Ok(answer) => {
                     tx.commit().await?;
-                    return Ok(answer);
+                    return Ok((answer, leased));
                 }
                 Err(e) if is_unique_violation(&e) && tries + 1 < RACE_ATTEMPTS => tries += 1,
                 Err(e) => return Err(e),
@@ -41,14 +48,17 @@ impl PgStore {
     pub async fn record_activities(
         &self,
         activities: Vec<Activity>,
-    ) -> anyhow::Result<Vec<ActivityAnswer>> {
+        queue: Queue,
+    ) -> anyhow::Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
         let mut tries = 0;
         loop {
             let mut tx = self.pool.begin().await?;
             let mut answers = Vec::new();
+            let mut leased = Vec::new();
             let mut failed = None;
+            let queue = effective(&mut tx, queue).await?;
             for (i, a) in activities.iter().enumerate() {
-                match record_activity(&mut tx, i, a).await {
+                match record_activity(&mut tx, i, a, (queue, &mut leased)).await {
                     Ok(answer) => answers.push(answer),
                     Err(e) => {
                         failed = Some(e);
@@ -59,7 +69,7 @@ impl PgStore {
             match failed {
                 None => {
                     tx.commit().await?;
-                    return Ok(answers);
+                    return Ok((answers, leased));
                 }
                 Some(e) if is_unique_violation(&e) && tries + 1 < RACE_ATTEMPTS => tries += 1,
                 Some(e) => return Err(e),
@@ -73,6 +83,7 @@ async fn record(
     mapping: &str,
     idempotency_key: Option<&str>,
     recipients: &[NewRecipient],
+    (queue, leased): (Queue, &mut Vec<Claimed>),
 ) -> anyhow::Result<TriggerAnswer> {
     if let Some(key) = idempotency_key {
         let stored: Option<String> =
@@ -114,7 +125,10 @@ async fn record(
             answers.push(duplicate);
             continue;
         }
-        answers.push(insert_personal(c, r, broadcast_id, (customer_id, mailable), ts).await?);
+        let (answer, event) =
+            insert_personal(c, r, broadcast_id, (customer_id, mailable), ts, queue).await?;
+        answers.push(answer);
+        leased.extend(event);
     }
     let answer = TriggerAnswer {
         broadcast_id,
@@ -136,9 +150,10 @@ async fn insert_personal(
     broadcast_id: i64,
     (customer_id, mailable): (i64, bool),
     ts: i64,
-) -> anyhow::Result<RecipientAnswer> {
+    queue: Queue,
+) -> anyhow::Result<(RecipientAnswer, Option<Claimed>)> {
     let status = if mailable { "queued" } else { "suppressed" };
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = crate::event::new_uuid();
     let mut event = r.event.clone();
     event.broadcast_id = broadcast_id;
     event.customer_id = customer_id;
@@ -159,15 +174,18 @@ async fn insert_personal(
     .bind(&r.idempotency_key)
     .execute(&mut *c)
     .await?;
-    if mailable {
-        enqueue(c, &uuid, "broadcasts", &payload).await?;
-    }
-    Ok(RecipientAnswer {
+    let leased = if mailable {
+        enqueue(c, &uuid, "broadcasts", payload, queue).await?
+    } else {
+        None
+    };
+    let answer = RecipientAnswer {
         customer_id,
         uuid,
         email_address: r.email.clone(),
         status: status.into(),
-    })
+    };
+    Ok((answer, leased))
 }
 
 async fn earlier_send(
@@ -220,35 +238,70 @@ async fn customer(
     Ok((row.get(0), row.get(1)))
 }
 
-/// Queues an event and announces it to every instance (delivered at commit).
+/// Where a request's events go now: not leased while delivery is paused.
+async fn effective(c: &mut PgConnection, queue: Queue) -> anyhow::Result<Queue> {
+    if queue == Queue::Due {
+        return Ok(queue);
+    }
+    let paused: Option<String> =
+        sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
+            .fetch_optional(&mut *c)
+            .await?;
+    Ok(if paused.as_deref() == Some("1") {
+        Queue::Due
+    } else {
+        queue
+    })
+}
+
+/// Queues an event: a due one is announced to every instance (at commit); a leased one is
+/// returned for this process's hand-off.
 pub(super) async fn enqueue(
     c: &mut PgConnection,
     uuid: &str,
     metric: &str,
-    payload: &str,
-) -> anyhow::Result<()> {
+    payload: String,
+    queue: Queue,
+) -> anyhow::Result<Option<Claimed>> {
     let ms = now_ms();
-    sqlx::query(
-        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at) VALUES ($1, $2, $3, $4, $4, $5)",
+    let (status, lease_until) = match queue {
+        Queue::Due => ("pending", 0),
+        Queue::Leased { lease_secs } => ("inflight", ms + lease_secs as i64 * 1000),
+    };
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING id",
     )
     .bind(uuid)
     .bind(metric)
-    .bind(payload)
+    .bind(&payload)
     .bind(ms)
     .bind(ms / 1000)
-    .execute(&mut *c)
+    .bind(status)
+    .bind(lease_until)
+    .fetch_one(&mut *c)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
+    if queue == Queue::Due {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&mut *c)
+            .await?;
+        return Ok(None);
+    }
+    Ok(Some(Claimed {
+        id,
+        uuid: uuid.to_owned(),
+        metric: metric.to_owned(),
+        payload,
+        attempts: 0,
+        created_ms: ms,
+    }))
 }
 
 async fn record_activity(
     c: &mut PgConnection,
     index: usize,
     a: &Activity,
+    (queue, leased): (Queue, &mut Vec<Claimed>),
 ) -> anyhow::Result<ActivityAnswer> {
     if let Some(id) = &a.external_id {
         let earlier = sqlx::query("SELECT uuid, id FROM activities WHERE external_id = $1")
@@ -281,7 +334,7 @@ async fn record_activity(
     let common: Common = serde_json::from_str(&stored)?;
     let counts = count(c, a).await?;
     let ts = a.timestamp.unwrap_or_else(now);
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = crate::event::new_uuid();
     let metric_id: i64 = sqlx::query_scalar(
         "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
@@ -294,7 +347,7 @@ async fn record_activity(
     .fetch_one(&mut *c)
     .await?;
     let payload = serde_json::to_string(&event(common, a, metric_id, ts, &uuid, counts))?;
-    enqueue(c, &uuid, a.metric.as_str(), &payload).await?;
+    leased.extend(enqueue(c, &uuid, a.metric.as_str(), payload, queue).await?);
     Ok(ActivityAnswer {
         uuid,
         metric_id,

@@ -4,28 +4,39 @@
 use super::SqliteStore;
 use crate::activity::{event, Activity, Counts};
 use crate::event::{now, Common};
-use crate::store::{ActivityAnswer, UnknownBroadcast};
+use crate::store::{ActivityAnswer, Claimed, Queue, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
 
 impl SqliteStore {
     /// Records the activities of one request in one savepoint: an unknown personal broadcast
-    /// fails them all ([`UnknownBroadcast`] in the error chain).
+    /// fails them all ([`UnknownBroadcast`] in the error chain). Returns the answers and the
+    /// events leased to this process.
     pub async fn record_activities(
         &self,
         activities: Vec<Activity>,
-    ) -> anyhow::Result<Vec<ActivityAnswer>> {
+        queue: Queue,
+    ) -> anyhow::Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
         self.call(move |c| {
-            activities
+            let queue = super::outbox::effective(c, queue)?;
+            let mut leased = Vec::new();
+            let answers = activities
                 .iter()
                 .enumerate()
-                .map(|(i, a)| record(c, i, a))
-                .collect()
+                .map(|(i, a)| record(c, i, a, queue, &mut leased))
+                .collect::<anyhow::Result<_>>()?;
+            Ok((answers, leased))
         })
         .await
     }
 }
 
-fn record(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<ActivityAnswer> {
+fn record(
+    c: &Connection,
+    index: usize,
+    a: &Activity,
+    queue: Queue,
+    leased: &mut Vec<Claimed>,
+) -> anyhow::Result<ActivityAnswer> {
     if let Some(id) = &a.external_id {
         let earlier = c
             .prepare_cached("SELECT uuid, id FROM activities WHERE external_id = ?1")?
@@ -56,7 +67,7 @@ fn record(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Activity
     let common: Common = serde_json::from_str(&stored)?;
     let counts = count(c, a)?;
     let ts = a.timestamp.unwrap_or_else(now);
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = crate::event::new_uuid();
     let metric_id: i64 = c
         .prepare_cached(
             "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
@@ -66,7 +77,13 @@ fn record(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Activity
             |r| r.get(0),
         )?;
     let payload = serde_json::to_string(&event(common, a, metric_id, ts, &uuid, counts))?;
-    super::outbox::enqueue(c, &uuid, a.metric.as_str(), &payload)?;
+    leased.extend(super::outbox::enqueue(
+        c,
+        &uuid,
+        a.metric.as_str(),
+        payload,
+        queue,
+    )?);
     Ok(ActivityAnswer {
         uuid,
         metric_id,

@@ -5,21 +5,50 @@ use super::SqliteStore;
 use crate::store::outbox::{
     now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay,
 };
+use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// Queues an event (inside the caller's transaction).
+/// Where a request's events go now: not leased while delivery is paused.
+pub(super) fn effective(c: &Connection, queue: Queue) -> anyhow::Result<Queue> {
+    Ok(match queue {
+        Queue::Leased { .. } if paused(c)? => Queue::Due,
+        other => other,
+    })
+}
+
+/// Queues an event (inside the caller's transaction); a leased one is returned for the
+/// hand-off.
 pub(super) fn enqueue(
     c: &Connection,
     uuid: &str,
     metric: &str,
-    payload: &str,
-) -> rusqlite::Result<()> {
+    payload: String,
+    queue: Queue,
+) -> rusqlite::Result<Option<Claimed>> {
     let ms = now_ms();
-    c.prepare_cached(
-        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
-    )?
-    .execute(params![uuid, metric, payload, ms, ms / 1000])?;
-    Ok(())
+    let (status, lease_until) = match queue {
+        Queue::Due => ("pending", 0),
+        Queue::Leased { lease_secs } => ("inflight", ms + lease_secs as i64 * 1000),
+    };
+    let id: i64 = c
+        .prepare_cached(
+            "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7) RETURNING id",
+        )?
+        .query_row(
+            params![uuid, metric, payload, ms, ms / 1000, status, lease_until],
+            |r| r.get(0),
+        )?;
+    Ok(match queue {
+        Queue::Due => None,
+        Queue::Leased { .. } => Some(Claimed {
+            id,
+            uuid: uuid.to_owned(),
+            metric: metric.to_owned(),
+            payload,
+            attempts: 0,
+            created_ms: ms,
+        }),
+    })
 }
 
 /// Records an attempt on each of the outcome's events and moves them on.

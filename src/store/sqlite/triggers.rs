@@ -3,21 +3,35 @@
 
 use super::SqliteStore;
 use crate::event::now;
-use crate::store::{duplicate_of, earlier_answer, NewRecipient, RecipientAnswer, TriggerAnswer};
+use crate::store::{
+    duplicate_of, earlier_answer, Claimed, NewRecipient, Queue, RecipientAnswer, TriggerAnswer,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 impl SqliteStore {
     /// Records a trigger and answers with its broadcast and recipients. A repeated
     /// idempotency key (the whole trigger's, or every recipient's) returns the first answer
-    /// and records nothing.
+    /// and records nothing. Also returns the events leased to this process.
     pub async fn record_trigger(
         &self,
         mapping: String,
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
-    ) -> anyhow::Result<TriggerAnswer> {
-        self.call(move |c| record(c, &mapping, idempotency_key.as_deref(), recipients))
-            .await
+        queue: Queue,
+    ) -> anyhow::Result<(TriggerAnswer, Vec<Claimed>)> {
+        self.call(move |c| {
+            let queue = super::outbox::effective(c, queue)?;
+            let mut leased = Vec::new();
+            let answer = record(
+                c,
+                &mapping,
+                idempotency_key.as_deref(),
+                recipients,
+                (queue, &mut leased),
+            )?;
+            Ok((answer, leased))
+        })
+        .await
     }
 }
 
@@ -26,6 +40,7 @@ fn record(
     mapping: &str,
     idempotency_key: Option<&str>,
     recipients: Vec<NewRecipient>,
+    (queue, leased): (Queue, &mut Vec<Claimed>),
 ) -> anyhow::Result<TriggerAnswer> {
     if let Some(key) = idempotency_key {
         let stored: Option<String> = c
@@ -64,13 +79,10 @@ fn record(
             answers.push(duplicate);
             continue;
         }
-        answers.push(insert_personal(
-            c,
-            r,
-            broadcast_id,
-            (customer_id, mailable),
-            ts,
-        )?);
+        let (answer, event) =
+            insert_personal(c, r, broadcast_id, (customer_id, mailable), ts, queue)?;
+        answers.push(answer);
+        leased.extend(event);
     }
     let answer = TriggerAnswer {
         broadcast_id,
@@ -84,16 +96,17 @@ fn record(
 }
 
 /// One personal broadcast and, when the customer is mailable, its event in the outbox (a
-/// suppressed send is recorded but neither sent nor reported).
+/// suppressed send is recorded but neither sent nor reported). Returns the event if leased.
 fn insert_personal(
     c: &Connection,
     r: NewRecipient,
     broadcast_id: i64,
     (customer_id, mailable): (i64, bool),
     ts: i64,
-) -> anyhow::Result<RecipientAnswer> {
+    queue: Queue,
+) -> anyhow::Result<(RecipientAnswer, Option<Claimed>)> {
     let status = if mailable { "queued" } else { "suppressed" };
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = crate::event::new_uuid();
     let mut event = r.event;
     event.broadcast_id = broadcast_id;
     event.customer_id = customer_id;
@@ -114,15 +127,18 @@ fn insert_personal(
         payload,
         r.idempotency_key
     ])?;
-    if mailable {
-        super::outbox::enqueue(c, &uuid, "broadcasts", &payload)?;
-    }
-    Ok(RecipientAnswer {
+    let leased = if mailable {
+        super::outbox::enqueue(c, &uuid, "broadcasts", payload, queue)?
+    } else {
+        None
+    };
+    let answer = RecipientAnswer {
         customer_id,
         uuid,
         email_address: r.email,
         status: status.into(),
-    })
+    };
+    Ok((answer, leased))
 }
 
 /// The earlier send of a recipient with this idempotency key: (broadcast id, its answer).

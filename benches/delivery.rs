@@ -1,11 +1,16 @@
 //! `cargo bench --bench delivery`: end to end on loopback with bounded load.
 //! - throughput: activities/s from `POST /activities` to arrival at a receiver, and in the same
-//!   run a plain client posting the same bodies to the same receiver at the same concurrency;
+//!   run a plain client posting the same event bodies (`[{...}]`, one event each) to the same
+//!   receiver with the same number of requests in flight; at two load levels, and with
+//!   pegabridge's default `batch_size = 1` and with `batch_size = 16`. Each setup runs
+//!   [`TRIALS`] alternating trials of both; medians are reported, with each side's process CPU
+//!   time per event (everything runs in this one process: load, pegabridge and receiver);
 //! - latency: p50/p99 from an activity's POST to its arrival, at a fixed 1,000/s;
 //! - memory: resident size of `pegabridge serve` holding 1,000,000 pending events with the
 //!   endpoint down, beside the same process with an empty outbox.
 //!
 //! Targets: >= 0.5 of the raw rate; p99 <= 100 ms at 1,000/s; <= 150 MB with the backlog.
+//! `BENCH_THROUGHPUT_ONLY=1` skips latency and memory.
 
 mod common;
 
@@ -18,82 +23,104 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Activities per trial.
 const ACTIVITIES: usize = 5000;
-const CONCURRENCY: usize = 16;
+/// Alternating trials per setup.
+const TRIALS: usize = 3;
+/// (requests in flight for both clients, pegabridge's `batch_size`).
+const SETUPS: [(usize, usize); 3] = [(16, 1), (64, 1), (64, 16)];
+
+/// Medians of one setup's trials.
+struct Row {
+    in_flight: usize,
+    batch_size: usize,
+    bridged: f64,
+    raw: f64,
+    ratio: f64,
+    bridged_cpu_us: f64,
+    raw_cpu_us: f64,
+}
 
 #[tokio::main]
 async fn main() {
     let (pega, pega_url) = receiver().await;
     let client = reqwest::Client::new();
-    let dir = tempfile::tempdir().unwrap();
-    let base = server(dir.path(), &pega_url).await;
-    let trigger = json!({"customer": {"email": "a@b.nl"}, "interaction": 1});
-    let answer: Value = client
-        .post(format!("{base}/webhooks/bench"))
-        .bearer_auth("t")
-        .json(&trigger)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (b, c) = (
-        answer["broadcast_id"].clone(),
-        answer["recipients"][0]["customer_id"].clone(),
-    );
-    wait_for(&pega, 1).await;
-    let open = json!({"metric": "opens", "broadcast_id": b, "customer_id": c,
-        "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0 Safari/537.36"});
+    let mut rows = Vec::new();
+    let mut latency_server = None;
+    for (in_flight, batch_size) in SETUPS {
+        let dir = tempfile::tempdir().unwrap();
+        let base = server(dir.path(), &pega_url, batch_size).await;
+        let open = first_broadcast(&client, &base, &pega).await;
+        let open_body = serde_json::to_vec(&open).unwrap();
+        // The plain client posts what pegabridge posts: one of its events, as an array.
+        let before = pega.event_count();
+        trial(in_flight, 1, || {
+            post(&client, &format!("{base}/activities"), "a", &open_body, 202)
+        })
+        .await;
+        wait_for(&pega, before + 1).await;
+        let event = pega.events().pop().unwrap();
+        let event_body = serde_json::to_vec(&vec![event]).unwrap();
 
-    // pegabridge: POST /activities until every event has arrived.
-    let start = Instant::now();
-    fan_out(ACTIVITIES, |_| {
-        let req = client
-            .post(format!("{base}/activities"))
-            .bearer_auth("a")
-            .json(&open);
-        async move { assert_eq!(req.send().await.unwrap().status(), 202) }
-    })
-    .await;
-    let ingested = start.elapsed();
-    wait_for(&pega, 1 + ACTIVITIES).await;
-    if std::env::var_os("BENCH_THROUGHPUT_ONLY").is_some() {
-        println!("ingest {:.0}/s", ACTIVITIES as f64 / ingested.as_secs_f64());
+        let (mut bridged, mut raw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bridged_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..TRIALS {
+            let before = pega.event_count();
+            let (rate, cpu) = measured(|| async {
+                trial(in_flight, ACTIVITIES, || {
+                    post(&client, &format!("{base}/activities"), "a", &open_body, 202)
+                })
+                .await;
+                wait_for(&pega, before + ACTIVITIES).await;
+            })
+            .await;
+            bridged.push(rate);
+            bridged_cpu.push(cpu);
+            let before = pega.event_count();
+            let (rate, cpu) = measured(|| async {
+                trial(in_flight, ACTIVITIES, || {
+                    post_basic(&client, &format!("{pega_url}/raw"), &event_body)
+                })
+                .await;
+            })
+            .await;
+            assert_eq!(pega.event_count(), before + ACTIVITIES);
+            raw.push(rate);
+            raw_cpu.push(cpu);
+            ratio.push(bridged[bridged.len() - 1] / rate);
+        }
+        rows.push(Row {
+            in_flight,
+            batch_size,
+            bridged: median(bridged),
+            raw: median(raw),
+            ratio: median(ratio),
+            bridged_cpu_us: median(bridged_cpu),
+            raw_cpu_us: median(raw_cpu),
+        });
+        if latency_server.is_none() {
+            latency_server = Some((dir, base, open));
+        }
     }
-    let bridged = ACTIVITIES as f64 / start.elapsed().as_secs_f64();
 
-    // Raw: the same receiver, event bodies like those pegabridge posts, same concurrency.
-    let body = serde_json::to_vec(&vec![pega.events()[1].clone()]).unwrap();
-    let before = pega.event_count();
-    let start = Instant::now();
-    fan_out(ACTIVITIES, |_| {
-        let req = client
-            .post(format!("{pega_url}/raw"))
-            .basic_auth("pega", Some("pw"))
-            .header("content-type", "application/json")
-            .body(body.clone());
-        async move { assert_eq!(req.send().await.unwrap().status(), 200) }
-    })
-    .await;
-    let raw = ACTIVITIES as f64 / start.elapsed().as_secs_f64();
-    assert_eq!(pega.event_count(), before + ACTIVITIES);
-
-    if std::env::var_os("BENCH_THROUGHPUT_ONLY").is_some() {
+    println!("| in flight | batch_size | pegabridge activities/s (POST to arrival) | plain client requests/s | ratio (target >= 0.5) | CPU per event, pegabridge path | CPU per event, plain client |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
         println!(
-            "bridged {bridged:.0}/s raw {raw:.0}/s ratio {:.2}",
-            bridged / raw
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} us | {:.0} us |",
+            r.in_flight, r.batch_size, r.bridged, r.raw, r.ratio, r.bridged_cpu_us, r.raw_cpu_us
         );
+    }
+    if std::env::var_os("BENCH_THROUGHPUT_ONLY").is_some() {
         return;
     }
+    let (_dir, base, open) = latency_server.unwrap();
     let (p50, p99) = latency(&client, &base, &open, &pega, 1000.0, 3000).await;
     let (empty_rss, backlog_rss) = memory(&pega_url);
 
+    println!();
     println!("| measure | value | target |");
     println!("|---|---|---|");
-    println!("| activities/s, POST /activities to arrival at the receiver | {bridged:.0} | |");
-    println!("| requests/s, plain client to the same receiver | {raw:.0} | (baseline) |");
-    println!("| ratio | {:.2} | >= 0.5 |", bridged / raw);
     println!(
         "| p50 activity-to-arrival at 1,000/s | {:.1} ms | |",
         p50 * 1e3
@@ -109,22 +136,93 @@ async fn main() {
     );
 }
 
+/// A broadcast to send activities for; returns an open activity on it.
+async fn first_broadcast(client: &reqwest::Client, base: &str, pega: &MockPega) -> Value {
+    let before = pega.event_count();
+    let trigger = json!({"customer": {"email": "a@b.nl"}, "interaction": 1});
+    let answer: Value = client
+        .post(format!("{base}/webhooks/bench"))
+        .bearer_auth("t")
+        .json(&trigger)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    wait_for(pega, before + 1).await;
+    json!({"metric": "opens", "broadcast_id": answer["broadcast_id"],
+        "customer_id": answer["recipients"][0]["customer_id"],
+        "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/81.0 Safari/537.36"})
+}
+
+/// Runs `f`; returns events/s over [`ACTIVITIES`] and the process CPU microseconds per event.
+async fn measured<F, Fut>(f: F) -> (f64, f64)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let cpu = cpu_time::ProcessTime::now();
+    let start = Instant::now();
+    f().await;
+    let n = ACTIVITIES as f64;
+    (
+        n / start.elapsed().as_secs_f64(),
+        cpu.elapsed().as_secs_f64() * 1e6 / n,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A bearer-authenticated POST of pre-serialized JSON expecting `status`.
+fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &[u8],
+    status: u16,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let req = client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    async move { assert_eq!(req.send().await.unwrap().status(), status) }
+}
+
+/// The plain client's POST to the receiver (Basic auth, as pegabridge sends).
+fn post_basic(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let req = client
+        .post(url)
+        .basic_auth("pega", Some("pw"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+}
+
 const MAPPING: &str = "template = \"offer.html\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"customer.email\"\n[variables.InteractionId]\npath = \"interaction\"\n";
 
-fn write_config(dir: &std::path::Path, listen: &str, endpoint: &str) {
+fn write_config(dir: &std::path::Path, listen: &str, endpoint: &str, batch_size: usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
     std::fs::write(dir.join("mappings/bench.toml"), MAPPING).unwrap();
     std::fs::write(
         dir.join("pegabridge.toml"),
-        format!("[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{endpoint}\"\nconcurrency = 8\nbatch_size = 16\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n",
+        format!("[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{endpoint}\"\nconcurrency = 8\nbatch_size = {batch_size}\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n",
             root.join("templates").display()),
     )
     .unwrap();
 }
 
-async fn server(dir: &std::path::Path, pega_url: &str) -> String {
-    write_config(dir, "127.0.0.1:0", &format!("{pega_url}/in"));
+async fn server(dir: &std::path::Path, pega_url: &str, batch_size: usize) -> String {
+    write_config(dir, "127.0.0.1:0", &format!("{pega_url}/in"), batch_size);
     let settings = Settings::load(Some(&dir.join("pegabridge.toml"))).unwrap();
     let app = Application::build(&settings).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -143,19 +241,17 @@ async fn wait_for(pega: &MockPega, n: usize) {
     }
 }
 
-/// Runs `count` requests with [`CONCURRENCY`] in flight.
-async fn fan_out<F, Fut>(count: usize, make: F)
+/// Runs `count` requests made by `make`, `in_flight` at a time.
+async fn trial<F, Fut>(in_flight: usize, count: usize, make: F)
 where
-    F: Fn(usize) -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let next = Arc::new(AtomicUsize::new(0));
-    let futures: Vec<_> = (0..count).map(&make).collect();
-    let futures = Arc::new(std::sync::Mutex::new(
-        futures.into_iter().map(Some).collect::<Vec<_>>(),
-    ));
+    let futures: Vec<_> = (0..count).map(|_| Some(make())).collect();
+    let futures = Arc::new(std::sync::Mutex::new(futures));
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
+    for _ in 0..in_flight {
         let (next, futures) = (next.clone(), futures.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -242,7 +338,7 @@ fn memory(_pega_url: &str) -> (f64, f64) {
         .local_addr()
         .unwrap()
         .port();
-    write_config(dir.path(), &format!("127.0.0.1:{port}"), &down);
+    write_config(dir.path(), &format!("127.0.0.1:{port}"), &down, 1);
     let empty = rss_of_serve(dir.path(), port);
     fill_sqlite(&dir.path().join("bench.db"), &payload(), 1_000_000);
     let backlog = rss_of_serve(dir.path(), port);

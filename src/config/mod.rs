@@ -187,6 +187,14 @@ impl Settings {
         if self.pega.batch_size == 0 || self.pega.concurrency == 0 {
             return invalid("pega.batch_size and pega.concurrency must be at least 1".into());
         }
+        if self.pega.lease_secs <= self.pega.timeout_secs {
+            // A POST must fit in its event's lease, or another worker may claim and send the
+            // event again while it is still being posted.
+            return invalid(format!(
+                "pega.lease_secs ({}) must be longer than pega.timeout_secs ({})",
+                self.pega.lease_secs, self.pega.timeout_secs
+            ));
+        }
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

@@ -30,6 +30,8 @@ pub struct Step {
     pub retried: usize,
     pub dead: usize,
     pub filtered: usize,
+    /// Not posted: their lease ran out (or nearly) before their turn; left to a claim.
+    pub lapsed: usize,
 }
 
 impl Step {
@@ -107,11 +109,15 @@ impl Worker {
         // Built up front: a lazily mapped stream here trips the compiler's Send inference
         // (rust-lang/rust#102211) when the worker is spawned.
         let posts: Vec<_> = send.chunks(batch_size).map(|b| self.deliver(b)).collect();
-        let delivered: Vec<(Verdict, Outcome)> = futures::stream::iter(posts)
+        let delivered: Vec<(usize, Option<(Verdict, Outcome)>)> = futures::stream::iter(posts)
             .buffer_unordered(s.concurrency.max(1))
             .collect()
             .await;
-        for (verdict, outcome) in delivered {
+        for (lapsed, posted) in delivered {
+            step.lapsed += lapsed;
+            let Some((verdict, outcome)) = posted else {
+                continue;
+            };
             let n = outcome.ids.len();
             match verdict {
                 Verdict::Delivered => step.delivered += n,
@@ -126,8 +132,31 @@ impl Worker {
         Ok(step)
     }
 
-    /// Posts one batch; says what to record for its events.
-    async fn deliver(&self, batch: &[Claimed]) -> (Verdict, Outcome) {
+    /// Posts one batch; says how many of its events lapsed and what to record for the others.
+    ///
+    /// An event is posted only while its lease has time left for the POST (`timeout_secs`,
+    /// at most half the lease): one whose lease runs out first may be claimed and posted by
+    /// another worker, so it is left alone, to be claimed again itself.
+    async fn deliver(&self, batch: &[Claimed]) -> (usize, Option<(Verdict, Outcome)>) {
+        let s = &self.settings;
+        let margin = (s.timeout_secs * 1000).min(s.lease_secs * 500) as i64;
+        let now = now_ms();
+        let has_time = |c: &Claimed| c.lease_until_ms - now > margin;
+        let live: std::borrow::Cow<'_, [Claimed]> = if batch.iter().all(has_time) {
+            batch.into()
+        } else {
+            batch
+                .iter()
+                .filter(|c| has_time(c))
+                .cloned()
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let lapsed = batch.len() - live.len();
+        if live.is_empty() {
+            return (lapsed, None);
+        }
+        let batch = &*live;
         let body = array(batch);
         let at_ms = now_ms();
         let sent: Sent = self.client.send(body.as_bytes()).await;
@@ -164,7 +193,7 @@ impl Worker {
             }),
             completion,
         };
-        (verdict, record)
+        (lapsed, Some((verdict, record)))
     }
 
     /// Delivers until `shutdown`: the events handed over by this process's requests as they
@@ -216,9 +245,11 @@ impl Worker {
                 }
             }
             if !events.is_empty() {
-                if let Err(e) = self.deliver_round(events).await {
+                match self.deliver_round(events).await {
+                    Ok(step) if step.lapsed > 0 => claim = true,
+                    Ok(_) => {}
                     // The events stay leased: claimed again when their lease runs out.
-                    tracing::error!(error = format!("{e:#}"), "delivery round failed");
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "delivery round failed"),
                 }
                 drop(places);
                 continue;

@@ -115,6 +115,7 @@ mod tests {
             payload: "{}".into(),
             attempts: 0,
             created_ms: 0,
+            lease_until_ms: 0,
         }
     }
 

@@ -20,6 +20,8 @@ pub struct Claimed {
     /// Attempts made before this one.
     pub attempts: u32,
     pub created_ms: i64,
+    /// When the lease on it runs out (Unix milliseconds): after that, any worker may claim it.
+    pub lease_until_ms: i64,
 }
 
 /// How an attempt ended, for the event's row.

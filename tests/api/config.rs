@@ -113,3 +113,18 @@ fn a_mapping_with_an_unknown_key_or_missing_template_is_named_by_config_check() 
     );
     assert!(err.contains("lost.toml: key `template`"), "{err}");
 }
+
+#[test]
+fn a_lease_no_longer_than_the_post_timeout_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("pegabridge.toml"),
+        "[pega]\nendpoint = \"http://127.0.0.1:9/in\"\ntimeout_secs = 30\nlease_secs = 30\n",
+    )
+    .unwrap();
+    let out = pegabridge(tmp.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("pega.lease_secs (30)"), "{err}");
+    assert!(err.contains("pega.timeout_secs (30)"), "{err}");
+}

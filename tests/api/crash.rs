@@ -18,7 +18,7 @@ async fn a_server_killed_under_load_delivers_every_acknowledged_event_after_a_re
     std::fs::write(
         dir.path().join("pegabridge.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://crash.db\"\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n[pega]\nendpoint = \"{}/in\"\nconcurrency = 2\nlease_secs = 2\npoll_ms = 50\n[pega.retry]\nbase_ms = 50\nmax_delay_secs = 1\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://crash.db\"\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n[pega]\nendpoint = \"{}/in\"\nconcurrency = 2\ntimeout_secs = 1\nlease_secs = 2\npoll_ms = 50\n[pega.retry]\nbase_ms = 50\nmax_delay_secs = 1\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
             pega.url
         ),
     )

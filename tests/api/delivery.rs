@@ -342,3 +342,32 @@ async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_sta
     })
     .await;
 }
+
+/// A handed-over event whose lease runs out while it waits for a slow worker is left to the
+/// claim (which may already have sent it): it is not posted twice.
+#[tokio::test]
+async fn events_whose_lease_ran_out_in_the_hand_off_are_not_posted_twice() {
+    each_backend(|| async {
+        let pega = crate::pega::start_pega().await;
+        pega.mock
+            .control(|b| b.delay = std::time::Duration::from_millis(250));
+        let section =
+            crate::pega::pega_section(&pega, "concurrency = 1\nbatch_size = 1\nlease_secs = 2");
+        let (app, _task) = crate::server::spawn_app_with("", &section).await;
+        let mut uuids = std::collections::HashSet::new();
+        for n in 0..16 {
+            uuids.insert(crate::pega::send_single(&app, n).await);
+        }
+        let (missing, duplicates) = crate::pega::await_all(&pega, &uuids).await;
+        assert_eq!(missing, 0);
+        // Later duplicates would come only from a claim: give one a chance to happen.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (_, duplicates_later) = crate::pega::await_all(&pega, &uuids).await;
+        assert_eq!(
+            (duplicates, duplicates_later),
+            (0, 0),
+            "an event was posted twice"
+        );
+    })
+    .await;
+}

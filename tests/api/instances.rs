@@ -28,7 +28,7 @@ async fn three_instances_share_one_database_and_survive_losing_one() {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{}\"\npool_size = 4\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n[pega]\nendpoint = \"{}/in\"\nconcurrency = 2\nlease_secs = 2\npoll_ms = 50\n[pega.retry]\nbase_ms = 50\nmax_delay_secs = 1\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{}\"\npool_size = 4\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n[pega]\nendpoint = \"{}/in\"\nconcurrency = 2\ntimeout_secs = 1\nlease_secs = 2\npoll_ms = 50\n[pega.retry]\nbase_ms = 50\nmax_delay_secs = 1\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
                 database.url, pega.url
             ),
         )

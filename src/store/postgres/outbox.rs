@@ -77,7 +77,7 @@ impl PgStore {
             "UPDATE outbox SET status = 'inflight', lease_until = $1
              WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
                AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, uuid, metric, payload, attempts, created_ms"
+             RETURNING id, uuid, metric, payload, attempts, created_ms, lease_until"
         );
         let rows = sqlx::query(&sql)
             .bind(lease_until)
@@ -94,6 +94,7 @@ impl PgStore {
                 payload: r.get(3),
                 attempts: r.get::<i32, _>(4) as u32,
                 created_ms: r.get(5),
+                lease_until_ms: r.get(6),
             })
             .collect())
     }

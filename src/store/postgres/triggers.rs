@@ -294,6 +294,7 @@ pub(super) async fn enqueue(
         payload,
         attempts: 0,
         created_ms: ms,
+        lease_until_ms: lease_until,
     }))
 }
 

@@ -47,6 +47,7 @@ pub(super) fn enqueue(
             payload,
             attempts: 0,
             created_ms: ms,
+            lease_until_ms: lease_until,
         }),
     })
 }
@@ -261,7 +262,7 @@ fn claim_where(
     let sql = format!(
         "UPDATE outbox SET status = 'inflight', lease_until = ?1
          WHERE id IN (SELECT id FROM outbox WHERE {filter} LIMIT ?3)
-         RETURNING id, uuid, metric, payload, attempts, created_ms"
+         RETURNING id, uuid, metric, payload, attempts, created_ms, lease_until"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {
@@ -272,6 +273,7 @@ fn claim_where(
             payload: r.get(3)?,
             attempts: r.get(4)?,
             created_ms: r.get(5)?,
+            lease_until_ms: r.get(6)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

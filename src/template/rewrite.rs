@@ -320,7 +320,7 @@ fn settings<'h>(
                                 Some(Line::at(input, el.source_location().bytes().start));
                         }
                         if tag == "meta" {
-                            visit_meta(&mut st, plan, el);
+                            visit_meta(&mut st, plan, el, output);
                         }
                     }
                 }
@@ -364,7 +364,7 @@ fn start_head(
 }
 
 /// A `<meta name>`: in the head, or anywhere in a fragment before any structure is seen.
-fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element) {
+fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element, output: &Output) {
     let in_scope = st.placement.is_none() && (st.head_seen || !st.html_seen);
     if !in_scope {
         return;
@@ -377,6 +377,7 @@ fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element) {
     };
     if st.found[i].is_some() {
         el.remove();
+        drop_line_start(&mut output.borrow_mut());
         st.duplicates[i] += 1;
         return;
     }
@@ -389,6 +390,23 @@ fn visit_meta(st: &mut State, plan: &Plan, el: &mut Element) {
             .expect("`content` is a valid attribute name");
         st.found[i] = Some(FieldStatus::Updated { previous: current });
     }
+}
+
+/// When a removed tag stood on a line of its own, also removes that line's break and
+/// indentation (already written), so no blank line is left behind.
+fn drop_line_start(written: &mut Vec<u8>) {
+    let indent = written
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let end = written.len() - indent;
+    let newline = match &written[..end] {
+        [.., b'\r', b'\n'] => 2,
+        [.., b'\n'] => 1,
+        _ => return,
+    };
+    written.truncate(end - newline);
 }
 
 /// What goes right before `</head>`: one tag per line when the head is laid out in lines.

@@ -172,3 +172,20 @@ fn a_head_that_ends_on_a_chunk_boundary_keeps_every_later_byte() {
         inserted_block(input.as_bytes(), &out.output, false);
     }
 }
+
+#[test]
+fn a_removed_tag_on_its_own_line_leaves_no_blank_line() {
+    for nl in ["\n", "\r\n"] {
+        let input = format!("<html>{nl}  <head>{nl}    <meta name=\"InteractionId\" content=\"{{{{$InteractionId|default:'0'}}}}\">{nl}    <meta name=\"InteractionId\" content=\"x\">{nl}    <title>t</title>{nl}  </head>{nl}</html>");
+        let out = rewrite(input.as_bytes(), &default_plan()).unwrap();
+        assert_eq!(out.fields[1].duplicates_removed, 1);
+        let text = String::from_utf8(out.output).unwrap();
+        let lines: Vec<&str> = text.split(nl).collect();
+        assert!(lines.iter().all(|l| !l.trim().is_empty()), "{text:?}");
+        assert_eq!(text.matches("name=\"InteractionId\"").count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("default:'0'}}}}\">{nl}    <title>t</title>")),
+            "{text:?}"
+        );
+    }
+}

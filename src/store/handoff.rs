@@ -23,6 +23,16 @@ pub enum Queue {
     Leased { lease_secs: u64 },
 }
 
+impl Queue {
+    /// The status and lease (Unix ms; 0 for none) of a row queued here at `now_ms`.
+    pub fn row(self, now_ms: i64) -> (&'static str, i64) {
+        match self {
+            Queue::Due => ("pending", 0),
+            Queue::Leased { lease_secs } => ("inflight", now_ms + lease_secs as i64 * 1000),
+        }
+    }
+}
+
 /// Events leased to this process's worker, with their place in the hand-off (freed when the
 /// worker drops them, after recording their outcome).
 #[derive(Debug)]

@@ -24,6 +24,22 @@ pub struct Claimed {
     pub lease_until_ms: i64,
 }
 
+impl Claimed {
+    /// A row just queued, leased to this process: what the hand-off passes to the worker.
+    pub fn new_leased(id: i64, uuid: &str, metric: &str, payload: String, row: (i64, i64)) -> Self {
+        let (created_ms, lease_until_ms) = row;
+        Self {
+            id,
+            uuid: uuid.to_owned(),
+            metric: metric.to_owned(),
+            payload,
+            attempts: 0,
+            created_ms,
+            lease_until_ms,
+        }
+    }
+}
+
 /// How an attempt ended, for the event's row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {

@@ -264,10 +264,7 @@ pub(super) async fn enqueue(
     queue: Queue,
 ) -> anyhow::Result<Option<Claimed>> {
     let ms = now_ms();
-    let (status, lease_until) = match queue {
-        Queue::Due => ("pending", 0),
-        Queue::Leased { lease_secs } => ("inflight", ms + lease_secs as i64 * 1000),
-    };
+    let (status, lease_until) = queue.row(ms);
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING id",
     )
@@ -287,15 +284,8 @@ pub(super) async fn enqueue(
             .await?;
         return Ok(None);
     }
-    Ok(Some(Claimed {
-        id,
-        uuid: uuid.to_owned(),
-        metric: metric.to_owned(),
-        payload,
-        attempts: 0,
-        created_ms: ms,
-        lease_until_ms: lease_until,
-    }))
+    let row = (ms, lease_until);
+    Ok(Some(Claimed::new_leased(id, uuid, metric, payload, row)))
 }
 
 async fn record_activity(

@@ -26,10 +26,7 @@ pub(super) fn enqueue(
     queue: Queue,
 ) -> rusqlite::Result<Option<Claimed>> {
     let ms = now_ms();
-    let (status, lease_until) = match queue {
-        Queue::Due => ("pending", 0),
-        Queue::Leased { lease_secs } => ("inflight", ms + lease_secs as i64 * 1000),
-    };
+    let (status, lease_until) = queue.row(ms);
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7) RETURNING id",
@@ -40,15 +37,13 @@ pub(super) fn enqueue(
         )?;
     Ok(match queue {
         Queue::Due => None,
-        Queue::Leased { .. } => Some(Claimed {
+        Queue::Leased { .. } => Some(Claimed::new_leased(
             id,
-            uuid: uuid.to_owned(),
-            metric: metric.to_owned(),
+            uuid,
+            metric,
             payload,
-            attempts: 0,
-            created_ms: ms,
-            lease_until_ms: lease_until,
-        }),
+            (ms, lease_until),
+        )),
     })
 }
 

@@ -54,10 +54,7 @@ async fn main() {
         let open_body = serde_json::to_vec(&open).unwrap();
         // The plain client posts what pegabridge posts: one of its events, as an array.
         let before = pega.event_count();
-        trial(in_flight, 1, || {
-            post(&client, &format!("{base}/activities"), "a", &open_body, 202)
-        })
-        .await;
+        trial(in_flight, 1, || post_activity(&client, &base, &open_body)).await;
         wait_for(&pega, before + 1).await;
         let event = pega.events().pop().unwrap();
         let event_body = serde_json::to_vec(&vec![event]).unwrap();
@@ -68,7 +65,7 @@ async fn main() {
             let before = pega.event_count();
             let (rate, cpu) = measured(|| async {
                 trial(in_flight, ACTIVITIES, || {
-                    post(&client, &format!("{base}/activities"), "a", &open_body, 202)
+                    post_activity(&client, &base, &open_body)
                 })
                 .await;
                 wait_for(&pega, before + ACTIVITIES).await;
@@ -177,20 +174,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A bearer-authenticated POST of pre-serialized JSON expecting `status`.
-fn post(
+/// `POST /activities` of a pre-serialized activity, accepted.
+fn post_activity(
     client: &reqwest::Client,
-    url: &str,
-    token: &str,
+    base: &str,
     body: &[u8],
-    status: u16,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let req = client
-        .post(url)
-        .bearer_auth(token)
+        .post(format!("{base}/activities"))
+        .bearer_auth("a")
         .header("content-type", "application/json")
         .body(body.to_vec());
-    async move { assert_eq!(req.send().await.unwrap().status(), status) }
+    async move { assert_eq!(req.send().await.unwrap().status(), 202) }
 }
 
 /// The plain client's POST to the receiver (Basic auth, as pegabridge sends).

@@ -163,9 +163,11 @@ impl Store {
         }
     }
 
-    /// Where a request's `n` new events go, and the places reserved for them.
-    fn reserve(&self, n: usize) -> Option<handoff::Reservation> {
-        self.handoff.as_ref().map(|h| h.reserve(n))
+    /// The places reserved for a request's `n` new events, and where they go.
+    fn reserve(&self, n: usize) -> (Option<handoff::Reservation>, Queue) {
+        let reservation = self.handoff.as_ref().map(|h| h.reserve(n));
+        let queue = reservation.as_ref().map_or(Queue::Due, |r| r.queue());
+        (reservation, queue)
     }
 
     /// After the commit: the leased events to the worker, or a wake-up for due ones.
@@ -202,8 +204,7 @@ impl Store {
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
     ) -> anyhow::Result<TriggerAnswer> {
-        let reservation = self.reserve(recipients.len());
-        let queue = reservation.as_ref().map_or(Queue::Due, |r| r.queue());
+        let (reservation, queue) = self.reserve(recipients.len());
         let (answer, leased) =
             each!(self, s => s.record_trigger(mapping, idempotency_key, recipients, queue).await)?;
         self.hand_over(reservation, leased);
@@ -215,8 +216,7 @@ impl Store {
         &self,
         activities: Vec<Activity>,
     ) -> anyhow::Result<Vec<ActivityAnswer>> {
-        let reservation = self.reserve(activities.len());
-        let queue = reservation.as_ref().map_or(Queue::Due, |r| r.queue());
+        let (reservation, queue) = self.reserve(activities.len());
         let (answers, leased) = each!(self, s => s.record_activities(activities, queue).await)?;
         self.hand_over(reservation, leased);
         Ok(answers)

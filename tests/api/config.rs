@@ -2,17 +2,18 @@
 
 use crate::helpers::{pegabridge, stderr, stdout};
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// `pegabridge config check` in a folder whose `pegabridge.toml` is `toml`.
+fn config_check(toml: &str) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("pegabridge.toml"), toml).unwrap();
+    pegabridge(tmp.path(), &["config", "check"])
+}
 
 #[test]
 fn an_unknown_key_is_an_error_naming_the_file_and_the_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("pegabridge.toml"),
-        "[templates]\ndirr = \"x\"\n",
-    )
-    .unwrap();
-    let out = pegabridge(tmp.path(), &["config", "check"]);
+    let out = config_check("[templates]\ndirr = \"x\"\n");
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("dirr"), "{err}");
@@ -62,13 +63,7 @@ fn environment_variables_override_the_file() {
 
 #[test]
 fn an_unset_environment_variable_is_named() {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("pegabridge.toml"),
-        "[[variables]]\nname = \"X\"\ndefault = \"${PEGABRIDGE_TEST_UNSET}\"\n",
-    )
-    .unwrap();
-    let out = pegabridge(tmp.path(), &["config", "check"]);
+    let out = config_check("[[variables]]\nname = \"X\"\ndefault = \"${PEGABRIDGE_TEST_UNSET}\"\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("PEGABRIDGE_TEST_UNSET"),
@@ -116,13 +111,9 @@ fn a_mapping_with_an_unknown_key_or_missing_template_is_named_by_config_check() 
 
 #[test]
 fn a_lease_no_longer_than_the_post_timeout_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join("pegabridge.toml"),
+    let out = config_check(
         "[pega]\nendpoint = \"http://127.0.0.1:9/in\"\ntimeout_secs = 30\nlease_secs = 30\n",
-    )
-    .unwrap();
-    let out = pegabridge(tmp.path(), &["config", "check"]);
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("pega.lease_secs (30)"), "{err}");

@@ -308,13 +308,7 @@ async fn metrics_not_in_the_activity_list_are_not_sent() {
 #[tokio::test]
 async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_start() {
     each_backend(|| async {
-        let pega = crate::pega::start_pega().await;
-        // One slow post at a time: most events wait in the hand-off.
-        pega.mock
-            .control(|b| b.delay = std::time::Duration::from_millis(100));
-        let section =
-            crate::pega::pega_section(&pega, "concurrency = 1\nbatch_size = 1\nlease_secs = 600");
-        let (mut app, task) = crate::server::spawn_app_with("", &section).await;
+        let (mut app, task, pega) = crate::pega::spawn_posting_one_at_a_time(100, 600).await;
         for n in 0..20 {
             crate::pega::send_single(&app, n).await;
         }
@@ -348,12 +342,7 @@ async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_sta
 #[tokio::test]
 async fn events_whose_lease_ran_out_in_the_hand_off_are_not_posted_twice() {
     each_backend(|| async {
-        let pega = crate::pega::start_pega().await;
-        pega.mock
-            .control(|b| b.delay = std::time::Duration::from_millis(250));
-        let section =
-            crate::pega::pega_section(&pega, "concurrency = 1\nbatch_size = 1\nlease_secs = 2");
-        let (app, _task) = crate::server::spawn_app_with("", &section).await;
+        let (app, _task, pega) = crate::pega::spawn_posting_one_at_a_time(250, 2).await;
         let mut uuids = std::collections::HashSet::new();
         for n in 0..16 {
             uuids.insert(crate::pega::send_single(&app, n).await);

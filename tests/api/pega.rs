@@ -45,6 +45,21 @@ pub async fn spawn_delivering(more: &str) -> (TestApp, Pega) {
     (app, pega)
 }
 
+/// A server posting one event at a time (`lease_secs` as given) to a fresh stand-in that
+/// answers each POST after `delay_ms`: most events wait for the worker. Also returns the
+/// server task.
+pub async fn spawn_posting_one_at_a_time(
+    delay_ms: u64,
+    lease_secs: u64,
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>, Pega) {
+    let pega = start_pega().await;
+    pega.mock
+        .control(|b| b.delay = Duration::from_millis(delay_ms));
+    let more = format!("concurrency = 1\nbatch_size = 1\nlease_secs = {lease_secs}");
+    let (app, task) = spawn_app_with("", &pega_section(&pega, &more)).await;
+    (app, task, pega)
+}
+
 /// Waits (at most 20 s) until the stand-in holds `n` events, and returns them.
 pub async fn wait_for_events(pega: &Pega, n: usize) -> Vec<Value> {
     let start = Instant::now();

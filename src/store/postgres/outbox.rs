@@ -273,10 +273,7 @@ impl PgStore {
 
     /// Whether delivery is paused.
     pub async fn is_paused(&self) -> anyhow::Result<bool> {
-        let v: Option<String> = sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(v.as_deref() == Some("1"))
+        paused(&self.pool).await
     }
 
     /// Counts by status and the age of the oldest undelivered event.
@@ -313,4 +310,12 @@ impl PgStore {
                 .await?;
         rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
     }
+}
+
+/// Whether delivery is paused, read through `e` (the pool, or a transaction's connection).
+pub(super) async fn paused<'e>(e: impl sqlx::PgExecutor<'e>) -> anyhow::Result<bool> {
+    let v: Option<String> = sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
+        .fetch_optional(e)
+        .await?;
+    Ok(v.as_deref() == Some("1"))
 }

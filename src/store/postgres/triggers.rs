@@ -27,12 +27,9 @@ impl PgStore {
         loop {
             let mut tx = self.pool.begin().await?;
             let mut leased = Vec::new();
-            let result = async {
-                let queue = effective(&mut tx, queue).await?;
-                let key = idempotency_key.as_deref();
-                record(&mut tx, &mapping, key, &recipients, (queue, &mut leased)).await
-            }
-            .await;
+            let queue = effective(&mut tx, queue).await?;
+            let key = idempotency_key.as_deref();
+            let result = record(&mut tx, &mapping, key, &recipients, (queue, &mut leased)).await;
             match result {
                 Ok(answer) => {
                     tx.commit().await?;
@@ -240,17 +237,9 @@ async fn customer(
 
 /// Where a request's events go now: not leased while delivery is paused.
 async fn effective(c: &mut PgConnection, queue: Queue) -> anyhow::Result<Queue> {
-    if queue == Queue::Due {
-        return Ok(queue);
-    }
-    let paused: Option<String> =
-        sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
-            .fetch_optional(&mut *c)
-            .await?;
-    Ok(if paused.as_deref() == Some("1") {
-        Queue::Due
-    } else {
-        queue
+    Ok(match queue {
+        Queue::Leased { .. } if super::outbox::paused(&mut *c).await? => Queue::Due,
+        other => other,
     })
 }
 

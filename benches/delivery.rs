@@ -10,9 +10,15 @@
 //!   endpoint down, beside the same process with an empty outbox.
 //!
 //! Targets: >= 0.5 of the raw rate; p99 <= 100 ms at 1,000/s; <= 150 MB with the backlog.
-//! `BENCH_THROUGHPUT_ONLY=1` skips latency and memory.
+//! `BENCH_THROUGHPUT_ONLY=1` skips latency and memory; `BENCH_SETUPS=64/16,16/1` runs only
+//! the given setups (in flight/batch_size).
 
 mod common;
+
+/// The allocator the `pegabridge` binary uses (`src/main.rs`), so that what is measured here
+/// runs as it ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use common::{fill_sqlite, payload, receiver};
 use pegabridge::config::Settings;
@@ -47,7 +53,7 @@ async fn main() {
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
     let mut latency_server = None;
-    for (in_flight, batch_size) in SETUPS {
+    for (in_flight, batch_size) in setups() {
         let dir = tempfile::tempdir().unwrap();
         let base = server(dir.path(), &pega_url, batch_size).await;
         let open = first_broadcast(&client, &base, &pega).await;
@@ -63,6 +69,7 @@ async fn main() {
         let (mut bridged_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
         for _ in 0..TRIALS {
             let before = pega.event_count();
+            let threads = threads_cpu();
             let (rate, cpu) = measured(|| async {
                 trial(in_flight, ACTIVITIES, || {
                     post_activity(&client, &base, &open_body)
@@ -71,6 +78,13 @@ async fn main() {
                 wait_for(&pega, before + ACTIVITIES).await;
             })
             .await;
+            if std::env::var_os("BENCH_THREADS").is_some() {
+                let after = threads_cpu();
+                for (name, t) in &after {
+                    let us = (t - threads.get(name).unwrap_or(&0)) as f64 * 1e4 / ACTIVITIES as f64;
+                    println!("thread {name}: {us:.0} us/event");
+                }
+            }
             bridged.push(rate);
             bridged_cpu.push(cpu);
             let before = pega.event_count();
@@ -133,6 +147,22 @@ async fn main() {
     );
 }
 
+/// [`SETUPS`], or those named by `BENCH_SETUPS`.
+fn setups() -> Vec<(usize, usize)> {
+    let Ok(list) = std::env::var("BENCH_SETUPS") else {
+        return SETUPS.to_vec();
+    };
+    list.split(',')
+        .map(|s| {
+            let (f, b) = s
+                .trim()
+                .split_once('/')
+                .expect("BENCH_SETUPS: in_flight/batch_size");
+            (f.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
 /// A broadcast to send activities for; returns an open activity on it.
 async fn first_broadcast(client: &reqwest::Client, base: &str, pega: &MockPega) -> Value {
     let before = pega.event_count();
@@ -167,6 +197,27 @@ where
         n / start.elapsed().as_secs_f64(),
         cpu.elapsed().as_secs_f64() * 1e6 / n,
     )
+}
+
+/// CPU ticks (1/100 s) by thread name, from /proc (empty elsewhere).
+fn threads_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        *by_name.entry(stat[open + 1..close].to_owned()).or_insert(0) += ticks;
+    }
+    by_name
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `pegabridge` binary uses (`src/main.rs`), so that what is measured here
+/// runs as it ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOTAL: usize = 6000;
 const CONCURRENCY: usize = 32;
 

@@ -6,11 +6,25 @@ use std::sync::LazyLock;
 
 static PARSER: LazyLock<woothee::parser::Parser> = LazyLock::new(woothee::parser::Parser::new);
 
-/// Operating system and browser of a user agent, as the seed names them ("Windows", "Chrome");
-/// empty when unknown.
-pub fn os_and_browser(user_agent: &str) -> (String, String) {
+/// What a user agent tells about the activity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agent {
+    /// Operating system, as the seed names them ("Windows"); empty when unknown.
+    pub os: String,
+    /// Browser ("Chrome"); empty when unknown.
+    pub browser: String,
+    /// A known proxy, scanner or crawler.
+    pub machine: bool,
+}
+
+/// Reads a user agent, with one parse.
+pub fn agent(user_agent: &str) -> Agent {
+    let machine_named = !user_agent.trim().is_empty() && MACHINE_NAMES.is_match(user_agent);
     let Some(r) = PARSER.parse(user_agent) else {
-        return (String::new(), String::new());
+        return Agent {
+            machine: machine_named,
+            ..Agent::default()
+        };
     };
     let known = |s: &str| {
         if s == "UNKNOWN" {
@@ -25,7 +39,18 @@ pub fn os_and_browser(user_agent: &str) -> (String, String) {
     } else {
         known(r.os)
     };
-    (os, known(r.name))
+    Agent {
+        os,
+        browser: known(r.name),
+        machine: machine_named || r.category == "crawler",
+    }
+}
+
+/// Operating system and browser of a user agent, as the seed names them ("Windows", "Chrome");
+/// empty when unknown.
+pub fn os_and_browser(user_agent: &str) -> (String, String) {
+    let a = agent(user_agent);
+    (a.os, a.browser)
 }
 
 /// Image proxies and scanners that fetch mail content without a person: an open or click
@@ -53,16 +78,17 @@ const MACHINES: &[&str] = &[
     "go-http-client",
 ];
 
+/// [`MACHINES`], found in one pass, in any case.
+static MACHINE_NAMES: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(MACHINES)
+        .expect("the machine names are valid patterns")
+});
+
 /// Whether the user agent belongs to a known proxy, scanner or crawler.
 pub fn machine_generated(user_agent: &str) -> bool {
-    let ua = user_agent.to_ascii_lowercase();
-    if ua.trim().is_empty() {
-        return false;
-    }
-    MACHINES.iter().any(|m| ua.contains(m))
-        || PARSER
-            .parse(user_agent)
-            .is_some_and(|r| r.category == "crawler")
+    agent(user_agent).machine
 }
 
 /// The Google Analytics fields of a URL: source, medium, term, content, campaign.

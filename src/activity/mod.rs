@@ -148,14 +148,12 @@ fn check(a: ActivityIn) -> Result<Activity, (&'static str, String)> {
         None => return Err(("metric", format!("unknown metric `{}`", a.metric))),
     };
     let user_agent = a.user_agent.clone().unwrap_or_default();
-    let (ua_os, ua_browser) = enrich::os_and_browser(&user_agent);
-    let os = a.os.clone().unwrap_or(ua_os);
-    let browser = a.browser.clone().unwrap_or(ua_browser);
+    let agent = enrich::agent(&user_agent);
+    let os = a.os.clone().unwrap_or(agent.os);
+    let browser = a.browser.clone().unwrap_or(agent.browser);
     let detail = match metric {
         Metric::Opens => Detail::Open {
-            machine_generated: a
-                .machine_generated
-                .unwrap_or_else(|| enrich::machine_generated(&user_agent)),
+            machine_generated: a.machine_generated.unwrap_or(agent.machine),
             user_agent,
             os,
             browser,

@@ -87,6 +87,18 @@ pub(crate) fn count_change(a: &Activity, truth: &str) -> String {
     }
 }
 
+/// When the change of [`count_change`] would leave the row as it is (an open's reset of a
+/// soft count that is already 0, a second unsubscribe), as a condition to skip the write on.
+pub(crate) fn count_unchanged(a: &Activity, truth: &str) -> String {
+    use crate::event::Metric;
+    match &a.metric {
+        Metric::Unsubscribes => format!("unsubscribed = {truth}"),
+        Metric::Opens | Metric::Clicks | Metric::ShortLinks => "bounce_count_soft = 0".into(),
+        Metric::Bounces | Metric::Complaints => "FALSE".into(),
+        _ => "TRUE".into(),
+    }
+}
+
 /// The first answer again when every recipient of a trigger was sent before (per-recipient
 /// idempotency keys): `earlier` holds each recipient's earlier send, if any.
 pub(crate) fn earlier_answer(earlier: &[Option<(i64, RecipientAnswer)>]) -> Option<TriggerAnswer> {

@@ -6,11 +6,13 @@ use crate::activity::{event, Activity, Counts};
 use crate::event::{now, Common};
 use crate::store::{ActivityAnswer, Claimed, Queue, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 impl SqliteStore {
-    /// Records the activities of one request in one savepoint: an unknown personal broadcast
-    /// fails them all ([`UnknownBroadcast`] in the error chain). Returns the answers and the
-    /// events leased to this process.
+    /// Records the activities of one request, all or nothing: an unknown personal broadcast
+    /// fails them all ([`UnknownBroadcast`] in the error chain), found before anything is
+    /// written. Returns the answers and the events leased to this process.
     pub async fn record_activities(
         &self,
         activities: Vec<Activity>,
@@ -18,11 +20,16 @@ impl SqliteStore {
     ) -> anyhow::Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
         self.call(move |c| {
             let queue = super::outbox::effective(c, queue)?;
+            let commons = activities
+                .iter()
+                .enumerate()
+                .map(|(i, a)| common_of(c, i, a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut leased = Vec::new();
             let answers = activities
                 .iter()
-                .enumerate()
-                .map(|(i, a)| record(c, i, a, queue, &mut leased))
+                .zip(commons)
+                .map(|(a, common)| record(c, a, common, queue, &mut leased))
                 .collect::<anyhow::Result<_>>()?;
             Ok((answers, leased))
         })
@@ -30,25 +37,27 @@ impl SqliteStore {
     }
 }
 
-fn record(
-    c: &Connection,
-    index: usize,
-    a: &Activity,
-    queue: Queue,
-    leased: &mut Vec<Claimed>,
-) -> anyhow::Result<ActivityAnswer> {
-    if let Some(id) = &a.external_id {
-        let earlier = c
-            .prepare_cached("SELECT uuid, id FROM activities WHERE external_id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((uuid, metric_id)) = earlier {
-            return Ok(ActivityAnswer {
-                uuid,
-                metric_id,
-                status: "duplicate".into(),
-            });
-        }
+/// Most personal broadcasts whose common part the writer keeps parsed.
+const CACHED_BROADCASTS: usize = 4096;
+
+thread_local! {
+    /// The writer thread's parsed common parts, by (broadcast id, customer id). A personal
+    /// broadcast's event never changes once written, so an entry stays right until a rollback
+    /// undoes the row it came from (ids are then given out again): [`forget_cached`]. When
+    /// full, it starts again empty.
+    static COMMONS: RefCell<HashMap<(i64, i64), Common>> = RefCell::new(HashMap::new());
+}
+
+/// Empties the writer's cache of personal broadcasts (after a rollback).
+pub(super) fn forget_cached() {
+    COMMONS.with(|m| m.borrow_mut().clear());
+}
+
+/// The common part of the activity's personal broadcast's event.
+fn common_of(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Common> {
+    let key = (a.broadcast_id, a.customer_id);
+    if let Some(common) = COMMONS.with(|m| m.borrow().get(&key).cloned()) {
+        return Ok(common);
     }
     let stored: Option<String> = c
         .prepare_cached(
@@ -65,17 +74,46 @@ fn record(
         .into());
     };
     let common: Common = serde_json::from_str(&stored)?;
+    COMMONS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= CACHED_BROADCASTS {
+            m.clear();
+        }
+        m.insert(key, common.clone());
+    });
+    Ok(common)
+}
+
+fn record(
+    c: &Connection,
+    a: &Activity,
+    common: Common,
+    queue: Queue,
+    leased: &mut Vec<Claimed>,
+) -> anyhow::Result<ActivityAnswer> {
+    // Checked here, not with the broadcasts: an earlier activity of the same request may
+    // have just recorded this id.
+    if let Some(id) = &a.external_id {
+        let earlier = c
+            .prepare_cached("SELECT uuid, id FROM activities WHERE external_id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((uuid, metric_id)) = earlier {
+            return Ok(ActivityAnswer {
+                uuid,
+                metric_id,
+                status: "duplicate".into(),
+            });
+        }
+    }
     let counts = count(c, a)?;
     let ts = a.timestamp.unwrap_or_else(now);
     let uuid = crate::event::new_uuid();
-    let metric_id: i64 = c
-        .prepare_cached(
-            "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        )?
-        .query_row(
-            params![a.external_id, uuid, a.metric.as_str(), a.broadcast_id, a.customer_id, now()],
-            |r| r.get(0),
-        )?;
+    c.prepare_cached(
+        "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![a.external_id, uuid, a.metric.as_str(), a.broadcast_id, a.customer_id, now()])?;
+    let metric_id = c.last_insert_rowid();
     let payload = serde_json::to_string(&event(common, a, metric_id, ts, &uuid, counts))?;
     leased.extend(super::outbox::enqueue(
         c,
@@ -91,17 +129,100 @@ fn record(
     })
 }
 
-/// Updates the customer's mailability counts for this activity and returns them.
+/// Updates the customer's mailability counts for this activity and returns them. (An update
+/// then a read: `UPDATE .. RETURNING` costs SQLite a temporary table. No write at all when
+/// nothing would change.)
 fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
     let change = crate::store::count_change(a, "1");
-    let sql = format!(
-        "UPDATE customers SET {change} WHERE id = ?1 RETURNING bounce_count_hard, bounce_count_soft, complaints"
-    );
-    Ok(c.prepare_cached(&sql)?.query_row([a.customer_id], |r| {
+    let unchanged = crate::store::count_unchanged(a, "1");
+    let sql = format!("UPDATE customers SET {change} WHERE id = ?1 AND NOT ({unchanged})");
+    c.prepare_cached(&sql)?.execute([a.customer_id])?;
+    Ok(c.prepare_cached(
+        "SELECT bounce_count_hard, bounce_count_soft, complaints FROM customers WHERE id = ?1",
+    )?
+    .query_row([a.customer_id], |r| {
         Ok(Counts {
             bounce_count_hard: r.get(0)?,
             bounce_count_soft: r.get(1)?,
             complaints: r.get(2)?,
         })
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Detail;
+    use crate::event::Metric;
+
+    /// A customer, a broadcast and a personal broadcast whose event names `campaign`.
+    fn personal_broadcast(c: &Connection, campaign: &str) -> anyhow::Result<(i64, i64)> {
+        c.execute(
+            "INSERT INTO customers (email, created_at) VALUES ('a@b.nl', 0)",
+            [],
+        )?;
+        let customer = c.last_insert_rowid();
+        c.execute(
+            "INSERT INTO broadcasts (mapping, created_at) VALUES ('m', 0)",
+            [],
+        )?;
+        let broadcast = c.last_insert_rowid();
+        let event: Common = serde_json::from_value(serde_json::json!({
+            "portal_id": 1, "portal_name": "p", "brand_id": 1, "brand_name": "b",
+            "metric": "broadcasts", "metric_id": 0, "metric_timestamp": 0, "customer_id": customer,
+            "external_id": "", "campaign_id": 1, "campaign_name": campaign,
+            "campaign_object_id": 1, "broadcast_id": broadcast, "broadcast_timestamp": 0,
+            "broadcast_type": "SINGLEMAIL", "broadcast_event_type": "SINGLEMAIL",
+            "broadcast_manual_options": {}, "sub_type": "SINGLEMAIL", "content_id": 1,
+            "email_domain": "b.nl", "mailing_type": "regular", "test_mailing": false,
+            "email_address_override": false, "uuid": "u",
+        }))?;
+        c.execute(
+            "INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event) VALUES (?1, ?2, ?3, 'a@b.nl', 'queued', '{}', ?4)",
+            params![broadcast, customer, format!("u{broadcast}"), serde_json::to_string(&event)?],
+        )?;
+        Ok((broadcast, customer))
+    }
+
+    fn open(broadcast_id: i64, customer_id: i64) -> Activity {
+        Activity {
+            external_id: None,
+            metric: Metric::Opens,
+            broadcast_id,
+            customer_id,
+            timestamp: None,
+            detail: Detail::Open {
+                user_agent: String::new(),
+                os: String::new(),
+                browser: String::new(),
+                machine_generated: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_personal_broadcast_is_not_served_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::connect(&url, "normal").await.unwrap();
+        // Written, read (and cached), then rolled back by a failure after the change.
+        let failed = store
+            .call(|c| -> anyhow::Result<()> {
+                let (b, cu) = personal_broadcast(c, "rolled back")?;
+                let cached = common_of(c, 0, &open(b, cu))?.campaign_name;
+                assert_eq!(cached.as_deref(), Some("rolled back"));
+                anyhow::bail!("fails after writing")
+            })
+            .await;
+        assert!(failed.is_err());
+        // The ids are given out again: the activity must get the new row's event.
+        let (b, cu) = store.call(|c| personal_broadcast(c, "kept")).await.unwrap();
+        let (answers, _) = store
+            .record_activities(vec![open(b, cu)], Queue::Due)
+            .await
+            .unwrap();
+        let payload: serde_json::Value = store.pending_events().await.unwrap().pop().unwrap();
+        assert_eq!(answers[0].status, "queued");
+        assert_eq!(payload["campaign_name"], "kept");
+    }
 }

@@ -27,14 +27,13 @@ pub(super) fn enqueue(
 ) -> rusqlite::Result<Option<Claimed>> {
     let ms = now_ms();
     let (status, lease_until) = queue.row(ms);
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7) RETURNING id",
-        )?
-        .query_row(
-            params![uuid, metric, payload, ms, ms / 1000, status, lease_until],
-            |r| r.get(0),
-        )?;
+    // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
+    // table first, which cost a third of this insert.
+    c.prepare_cached(
+        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![uuid, metric, payload, ms, ms / 1000, status, lease_until])?;
+    let id = c.last_insert_rowid();
     Ok(match queue {
         Queue::Due => None,
         Queue::Leased { .. } => Some(Claimed::new_leased(
@@ -47,7 +46,9 @@ pub(super) fn enqueue(
     })
 }
 
-/// Records an attempt on each of the outcome's events and moves them on.
+/// Records an attempt on each of the outcome's events and moves them on: two statements for
+/// all of them (a round's events go in one POST and share its attempt), the ids passed as a
+/// JSON array.
 fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
     let (status, next_at, delivered_at) = match outcome.completion {
         Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
@@ -60,19 +61,26 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
         .filter(|a| a.outcome != "delivered")
         .map(|a| a.detail.as_str());
     let bump = i64::from(attempt.is_some());
-    for id in &outcome.ids {
+    let ids = serde_json::to_string(&outcome.ids)?;
+    c.prepare_cached(
+        "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+         delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
+         attempts = attempts + ?5, lease_until = 0 WHERE id IN (SELECT value FROM json_each(?6))",
+    )?
+    .execute(params![status, next_at, delivered_at, error, bump, ids])?;
+    if let Some(a) = attempt {
         c.prepare_cached(
-            "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-             delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
-             attempts = attempts + ?5, lease_until = 0 WHERE id = ?6",
+            "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+             SELECT value, ?2, ?3, ?4, ?5, ?6 FROM json_each(?1)",
         )?
-        .execute(params![status, next_at, delivered_at, error, bump, id])?;
-        if let Some(a) = attempt {
-            c.prepare_cached(
-                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![id, a.at_ms, a.http_status, a.duration_ms, a.outcome, a.detail])?;
-        }
+        .execute(params![
+            ids,
+            a.at_ms,
+            a.http_status,
+            a.duration_ms,
+            a.outcome,
+            a.detail
+        ])?;
     }
     Ok(())
 }

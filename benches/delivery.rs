@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Activities per trial.
-const ACTIVITIES: usize = 5000;
+const ACTIVITIES: usize = 10000;
 /// Alternating trials per setup.
-const TRIALS: usize = 3;
+const TRIALS: usize = 7;
 /// (requests in flight for both clients, pegabridge's `batch_size`).
 const SETUPS: [(usize, usize); 3] = [(16, 1), (64, 1), (64, 16)];
 

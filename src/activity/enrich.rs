@@ -2,7 +2,8 @@
 //! the `google_*` fields from the URL's utm parameters, and `machine_generated` from known
 //! image proxies and link scanners.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 static PARSER: LazyLock<woothee::parser::Parser> = LazyLock::new(woothee::parser::Parser::new);
 
@@ -17,8 +18,32 @@ pub struct Agent {
     pub machine: bool,
 }
 
-/// Reads a user agent, with one parse.
+/// Most user agents [`agent`] keeps read.
+const CACHED_AGENTS: usize = 1024;
+
+/// User agents already read. Mail is opened through few of them (the big webmails' image
+/// proxies, a handful of mail apps), and reading one costs more than the rest of an open's
+/// checks. When full, it starts again empty.
+static AGENTS: LazyLock<Mutex<HashMap<String, Agent>>> = LazyLock::new(Mutex::default);
+
+/// Reads a user agent (cached).
 pub fn agent(user_agent: &str) -> Agent {
+    let cached = AGENTS.lock().ok().and_then(|m| m.get(user_agent).cloned());
+    if let Some(agent) = cached {
+        return agent;
+    }
+    let agent = read_agent(user_agent);
+    if let Ok(mut m) = AGENTS.lock() {
+        if m.len() >= CACHED_AGENTS {
+            m.clear();
+        }
+        m.insert(user_agent.to_owned(), agent.clone());
+    }
+    agent
+}
+
+/// Reads a user agent, with one parse.
+fn read_agent(user_agent: &str) -> Agent {
     let machine_named = !user_agent.trim().is_empty() && MACHINE_NAMES.is_match(user_agent);
     let Some(r) = PARSER.parse(user_agent) else {
         return Agent {
@@ -137,6 +162,18 @@ mod tests {
         let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1";
         assert_eq!(os_and_browser(iphone).1, "Safari");
         assert_eq!(os_and_browser("???"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn a_cached_user_agent_reads_as_a_fresh_one_also_past_the_cache_size() {
+        let proxy = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+        for i in 0..CACHED_AGENTS + 10 {
+            let ua = format!("Mozilla/5.0 (Windows NT 10.0) Chrome/{i}.0 Safari/537.36");
+            assert_eq!(agent(&ua), read_agent(&ua));
+            assert_eq!(agent(&ua).browser, "Chrome");
+            assert!(agent(proxy).machine && !agent(&ua).machine);
+        }
+        assert!(AGENTS.lock().unwrap().len() <= CACHED_AGENTS);
     }
 
     #[test]

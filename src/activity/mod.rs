@@ -99,6 +99,14 @@ pub struct Counts {
     pub complaints: i64,
 }
 
+impl Activity {
+    /// Whether this activity's event carries the customer's counts (bounces and complaints
+    /// do; the other events have no such fields).
+    pub fn reports_counts(&self) -> bool {
+        matches!(self.detail, Detail::Bounce { .. } | Detail::Complaint)
+    }
+}
+
 /// Parses a body of one activity or an array of them; every problem is reported, with the
 /// element's index in `path`.
 pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {

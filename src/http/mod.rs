@@ -145,7 +145,13 @@ impl Application {
             shutdown.await;
             let _ = fired_tx.send(());
         };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        // No Nagle delay on answers: callers wait for each one before they send more.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, self.router).with_graceful_shutdown(signal);
         let grace_over = async {
             if fired_rx.await.is_err() {
                 std::future::pending::<()>().await;

@@ -129,14 +129,17 @@ fn record(
     })
 }
 
-/// Updates the customer's mailability counts for this activity and returns them. (An update
-/// then a read: `UPDATE .. RETURNING` costs SQLite a temporary table. No write at all when
+/// Updates the customer's mailability counts for this activity and returns them, when its
+/// event reports them (zeros otherwise). (An update then a read: `UPDATE .. RETURNING` costs SQLite a temporary table. No write at all when
 /// nothing would change.)
 fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
     let change = crate::store::count_change(a, "1");
     let unchanged = crate::store::count_unchanged(a, "1");
     let sql = format!("UPDATE customers SET {change} WHERE id = ?1 AND NOT ({unchanged})");
     c.prepare_cached(&sql)?.execute([a.customer_id])?;
+    if !a.reports_counts() {
+        return Ok(Counts::default());
+    }
     Ok(c.prepare_cached(
         "SELECT bounce_count_hard, bounce_count_soft, complaints FROM customers WHERE id = ?1",
     )?

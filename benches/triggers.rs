@@ -34,7 +34,7 @@ async fn main() {
     println!("|---|---|---|");
     println!("| triggers/s, durable commit (POST /webhooks), synchronous = normal | {stored:.0} | >= 2000 |");
     println!(
-        "| triggers/s, durable commit, synchronous = full (fsync per batch) | {stored_full:.0} | |"
+        "| triggers/s, durable commit, synchronous = full (WAL flushed before answering) | {stored_full:.0} | |"
     );
     println!(
         "| triggers/s, same server without storing (POST /preview) | {baseline:.0} | (baseline) |"

@@ -1,5 +1,5 @@
 //! Recording a trigger: broadcast, customers, personal broadcasts and their `broadcasts`
-//! events in the outbox, all in the caller's savepoint.
+//! events in the outbox, in one piece of the writer's work (checks before writes).
 
 use super::SqliteStore;
 use crate::event::now;

@@ -69,34 +69,30 @@ pub struct UnknownBroadcast {
     pub customer_id: i64,
 }
 
-/// How an activity changes its customer's counts (the seed's mailability rules), as the `SET`
-/// clause of an `UPDATE customers`; `truth` is the backend's literal for true.
-pub(crate) fn count_change(a: &Activity, truth: &str) -> String {
+/// How an activity changes its customer's counts (the seed's mailability rules): the `SET`
+/// clause of an `UPDATE customers`, and the condition under which that change would leave the
+/// row as it is (an open's reset of a soft count that is already 0, a second unsubscribe), to
+/// skip the write on. `truth` is the backend's literal for true.
+pub(crate) fn count_change(a: &Activity, truth: &str) -> (String, String) {
     use crate::activity::Detail;
     use crate::event::Metric;
-    match (&a.metric, &a.detail) {
+    let (set, unchanged) = match (&a.metric, &a.detail) {
         (Metric::Bounces, Detail::Bounce { hard: true, .. }) => {
-            "bounce_count_hard = bounce_count_hard + 1".into()
+            ("bounce_count_hard = bounce_count_hard + 1".into(), "FALSE")
         }
-        (Metric::Bounces, _) => "bounce_count_soft = bounce_count_soft + 1".into(),
-        (Metric::Complaints, _) => "complaints = complaints + 1".into(),
-        (Metric::Unsubscribes, _) => format!("unsubscribed = {truth}"),
+        (Metric::Bounces, _) => ("bounce_count_soft = bounce_count_soft + 1".into(), "FALSE"),
+        (Metric::Complaints, _) => ("complaints = complaints + 1".into(), "FALSE"),
+        (Metric::Unsubscribes, _) => {
+            let set = format!("unsubscribed = {truth}");
+            return (set.clone(), set);
+        }
         // An open or a click shows the address works: the soft count starts again.
-        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => "bounce_count_soft = 0".into(),
-        _ => "id = id".into(),
-    }
-}
-
-/// When the change of [`count_change`] would leave the row as it is (an open's reset of a
-/// soft count that is already 0, a second unsubscribe), as a condition to skip the write on.
-pub(crate) fn count_unchanged(a: &Activity, truth: &str) -> String {
-    use crate::event::Metric;
-    match &a.metric {
-        Metric::Unsubscribes => format!("unsubscribed = {truth}"),
-        Metric::Opens | Metric::Clicks | Metric::ShortLinks => "bounce_count_soft = 0".into(),
-        Metric::Bounces | Metric::Complaints => "FALSE".into(),
-        _ => "TRUE".into(),
-    }
+        (Metric::Opens | Metric::Clicks | Metric::ShortLinks, _) => {
+            ("bounce_count_soft = 0".into(), "bounce_count_soft = 0")
+        }
+        _ => ("id = id".into(), "TRUE"),
+    };
+    (set, unchanged.into())
 }
 
 /// The first answer again when every recipient of a trigger was sent before (per-recipient

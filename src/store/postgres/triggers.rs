@@ -336,7 +336,7 @@ async fn record_activity(
 }
 
 async fn count(c: &mut PgConnection, a: &Activity) -> anyhow::Result<Counts> {
-    let change = crate::store::count_change(a, "true");
+    let (change, _) = crate::store::count_change(a, "true");
     let sql = format!(
         "UPDATE customers SET {change} WHERE id = $1 RETURNING bounce_count_hard, bounce_count_soft, complaints"
     );

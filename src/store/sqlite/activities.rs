@@ -143,8 +143,7 @@ fn record(
 /// event reports them (zeros otherwise). (An update then a read: `UPDATE .. RETURNING` costs SQLite a temporary table. No write at all when
 /// nothing would change.)
 fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
-    let change = crate::store::count_change(a, "1");
-    let unchanged = crate::store::count_unchanged(a, "1");
+    let (change, unchanged) = crate::store::count_change(a, "1");
     let sql = format!("UPDATE customers SET {change} WHERE id = ?1 AND NOT ({unchanged})");
     c.prepare_cached(&sql)?.execute([a.customer_id])?;
     if !a.reports_counts() {

@@ -231,12 +231,8 @@ fn post_activity(
     base: &str,
     body: &[u8],
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let req = client
-        .post(format!("{base}/activities"))
-        .bearer_auth("a")
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    async move { assert_eq!(req.send().await.unwrap().status(), 202) }
+    let req = client.post(format!("{base}/activities")).bearer_auth("a");
+    send_expecting(req, body, 202)
 }
 
 /// The plain client's POST to the receiver (Basic auth, as pegabridge sends).
@@ -245,12 +241,20 @@ fn post_basic(
     url: &str,
     body: &[u8],
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let req = client
-        .post(url)
-        .basic_auth("pega", Some("pw"))
+    let req = client.post(url).basic_auth("pega", Some("pw"));
+    send_expecting(req, body, 200)
+}
+
+/// Sends a JSON body and checks the answer's status.
+fn send_expecting(
+    req: reqwest::RequestBuilder,
+    body: &[u8],
+    status: u16,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let req = req
         .header("content-type", "application/json")
         .body(body.to_vec());
-    async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+    async move { assert_eq!(req.send().await.unwrap().status(), status) }
 }
 
 const MAPPING: &str = "template = \"offer.html\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"customer.email\"\n[variables.InteractionId]\npath = \"interaction\"\n";

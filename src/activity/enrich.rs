@@ -71,13 +71,6 @@ fn read_agent(user_agent: &str) -> Agent {
     }
 }
 
-/// Operating system and browser of a user agent, as the seed names them ("Windows", "Chrome");
-/// empty when unknown.
-pub fn os_and_browser(user_agent: &str) -> (String, String) {
-    let a = agent(user_agent);
-    (a.os, a.browser)
-}
-
 /// Image proxies and scanners that fetch mail content without a person: an open or click
 /// through them is machine generated.
 const MACHINES: &[&str] = &[
@@ -110,11 +103,6 @@ static MACHINE_NAMES: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
         .build(MACHINES)
         .expect("the machine names are valid patterns")
 });
-
-/// Whether the user agent belongs to a known proxy, scanner or crawler.
-pub fn machine_generated(user_agent: &str) -> bool {
-    agent(user_agent).machine
-}
 
 /// The Google Analytics fields of a URL: source, medium, term, content, campaign.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,6 +137,15 @@ pub fn utm(url: &str) -> Utm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn os_and_browser(user_agent: &str) -> (String, String) {
+        let a = agent(user_agent);
+        (a.os, a.browser)
+    }
+
+    fn machine_generated(user_agent: &str) -> bool {
+        agent(user_agent).machine
+    }
 
     #[test]
     fn the_seeds_user_agents_give_its_os_and_browser() {

@@ -11,7 +11,9 @@
 //!
 //! Targets: >= 0.5 of the raw rate; p99 <= 100 ms at 1,000/s; <= 150 MB with the backlog.
 //! `BENCH_THROUGHPUT_ONLY=1` skips latency and memory; `BENCH_SETUPS=64/16,16/1` runs only
-//! the given setups (in flight/batch_size).
+//! the given setups (in flight/batch_size); `BENCH_BRIDGED_ONLY=1` runs only pegabridge's side
+//! (for profiling: no plain client, no ratio); `BENCH_THREADS=1` prints each thread's CPU per
+//! event.
 
 mod common;
 
@@ -87,6 +89,9 @@ async fn main() {
             }
             bridged.push(rate);
             bridged_cpu.push(cpu);
+            if std::env::var_os("BENCH_BRIDGED_ONLY").is_some() {
+                continue;
+            }
             let before = pega.event_count();
             let (rate, cpu) = measured(|| async {
                 trial(in_flight, ACTIVITIES, || {
@@ -104,10 +109,10 @@ async fn main() {
             in_flight,
             batch_size,
             bridged: median(bridged),
-            raw: median(raw),
-            ratio: median(ratio),
+            raw: median_or_zero(raw),
+            ratio: median_or_zero(ratio),
             bridged_cpu_us: median(bridged_cpu),
-            raw_cpu_us: median(raw_cpu),
+            raw_cpu_us: median_or_zero(raw_cpu),
         });
         if latency_server.is_none() {
             latency_server = Some((dir, base, open));
@@ -218,6 +223,15 @@ fn threads_cpu() -> std::collections::BTreeMap<String, u64> {
         *by_name.entry(stat[open + 1..close].to_owned()).or_insert(0) += ticks;
     }
     by_name
+}
+
+/// The median, or 0 when nothing was measured (`BENCH_BRIDGED_ONLY`).
+fn median_or_zero(v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        median(v)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

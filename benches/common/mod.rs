@@ -36,12 +36,15 @@ pub fn fill_sqlite(db: &Path, payload: &str, n: usize) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch("BEGIN").unwrap();
     {
-        let mut stmt = conn
-            .prepare("INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', ?2, 0, 0, 0)")
+        let mut row = conn
+            .prepare("INSERT INTO outbox (uuid, metric, next_attempt_at, created_at, created_ms) VALUES (?1, 'opens', 0, 0, 0)")
+            .unwrap();
+        let mut event = conn
+            .prepare("INSERT INTO outbox_payloads (id, payload) VALUES (last_insert_rowid(), ?1)")
             .unwrap();
         for _ in 0..n {
-            stmt.execute(rusqlite::params![uuid::Uuid::new_v4().to_string(), payload])
-                .unwrap();
+            row.execute([uuid::Uuid::new_v4().to_string()]).unwrap();
+            event.execute([payload]).unwrap();
         }
     }
     conn.execute_batch("COMMIT").unwrap();

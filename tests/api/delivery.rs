@@ -224,6 +224,11 @@ async fn a_resent_activity_with_the_same_id_is_a_no_op() {
             first["activities"][0]["uuid"]
         );
         assert_eq!(second["activities"][0]["status"], "duplicate");
+        assert_eq!(
+            second["activities"][0]["metric_id"],
+            first["activities"][0]["metric_id"]
+        );
+        assert_ne!(first["activities"][0]["metric_id"], 0);
         assert_eq!(wait_for_events(&pega, 3).await.len(), 3);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert_eq!(pega.mock.events().len(), 3);

@@ -98,7 +98,9 @@ fn record(
     // have just recorded this id.
     if let Some(id) = &a.external_id {
         let earlier = c
-            .prepare_cached("SELECT uuid, id FROM activities WHERE external_id = ?1")?
+            .prepare_cached(
+                "SELECT uuid, json_extract(p.payload, '$.metric_id') FROM outbox JOIN outbox_payloads p USING (id) WHERE external_id = ?1",
+            )?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((uuid, metric_id)) = earlier {
@@ -112,26 +114,22 @@ fn record(
     let counts = count(c, a)?;
     let ts = a.timestamp.unwrap_or_else(now);
     let uuid = crate::event::new_uuid();
-    c.prepare_cached(
-        "INSERT INTO activities (external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![a.external_id, uuid, a.metric.as_str(), a.broadcast_id, a.customer_id, now()])?;
-    let metric_id = c.last_insert_rowid();
-    // Sized for a whole event up front: growing the buffer step by step cost a tenth of the
-    // serializing.
-    let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-    serde_json::to_writer(
-        &mut payload,
-        &event(common, a, metric_id, ts, &uuid, counts),
-    )?;
-    let payload = String::from_utf8(payload)?;
-    leased.extend(super::outbox::enqueue(
-        c,
-        &uuid,
-        a.metric.as_str(),
-        payload,
-        queue,
-    )?);
+    let mut metric_id = 0;
+    let new = super::outbox::NewEvent {
+        uuid: &uuid,
+        metric: a.metric.as_str(),
+        external_id: a.external_id.as_deref(),
+    };
+    // The event's metric_id is its outbox row's id.
+    let payload = |id| {
+        metric_id = id;
+        // Sized for a whole event up front: growing the buffer step by step cost a tenth of
+        // the serializing.
+        let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
+        serde_json::to_writer(&mut payload, &event(common, a, id, ts, &uuid, counts))?;
+        Ok(String::from_utf8(payload)?)
+    };
+    leased.extend(super::outbox::enqueue(c, new, payload, queue)?);
     Ok(ActivityAnswer {
         uuid,
         metric_id,
@@ -236,5 +234,63 @@ mod tests {
         let payload: serde_json::Value = store.pending_events().await.unwrap().pop().unwrap();
         assert_eq!(answers[0].status, "queued");
         assert_eq!(payload["campaign_name"], "kept");
+    }
+
+    #[tokio::test]
+    async fn events_and_activity_ids_written_before_the_payload_table_survive_its_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        // A database as the previous schema left it: an activity with a caller's id, and its
+        // event (metric_id 41) pending, its payload in the outbox row.
+        {
+            let c = Connection::open(&db).unwrap();
+            for sql in &super::super::migrate::MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch("PRAGMA user_version = 3").unwrap();
+            let (b, cu) = personal_broadcast(&c, "c").unwrap();
+            c.execute(
+                "INSERT INTO activities (id, external_id, uuid, metric, broadcast_id, customer_id, created_at) VALUES (41, 'open-1', 'u-41', 'opens', ?1, ?2, 0)",
+                params![b, cu],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at) VALUES ('u-41', 'opens', '{\"metric_id\":41}', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let url = format!("sqlite://{}", db.display());
+        let store = SqliteStore::connect(&url, "normal").await.unwrap();
+        assert_eq!(
+            store.pending_events().await.unwrap(),
+            vec![serde_json::json!({"metric_id": 41})]
+        );
+        // The caller's id still makes a resend a no-op, answered as before.
+        let (b, cu) = store
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT broadcast_id, customer_id FROM personal_broadcasts",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        let mut again = open(b, cu);
+        again.external_id = Some("open-1".into());
+        let (answers, _) = store
+            .record_activities(vec![again], Queue::Due)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                answers[0].uuid.as_str(),
+                answers[0].metric_id,
+                answers[0].status.as_str()
+            ),
+            ("u-41", 41, "duplicate")
+        );
+        assert_eq!(store.pending_events().await.unwrap().len(), 1);
     }
 }

@@ -3,10 +3,11 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../../migrations/sqlite/0002_activities_delivery.sql"),
     include_str!("../../../migrations/sqlite/0003_claim_indexes.sql"),
+    include_str!("../../../migrations/sqlite/0004_outbox_payloads.sql"),
 ];
 
 /// Applies the migrations this database has not seen.

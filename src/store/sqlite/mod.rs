@@ -119,7 +119,7 @@ impl SqliteStore {
     pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         self.call(|c| {
             let mut stmt =
-                c.prepare("SELECT payload FROM outbox WHERE status = 'pending' ORDER BY id")?;
+                c.prepare("SELECT payload FROM outbox JOIN outbox_payloads p USING (id) WHERE status = 'pending' ORDER BY id")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.map(|p| Ok(serde_json::from_str(&p?)?)).collect()
         })
@@ -292,8 +292,12 @@ mod tests {
     fn insert(uuid: &'static str) -> impl FnOnce(&rusqlite::Connection) -> anyhow::Result<()> {
         move |c| {
             c.execute(
-                "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at) VALUES (?1, 'opens', '{}', 0, 0)",
+                "INSERT INTO outbox (uuid, metric, next_attempt_at, created_at) VALUES (?1, 'opens', 0, 0)",
                 [uuid],
+            )?;
+            c.execute(
+                "INSERT INTO outbox_payloads (id, payload) VALUES (last_insert_rowid(), '{}')",
+                [],
             )?;
             Ok(())
         }

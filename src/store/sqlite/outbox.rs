@@ -16,30 +16,40 @@ pub(super) fn effective(c: &Connection, queue: Queue) -> anyhow::Result<Queue> {
     })
 }
 
-/// Queues an event (inside the caller's transaction); a leased one is returned for the
-/// hand-off.
+/// An event to queue.
+pub(super) struct NewEvent<'a> {
+    pub uuid: &'a str,
+    pub metric: &'a str,
+    /// The caller's id of the activity that made it (a resend is then a no-op).
+    pub external_id: Option<&'a str>,
+}
+
+/// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
+/// is an activity's `metric_id`. A leased event is returned for the hand-off.
 pub(super) fn enqueue(
     c: &Connection,
-    uuid: &str,
-    metric: &str,
-    payload: String,
+    new: NewEvent<'_>,
+    payload: impl FnOnce(i64) -> anyhow::Result<String>,
     queue: Queue,
-) -> rusqlite::Result<Option<Claimed>> {
+) -> anyhow::Result<Option<Claimed>> {
     let ms = now_ms();
     let (status, lease_until) = queue.row(ms);
     // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
     // table first, which cost a third of this insert.
     c.prepare_cached(
-        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+        "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![uuid, metric, payload, ms, ms / 1000, status, lease_until])?;
+    .execute(params![new.uuid, new.metric, new.external_id, ms, ms / 1000, status, lease_until])?;
     let id = c.last_insert_rowid();
+    let payload = payload(id)?;
+    c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
+        .execute(params![id, payload])?;
     Ok(match queue {
         Queue::Due => None,
         Queue::Leased { .. } => Some(Claimed::new_leased(
             id,
-            uuid,
-            metric,
+            new.uuid,
+            new.metric,
             payload,
             (ms, lease_until),
         )),
@@ -164,7 +174,9 @@ impl SqliteStore {
         uuid: String,
     ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         self.call(move |c| {
-            let sql = format!("SELECT {COLUMNS}, payload, id FROM outbox WHERE uuid = ?1");
+            let sql = format!(
+                "SELECT {COLUMNS}, (SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), id FROM outbox WHERE uuid = ?1"
+            );
             let found = c
                 .prepare_cached(&sql)?
                 .query_row([&uuid], |r| Ok((delivery(r)?, r.get::<_, String>(7)?, r.get::<_, i64>(8)?)))
@@ -265,7 +277,8 @@ fn claim_where(
     let sql = format!(
         "UPDATE outbox SET status = 'inflight', lease_until = ?1
          WHERE id IN (SELECT id FROM outbox WHERE {filter} LIMIT ?3)
-         RETURNING id, uuid, metric, payload, attempts, created_ms, lease_until"
+         RETURNING id, uuid, metric, (SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id),
+                   attempts, created_ms, lease_until"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {

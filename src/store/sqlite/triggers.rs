@@ -128,7 +128,12 @@ fn insert_personal(
         r.idempotency_key
     ])?;
     let leased = if mailable {
-        super::outbox::enqueue(c, &uuid, "broadcasts", payload, queue)?
+        let new = super::outbox::NewEvent {
+            uuid: &uuid,
+            metric: "broadcasts",
+            external_id: None,
+        };
+        super::outbox::enqueue(c, new, |_| Ok(payload), queue)?
     } else {
         None
     };

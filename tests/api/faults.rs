@@ -1,5 +1,6 @@
 //! Faults on the way to Pega: outages, refusals, timeouts, OAuth2 tokens, operators.
 
+use crate::helpers::pegabridge;
 use crate::pega::{
     by_uuid, pega_section, send_single, spawn_delivering, start_pega, start_pega_with,
     wait_for_events,
@@ -189,6 +190,40 @@ async fn pausing_holds_events_and_resuming_delivers_them() {
         assert!(pega.mock.events().is_empty());
         app.admin_post("/admin/delivery/resume", &json!({})).await;
         let events = wait_for_events(&pega, 2).await;
+        by_uuid(&events, &answer["recipients"][0]["uuid"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pausing_from_another_process_holds_the_running_servers_events() {
+    each_backend(|| async {
+        let (app, pega) = spawn_delivering("").await;
+        // The server has read the flag (not paused) before the other process changes it.
+        send_single(&app, 1).await;
+        wait_for_events(&pega, 1).await;
+        let deliveries = |action: &'static str| {
+            let dir = app.dir.path().to_owned();
+            tokio::task::spawn_blocking(move || {
+                let config = dir.join("pegabridge.toml");
+                let out = pegabridge(
+                    &dir,
+                    &["--config", config.to_str().unwrap(), "deliveries", action],
+                );
+                assert!(out.status.success(), "{out:?}");
+            })
+        };
+        deliveries("pause").await.unwrap();
+        let answer: Value = app
+            .post("/webhooks/offer", &trigger())
+            .await
+            .json()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pega.mock.events().len(), 1, "held while paused");
+        deliveries("resume").await.unwrap();
+        let events = wait_for_events(&pega, 3).await;
         by_uuid(&events, &answer["recipients"][0]["uuid"]);
     })
     .await;

@@ -231,6 +231,7 @@ fn run(conn: Connection, queue: mpsc::Receiver<Work>, answer: Answer) {
                 tracing::error!(error = %e, "cannot begin a transaction");
                 break; // dropping the work answers its callers with an error
             }
+            outbox::forget_paused();
             let mut answers: Answers = Vec::new();
             let mut failed = None;
             for w in work.by_ref() {

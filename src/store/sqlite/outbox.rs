@@ -228,6 +228,7 @@ impl SqliteStore {
                 "INSERT INTO flags (name, value) VALUES ('paused', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
                 [if paused { "1" } else { "0" }],
             )?;
+            PAUSED.with(|p| p.set(Some(paused)));
             Ok(())
         })
         .await
@@ -295,10 +296,26 @@ fn claim_where(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+thread_local! {
+    /// Whether delivery is paused, as read in the writer's current transaction: every request
+    /// asks, and a transaction sees one state of the flag (nobody else writes meanwhile).
+    static PAUSED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Forgets the flag read in the transaction that ended (another process may change it).
+pub(super) fn forget_paused() {
+    PAUSED.with(|p| p.set(None));
+}
+
 fn paused(c: &Connection) -> anyhow::Result<bool> {
+    if let Some(paused) = PAUSED.with(|p| p.get()) {
+        return Ok(paused);
+    }
     let v: Option<String> = c
         .prepare_cached("SELECT value FROM flags WHERE name = 'paused'")?
         .query_row([], |r| r.get(0))
         .optional()?;
-    Ok(v.as_deref() == Some("1"))
+    let paused = v.as_deref() == Some("1");
+    PAUSED.with(|p| p.set(Some(paused)));
+    Ok(paused)
 }

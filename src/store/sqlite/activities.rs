@@ -1,13 +1,11 @@
 //! Recording activities: joined with their personal broadcast, counted against the
 //! customer's mailability, and queued as events, all or nothing per request.
 
-use super::SqliteStore;
+use super::{Conn, SqliteStore};
 use crate::activity::{event, Activity, Counts};
 use crate::event::{now, Common};
 use crate::store::{ActivityAnswer, Claimed, Queue, UnknownBroadcast};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::cell::RefCell;
-use std::collections::HashMap;
 
 impl SqliteStore {
     /// Records the activities of one request, all or nothing: an unknown personal broadcast
@@ -40,27 +38,17 @@ impl SqliteStore {
 /// Bytes reserved for an event's JSON (events are about 1.5 KB).
 const PAYLOAD_CAPACITY: usize = 2048;
 
-/// Most personal broadcasts whose common part the writer keeps parsed.
+/// Most personal broadcasts whose common part the store keeps parsed ([`super::Conn`]). A
+/// personal broadcast's event never changes once written, so an entry stays right until a
+/// rollback undoes the row it came from (ids are then given out again; the map is emptied
+/// then). When full, it starts again empty.
 const CACHED_BROADCASTS: usize = 4096;
 
-thread_local! {
-    /// The writer thread's parsed common parts, by (broadcast id, customer id). A personal
-    /// broadcast's event never changes once written, so an entry stays right until a rollback
-    /// undoes the row it came from (ids are then given out again): [`forget_cached`]. When
-    /// full, it starts again empty.
-    static COMMONS: RefCell<HashMap<(i64, i64), Common>> = RefCell::new(HashMap::new());
-}
-
-/// Empties the writer's cache of personal broadcasts (after a rollback).
-pub(super) fn forget_cached() {
-    COMMONS.with(|m| m.borrow_mut().clear());
-}
-
 /// The common part of the activity's personal broadcast's event.
-fn common_of(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Common> {
+fn common_of(c: &Conn, index: usize, a: &Activity) -> anyhow::Result<Common> {
     let key = (a.broadcast_id, a.customer_id);
-    if let Some(common) = COMMONS.with(|m| m.borrow().get(&key).cloned()) {
-        return Ok(common);
+    if let Some(common) = c.commons.borrow().get(&key) {
+        return Ok(common.clone());
     }
     let stored: Option<String> = c
         .prepare_cached(
@@ -77,13 +65,11 @@ fn common_of(c: &Connection, index: usize, a: &Activity) -> anyhow::Result<Commo
         .into());
     };
     let common: Common = serde_json::from_str(&stored)?;
-    COMMONS.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() >= CACHED_BROADCASTS {
-            m.clear();
-        }
-        m.insert(key, common.clone());
-    });
+    let mut cached = c.commons.borrow_mut();
+    if cached.len() >= CACHED_BROADCASTS {
+        cached.clear();
+    }
+    cached.insert(key, common.clone());
     Ok(common)
 }
 

@@ -1,7 +1,7 @@
 //! The outbox: events committed with the change that made them, claimed by the delivery
 //! worker with a lease, completed with a record of every attempt.
 
-use super::SqliteStore;
+use super::{Conn, SqliteStore};
 use crate::store::outbox::{
     now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay,
 };
@@ -9,7 +9,7 @@ use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Where a request's events go now: not leased while delivery is paused.
-pub(super) fn effective(c: &Connection, queue: Queue) -> anyhow::Result<Queue> {
+pub(super) fn effective(c: &Conn, queue: Queue) -> anyhow::Result<Queue> {
     Ok(match queue {
         Queue::Leased { .. } if paused(c)? => Queue::Due,
         other => other,
@@ -157,7 +157,7 @@ impl SqliteStore {
         status: Option<String>,
         limit: usize,
     ) -> anyhow::Result<Vec<Delivery>> {
-        self.call(move |c| {
+        self.read(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
             );
@@ -173,7 +173,7 @@ impl SqliteStore {
         &self,
         uuid: String,
     ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        self.call(move |c| {
+        self.read(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS}, (SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), id FROM outbox WHERE uuid = ?1"
             );
@@ -228,7 +228,7 @@ impl SqliteStore {
                 "INSERT INTO flags (name, value) VALUES ('paused', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
                 [if paused { "1" } else { "0" }],
             )?;
-            PAUSED.with(|p| p.set(Some(paused)));
+            c.paused.set(Some(paused));
             Ok(())
         })
         .await
@@ -241,7 +241,7 @@ impl SqliteStore {
 
     /// Counts by status and the age of the oldest pending event.
     pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stats = OutboxStats::default();
             let mut stmt =
                 c.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
@@ -296,19 +296,10 @@ fn claim_where(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-thread_local! {
-    /// Whether delivery is paused, as read in the writer's current transaction: every request
-    /// asks, and a transaction sees one state of the flag (nobody else writes meanwhile).
-    static PAUSED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-}
-
-/// Forgets the flag read in the transaction that ended (another process may change it).
-pub(super) fn forget_paused() {
-    PAUSED.with(|p| p.set(None));
-}
-
-fn paused(c: &Connection) -> anyhow::Result<bool> {
-    if let Some(paused) = PAUSED.with(|p| p.get()) {
+/// Whether delivery is paused: read once per transaction (every request asks, and nobody else
+/// writes while the transaction runs).
+fn paused(c: &Conn) -> anyhow::Result<bool> {
+    if let Some(paused) = c.paused.get() {
         return Ok(paused);
     }
     let v: Option<String> = c
@@ -316,6 +307,6 @@ fn paused(c: &Connection) -> anyhow::Result<bool> {
         .query_row([], |r| r.get(0))
         .optional()?;
     let paused = v.as_deref() == Some("1");
-    PAUSED.with(|p| p.set(Some(paused)));
+    c.paused.set(Some(paused));
     Ok(paused)
 }

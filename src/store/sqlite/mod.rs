@@ -157,7 +157,9 @@ impl SqliteStore {
             });
             (dirty, answer)
         });
-        self.inner.queue.lock().expect("not poisoned").push(work);
+        (self.inner.queue.lock())
+            .unwrap_or_else(|e| e.into_inner())
+            .push(work);
         if !self.inner.leading.swap(true, Ordering::SeqCst) {
             tokio::spawn(self.inner.clone().lead());
         }
@@ -203,27 +205,55 @@ impl SqliteStore {
 impl Inner {
     /// Runs batches until the queue is empty, yielding between them.
     async fn lead(self: Arc<Self>) {
+        // Clears `leading` if this task ends early (a panic in a piece of work, or the runtime
+        // shutting down), so the next caller starts another.
+        struct Leading<'a>(&'a AtomicBool, bool);
+        impl Drop for Leading<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut leading = Leading(&self.leading, true);
         loop {
             let batch: Vec<Work> = {
-                let mut queue = self.queue.lock().expect("not poisoned");
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             if batch.is_empty() {
+                leading.1 = false;
                 self.leading.store(false, Ordering::SeqCst);
                 // Work queued after the queue was found empty, and before `leading` was
                 // cleared, did not start a task: this one goes on with it, unless another
                 // caller has started one meanwhile.
-                if self.queue.lock().expect("not poisoned").is_empty()
+                if self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
                     || self.leading.swap(true, Ordering::SeqCst)
                 {
                     return;
                 }
+                leading.1 = true;
                 continue;
             }
-            run_batch(&self.conn.lock().expect("not poisoned"), batch, &self.answer);
+            run_batch(&self.connection(), batch, &self.answer);
             tokio::task::yield_now().await;
         }
+    }
+
+    /// The write connection. After a panic in a piece of work, the transaction it left open
+    /// is rolled back (its callers, and those of the work before it, got no answer).
+    fn connection(&self) -> std::sync::MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|poisoned| {
+            self.conn.clear_poison();
+            let conn = poisoned.into_inner();
+            rollback(&conn);
+            conn
+        })
     }
 }
 
@@ -467,6 +497,25 @@ mod tests {
             // Work after it goes on in a new transaction.
             assert!(after.is_ok() && stored.contains(&b.to_owned()));
         }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_piece_of_work_fails_its_batch_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::connect(&url, "full").await.unwrap();
+        let panics = |c: &Conn| -> anyhow::Result<()> {
+            insert("half")(c)?;
+            panic!("a bug in a piece of work")
+        };
+        let (before, panicked) = tokio::join!(store.call(insert("before")), store.call(panics));
+        assert!(panicked.is_err());
+        assert!(
+            before.is_err(),
+            "its change was rolled back: no false success"
+        );
+        store.call(insert("after")).await.unwrap();
+        assert_eq!(uuids(&store).await, ["after"]);
     }
 
     #[tokio::test]

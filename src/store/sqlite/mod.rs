@@ -18,13 +18,14 @@
 //! transaction. (Each piece of work used to run in its own savepoint instead; copying every
 //! page it touched into the savepoint's journal cost about a fifth of the writer's time.)
 //!
-//! With `synchronous = full`, durability is pipelined: the connection commits without waiting
-//! for the disk (SQLite's `NORMAL`: the commit's WAL frames are written, not flushed), and a
-//! thread flushes the WAL file (`fdatasync`) before it answers the batch's callers.
-//! Meanwhile the next batch runs, so a flush overlaps work instead of stalling it, and one
-//! flush covers every batch committed before it. A caller is never answered before its commit
-//! is on disk: the same guarantee as SQLite's `FULL`, which flushes inside the commit. (SQLite's
-//! own flushes, at checkpoints, are unchanged.)
+//! With `synchronous = full`, the connection commits without waiting for the disk (SQLite's
+//! `NORMAL`: the commit's WAL frames are written, not flushed), and the WAL file is flushed
+//! (`fdatasync`) before the batch's callers are answered: in the batch's task while flushes
+//! take under [`QUICK_FLUSH`], else on a flush thread, which lets the next batches run
+//! meanwhile and covers every batch committed before it with one flush (see [`Flusher`]). A
+//! caller is never answered before its commit is on disk: the same guarantee as SQLite's
+//! `FULL`, which flushes inside the commit. (SQLite's own flushes, at checkpoints, are
+//! unchanged.)
 //!
 //! Why not an async driver: every statement through an async SQLite driver costs two thread
 //! hand-offs, which dominated a trigger's cost (about 1 ms for its nine statements); here a
@@ -314,15 +315,26 @@ enum Answer {
 
 type Answers = Vec<Box<dyn FnOnce() + Send>>;
 
-/// The thread that flushes the WAL file and then answers the batches committed before. It
-/// stops when the store is dropped.
+/// Flushes the WAL file after commits and then answers the batches' callers: in the batch's
+/// own task while flushes are quick, else on a thread of its own, which answers the batches
+/// committed before each flush and lets the next batches run meanwhile. (A quick flush in the
+/// task saves waking the thread, which under load waited for a core; a slow disk must not hold
+/// a runtime thread.)
 struct Flusher {
+    wal: PathBuf,
+    /// Whether the last flush was quick enough to run in the batch's task.
+    inline: Arc<AtomicBool>,
     batches: mpsc::Sender<Answers>,
 }
+
+/// The longest flush that keeps flushing in the batch's task.
+const QUICK_FLUSH: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Flusher {
     fn spawn(wal: PathBuf) -> anyhow::Result<Self> {
         let (batches, committed) = mpsc::channel::<Answers>();
+        let inline = Arc::new(AtomicBool::new(true));
+        let (file, quick) = (wal.clone(), inline.clone());
         std::thread::Builder::new()
             .name("pegabridge-flush".into())
             .spawn(move || {
@@ -330,15 +342,42 @@ impl Flusher {
                     // Every batch committed until now is in the file: one flush for all.
                     let mut waiting = vec![first];
                     waiting.extend(committed.try_iter());
-                    match flush(&wal) {
-                        Ok(()) => waiting.into_iter().flatten().for_each(|answer| answer()),
-                        // The answers are dropped unsent: callers see an error.
-                        Err(e) => tracing::error!(error = %e, "flushing the SQLite WAL failed"),
+                    if timed_flush(&file, &quick) {
+                        waiting.into_iter().flatten().for_each(|answer| answer());
                     }
                 }
             })
             .context("starting the SQLite flush thread")?;
-        Ok(Self { batches })
+        Ok(Self {
+            wal,
+            inline,
+            batches,
+        })
+    }
+
+    /// Flushes, then answers (a failed flush drops the answers: callers see an error).
+    fn after_commit(&self, answers: Answers) {
+        if self.inline.load(Ordering::Relaxed) {
+            if timed_flush(&self.wal, &self.inline) {
+                answers.into_iter().for_each(|answer| answer());
+            }
+        } else {
+            let _ = self.batches.send(answers);
+        }
+    }
+}
+
+/// Flushes the WAL and records whether it was quick; says whether it succeeded.
+fn timed_flush(wal: &Path, quick: &AtomicBool) -> bool {
+    let start = std::time::Instant::now();
+    let flushed = flush(wal);
+    quick.store(start.elapsed() <= QUICK_FLUSH, Ordering::Relaxed);
+    match flushed {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "flushing the SQLite WAL failed");
+            false
+        }
     }
 }
 
@@ -387,9 +426,7 @@ fn run_batch(conn: &Conn, batch: Vec<Work>, answer: &Answer) {
             Ok(()) => match answer {
                 Answer::AtCommit => answers.into_iter().for_each(|answer| answer()),
                 // A failed send drops the answers: callers see an error.
-                Answer::AfterFlush(f) => {
-                    let _ = f.batches.send(answers);
-                }
+                Answer::AfterFlush(f) => f.after_commit(answers),
             },
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
@@ -516,6 +553,34 @@ mod tests {
         );
         store.call(insert("after")).await.unwrap();
         assert_eq!(uuids(&store).await, ["after"]);
+    }
+
+    #[test]
+    fn answers_follow_the_flush_in_the_task_or_on_the_flush_thread() {
+        use super::{Answers, Flusher};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("t.db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let flusher = Flusher::spawn(wal).unwrap();
+        let answered = |flusher: &Flusher| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let answers: Answers = vec![Box::new(move || tx.send(()).unwrap())];
+            flusher.after_commit(answers);
+            rx.recv_timeout(std::time::Duration::from_secs(5))
+        };
+        assert!(answered(&flusher).is_ok(), "flushed in the task");
+        flusher.inline.store(false, Ordering::Relaxed); // as after a slow flush
+        assert!(answered(&flusher).is_ok(), "flushed on the thread");
+        assert!(
+            flusher.inline.load(Ordering::Relaxed),
+            "a quick flush brings flushing back into the task"
+        );
+        // A flush that fails answers nobody: the callers see an error.
+        let broken = Flusher::spawn(dir.path().to_owned()).unwrap(); // a directory
+        assert!(answered(&broken).is_err());
+        broken.inline.store(false, Ordering::Relaxed);
+        assert!(answered(&broken).is_err());
     }
 
     #[tokio::test]

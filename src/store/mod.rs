@@ -69,6 +69,24 @@ pub struct UnknownBroadcast {
     pub customer_id: i64,
 }
 
+/// The common part of the event of activity `index`'s personal broadcast, from the stored
+/// event (`None`: no such personal broadcast).
+pub(crate) fn common_of_stored(
+    stored: Option<String>,
+    index: usize,
+    a: &Activity,
+) -> anyhow::Result<Common> {
+    let Some(stored) = stored else {
+        return Err(UnknownBroadcast {
+            index,
+            broadcast_id: a.broadcast_id,
+            customer_id: a.customer_id,
+        }
+        .into());
+    };
+    Ok(serde_json::from_str(&stored)?)
+}
+
 /// How an activity changes its customer's counts (the seed's mailability rules): the `SET`
 /// clause of an `UPDATE customers`, and the condition under which that change would leave the
 /// row as it is (an open's reset of a soft count that is already 0, a second unsubscribe), to

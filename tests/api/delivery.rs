@@ -10,12 +10,7 @@ const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.
 
 /// Sends the standard trigger; returns (broadcast_id, ann's customer_id, ann's uuid).
 async fn send_trigger(app: &crate::server::TestApp) -> (i64, i64, Value) {
-    let answer: Value = app
-        .post("/webhooks/offer", &trigger())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = app.trigger_offer().await;
     let ann = &answer["recipients"][0];
     (
         answer["broadcast_id"].as_i64().unwrap(),

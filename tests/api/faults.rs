@@ -180,12 +180,7 @@ async fn pausing_holds_events_and_resuming_delivers_them() {
         let (app, pega) = spawn_delivering("").await;
         let res = app.admin_post("/admin/delivery/pause", &json!({})).await;
         assert_eq!(res.status(), 200);
-        let answer: Value = app
-            .post("/webhooks/offer", &trigger())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = app.trigger_offer().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(pega.mock.events().is_empty());
         app.admin_post("/admin/delivery/resume", &json!({})).await;
@@ -214,12 +209,7 @@ async fn pausing_from_another_process_holds_the_running_servers_events() {
             })
         };
         deliveries("pause").await.unwrap();
-        let answer: Value = app
-            .post("/webhooks/offer", &trigger())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = app.trigger_offer().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(pega.mock.events().len(), 1, "held while paused");
         deliveries("resume").await.unwrap();

@@ -1,7 +1,7 @@
 //! `pegabridge deliveries ...` and `pegabridge mock-pega` as an operator runs them.
 
 use crate::helpers::{pegabridge, stdout};
-use crate::server::{each_backend, spawn_app, trigger};
+use crate::server::{each_backend, spawn_app};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -10,12 +10,7 @@ use std::process::{Command, Stdio};
 async fn deliveries_can_be_listed_shown_replayed_and_paused_from_the_command_line() {
     each_backend(|| async {
         let app = spawn_app().await;
-        let answer: Value = app
-            .post("/webhooks/offer", &trigger())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = app.trigger_offer().await;
         let uuid = answer["recipients"][0]["uuid"].as_str().unwrap().to_owned();
         let dir = app.dir.path().to_owned();
         let config = dir.join("pegabridge.toml");

@@ -142,6 +142,15 @@ impl TestApp {
     }
 
     /// POST JSON with the offer mapping's bearer token.
+    /// POSTs [`trigger`] to the `offer` mapping and returns the answer's JSON.
+    pub async fn trigger_offer(&self) -> Value {
+        self.post("/webhooks/offer", &trigger())
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         let req = self
             .client

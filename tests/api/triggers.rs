@@ -249,18 +249,8 @@ async fn the_same_idempotency_key_gives_the_same_answer_and_no_second_broadcast(
 async fn a_repeated_interaction_id_is_not_sent_twice() {
     each_backend(|| async {
         let app = spawn_app().await;
-        let first: Value = app
-            .post("/webhooks/offer", &trigger())
-            .await
-            .json()
-            .await
-            .unwrap();
-        let second: Value = app
-            .post("/webhooks/offer", &trigger())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let first: Value = app.trigger_offer().await;
+        let second: Value = app.trigger_offer().await;
         assert_eq!(first, second);
         assert_eq!(app.outbox().await.len(), 2);
     })

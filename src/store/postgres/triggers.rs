@@ -3,12 +3,10 @@
 
 use super::{is_unique_violation, PgStore, CHANNEL};
 use crate::activity::{event, Activity, Counts};
-use crate::event::{now, Common};
+use crate::event::now;
 use crate::store::outbox::now_ms;
 use crate::store::{duplicate_of, earlier_answer};
-use crate::store::{
-    ActivityAnswer, Claimed, NewRecipient, Queue, RecipientAnswer, TriggerAnswer, UnknownBroadcast,
-};
+use crate::store::{ActivityAnswer, Claimed, NewRecipient, Queue, RecipientAnswer, TriggerAnswer};
 use sqlx::{PgConnection, Row};
 
 /// Attempts when a unique key races with another instance.
@@ -303,15 +301,7 @@ async fn record_activity(
     .bind(a.customer_id)
     .fetch_optional(&mut *c)
     .await?;
-    let Some(stored) = stored else {
-        return Err(UnknownBroadcast {
-            index,
-            broadcast_id: a.broadcast_id,
-            customer_id: a.customer_id,
-        }
-        .into());
-    };
-    let common: Common = serde_json::from_str(&stored)?;
+    let common = crate::store::common_of_stored(stored, index, a)?;
     let counts = count(c, a).await?;
     let ts = a.timestamp.unwrap_or_else(now);
     let uuid = crate::event::new_uuid();

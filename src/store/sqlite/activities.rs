@@ -4,7 +4,7 @@
 use super::{Conn, SqliteStore};
 use crate::activity::{event, Activity, Counts};
 use crate::event::{now, Common};
-use crate::store::{ActivityAnswer, Claimed, Queue, UnknownBroadcast};
+use crate::store::{ActivityAnswer, Claimed, Queue};
 use rusqlite::{params, Connection, OptionalExtension};
 
 impl SqliteStore {
@@ -56,15 +56,7 @@ fn common_of(c: &Conn, index: usize, a: &Activity) -> anyhow::Result<Common> {
         )?
         .query_row(params![a.broadcast_id, a.customer_id], |r| r.get(0))
         .optional()?;
-    let Some(stored) = stored else {
-        return Err(UnknownBroadcast {
-            index,
-            broadcast_id: a.broadcast_id,
-            customer_id: a.customer_id,
-        }
-        .into());
-    };
-    let common: Common = serde_json::from_str(&stored)?;
+    let common = crate::store::common_of_stored(stored, index, a)?;
     let mut cached = c.commons.borrow_mut();
     if cached.len() >= CACHED_BROADCASTS {
         cached.clear();

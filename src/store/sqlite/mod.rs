@@ -459,6 +459,14 @@ fn rollback(conn: &Conn) {
 mod tests {
     use super::{Conn, SqliteStore};
 
+    /// A store on a new file (kept while the directory lives).
+    async fn store_in_a_file(synchronous: &str) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::connect(&url, synchronous).await.unwrap();
+        (dir, store)
+    }
+
     fn insert(uuid: &'static str) -> impl FnOnce(&Conn) -> anyhow::Result<()> {
         move |c| {
             c.execute(
@@ -475,9 +483,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_piece_of_work_does_not_undo_the_rest_of_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store) = store_in_a_file("normal").await;
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqliteStore::connect(&url, "normal").await.unwrap();
         store.call(insert("a")).await.unwrap();
         // Sent together, these land in one batch: the duplicate fails alone.
         let (dup, b, c) = tokio::join!(
@@ -504,9 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_failing_after_a_change_leaves_nothing_half_written_and_no_false_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqliteStore::connect(&url, "full").await.unwrap();
+        let (_dir, store) = store_in_a_file("full").await;
         let half_written = |c: &Conn| -> anyhow::Result<()> {
             insert("half")(c)?;
             anyhow::bail!("failed after a change")
@@ -538,9 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_in_a_piece_of_work_fails_its_batch_and_the_store_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqliteStore::connect(&url, "full").await.unwrap();
+        let (_dir, store) = store_in_a_file("full").await;
         let panics = |c: &Conn| -> anyhow::Result<()> {
             insert("half")(c)?;
             panic!("a bug in a piece of work")

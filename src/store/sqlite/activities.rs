@@ -75,10 +75,12 @@ fn record(
     // Checked here, not with the broadcasts: an earlier activity of the same request may
     // have just recorded this id.
     if let Some(id) = &a.external_id {
+        let sql = format!(
+            "SELECT uuid, json_extract({}, '$.metric_id') FROM outbox WHERE external_id = ?1",
+            super::outbox::PAYLOAD
+        );
         let earlier = c
-            .prepare_cached(
-                "SELECT uuid, json_extract(p.payload, '$.metric_id') FROM outbox JOIN outbox_payloads p USING (id) WHERE external_id = ?1",
-            )?
+            .prepare_cached(&sql)?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((uuid, metric_id)) = earlier {

@@ -176,9 +176,11 @@ impl SqliteStore {
         match &self.inner.reader {
             Some(reader) => {
                 let reader = reader.clone();
-                tokio::task::spawn_blocking(move || f(&reader.lock().expect("not poisoned")))
-                    .await
-                    .context("a SQLite read stopped")?
+                tokio::task::spawn_blocking(move || {
+                    f(&reader.lock().unwrap_or_else(|e| e.into_inner()))
+                })
+                .await
+                .context("a SQLite read stopped")?
             }
             None => self.call(move |c| f(c)).await,
         }
@@ -194,8 +196,10 @@ impl SqliteStore {
     /// The events waiting in the outbox, oldest first (for operators and tests).
     pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT payload FROM outbox JOIN outbox_payloads p USING (id) WHERE status = 'pending' ORDER BY id")?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM outbox WHERE status = 'pending' ORDER BY id",
+                outbox::PAYLOAD
+            ))?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.map(|p| Ok(serde_json::from_str(&p?)?)).collect()
         })
@@ -442,11 +446,10 @@ fn execute(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Rolls back the open transaction, if SQLite has not already, and forgets what was cached
-/// from it.
+/// Rolls back the open transaction, if SQLite has not already, and forgets the personal
+/// broadcasts cached from it (the paused flag is read again at the next `BEGIN` anyway).
 fn rollback(conn: &Conn) {
     conn.commons.borrow_mut().clear();
-    conn.paused.set(None);
     if conn.is_autocommit() {
         return;
     }
@@ -566,15 +569,24 @@ mod tests {
         let wal = dir.path().join("t.db-wal");
         std::fs::write(&wal, b"frames").unwrap();
         let flusher = Flusher::spawn(wal).unwrap();
+        // Answers with the name of the thread that answered.
         let answered = |flusher: &Flusher| {
             let (tx, rx) = std::sync::mpsc::channel();
-            let answers: Answers = vec![Box::new(move || tx.send(()).unwrap())];
+            let answers: Answers = vec![Box::new(move || {
+                let thread = std::thread::current().name().map(str::to_owned);
+                tx.send(thread).unwrap()
+            })];
             flusher.after_commit(answers);
             rx.recv_timeout(std::time::Duration::from_secs(5))
         };
-        assert!(answered(&flusher).is_ok(), "flushed in the task");
+        let here = std::thread::current().name().map(str::to_owned);
+        assert_eq!(answered(&flusher).unwrap(), here, "flushed in the task");
         flusher.inline.store(false, Ordering::Relaxed); // as after a slow flush
-        assert!(answered(&flusher).is_ok(), "flushed on the thread");
+        assert_eq!(
+            answered(&flusher).unwrap().as_deref(),
+            Some("pegabridge-flush"),
+            "flushed on the thread"
+        );
         assert!(
             flusher.inline.load(Ordering::Relaxed),
             "a quick flush brings flushing back into the task"

@@ -16,6 +16,9 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> anyhow::Result<Queue> {
     })
 }
 
+/// An outbox row's event, as an expression over `outbox` (payloads live in their own table).
+pub(super) const PAYLOAD: &str = "(SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id)";
+
 /// An event to queue.
 pub(super) struct NewEvent<'a> {
     pub uuid: &'a str,
@@ -175,7 +178,7 @@ impl SqliteStore {
     ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {COLUMNS}, (SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), id FROM outbox WHERE uuid = ?1"
+                "SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = ?1"
             );
             let found = c
                 .prepare_cached(&sql)?
@@ -278,8 +281,7 @@ fn claim_where(
     let sql = format!(
         "UPDATE outbox SET status = 'inflight', lease_until = ?1
          WHERE id IN (SELECT id FROM outbox WHERE {filter} LIMIT ?3)
-         RETURNING id, uuid, metric, (SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id),
-                   attempts, created_ms, lease_until"
+         RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {

@@ -295,7 +295,9 @@ impl Worker {
 
 /// The batch's events as one JSON array, as the seed's examples show.
 fn array(batch: &[Claimed]) -> String {
-    let mut body = String::from("[");
+    let size = batch.iter().map(|c| c.payload.len() + 1).sum::<usize>() + 1;
+    let mut body = String::with_capacity(size);
+    body.push('[');
     for (i, c) in batch.iter().enumerate() {
         if i > 0 {
             body.push(',');

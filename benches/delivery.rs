@@ -83,7 +83,8 @@ async fn main() {
             if std::env::var_os("BENCH_THREADS").is_some() {
                 let after = threads_cpu();
                 for (name, t) in &after {
-                    let us = (t - threads.get(name).unwrap_or(&0)) as f64 * 1e4 / ACTIVITIES as f64;
+                    let us = t.saturating_sub(*threads.get(name).unwrap_or(&0)) as f64 * 1e4
+                        / ACTIVITIES as f64;
                     println!("thread {name}: {us:.0} us/event");
                 }
             }

@@ -141,7 +141,6 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// POST JSON with the offer mapping's bearer token.
     /// POSTs [`trigger`] to the `offer` mapping and returns the answer's JSON.
     pub async fn trigger_offer(&self) -> Value {
         self.post("/webhooks/offer", &trigger())
@@ -151,6 +150,7 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POST JSON with the offer mapping's bearer token.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         let req = self
             .client

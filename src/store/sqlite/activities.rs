@@ -94,7 +94,6 @@ fn record(
     let counts = count(c, a)?;
     let ts = a.timestamp.unwrap_or_else(now);
     let uuid = crate::event::new_uuid();
-    let mut metric_id = 0;
     let new = super::outbox::NewEvent {
         uuid: &uuid,
         metric: a.metric.as_str(),
@@ -102,14 +101,14 @@ fn record(
     };
     // The event's metric_id is its outbox row's id.
     let payload = |id| {
-        metric_id = id;
         // Sized for a whole event up front: growing the buffer step by step cost a tenth of
         // the serializing.
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
         serde_json::to_writer(&mut payload, &event(common, a, id, ts, &uuid, counts))?;
         Ok(String::from_utf8(payload)?)
     };
-    leased.extend(super::outbox::enqueue(c, new, payload, queue)?);
+    let (metric_id, lease) = super::outbox::enqueue(c, new, payload, queue)?;
+    leased.extend(lease);
     Ok(ActivityAnswer {
         uuid,
         metric_id,
@@ -118,8 +117,8 @@ fn record(
 }
 
 /// Updates the customer's mailability counts for this activity and returns them, when its
-/// event reports them (zeros otherwise). (An update then a read: `UPDATE .. RETURNING` costs SQLite a temporary table. No write at all when
-/// nothing would change.)
+/// event reports them (zeros otherwise). An update then a read, since `UPDATE .. RETURNING`
+/// costs SQLite a temporary table; no write at all when nothing would change.
 fn count(c: &Connection, a: &Activity) -> anyhow::Result<Counts> {
     let (change, unchanged) = crate::store::count_change(a, "1");
     let sql = format!("UPDATE customers SET {change} WHERE id = ?1 AND NOT ({unchanged})");
@@ -192,9 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rolled_back_personal_broadcast_is_not_served_from_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqliteStore::connect(&url, "normal").await.unwrap();
+        let (_dir, store) = super::super::tests::store_in_a_file("normal").await;
         // Written, read (and cached), then rolled back by a failure after the change.
         let failed = store
             .call(|c| -> anyhow::Result<()> {

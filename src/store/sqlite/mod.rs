@@ -463,7 +463,7 @@ mod tests {
     use super::{Conn, SqliteStore};
 
     /// A store on a new file (kept while the directory lives).
-    async fn store_in_a_file(synchronous: &str) -> (tempfile::TempDir, SqliteStore) {
+    pub(super) async fn store_in_a_file(synchronous: &str) -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = SqliteStore::connect(&url, synchronous).await.unwrap();

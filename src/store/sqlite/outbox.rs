@@ -28,13 +28,13 @@ pub(super) struct NewEvent<'a> {
 }
 
 /// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
-/// is an activity's `metric_id`. A leased event is returned for the hand-off.
+/// is an activity's `metric_id`. Returns that id, and the event if leased, for the hand-off.
 pub(super) fn enqueue(
     c: &Connection,
     new: NewEvent<'_>,
     payload: impl FnOnce(i64) -> anyhow::Result<String>,
     queue: Queue,
-) -> anyhow::Result<Option<Claimed>> {
+) -> anyhow::Result<(i64, Option<Claimed>)> {
     let ms = now_ms();
     let (status, lease_until) = queue.row(ms);
     // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
@@ -47,7 +47,7 @@ pub(super) fn enqueue(
     let payload = payload(id)?;
     c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
         .execute(params![id, payload])?;
-    Ok(match queue {
+    let leased = match queue {
         Queue::Due => None,
         Queue::Leased { .. } => Some(Claimed::new_leased(
             id,
@@ -56,7 +56,8 @@ pub(super) fn enqueue(
             payload,
             (ms, lease_until),
         )),
-    })
+    };
+    Ok((id, leased))
 }
 
 /// Records an attempt on each of the outcome's events and moves them on: two statements for

@@ -133,7 +133,7 @@ fn insert_personal(
             metric: "broadcasts",
             external_id: None,
         };
-        super::outbox::enqueue(c, new, |_| Ok(payload), queue)?
+        super::outbox::enqueue(c, new, |_| Ok(payload), queue)?.1
     } else {
         None
     };

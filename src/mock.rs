@@ -55,6 +55,7 @@ struct Inner {
     tokens: HashMap<String, Instant>,
     tokens_issued: u64,
     last_headers: HeaderMap,
+    last_version: Option<axum::http::Version>,
 }
 
 /// A running stand-in's shared state.
@@ -119,6 +120,11 @@ impl MockPega {
             .map(str::to_owned)
     }
 
+    /// The HTTP version of the last request received.
+    pub fn last_version(&self) -> Option<axum::http::Version> {
+        self.inner.lock().expect("not poisoned").last_version
+    }
+
     /// OAuth2 tokens issued.
     pub fn tokens_issued(&self) -> u64 {
         self.inner.lock().expect("not poisoned").tokens_issued
@@ -163,11 +169,17 @@ async fn token(
         .into_response()
 }
 
-async fn receive(State(mock): State<MockPega>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(mock): State<MockPega>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (delay, fail) = {
         let mut inner = mock.inner.lock().expect("not poisoned");
         inner.requests += 1;
         inner.last_headers = headers.clone();
+        inner.last_version = Some(version);
         let b = &mut inner.behaviour;
         let fail = if b.fail_next > 0 {
             b.fail_next -= 1;
@@ -260,4 +272,104 @@ pub fn check(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, String> {
         }
     }
     Ok(items)
+}
+
+/// A TLS listener for [`axum::serve`], so the stand-in can be an `https://` endpoint (with a
+/// client certificate required, for mutual TLS). Handshakes run in their own tasks; a failed
+/// one is dropped (and logged) without holding up the others. ALPN offers HTTP/2 and 1.1.
+pub struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Serves TLS on `listener` with `config` (see [`tls_config`]).
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, accepted) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if tx.is_closed() {
+                    break;
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { accepted, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task ended: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// A server TLS configuration from PEM: the certificate chain and key, and, when
+/// `client_ca` is given, client certificates required and verified against it.
+pub fn tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca: Option<&[u8]>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

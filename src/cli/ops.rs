@@ -67,6 +67,15 @@ pub struct MockArgs {
     /// Wait this long before each answer.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates issued by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Runs a `deliveries` command.
@@ -164,10 +173,24 @@ pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!("mock Pega listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, mock.router())
-            .with_graceful_shutdown(crate::http::shutdown_signal())
-            .await?;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let ca = args.client_ca.as_deref().map(read).transpose()?;
+            let config = crate::mock::tls_config(&read(cert)?, &read(key)?, ca.as_deref())
+                .context("--tls-cert / --tls-key / --client-ca")?;
+            eprintln!("mock Pega listening on https://{}", listener.local_addr()?);
+            let listener = crate::mock::TlsListener::new(listener, config)?;
+            axum::serve(listener, mock.router())
+                .with_graceful_shutdown(crate::http::shutdown_signal())
+                .await?;
+        } else {
+            eprintln!("mock Pega listening on http://{}", listener.local_addr()?);
+            axum::serve(listener, mock.router())
+                .with_graceful_shutdown(crate::http::shutdown_signal())
+                .await?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -5,6 +5,7 @@
 mod env;
 pub mod pega;
 pub mod secret;
+pub mod tls;
 
 use crate::template::expr::ExpressionFormat;
 use crate::template::variable::{pega_defaults, Variable};
@@ -172,39 +173,26 @@ impl Settings {
             .and_then(Path::parent)
             .map(Path::to_owned)
             .unwrap_or_default();
+        let base = settings.base_dir.clone();
+        settings.pega.tls.resolve(&base);
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Every problem of the loaded settings, all reported at once.
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if let Some(endpoint) = &self.pega.endpoint {
-            match url::Url::parse(endpoint) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => return invalid(format!("pega.endpoint: `{endpoint}` is not an http(s) URL")),
-            }
-        }
-        if self.pega.batch_size == 0 || self.pega.concurrency == 0 {
-            return invalid("pega.batch_size and pega.concurrency must be at least 1".into());
-        }
-        if self.pega.lease_secs <= self.pega.timeout_secs {
-            // A POST must fit in its event's lease, or another worker may claim and send the
-            // event again while it is still being posted.
-            return invalid(format!(
-                "pega.lease_secs ({}) must be longer than pega.timeout_secs ({})",
-                self.pega.lease_secs, self.pega.timeout_secs
-            ));
-        }
+        let mut problems = self.pega.problems();
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {
-                return Err(ConfigError::Invalid(format!(
-                    "variables: `{}` is configured twice",
-                    v.name
-                )));
+                problems.push(format!("variables: `{}` is configured twice", v.name));
             }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("\n")))
+        }
     }
 
     /// The tags `prepare` writes and `check` expects.

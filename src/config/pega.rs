@@ -2,6 +2,7 @@
 //! tokens of the activity and operator endpoints.
 
 use super::secret::Secret;
+use super::tls::TlsSettings;
 use crate::event::Metric;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ pub struct PegaSettings {
     pub auth: Option<PegaAuth>,
     /// Custom headers on every request (values are treated as secrets).
     pub headers: BTreeMap<String, Secret>,
+    /// Extra trusted roots and a client certificate (`[pega.tls]`).
+    pub tls: TlsSettings,
 }
 
 impl Default for PegaSettings {
@@ -45,6 +48,7 @@ impl Default for PegaSettings {
             retry: RetrySettings::default(),
             auth: None,
             headers: BTreeMap::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -105,4 +109,122 @@ pub struct ActivitySettings {
 pub struct AdminSettings {
     /// Bearer token for `/admin/...`; without one the admin API refuses every request.
     pub token: Option<Secret>,
+}
+
+/// Header names pegabridge (or HTTP itself) sets: framing, routing and hop-by-hop headers. A
+/// custom value for one of them would corrupt or misroute every POST.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-type",
+    "content-encoding",
+];
+
+impl PegaSettings {
+    /// Every problem of `[pega]`, each naming its key (empty when it can be used).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(endpoint) = &self.endpoint {
+            if let Err(e) = http_url(endpoint) {
+                problems.push(format!("pega.endpoint: `{endpoint}` {e}"));
+            }
+        }
+        if let Some(PegaAuth::Oauth2 { token_url, .. }) = &self.auth {
+            if let Err(e) = http_url(token_url) {
+                problems.push(format!("pega.auth.token_url: `{token_url}` {e}"));
+            }
+        }
+        if self.batch_size == 0 {
+            problems.push("pega.batch_size: must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            problems.push("pega.concurrency: must be at least 1".into());
+        }
+        if self.timeout_secs == 0 {
+            problems.push("pega.timeout_secs: must be at least 1".into());
+        }
+        if self.lease_secs <= self.timeout_secs {
+            // A POST must fit in its event's lease, or another worker may claim and send the
+            // event again while it is still being posted.
+            problems.push(format!(
+                "pega.lease_secs ({}) must be longer than pega.timeout_secs ({})",
+                self.lease_secs, self.timeout_secs
+            ));
+        }
+        problems.extend(self.retry.problems());
+        for (name, value) in &self.headers {
+            match reqwest::header::HeaderName::try_from(name.as_str()) {
+                Err(_) => problems.push(format!("pega.headers.{name}: not a header name")),
+                Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => problems.push(format!(
+                    "pega.headers.{name}: set by pegabridge or HTTP itself; it cannot be configured"
+                )),
+                Ok(h) if h == reqwest::header::AUTHORIZATION && self.auth.is_some() => problems
+                    .push(format!(
+                        "pega.headers.{name}: conflicts with [pega.auth]; configure one of them"
+                    )),
+                Ok(_) => {}
+            }
+            let visible = value
+                .expose()
+                .bytes()
+                .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b));
+            if !visible {
+                // The value is a secret: say what is wrong with it, not what it is.
+                problems.push(format!(
+                    "pega.headers.{name}: the value must be visible ASCII (no control characters or line breaks)"
+                ));
+            }
+        }
+        if let Err(tls) = self.tls.load() {
+            problems.extend(tls);
+        }
+        problems
+    }
+}
+
+impl RetrySettings {
+    /// Settings the schedule cannot work with.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_attempts == 0 {
+            problems.push("pega.retry.max_attempts: must be at least 1".into());
+        }
+        if self.base_ms == 0 {
+            problems.push("pega.retry.base_ms: must be at least 1".into());
+        }
+        if self.max_delay_secs == 0 {
+            problems.push("pega.retry.max_delay_secs: must be at least 1".into());
+        }
+        if self.base_ms > self.max_delay_secs.saturating_mul(1000) {
+            problems.push(format!(
+                "pega.retry.base_ms ({} ms) is longer than pega.retry.max_delay_secs ({} s)",
+                self.base_ms, self.max_delay_secs
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            problems.push(format!(
+                "pega.retry.jitter ({}) must be between 0 and 1",
+                self.jitter
+            ));
+        }
+        problems
+    }
+}
+
+/// `Ok` for an absolute http(s) URL with a host; the reason otherwise.
+fn http_url(text: &str) -> Result<url::Url, &'static str> {
+    match url::Url::parse(text) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(u),
+        Ok(_) => Err("is not an http(s) URL with a host"),
+        Err(_) => Err("is not a URL"),
+    }
 }

@@ -1,26 +1,34 @@
-//! The Pega client: one POST per batch, with Basic auth or an OAuth2 client-credentials token
-//! (cached, renewed before it expires, fetched again once on a 401), and the custom headers.
+//! The Pega client: one POST per batch over HTTP or TLS (rustls; HTTP/2 when the endpoint
+//! offers it), with Basic auth or an OAuth2 client-credentials token (cached, renewed before
+//! it expires, fetched again once on a 401), and the custom headers.
+//!
+//! It never follows a redirect (a 3xx is an answer, recorded with its `Location`), reads at
+//! most [`DETAIL_BYTES`] of an answer (plus a bounded drain), bounds every attempt, token
+//! fetch included, by `timeout_secs`, and explains every failure by its whole cause chain.
 
 use super::schedule::Response;
 use crate::config::pega::{PegaAuth, PegaSettings};
-use anyhow::Context;
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 /// Renew a token this long before it expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
 /// How much of an answer is kept with an attempt.
-const DETAIL_BYTES: usize = 1024;
+pub const DETAIL_BYTES: usize = 1024;
+/// How much more of an answer is read (and dropped) so the connection can be reused; beyond
+/// it the connection is closed instead.
+const DRAIN_BYTES: usize = 64 * 1024;
+/// The largest token answer read.
+const TOKEN_BYTES: usize = 64 * 1024;
 
 /// The outcome of one POST.
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub response: Response,
     pub duration: Duration,
-    /// The first KB of the answer, or the error (never a credential).
+    /// The first KB of the answer, or why there was none (never a credential).
     pub detail: String,
 }
 
@@ -34,9 +42,13 @@ struct Token {
 pub struct PegaClient {
     http: reqwest::Client,
     endpoint: String,
+    timeout: Duration,
     auth: Option<PegaAuth>,
     headers: HeaderMap,
-    token: Mutex<Option<Token>>,
+    /// The cached token; held only to read or replace it.
+    token: std::sync::Mutex<Option<Token>>,
+    /// Held while a token is fetched: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PegaClient {
@@ -48,96 +60,179 @@ impl std::fmt::Debug for PegaClient {
 }
 
 impl PegaClient {
-    /// Builds the client; `None` without an endpoint.
+    /// Builds the client; `None` without an endpoint. The settings were validated on load
+    /// (`PegaSettings::problems`); anything still wrong is an error here.
     pub fn new(settings: &PegaSettings) -> anyhow::Result<Option<Self>> {
         let Some(endpoint) = settings.endpoint.clone() else {
             return Ok(None);
         };
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n"));
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
-            let name = HeaderName::try_from(name.as_str())
-                .with_context(|| format!("pega.headers: `{name}` is not a header name"))?;
+            let name = HeaderName::try_from(name.as_str())?;
             let mut value = HeaderValue::try_from(value.expose())
-                .with_context(|| format!("pega.headers.{name}: not a valid header value"))?;
+                .map_err(|_| anyhow::anyhow!("pega.headers.{name}: not a valid header value"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.timeout_secs))
+        let timeout = Duration::from_secs(settings.timeout_secs);
+        let tls = settings
+            .tls
+            .load()
+            .map_err(|p| anyhow::anyhow!("{}", p.join("\n")))?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
             .pool_max_idle_per_host(settings.concurrency.max(1))
-            .build()?;
+            .https_only(false);
+        for root in tls.roots {
+            builder = builder.add_root_certificate(root);
+        }
+        if let Some(identity) = tls.identity {
+            builder = builder.identity(identity);
+        }
+        let http = builder.build()?;
         Ok(Some(Self {
             http,
             endpoint,
+            timeout,
             auth: settings.auth.clone(),
             headers,
-            token: Mutex::new(None),
+            token: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
         }))
     }
 
-    /// Posts `body` (a JSON array of events).
+    /// Posts `body` (a JSON array of events); the whole attempt, a token fetch included,
+    /// takes at most `timeout_secs`.
     pub async fn send(&self, body: &[u8]) -> Sent {
         let started = Instant::now();
-        let mut result = self.post(body).await;
-        if matches!(&result, Ok((401, _, _))) && matches!(self.auth, Some(PegaAuth::Oauth2 { .. }))
-        {
-            // The token may have been revoked or expired early: fetch a new one, once.
-            *self.token.lock().await = None;
-            result = self.post(body).await;
-        }
+        let result = match tokio::time::timeout(self.timeout, self.attempt(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timed out after {}", seconds(self.timeout))),
+        };
         let duration = started.elapsed();
         match result {
-            Ok((code, retry_after, detail)) => Sent {
-                response: Response::Status { code, retry_after },
+            Ok(answer) => Sent {
+                response: Response::Status {
+                    code: answer.code,
+                    retry_after: answer.retry_after,
+                },
                 duration,
-                detail,
+                detail: answer.detail,
             },
-            Err(e) => Sent {
+            Err(cause) => Sent {
                 response: Response::Failed,
                 duration,
-                detail: truncate(&format!("{e:#}")),
+                detail: cause,
             },
         }
     }
 
-    async fn post(&self, body: &[u8]) -> anyhow::Result<(u16, Option<u64>, String)> {
+    async fn attempt(&self, body: &[u8]) -> Result<Answer, String> {
+        let answer = self.post(body).await?;
+        if answer.code == 401 && matches!(self.auth, Some(PegaAuth::Oauth2 { .. })) {
+            // The token may have been revoked or expired early: fetch a new one, once.
+            self.forget_token(answer.token.as_deref());
+            return self.post(body).await;
+        }
+        Ok(answer)
+    }
+
+    async fn post(&self, body: &[u8]) -> Result<Answer, String> {
         let mut req = self
             .http
             .post(&self.endpoint)
             .headers(self.headers.clone())
             .body(body.to_vec());
+        let mut used_token = None;
         match &self.auth {
             Some(PegaAuth::Basic { username, password }) => {
                 req = req.basic_auth(username, Some(password.expose()));
             }
             Some(PegaAuth::Oauth2 { .. }) => {
-                let token = self.token().await.context("fetching an OAuth2 token")?;
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))?;
+                let token = self.token().await?;
+                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| "OAuth2 token: not usable in a header".to_owned())?;
                 value.set_sensitive(true);
                 req = req.header(AUTHORIZATION, value);
+                used_token = Some(token);
             }
             None => {}
         }
-        let res = req.send().await.map_err(without_url)?;
+        let res = req.send().await.map_err(|e| explain(&e))?;
         let code = res.status().as_u16();
         let retry_after = res
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let text = res.text().await.unwrap_or_default();
-        Ok((code, retry_after, truncate(&text)))
+        let redirect = res.status().is_redirection().then(|| {
+            let location = res
+                .headers()
+                .get(LOCATION)
+                .map(|v| without_userinfo(&String::from_utf8_lossy(v.as_bytes())))
+                .unwrap_or_else(|| "(no Location)".into());
+            format!(
+                "redirect not followed: {} to {location}; fix [pega] endpoint, then replay",
+                res.status()
+            )
+        });
+        let text = read_bounded(res, DETAIL_BYTES, DRAIN_BYTES).await;
+        let detail = match redirect {
+            Some(r) if text.is_empty() => r,
+            Some(r) => truncate(&format!("{r}: {text}")),
+            None => text,
+        };
+        Ok(Answer {
+            code,
+            retry_after,
+            detail,
+            token: used_token,
+        })
     }
 
-    /// A valid token, fetched when there is none or it expires soon.
-    async fn token(&self) -> anyhow::Result<String> {
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref() {
-            if t.expires > Instant::now() + RENEW_BEFORE {
-                return Ok(t.value.clone());
-            }
+    /// A valid token: the cached one, or one fetched now (one fetch at a time; callers that
+    /// waited for another's fetch use its token).
+    async fn token(&self) -> Result<String, String> {
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
         }
+        let _fetching = self.fetching.lock().await;
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let token = self
+            .fetch_token()
+            .await
+            .map_err(|e| format!("OAuth2 token endpoint: {e}"))?;
+        let value = token.value.clone();
+        *self.token.lock().expect("not poisoned") = Some(token);
+        Ok(value)
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        let cached = self.token.lock().expect("not poisoned");
+        cached
+            .as_ref()
+            .filter(|t| t.expires > Instant::now() + RENEW_BEFORE)
+            .map(|t| t.value.clone())
+    }
+
+    /// Drops the cached token if it is still the one that was refused.
+    fn forget_token(&self, refused: Option<&str>) {
+        let mut cached = self.token.lock().expect("not poisoned");
+        if cached.as_ref().map(|t| t.value.as_str()) == refused {
+            *cached = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Token, String> {
         let Some(PegaAuth::Oauth2 {
             token_url,
             client_id,
@@ -145,7 +240,7 @@ impl PegaClient {
             scope,
         }) = &self.auth
         else {
-            anyhow::bail!("not configured for OAuth2");
+            return Err("not configured for OAuth2".into());
         };
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -161,29 +256,177 @@ impl PegaClient {
             .form(&form)
             .send()
             .await
-            .map_err(without_url)?;
-        if !res.status().is_success() {
-            anyhow::bail!("token endpoint answered {}", res.status());
+            .map_err(|e| explain(&e))?;
+        let status = res.status();
+        if !status.is_success() {
+            let text = read_bounded(res, DETAIL_BYTES, DRAIN_BYTES).await;
+            return Err(format!("answered {status}: {text}"));
         }
+        let body = read_raw(res, TOKEN_BYTES).await?;
         #[derive(serde::Deserialize)]
         struct TokenAnswer {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let answer: TokenAnswer = res.json().await.map_err(without_url)?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-        let value = answer.access_token;
-        *cached = Some(Token {
-            value: value.clone(),
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| format!("answered {status} without a token ({e})"))?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).min(u32::MAX.into()));
+        Ok(Token {
+            value: answer.access_token,
             expires: Instant::now() + lifetime,
-        });
-        Ok(value)
+        })
     }
 }
 
-/// reqwest errors name the URL, which may carry credentials: drop it.
-fn without_url(e: reqwest::Error) -> anyhow::Error {
-    anyhow::anyhow!("{}", e.without_url())
+/// An HTTP answer.
+struct Answer {
+    code: u16,
+    retry_after: Option<u64>,
+    detail: String,
+    /// The OAuth2 token the request carried.
+    token: Option<String>,
+}
+
+/// Up to `keep` bytes of the answer as safe text; up to `drain` more are read and dropped
+/// (so the connection can be reused), and beyond that the connection is dropped.
+async fn read_bounded(mut res: reqwest::Response, keep: usize, drain: usize) -> String {
+    let mut kept = Vec::with_capacity(keep.min(4096));
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = res.chunk().await {
+        let room = keep.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        read += chunk.len();
+        if read > keep + drain {
+            break;
+        }
+    }
+    safe_text(&kept)
+}
+
+/// The whole answer, refused beyond `limit` bytes.
+async fn read_raw(mut res: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                return Err(format!("answer longer than {limit} bytes"));
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(explain(&e)),
+        }
+    }
+}
+
+/// Bytes as text every backend can store: invalid UTF-8 and NUL become U+FFFD, at most
+/// [`DETAIL_BYTES`].
+pub fn safe_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    };
+    truncate(&text)
+}
+
+/// Why a request got no answer: the whole cause chain, in words an operator can act on, e.g.
+/// `connect 10.0.0.5:443: connection refused`, `TLS: invalid peer certificate: UnknownIssuer`,
+/// `DNS: pega.example: failed to lookup address information: Name or service not known`. The
+/// URL is left out (it may carry credentials).
+pub fn explain(error: &reqwest::Error) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut tls: Option<String> = None;
+    let mut io_kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            tls.get_or_insert_with(|| t.to_string());
+        }
+        let text = e.to_string();
+        // Wrappers repeat their source's text ("client error (Connect)"): keep what is new.
+        if !text.is_empty() && !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        source = match e.downcast_ref::<std::io::Error>() {
+            // An io::Error's `source` skips the error it wraps (often another io::Error,
+            // then rustls's): descend into it instead.
+            Some(io) => {
+                if io.kind() != std::io::ErrorKind::Other {
+                    io_kind.get_or_insert(io.kind());
+                }
+                match io.get_ref() {
+                    Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                    None => e.source(),
+                }
+            }
+            None => e.source(),
+        };
+    }
+    let target = error
+        .url()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
+    let innermost = causes.last().cloned().unwrap_or_else(|| error.to_string());
+    let text = if let Some(tls) = tls {
+        format!("TLS: {tls}")
+    } else if error.is_timeout() {
+        format!("timed out ({innermost})")
+    } else if causes.iter().any(|c| c.starts_with("dns error")) {
+        format!(
+            "DNS: {}: {innermost}",
+            target.rsplit_once(':').map_or("", |t| t.0)
+        )
+    } else if error.is_connect() {
+        let reason = match io_kind {
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+            Some(std::io::ErrorKind::TimedOut) => "timed out".to_owned(),
+            _ => innermost,
+        };
+        format!("connect {target}: {reason}")
+    } else {
+        let mut chain = vec![error.without_url_text()];
+        chain.extend(causes);
+        chain.join(": ")
+    };
+    safe_text(text.as_bytes())
+}
+
+/// reqwest's own message without the URL.
+trait WithoutUrl {
+    fn without_url_text(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_text(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(&format!(" for url ({url})"), "");
+        }
+        text
+    }
+}
+
+/// A URL with any `user:password@` removed.
+fn without_userinfo(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 fn truncate(text: &str) -> String {
@@ -195,4 +438,24 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_stored_as_safe_text() {
+        assert_eq!(safe_text(b"ok\0\xffend"), "ok\u{FFFD}\u{FFFD}end");
+        assert_eq!(safe_text(&[b'a'; 5000]).len(), DETAIL_BYTES);
+    }
+
+    #[test]
+    fn locations_lose_their_credentials() {
+        assert_eq!(
+            without_userinfo("https://u:p@other.example/x"),
+            "https://other.example/x"
+        );
+        assert_eq!(without_userinfo("/relative"), "/relative");
+    }
 }

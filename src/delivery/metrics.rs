@@ -11,6 +11,7 @@ pub struct Metrics {
     delivered: IntCounter,
     retried: IntCounter,
     dead: IntCounter,
+    restarts: IntCounter,
     latency: Histogram,
     pending: IntGauge,
     inflight: IntGauge,
@@ -54,6 +55,10 @@ impl Metrics {
             delivered: counter("delivered_total", "Events delivered to Pega"),
             retried: counter("retried_total", "Event attempts that will be retried"),
             dead: counter("dead_total", "Events that became dead letters"),
+            restarts: counter(
+                "worker_restarts_total",
+                "Times the delivery worker panicked and was restarted",
+            ),
             pending: gauge("outbox_pending", "Events waiting for delivery"),
             inflight: gauge("outbox_in_flight", "Events claimed by a worker"),
             dead_now: gauge("outbox_dead", "Dead letters in the outbox"),
@@ -80,6 +85,11 @@ impl Metrics {
             Verdict::Retry(_) => self.retried.inc_by(n),
             Verdict::Dead => self.dead.inc_by(n),
         }
+    }
+
+    /// Counts a restart of the delivery worker.
+    pub fn worker_restarted(&self) {
+        self.restarts.inc();
     }
 
     /// The text exposition, with the outbox gauges set from `stats`.

@@ -4,6 +4,8 @@
 pub mod client;
 pub mod metrics;
 pub mod schedule;
+pub mod status;
 mod worker;
 
-pub use worker::{Step, Worker};
+pub use status::{DeliveryStatus, WorkerState};
+pub use worker::{FaultHook, Step, Worker};

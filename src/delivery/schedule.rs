@@ -38,9 +38,11 @@ pub fn verdict(response: &Response, attempt: u32, retry: &RetrySettings, unit: f
         return Verdict::Dead;
     }
     let delay = match retry_after {
-        Some(secs) => {
-            Duration::from_secs(secs).clamp(Duration::from_millis(retry.base_ms), max_delay(retry))
-        }
+        // Never `clamp`: it panics when the bounds are crossed (settings are validated on
+        // load, but a worker must not die of them).
+        Some(secs) => Duration::from_secs(secs)
+            .min(max_delay(retry))
+            .max(Duration::from_millis(retry.base_ms).min(max_delay(retry))),
         None => backoff(attempt, retry, unit),
     };
     Verdict::Retry(delay)
@@ -62,6 +64,23 @@ fn max_delay(retry: &RetrySettings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crossed_bounds_do_not_panic() {
+        let r = RetrySettings {
+            base_ms: 10_000,
+            max_delay_secs: 1,
+            ..RetrySettings::default()
+        };
+        let after = Response::Status {
+            code: 429,
+            retry_after: Some(5),
+        };
+        assert_eq!(
+            verdict(&after, 1, &r, 0.5),
+            Verdict::Retry(Duration::from_secs(1))
+        );
+    }
 
     fn retry() -> RetrySettings {
         RetrySettings::default()

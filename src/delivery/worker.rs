@@ -6,6 +6,7 @@ use super::client::{PegaClient, Sent};
 use super::metrics::Metrics;
 use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
+use super::status::{panic_message, DeliveryStatus, WorkerState};
 use crate::config::pega::PegaSettings;
 use crate::event::Metric;
 use crate::store::handoff::{self, Leased};
@@ -18,6 +19,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// How long a worker that panicked waits before it starts again.
+pub const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Called at the start of every round: lets tests make the worker panic (fault injection).
+pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
 /// between two store calls.
@@ -48,6 +55,7 @@ pub struct Worker {
     settings: Arc<PegaSettings>,
     enabled: HashSet<Metric>,
     metrics: Arc<Metrics>,
+    fault: Option<FaultHook>,
 }
 
 impl Worker {
@@ -67,7 +75,14 @@ impl Worker {
             settings,
             enabled,
             metrics,
+            fault: None,
         }))
+    }
+
+    /// Runs `hook` at the start of every round (tests use it to make the worker panic).
+    #[doc(hidden)]
+    pub fn set_fault_hook(&mut self, hook: FaultHook) {
+        self.fault = Some(hook);
     }
 
     /// Most events in one round: [`ROUND_BATCHES`] batches for each slot of concurrency.
@@ -182,6 +197,24 @@ impl Worker {
             Response::Failed => None,
         };
         self.metrics.record(&verdict, batch, now_ms());
+        match &verdict {
+            Verdict::Delivered => {}
+            Verdict::Retry(after) => tracing::warn!(
+                events = batch.len(),
+                attempt = attempt_no,
+                status = http_status,
+                cause = sent.detail.as_str(),
+                retry_in_ms = after.as_millis() as u64,
+                "delivery failed: retrying"
+            ),
+            Verdict::Dead => tracing::error!(
+                events = batch.len(),
+                attempt = attempt_no,
+                status = http_status,
+                cause = sent.detail.as_str(),
+                "delivery failed: dead letter (replay it once the cause is fixed)"
+            ),
+        }
         let record = Outcome {
             ids: batch.iter().map(|c| c.id).collect(),
             attempt: Some(Attempt {
@@ -201,21 +234,62 @@ impl Worker {
     /// replay, a resume), every `poll_ms` (retries falling due, leases run out) and while
     /// claims come back full. On shutdown, handed-over events not yet posted are made due
     /// again for the next start.
+    ///
+    /// Supervised: a panic in a round is caught, logged and counted
+    /// (`pegabridge_worker_restarts_total`); `status` says `Restarting` (so `/health`
+    /// answers 503) for [`RESTART_DELAY`], then the loop starts again. The events of the
+    /// round that panicked stay leased and are claimed again when their lease runs out.
     pub async fn run(
         self,
         wake: Arc<Notify>,
         mut handed: handoff::Receiver,
         shutdown: impl Future<Output = ()>,
+        status: Arc<DeliveryStatus>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut waiting: Option<Leased> = None;
+        loop {
+            status.set(WorkerState::Running);
+            let serving = self.serve(&wake, &mut handed, shutdown.as_mut(), &mut waiting);
+            match std::panic::AssertUnwindSafe(serving).catch_unwind().await {
+                Ok(()) => break,
+                Err(panic) => {
+                    let why = panic_message(&*panic);
+                    tracing::error!(
+                        panic = why.as_str(),
+                        restart_in_secs = RESTART_DELAY.as_secs(),
+                        "delivery worker panicked: restarting it"
+                    );
+                    self.metrics.worker_restarted();
+                    status.failed(why);
+                    tokio::select! {
+                        () = shutdown.as_mut() => break,
+                        () = tokio::time::sleep(RESTART_DELAY) => {}
+                    }
+                }
+            }
+        }
+        self.release(waiting, handed).await;
+        status.set(WorkerState::Stopped);
+    }
+
+    async fn serve(
+        &self,
+        wake: &Notify,
+        handed: &mut handoff::Receiver,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+        waiting: &mut Option<Leased>,
     ) {
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         let limit = self.round_limit();
-        tokio::pin!(shutdown);
         let mut claim = true;
         let mut last_claim = Instant::now();
-        let mut waiting: Option<Leased> = None;
         loop {
             if shutdown.as_mut().now_or_never().is_some() {
                 break;
+            }
+            if let Some(fault) = &self.fault {
+                fault();
             }
             if wake.notified().now_or_never().is_some() || last_claim.elapsed() >= poll {
                 claim = true;
@@ -256,12 +330,11 @@ impl Worker {
             }
             tokio::select! {
                 () = &mut shutdown => break,
-                next = handed.recv(), if !handed.is_closed() => waiting = next,
+                next = handed.recv(), if !handed.is_closed() => *waiting = next,
                 () = wake.notified() => claim = true,
                 () = tokio::time::sleep(poll) => claim = true,
             }
         }
-        self.release(waiting, handed).await;
     }
 
     /// Makes handed-over events that were not posted due again (no attempt counted).

@@ -12,12 +12,16 @@ use serde_json::json;
 #[derive(Debug)]
 pub enum ApiError {
     NotFound(String),
-    Unauthorized { challenge: &'static str },
+    Unauthorized {
+        challenge: &'static str,
+    },
     UnsupportedMediaType,
     BadRequest(String),
     PayloadTooLarge,
     Unprocessable(Vec<FieldError>),
     Unavailable,
+    /// Delivery is not running (the worker is restarting or stopped).
+    NotRunning(String),
     Internal(anyhow::Error),
 }
 
@@ -83,6 +87,13 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the store does not answer".into(),
+                None,
+                None,
+            ),
+            Self::NotRunning(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "delivery_not_running",
+                why,
                 None,
                 None,
             ),

@@ -12,7 +12,7 @@ mod webhooks;
 use crate::config::secret::Secret;
 use crate::config::Settings;
 use crate::delivery::metrics::Metrics;
-use crate::delivery::Worker;
+use crate::delivery::{DeliveryStatus, FaultHook, Worker, WorkerState};
 use crate::event::Account;
 use crate::mapping::Mappings;
 use crate::store::{handoff, Handoff, Store};
@@ -54,6 +54,8 @@ pub struct Shared {
     pub admin_token: Option<Arc<Secret>>,
     /// Delivery metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether the delivery worker is running.
+    pub delivery: Arc<DeliveryStatus>,
 }
 
 /// A built, bound server.
@@ -65,6 +67,7 @@ pub struct Application {
     /// The delivery worker (none without `[pega] endpoint`).
     worker: Option<(Worker, handoff::Receiver)>,
     outbox: Arc<Notify>,
+    delivery: Arc<DeliveryStatus>,
 }
 
 impl Application {
@@ -81,9 +84,12 @@ impl Application {
             Arc::new(settings.pega.clone()),
             metrics.clone(),
         )?;
-        if worker.is_none() {
+        let delivery = Arc::new(DeliveryStatus::new(if worker.is_none() {
             tracing::warn!("no [pega] endpoint: events wait in the outbox");
-        }
+            WorkerState::NotConfigured
+        } else {
+            WorkerState::Stopped
+        }));
         let outbox = Arc::new(Notify::new());
         // With a worker, requests hand their events to it (see `store::handoff`), up to two
         // rounds' worth.
@@ -107,6 +113,7 @@ impl Application {
             outbox: outbox.clone(),
             admin_token: settings.admin.token.clone().map(Arc::new),
             metrics,
+            delivery: delivery.clone(),
         }));
         let router = Router::new()
             .merge(webhooks::router())
@@ -128,7 +135,17 @@ impl Application {
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             worker,
             outbox,
+            delivery,
         })
+    }
+
+    /// Makes the delivery worker call `hook` at the start of every round (tests use it to
+    /// make the worker panic).
+    #[doc(hidden)]
+    pub fn set_delivery_fault_hook(&mut self, hook: FaultHook) {
+        if let Some((worker, _)) = &mut self.worker {
+            worker.set_fault_hook(hook);
+        }
     }
 
     /// The bound port.
@@ -146,11 +163,16 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let delivery = self.delivery.clone();
+        if self.worker.is_some() {
+            delivery.set(WorkerState::Running);
+        }
         let worker = self.worker.map(|(w, handed)| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(w.run(self.outbox.clone(), handed, async move {
+            let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
-            }))
+            };
+            tokio::spawn(w.run(self.outbox.clone(), handed, stopped, delivery))
         });
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {

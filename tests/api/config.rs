@@ -119,3 +119,73 @@ fn a_lease_no_longer_than_the_post_timeout_is_refused() {
     assert!(err.contains("pega.lease_secs (30)"), "{err}");
     assert!(err.contains("pega.timeout_secs (30)"), "{err}");
 }
+
+#[test]
+fn framing_and_hop_by_hop_headers_are_refused_naming_the_key() {
+    for name in ["Content-Length", "Transfer-Encoding", "Host", "Connection"] {
+        let out = config_check(&format!(
+            "[pega]\nendpoint = \"https://pega.example/x\"\n[pega.headers]\n{name} = \"5\"\n"
+        ));
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("pega.headers.{name}")), "{err}");
+    }
+    let out = config_check("[pega.headers]\n\"X-Bad\" = \"line\\nbreak-secret\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("pega.headers.X-Bad"), "{err}");
+    assert!(
+        !err.contains("break-secret"),
+        "the value is a secret: {err}"
+    );
+}
+
+#[test]
+fn retry_settings_that_cannot_work_are_refused_all_at_once() {
+    let out = config_check(
+        "[pega.retry]\nbase_ms = 5000\nmax_delay_secs = 1\nmax_attempts = 0\n[pega]\nconcurrency = 0\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for key in [
+        "pega.retry.base_ms",
+        "pega.retry.max_attempts",
+        "pega.concurrency",
+    ] {
+        assert!(err.contains(key), "{key} is reported: {err}");
+    }
+}
+
+#[test]
+fn tls_files_that_are_missing_or_not_pem_are_errors_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("not.pem"), "hello").unwrap();
+    fs::write(
+        tmp.path().join("pegabridge.toml"),
+        "[pega]\nendpoint = \"https://pega.example/x\"\n[pega.tls]\nca_file = \"not.pem\"\nclient_cert = \"missing.pem\"\nclient_key = \"not.pem\"\n",
+    )
+    .unwrap();
+    let out = pegabridge(tmp.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pega.tls.ca_file") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pega.tls.client_cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pega.tls.client_key") && err.contains("no PEM private key"),
+        "{err}"
+    );
+    // `serve` loads the configuration the same way and refuses it the same way.
+    let serve = pegabridge(tmp.path(), &["serve"]);
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(
+        stderr(&serve).contains("pega.tls.ca_file"),
+        "{}",
+        stderr(&serve)
+    );
+}

@@ -17,4 +17,5 @@ mod prepare_cli;
 mod previews;
 mod processes;
 mod properties;
+mod reach;
 mod triggers;

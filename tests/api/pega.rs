@@ -32,9 +32,14 @@ pub async fn start_pega_with(auth: MockAuth) -> Pega {
 
 /// The `[pega]` section for a stand-in, with quick retries.
 pub fn pega_section(pega: &Pega, more: &str) -> String {
+    pega_section_for(&pega.url, more)
+}
+
+/// The `[pega]` section for an endpoint at `url` (its path is added), with quick retries.
+pub fn pega_section_for(url: &str, more: &str) -> String {
     format!(
         "[pega]\nendpoint = \"{}/prweb/api/interactions\"\ntimeout_secs = 1\npoll_ms = 20\n{more}\n\n[pega.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 400\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n\n[pega.headers]\nX-Source = \"pegabridge\"\n",
-        pega.url
+        url
     )
 }
 

@@ -97,6 +97,15 @@ pub async fn spawn_app_with(
     server: &str,
     extra: &str,
 ) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    spawn_app_customized(server, extra, |_| {}).await
+}
+
+/// Like [`spawn_app_with`], with `customize` applied to the built application before it runs.
+pub async fn spawn_app_customized(
+    server: &str,
+    extra: &str,
+    customize: impl FnOnce(&mut Application),
+) -> (TestApp, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("templates")).unwrap();
@@ -119,7 +128,8 @@ pub async fn spawn_app_with(
     .unwrap();
     let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();
     let store_url = settings.store_url();
-    let app = Application::build(&settings).await.unwrap();
+    let mut app = Application::build(&settings).await.unwrap();
+    customize(&mut app);
     let address = format!("http://127.0.0.1:{}", app.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {

@@ -374,6 +374,11 @@ pub fn explain(error: &reqwest::Error) -> String {
         })
         .unwrap_or_default();
     let innermost = causes.last().cloned().unwrap_or_else(|| error.to_string());
+    // After the handshake, tokio-rustls passes rustls's errors on as text (an alert such as
+    // CertificateRequired arrives with the first read).
+    if tls.is_none() && innermost.starts_with("received fatal alert") {
+        tls = Some(innermost.clone());
+    }
     let text = if let Some(tls) = tls {
         format!("TLS: {tls}")
     } else if error.is_timeout() {

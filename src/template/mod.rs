@@ -8,6 +8,7 @@ pub mod fields;
 pub mod plan;
 pub mod render;
 pub mod rewrite;
+pub mod syntax;
 pub mod variable;
 
 pub use plan::Plan;

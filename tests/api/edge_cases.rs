@@ -43,9 +43,17 @@ fn a_prepared_fragment_is_not_prepared_again() {
 }
 
 #[test]
-fn a_fragment_with_a_doctype_is_refused() {
-    let err = rewrite(b"<!DOCTYPE html><p>x</p>", &default_plan()).unwrap_err();
-    assert!(matches!(err, RewriteError::DoctypeFragment), "{err}");
+fn a_fragment_with_a_doctype_gets_the_tags_after_it() {
+    // Nothing may precede a doctype; after it, an HTML parser makes the head the tags go in.
+    let out = rewrite(b"<!DOCTYPE html>\n<p>x</p>", &default_plan()).unwrap();
+    assert_eq!(out.placement, Placement::FragmentTop);
+    assert_eq!(
+        String::from_utf8(out.output).unwrap(),
+        "<!DOCTYPE html>\n\
+         <meta name=\"UniqueOfferId\" content=\"{{$UniqueOfferId|default:'NONE'}}\">\n\
+         <meta name=\"InteractionId\" content=\"{{$InteractionId|default:'0'}}\">\n\
+         <p>x</p>"
+    );
 }
 
 #[test]
@@ -92,10 +100,20 @@ fn xhtml_documents_get_self_closing_tags() {
 fn new_tags_follow_the_indentation_of_the_head() {
     let out = prepare("<html>\n  <head>\n      <title>t</title>\n  </head>\n</html>");
     assert!(
-        out.contains("<title>t</title>\n      <meta name=\"UniqueOfferId\" content=\"{{$UniqueOfferId|default:'NONE'}}\">\n      <meta name=\"InteractionId\""),
+        out.contains("<head>\n      <meta name=\"UniqueOfferId\" content=\"{{$UniqueOfferId|default:'NONE'}}\">\n      <meta name=\"InteractionId\""),
         "{out}"
     );
-    assert!(out.contains("default:'0'}}\">\n  </head>"), "{out}");
+    assert!(
+        out.contains("default:'0'}}\">\n      <title>t</title>"),
+        "{out}"
+    );
+    // An empty head laid out in lines: its children one step deeper than `</head>`.
+    let empty = prepare("<html>\n  <head>\n  </head>\n</html>");
+    assert!(
+        empty.contains("<head>\n    <meta name=\"UniqueOfferId\""),
+        "{empty}"
+    );
+    assert!(empty.contains("default:'0'}}\">\n  </head>"), "{empty}");
 }
 
 #[test]
@@ -109,7 +127,7 @@ fn a_tag_with_another_default_is_updated_in_place_and_reported() {
         }
     );
     let text = String::from_utf8(out.output).unwrap();
-    assert!(text.starts_with("<html><head><meta data-x=\"1\" name=\"UniqueOfferId\" content=\"{{$UniqueOfferId|default:'NONE'}}\"><title>"), "{text}");
+    assert!(text.starts_with("<html><head><meta name=\"InteractionId\" content=\"{{$InteractionId|default:'0'}}\"><meta data-x=\"1\" name=\"UniqueOfferId\" content=\"{{$UniqueOfferId|default:'NONE'}}\"><title>"), "{text}");
     assert_eq!(text.matches("name=\"UniqueOfferId\"").count(), 1);
 }
 

@@ -21,6 +21,16 @@ pub enum CharsetError {
     /// Declared UTF-8 but is not.
     #[error("declares charset {declared} but is not valid UTF-8 (first invalid byte at offset {offset})")]
     Mismatch { declared: String, offset: usize },
+    /// Declared too late to count.
+    #[error("not valid UTF-8 (first invalid byte at offset {offset}); it declares charset `{declared}` at byte {at}, but a declaration counts only within the first {PRESCAN_BYTES} bytes: move the <meta charset> to the top of the head")]
+    DeclaredTooLate {
+        offset: usize,
+        declared: String,
+        at: usize,
+    },
+    /// UTF-16 or UTF-32 (a byte order mark says so).
+    #[error("is {0} (it starts with a byte order mark): convert it to UTF-8")]
+    Wide(&'static str),
     /// Declared a charset this tool cannot rewrite byte for byte.
     #[error(
         "declares charset `{0}`, which is unknown or not ASCII-compatible; convert it to UTF-8"
@@ -31,12 +41,29 @@ pub enum CharsetError {
 /// The encoding to read `input` in: UTF-8 when it is valid UTF-8, otherwise the declared
 /// charset if it is ASCII-compatible, otherwise an error.
 pub fn detect(input: &[u8]) -> Result<&'static Encoding, CharsetError> {
+    for (bom, name) in [
+        (&b"\x00\x00\xFE\xFF"[..], "UTF-32 (big-endian)"),
+        (&b"\xFF\xFE\x00\x00"[..], "UTF-32 (little-endian)"),
+        (&b"\xFE\xFF"[..], "UTF-16 (big-endian)"),
+        (&b"\xFF\xFE"[..], "UTF-16 (little-endian)"),
+    ] {
+        if input.starts_with(bom) {
+            return Err(CharsetError::Wide(name));
+        }
+    }
     let offset = match std::str::from_utf8(input) {
         Ok(_) => return Ok(UTF_8),
         Err(e) => e.valid_up_to(),
     };
     let head = &input[..input.len().min(PRESCAN_BYTES)];
     let Some(label) = DECLARED.captures(head).map(|c| c[1].to_vec()) else {
+        if let Some(late) = DECLARED.captures(input) {
+            return Err(CharsetError::DeclaredTooLate {
+                offset,
+                declared: String::from_utf8_lossy(&late[1]).into_owned(),
+                at: late.get(0).map_or(0, |m| m.start()),
+            });
+        }
         return Err(CharsetError::InvalidUtf8 { offset });
     };
     let label_text = String::from_utf8_lossy(&label).into_owned();
@@ -85,6 +112,24 @@ mod tests {
     fn a_false_utf8_declaration_is_refused() {
         let doc = b"<meta charset=utf-8><p>caf\xe9</p>";
         assert!(matches!(detect(doc), Err(CharsetError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn a_late_declaration_and_a_utf16_bom_are_named() {
+        let mut late = b"<html><head>".to_vec();
+        late.extend(std::iter::repeat(b' ').take(PRESCAN_BYTES));
+        late.extend_from_slice(b"<meta charset=\"windows-1252\"></head><p>caf\xe9</p>");
+        let err = detect(&late).unwrap_err();
+        assert!(matches!(err, CharsetError::DeclaredTooLate { .. }), "{err}");
+        assert!(
+            err.to_string().contains("`windows-1252` at byte 4108"),
+            "{err}"
+        );
+        let utf16 = b"\xFF\xFE<\0h\0t\0m\0l\0";
+        assert_eq!(
+            detect(utf16),
+            Err(CharsetError::Wide("UTF-16 (little-endian)"))
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub enum Problem {
     },
     /// More than one tag for the field.
     Duplicate { field: String, count: usize },
+    /// Tags for the field that a browser puts in the body, not the head.
+    OutsideHead {
+        field: String,
+        lines: Vec<usize>,
+        /// What ended the head before them, if it ended before the textual `</head>`.
+        head_ended_by: Option<String>,
+    },
     /// The template could not be read.
     Unreadable { message: String },
 }
@@ -38,6 +45,22 @@ impl std::fmt::Display for Problem {
             ),
             Problem::Duplicate { field, count } => {
                 write!(f, "{field}: {count} <meta> tags, expected one")
+            }
+            Problem::OutsideHead {
+                field,
+                lines,
+                head_ended_by,
+            } => {
+                let lines: Vec<String> = lines.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{field}: the <meta> tag on line {} is outside the head a browser builds",
+                    lines.join(", ")
+                )?;
+                if let Some(by) = head_ended_by {
+                    write!(f, " (the head ends at {by})")?;
+                }
+                write!(f, "; prepare moves it into the head")
             }
             Problem::Unreadable { message } => write!(f, "cannot check: {message}"),
         }
@@ -106,10 +129,20 @@ fn file_check(report: FileReport, plan: &Plan) -> FileCheck {
                         }),
                     };
                     let dup = (outcome.duplicates_removed > 0).then(|| Problem::Duplicate {
-                        field: name,
+                        field: name.clone(),
                         count: outcome.duplicates_removed + 1,
                     });
-                    status.into_iter().chain(dup)
+                    let outside =
+                        (!outcome.outside_head.is_empty()).then(|| Problem::OutsideHead {
+                            field: name,
+                            lines: outcome.outside_head.clone(),
+                            head_ended_by: processed
+                                .rewrite
+                                .head_ended_early
+                                .as_ref()
+                                .map(|e| format!("{} on line {}", e.what, e.line)),
+                        });
+                    status.into_iter().chain(dup).chain(outside)
                 })
                 .collect();
             let other = processed

@@ -207,16 +207,25 @@ pub fn rewrite(input: &[u8], plan: &Plan) -> Result<Rewrite, RewriteError> {
     {
         let settings = settings(&state, encoding);
         let mut scanner = HtmlRewriter::new(settings, |_: &[u8]| {});
-        // Cut right after each `</head>` too: the scan is usually done there.
-        let mut head_ends = HEAD_END.find_iter(input).map(|m| m.end()).peekable();
+        // Cut right after a `</head>` too: the scan is usually done there. (Looked for within
+        // the chunk only: a search to the end of a long document would cost more than the
+        // whole scan.)
         let mut consumed = 0;
         let mut finished = false;
         while consumed < input.len() {
-            while head_ends.next_if(|&e| e <= consumed).is_some() {}
-            let end = head_ends
-                .peek()
-                .map_or(usize::MAX, |&e| e)
-                .min(chunk_end(input, consumed));
+            // After `</head>` only the next tag is needed (usually `<body>`): a small chunk.
+            let size = {
+                let mut st = state.borrow_mut();
+                apply_head_end(&mut st);
+                match st.scan.mode {
+                    Mode::AfterHead => 1,
+                    _ => CHUNK,
+                }
+            };
+            let end = chunk_end(input, consumed, size);
+            let end = HEAD_END
+                .find(&input[consumed..end])
+                .map_or(end, |m| consumed + m.end());
             scanner.write(&input[consumed..end])?;
             consumed = end;
             if state.borrow().scan.done(consumed) {
@@ -769,12 +778,12 @@ fn first_line_break(input: &[u8]) -> &'static str {
     }
 }
 
-/// Where the chunk starting at `from` ends: just after a `>` at least [`CHUNK`] bytes on.
+/// Where the chunk starting at `from` ends: just after a `>` at least `size` bytes on.
 ///
 /// `>` (0x3E) is never part of a multi-byte character in any ASCII-compatible encoding
 /// (UTF-8, Shift_JIS, GBK, Big5, EUC), so cutting after it never splits a character.
-fn chunk_end(input: &[u8], from: usize) -> usize {
-    let target = from + CHUNK;
+fn chunk_end(input: &[u8], from: usize, size: usize) -> usize {
+    let target = from + size;
     if target >= input.len() {
         return input.len();
     }

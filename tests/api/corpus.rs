@@ -1,6 +1,8 @@
 //! Every real template in tests/corpus (MIT, see the LICENSE files there).
 
-use crate::helpers::{default_plan, inserted_block, pegabridge, root, stdout, templates_under};
+use crate::helpers::{
+    default_plan, head_law, inserted_block, pegabridge, root, stdout, templates_under,
+};
 use pegabridge::template::{rewrite, FieldStatus, Placement};
 
 #[test]
@@ -36,6 +38,9 @@ fn preparing_any_corpus_template_only_adds_the_two_tags_to_its_head() {
             "{}: tags are in the head",
             path.display()
         );
+        // And an HTML5 parser agrees.
+        let text = once.encoding.decode(&once.output).0;
+        head_law(&text, &plan);
     }
 }
 

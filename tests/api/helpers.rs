@@ -113,3 +113,37 @@ fn only_tags(block: &str, allow_head: bool) -> bool {
     }
     tags > 0 && rest.trim().is_empty()
 }
+
+/// The placement law: an HTML5 parser (html5ever) finds exactly one tag per field of `plan`
+/// as a child of the document's head, with the field's expression as its content.
+pub fn head_law(html: &str, plan: &Plan) {
+    let doc = scraper::Html::parse_document(html);
+    let head = doc
+        .select(&scraper::Selector::parse("head").expect("a valid selector"))
+        .next()
+        .expect("a parser always makes a head");
+    for field in plan.fields() {
+        let tags: Vec<_> = head
+            .children()
+            .filter_map(scraper::ElementRef::wrap)
+            .filter(|e| {
+                e.value().name() == "meta"
+                    && e.value()
+                        .attr("name")
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&field.name))
+            })
+            .collect();
+        assert_eq!(
+            tags.len(),
+            1,
+            "{}: one tag in the head a parser builds, in:\n{html}",
+            field.name
+        );
+        assert_eq!(
+            tags[0].value().attr("content"),
+            Some(field.expression.as_str()),
+            "{}: its content",
+            field.name
+        );
+    }
+}

@@ -13,6 +13,7 @@ mod golden;
 mod instances;
 mod ops_cli;
 mod pega;
+mod placement;
 mod prepare_cli;
 mod previews;
 mod processes;

@@ -173,18 +173,31 @@ const MAILABLE: &str =
 
 /// The customer with this external id (or, without one, this email), created if new, and
 /// whether it is mailable.
+/// The lookup of a customer by external id or by email. Both go through an index: the
+/// external ids' index is partial (`WHERE external_id <> ''`), which SQLite uses only when the
+/// query says the same (a plain `external_id = ?1` scanned the whole table: quadratic bulk
+/// triggers).
+fn customer_query(by_external_id: bool) -> String {
+    let by = if by_external_id {
+        "external_id = ?1 AND external_id <> ''"
+    } else {
+        "email = ?1"
+    };
+    format!("SELECT id, {MAILABLE} FROM customers WHERE {by} ORDER BY id LIMIT 1")
+}
+
 fn customer(
     c: &Connection,
     email: &str,
     external_id: &str,
     ts: i64,
 ) -> anyhow::Result<(i64, bool)> {
-    let (by, key) = if external_id.is_empty() {
-        ("email", email)
+    let sql = customer_query(!external_id.is_empty());
+    let key = if external_id.is_empty() {
+        email
     } else {
-        ("external_id", external_id)
+        external_id
     };
-    let sql = format!("SELECT id, {MAILABLE} FROM customers WHERE {by} = ?1 ORDER BY id LIMIT 1");
     let found: Option<(i64, bool)> = c
         .prepare_cached(&sql)?
         .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -198,4 +211,31 @@ fn customer(
         )?
         .query_row(params![email, external_id, ts], |r| r.get(0))?;
     Ok((id, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::customer_query;
+
+    #[test]
+    fn customers_are_found_through_an_index() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate::run(&c).unwrap();
+        for (by_external_id, index) in [(true, "customers_external_id"), (false, "customers_email")]
+        {
+            let plan: Vec<String> = c
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    customer_query(by_external_id)
+                ))
+                .unwrap()
+                .query_map(["x"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains(&format!("USING INDEX {index}")), "{plan}");
+            assert!(!plan.contains("SCAN"), "{plan}");
+        }
+    }
 }

@@ -102,6 +102,13 @@ pub struct ServerSettings {
     pub body_limit: usize,
     /// How long requests in flight may take to finish on shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection is kept, in seconds.
+    pub header_timeout_secs: u64,
+    /// How long a request may take from its headers to its answer, in seconds.
+    pub request_timeout_secs: u64,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -110,7 +117,60 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
             shutdown_grace_secs: 10,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 1024,
         }
+    }
+}
+
+impl ServerSettings {
+    /// Settings `serve` could not use.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen: `{}` is not an address and port (e.g. 127.0.0.1:8080 or [::]:8080)",
+                self.listen
+            ));
+        }
+        for (key, value) in [
+            ("server.body_limit", self.body_limit as u64),
+            ("server.header_timeout_secs", self.header_timeout_secs),
+            ("server.request_timeout_secs", self.request_timeout_secs),
+            ("server.max_connections", self.max_connections as u64),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        problems
+    }
+}
+
+impl StoreSettings {
+    /// Settings the store could not open with.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.url.starts_with("sqlite://")
+            || self.url.starts_with("postgres://")
+            || self.url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "store.url: must start with sqlite:// or postgres:// (got `{}`)",
+                self.url.split("://").next().unwrap_or_default()
+            ));
+        }
+        if !matches!(self.synchronous.as_str(), "full" | "normal") {
+            problems.push(format!(
+                "store.synchronous: `{}` is not one of `full`, `normal`",
+                self.synchronous
+            ));
+        }
+        if self.pool_size == 0 {
+            problems.push("store.pool_size: must be at least 1".into());
+        }
+        problems
     }
 }
 
@@ -182,6 +242,8 @@ impl Settings {
     /// Every problem of the loaded settings, all reported at once.
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = self.pega.problems();
+        problems.extend(self.server.problems());
+        problems.extend(self.store.problems());
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

@@ -20,6 +20,10 @@ pub enum ApiError {
     PayloadTooLarge,
     Unprocessable(Vec<FieldError>),
     Unavailable,
+    /// The route exists, the method does not.
+    MethodNotAllowed(String),
+    /// The request took longer than `[server] request_timeout_secs`.
+    Timeout(std::time::Duration),
     /// Delivery is not running (the worker is restarting or stopped).
     NotRunning(String),
     Internal(anyhow::Error),
@@ -90,6 +94,28 @@ impl IntoResponse for ApiError {
                 None,
                 None,
             ),
+            Self::MethodNotAllowed(method) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on this route"),
+                None,
+                None,
+            ),
+            Self::Timeout(limit) => {
+                let mut r = error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!(
+                        "the request took longer than server.request_timeout_secs ({} s)",
+                        limit.as_secs()
+                    ),
+                    None,
+                    None,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
             Self::NotRunning(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "delivery_not_running",

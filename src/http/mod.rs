@@ -7,6 +7,7 @@ mod admin;
 pub mod error;
 pub(crate) mod extract;
 mod health;
+mod serve;
 mod webhooks;
 
 use crate::config::secret::Secret;
@@ -20,6 +21,7 @@ use crate::template::{Plan, Variable};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use error::ApiError;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +66,7 @@ pub struct Application {
     router: Router,
     port: u16,
     grace: Duration,
+    limits: serve::Limits,
     /// The delivery worker (none without `[pega] endpoint`).
     worker: Option<(Worker, handoff::Receiver)>,
     outbox: Arc<Notify>,
@@ -120,7 +123,13 @@ impl Application {
             .merge(activities::router())
             .merge(admin::router())
             .merge(health::router())
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(settings.server.body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                Duration::from_secs(settings.server.request_timeout_secs),
+                edge,
+            ))
             .with_state(state);
         let listener = TcpListener::bind(&settings.server.listen)
             .await
@@ -133,6 +142,7 @@ impl Application {
             router,
             port,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            limits: serve::Limits::new(&settings.server),
             worker,
             outbox,
             delivery,
@@ -179,13 +189,7 @@ impl Application {
             shutdown.await;
             let _ = fired_tx.send(());
         };
-        // No Nagle delay on answers: callers wait for each one before they send more.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, self.router).with_graceful_shutdown(signal);
+        let serve = serve::serve(self.listener, self.router, self.limits, signal);
         let grace_over = async {
             if fired_rx.await.is_err() {
                 std::future::pending::<()>().await;
@@ -193,7 +197,7 @@ impl Application {
             tokio::time::sleep(self.grace).await;
         };
         tokio::select! {
-            result = serve => result?,
+            () = serve => {},
             () = grace_over => tracing::warn!("shutdown grace period over: dropping requests in flight"),
         }
         // The worker stops last: events handed over by the last requests are posted, or made
@@ -206,6 +210,55 @@ impl Application {
         }
         Ok(())
     }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// Every request: a request id (the caller's `X-Request-Id` if it is short visible ASCII,
+/// else a new one), answered in `X-Request-Id`; a bound on its time (`request_timeout_secs`:
+/// 503 after it); one log line with method, route, status, latency and the id.
+async fn edge(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "(no route)".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span)).await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(timeout).into_response(),
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%method, route, status, latency_ms, request_id = %id, "request");
+    } else {
+        tracing::info!(%method, route, status, latency_ms, request_id = %id, "request");
+    }
+    response
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -2,7 +2,7 @@
 //! events, and (in the preview) their rendered metadata and HTML.
 
 use crate::event::{email_domain, now, Account, Common};
-use crate::mapping::apply::{apply, FieldError, PersonalBroadcast};
+use crate::mapping::apply::{apply, ApplyError, FieldError, PersonalBroadcast};
 use crate::mapping::Mapping;
 use crate::store::{NewRecipient, Store, TriggerAnswer};
 use crate::template::render::{render, RenderError};
@@ -54,6 +54,9 @@ pub enum TriggerError {
     /// Fields break the mapping's rules (every one of them).
     #[error("{} field(s) break the mapping's rules", .0.len())]
     Invalid(Vec<FieldError>),
+    /// The trigger expands beyond a configured limit.
+    #[error("{}", .0.message)]
+    TooLarge(FieldError),
     /// Rendering failed (preview).
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -69,7 +72,10 @@ fn recipients(
     configured: &[Variable],
     trigger: &Value,
 ) -> Result<Vec<(NewRecipient, Vec<String>)>, TriggerError> {
-    let personal = apply(mapping, configured, trigger).map_err(TriggerError::Invalid)?;
+    let personal = apply(mapping, configured, trigger).map_err(|e| match e {
+        ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
+        ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
+    })?;
     Ok(personal
         .into_iter()
         .map(|p| {

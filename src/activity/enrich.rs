@@ -21,6 +21,10 @@ pub struct Agent {
 /// Most user agents [`agent`] keeps read.
 const CACHED_AGENTS: usize = 1024;
 
+/// Longer user agents are read but not kept: the cache holds at most
+/// `CACHED_AGENTS x CACHED_AGENT_BYTES` (512 KiB) of them, whatever callers send.
+const CACHED_AGENT_BYTES: usize = 512;
+
 /// User agents already read. Mail is opened through few of them (the big webmails' image
 /// proxies, a handful of mail apps), and reading one costs more than the rest of an open's
 /// checks. When full, it starts again empty.
@@ -33,6 +37,9 @@ pub fn agent(user_agent: &str) -> Agent {
         return agent;
     }
     let agent = read_agent(user_agent);
+    if user_agent.len() > CACHED_AGENT_BYTES {
+        return agent;
+    }
     if let Ok(mut m) = AGENTS.lock() {
         if m.len() >= CACHED_AGENTS {
             m.clear();

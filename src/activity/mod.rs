@@ -117,14 +117,24 @@ pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
     let mut activities = Vec::new();
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
-        match serde_json::from_value::<ActivityIn>(item) {
+        if !item.is_object() {
+            errors.push(error(i, "", "an activity must be a JSON object".into()));
+            continue;
+        }
+        match serde_path_to_error::deserialize::<_, ActivityIn>(item) {
             Ok(raw) => match check(raw) {
                 Ok(a) => activities.push(a),
                 Err((field, message)) => errors.push(error(i, field, message)),
             },
             Err(e) => {
-                let message = e.to_string();
-                let field = message.split('`').nth(1).unwrap_or("").to_owned();
+                // The path names the field; an unknown or missing one is named in the message.
+                let path = e.path().to_string();
+                let message = e.inner().to_string();
+                let field = if path.is_empty() || path == "." {
+                    message.split('`').nth(1).unwrap_or("").to_owned()
+                } else {
+                    path
+                };
                 errors.push(error(i, &field, message));
             }
         }
@@ -139,10 +149,21 @@ pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
 fn error(index: usize, field: &str, message: String) -> FieldError {
     FieldError {
         field: field.to_owned(),
-        path: format!("{index}.{field}"),
+        path: if field.is_empty() {
+            index.to_string()
+        } else {
+            format!("{index}.{field}")
+        },
         message,
     }
 }
+
+/// The earliest plausible timestamp: 2000-01-01 (an earlier one is a mistake, such as
+/// seconds since some other epoch).
+pub const EARLIEST_TIMESTAMP: i64 = 946_684_800;
+
+/// How far in the future a timestamp may be (clocks differ): one day.
+const FUTURE_SLACK_SECS: i64 = 86_400;
 
 fn check(a: ActivityIn) -> Result<Activity, (&'static str, String)> {
     let metric = match Metric::parse(&a.metric) {
@@ -155,6 +176,22 @@ fn check(a: ActivityIn) -> Result<Activity, (&'static str, String)> {
         Some(m) => m,
         None => return Err(("metric", format!("unknown metric `{}`", a.metric))),
     };
+    if let Some(ts) = a.timestamp {
+        let latest = crate::event::now() + FUTURE_SLACK_SECS;
+        if !(EARLIEST_TIMESTAMP..=latest).contains(&ts) {
+            let hint = if ts > 1_000_000_000_000 {
+                " (milliseconds? send Unix seconds)"
+            } else {
+                ""
+            };
+            return Err((
+                "timestamp",
+                format!(
+                    "{ts} is not a plausible Unix time in seconds (from {EARLIEST_TIMESTAMP} to a day from now){hint}"
+                ),
+            ));
+        }
+    }
     let user_agent = a.user_agent.clone().unwrap_or_default();
     let agent = enrich::agent(&user_agent);
     let os = a.os.clone().unwrap_or(agent.os);

@@ -5,6 +5,23 @@
 
 mod ops;
 
+pub use ops::parse_since;
+
+/// `println!` for command output: a closed pipe (`pegabridge preview | head`) ends the
+/// command quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+pub(crate) use out;
+
 use crate::config::Settings;
 use crate::template::batch::{self, Destination, Summary};
 use crate::template::check::{render_text, CheckReport};
@@ -151,7 +168,7 @@ fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|v| v.name.to_string())
         .collect();
-    println!(
+    out!(
         "configuration ok: {} manual fields ({}), {} mappings",
         names.len(),
         names.join(", "),
@@ -207,7 +224,7 @@ fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&preview)?),
+        Format::Json => out!("{}", serde_json::to_string_pretty(&preview)?),
         Format::Text => print!("{}", render_preview(&preview)),
     }
     Ok(ExitCode::SUCCESS)
@@ -269,12 +286,12 @@ fn prepare(settings: &Settings, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         let path = report.path.display();
         match &report.result {
             Err(e) => eprintln!("failed     {path}: {e}"),
-            Ok(p) if !p.rewrite.changed() => println!("unchanged  {path}"),
-            Ok(p) => println!("changed    {path}: {}", changes(&p.rewrite.fields)),
+            Ok(p) if !p.rewrite.changed() => out!("unchanged  {path}"),
+            Ok(p) => out!("changed    {path}: {}", changes(&p.rewrite.fields)),
         }
     }
     let summary = Summary::of(&reports);
-    println!("{summary}");
+    out!("{summary}");
     Ok(if summary.failed > 0 {
         ExitCode::from(1)
     } else {
@@ -309,7 +326,7 @@ fn check(settings: &Settings, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let report = CheckReport::new(batch::run(&sources, &plan, &Destination::DryRun), &plan);
     match args.format {
         Format::Text => print!("{}", render_text(&report)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => out!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS

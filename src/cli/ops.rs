@@ -1,6 +1,7 @@
 //! Operator commands: `deliveries ...` (on the store the configuration names) and
 //! `mock-pega`.
 
+use super::out;
 use crate::config::secret::Secret;
 use crate::config::Settings;
 use crate::mock::{Behaviour, MockAuth, MockPega};
@@ -17,7 +18,7 @@ pub enum DeliveriesCommand {
     /// Events in the outbox, newest first.
     List {
         /// pending, inflight, delivered, dead or filtered.
-        #[arg(long)]
+        #[arg(long, value_parser = ["pending", "inflight", "delivered", "dead", "filtered"])]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -38,8 +39,9 @@ pub enum DeliveriesCommand {
 pub struct ReplayArgs {
     /// One event.
     pub uuid: Option<String>,
-    /// Every event with this status (e.g. dead).
-    #[arg(long)]
+    /// Every event with this status: dead, filtered or delivered (events pending or in flight
+    /// are on their way already).
+    #[arg(long, value_parser = ["dead", "filtered", "delivered"])]
     pub status: Option<String>,
     /// Every event created since TIME: Unix seconds, or an age such as 90m, 2h, 1d.
     #[arg(long)]
@@ -83,19 +85,26 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let store = Store::open(settings).await?;
+        eprintln!("store: {}", settings.store_display());
         match command {
             DeliveriesCommand::List { status, limit } => {
                 let rows = store.deliveries(status, limit).await?;
-                println!(
+                out!(
                     "{:<36}  {:<12}  {:<9}  {:>8}  last error",
-                    "uuid", "metric", "status", "attempts"
+                    "uuid",
+                    "metric",
+                    "status",
+                    "attempts"
                 );
                 for r in rows {
                     let error = r.last_error.unwrap_or_default().replace('\n', " ");
                     let error: String = error.chars().take(60).collect();
-                    println!(
+                    out!(
                         "{:<36}  {:<12}  {:<9}  {:>8}  {error}",
-                        r.uuid, r.metric, r.status, r.attempts
+                        r.uuid,
+                        r.metric,
+                        r.status,
+                        r.attempts
                     );
                 }
             }
@@ -106,7 +115,7 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 };
                 let shown =
                     serde_json::json!({"delivery": row, "event": event, "attempts": attempts});
-                println!("{}", serde_json::to_string_pretty(&shown)?);
+                out!("{}", serde_json::to_string_pretty(&shown)?);
             }
             DeliveriesCommand::Replay(args) => {
                 let which = match (args.uuid, args.status, args.since) {
@@ -115,18 +124,18 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                     (_, _, Some(t)) => Replay::Since(parse_since(&t, crate::event::now())?),
                     _ => unreachable!("clap requires one"),
                 };
-                println!(
+                out!(
                     "{} events will be delivered again",
                     store.replay(which).await?
                 );
             }
             DeliveriesCommand::Pause => {
                 store.set_paused(true).await?;
-                println!("delivery paused");
+                out!("delivery paused");
             }
             DeliveriesCommand::Resume => {
                 store.set_paused(false).await?;
-                println!("delivery resumed");
+                out!("delivery resumed");
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -150,7 +159,10 @@ pub fn parse_since(text: &str, now: i64) -> anyhow::Result<i64> {
     let n: i64 = text[..text.len() - 1]
         .parse()
         .with_context(|| format!("`{text}` is not an age like 90m, 2h or 1d"))?;
-    Ok(now - n * unit)
+    n.checked_mul(unit)
+        .and_then(|age| now.checked_sub(age))
+        .filter(|_| n >= 0)
+        .with_context(|| format!("`{text}` is not a usable age"))
 }
 
 /// Runs the stand-in until ctrl-c.

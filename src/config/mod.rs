@@ -109,6 +109,12 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// Connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Recipients one trigger may have.
+    pub max_recipients: usize,
+    /// Bytes of manual options (as JSON) one recipient may carry.
+    pub max_options_bytes: usize,
+    /// Bytes of manual options all recipients of one trigger may carry together.
+    pub max_trigger_options_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -120,11 +126,24 @@ impl Default for ServerSettings {
             header_timeout_secs: 10,
             request_timeout_secs: 30,
             max_connections: 1024,
+            max_recipients: crate::mapping::apply::TriggerLimits::default().max_recipients,
+            max_options_bytes: crate::mapping::apply::TriggerLimits::default().max_options_bytes,
+            max_trigger_options_bytes: crate::mapping::apply::TriggerLimits::default()
+                .max_trigger_options_bytes,
         }
     }
 }
 
 impl ServerSettings {
+    /// What one trigger may expand to.
+    pub fn trigger_limits(&self) -> crate::mapping::apply::TriggerLimits {
+        crate::mapping::apply::TriggerLimits {
+            max_recipients: self.max_recipients,
+            max_options_bytes: self.max_options_bytes,
+            max_trigger_options_bytes: self.max_trigger_options_bytes,
+        }
+    }
+
     /// Settings `serve` could not use.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -139,6 +158,12 @@ impl ServerSettings {
             ("server.header_timeout_secs", self.header_timeout_secs),
             ("server.request_timeout_secs", self.request_timeout_secs),
             ("server.max_connections", self.max_connections as u64),
+            ("server.max_recipients", self.max_recipients as u64),
+            ("server.max_options_bytes", self.max_options_bytes as u64),
+            (
+                "server.max_trigger_options_bytes",
+                self.max_trigger_options_bytes as u64,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
@@ -270,6 +295,18 @@ impl Settings {
                 format!("sqlite://{}", self.resolve(Path::new(path)).display())
             }
             _ => url.clone(),
+        }
+    }
+
+    /// `[store] url` for messages: a PostgreSQL password is replaced by `***`.
+    pub fn store_display(&self) -> String {
+        let url = self.store_url();
+        match url::Url::parse(&url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => url,
         }
     }
 

@@ -38,18 +38,18 @@ async fn receive(
         })?;
     require_bearer(token, &headers)?;
     let activities =
-        crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::Unprocessable)?;
+        crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::InvalidActivity)?;
     let answers = match state.store.record_activities(activities).await {
         Ok(a) => a,
         Err(e) => match e.downcast_ref::<UnknownBroadcast>() {
             Some(u) => {
-                return Err(ApiError::Unprocessable(vec![FieldError {
+                return Err(ApiError::InvalidActivity(vec![FieldError {
                     field: "broadcast_id".into(),
                     path: format!("{}.broadcast_id", u.index),
                     message: u.to_string(),
                 }]))
             }
-            None => return Err(ApiError::Internal(e)),
+            None => return Err(ApiError::store(e)),
         },
     };
     Ok((

@@ -1,10 +1,12 @@
 //! The operator API behind `[admin] token`: deliveries, replays, pausing; and `GET /metrics`.
 
 use super::error::ApiError;
-use super::extract::require_bearer;
+use super::extract::{json_body, require_bearer};
 use super::AppState;
 use crate::store::Replay;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -31,11 +33,7 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let stats = state
-        .store
-        .outbox_stats()
-        .await
-        .map_err(ApiError::Internal)?;
+    let stats = state.store.outbox_stats().await.map_err(ApiError::store)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&stats),
@@ -51,14 +49,26 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
+    let q: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    if let Some(s) = &q.status {
+        if !matches!(
+            s.as_str(),
+            "pending" | "inflight" | "delivered" | "dead" | "filtered"
+        ) {
+            return Err(ApiError::BadRequest(format!(
+                "status `{s}` is not one of pending, inflight, delivered, dead, filtered"
+            )));
+        }
+    }
     let rows = state
         .store
         .deliveries(q.status, q.limit.unwrap_or(100))
         .await
-        .map_err(ApiError::Internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(json!({ "deliveries": rows })))
 }
 
@@ -72,7 +82,7 @@ async fn show(
         .store
         .delivery(uuid.clone())
         .await
-        .map_err(ApiError::Internal)?;
+        .map_err(ApiError::store)?;
     let (row, event, attempts) =
         found.ok_or_else(|| ApiError::NotFound(format!("no event with uuid `{uuid}`")))?;
     Ok(Json(
@@ -85,15 +95,18 @@ async fn show(
 struct ReplayBody {
     uuid: Option<String>,
     status: Option<String>,
-    since: Option<i64>,
+    /// Unix seconds, or an age such as `2h` (as the CLI takes).
+    since: Option<Value>,
 }
 
 async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<ReplayBody>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
+    let body: ReplayBody = serde_json::from_value(json_body(&headers, body)?)
+        .map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
     let which = match body {
         ReplayBody {
             uuid: Some(u),
@@ -104,23 +117,34 @@ async fn replay(
             uuid: None,
             status: Some(s),
             since: None,
-        } => Replay::Status(s),
+        } if matches!(s.as_str(), "dead" | "filtered" | "delivered") => Replay::Status(s),
+        ReplayBody {
+            status: Some(s), ..
+        } if !matches!(s.as_str(), "dead" | "filtered" | "delivered") => {
+            return Err(ApiError::BadRequest(format!(
+                "status `{s}` cannot be replayed: give dead, filtered or delivered"
+            )))
+        }
         ReplayBody {
             uuid: None,
             status: None,
             since: Some(t),
-        } => Replay::Since(t),
+        } => {
+            let text = match &t {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let at = crate::cli::parse_since(&text, crate::event::now())
+                .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?;
+            Replay::Since(at)
+        }
         _ => {
             return Err(ApiError::BadRequest(
                 "give exactly one of `uuid`, `status`, `since`".into(),
             ))
         }
     };
-    let n = state
-        .store
-        .replay(which)
-        .await
-        .map_err(ApiError::Internal)?;
+    let n = state.store.replay(which).await.map_err(ApiError::store)?;
     state.outbox.notify_one();
     Ok(Json(json!({ "replayed": n })))
 }
@@ -131,7 +155,7 @@ async fn pause(State(state): State<AppState>, headers: HeaderMap) -> Result<Json
         .store
         .set_paused(true)
         .await
-        .map_err(ApiError::Internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(json!({ "paused": true })))
 }
 
@@ -144,7 +168,7 @@ async fn resume(
         .store
         .set_paused(false)
         .await
-        .map_err(ApiError::Internal)?;
+        .map_err(ApiError::store)?;
     state.outbox.notify_one();
     Ok(Json(json!({ "paused": false })))
 }

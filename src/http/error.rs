@@ -18,7 +18,19 @@ pub enum ApiError {
     UnsupportedMediaType,
     BadRequest(String),
     PayloadTooLarge,
+    /// A request expands beyond a configured limit (`field` names the limit's key).
+    TooLarge(FieldError),
+    /// A trigger breaks its mapping's rules.
     Unprocessable(Vec<FieldError>),
+    /// Activities break the activity rules.
+    InvalidActivity(Vec<FieldError>),
+    /// A value one of the backends cannot store.
+    Unstorable(FieldError),
+    /// A header that cannot be used.
+    BadHeader {
+        name: &'static str,
+        message: String,
+    },
     Unavailable,
     /// The route exists, the method does not.
     MethodNotAllowed(String),
@@ -33,10 +45,66 @@ impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         match e {
             TriggerError::Invalid(fields) => Self::Unprocessable(fields),
+            TriggerError::TooLarge(limit) => Self::TooLarge(limit),
             TriggerError::Render(e) => Self::Internal(e.into()),
-            TriggerError::Store(e) => Self::Internal(e),
+            TriggerError::Store(e) => Self::store(e),
         }
     }
+}
+
+impl ApiError {
+    /// A store failure: 503 with `Retry-After` when the store cannot take the request now (a
+    /// full disk, a locked or unreachable database), 500 otherwise.
+    pub fn store(e: anyhow::Error) -> Self {
+        if unavailable(&e) {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the store cannot take the request"
+            );
+            Self::Unavailable
+        } else {
+            Self::Internal(e)
+        }
+    }
+}
+
+/// Whether a store error is an outage rather than a bug.
+fn unavailable(e: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode;
+    e.chain().any(|cause| {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
+        {
+            return matches!(
+                f.code,
+                ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::DiskFull
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::OutOfMemory
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                e,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            ) || e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| {
+                    // Class 53 (insufficient resources), 57P0x (shutdown), 08 (connection).
+                    c.starts_with("53") || c.starts_with("57P") || c.starts_with("08")
+                });
+        }
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(28)) // ENOSPC
+    })
 }
 
 impl IntoResponse for ApiError {
@@ -72,28 +140,45 @@ impl IntoResponse for ApiError {
                 None,
                 None,
             ),
-            Self::Unprocessable(errors) => {
-                let first = errors.first().map(|e| e.field.clone());
-                let message = errors
-                    .iter()
-                    .map(|e| format!("{} ({}): {}", e.field, e.path, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            Self::TooLarge(limit) => {
+                return error_body(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "limit_exceeded",
+                    format!("{} ({})", limit.message, limit.path),
+                    Some(&limit.field),
+                    None,
+                )
+            }
+            Self::Unprocessable(errors) => return unprocessable("invalid_trigger", errors),
+            Self::InvalidActivity(errors) => return unprocessable("invalid_activity", errors),
+            Self::Unstorable(e) => {
                 return error_body(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_trigger",
-                    message,
-                    first.as_deref(),
-                    Some(json!(errors)),
-                );
+                    "unstorable_value",
+                    format!("{} ({}): {}", e.field, e.path, e.message),
+                    Some(&e.field),
+                    Some(json!([e])),
+                )
             }
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the store does not answer".into(),
-                None,
+            Self::BadHeader { name, message } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                message,
+                Some(name),
                 None,
             ),
+            Self::Unavailable => {
+                let mut r = error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store cannot take the request now; retry later".into(),
+                    None,
+                    None,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
             Self::MethodNotAllowed(method) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -137,6 +222,38 @@ impl IntoResponse for ApiError {
         };
         error_body(status, code, message, field, fields)
     }
+}
+
+/// Most field errors listed in one answer (the count of the others is given).
+const LISTED_ERRORS: usize = 100;
+
+/// 422 with every failing field (up to [`LISTED_ERRORS`]), each with its path.
+fn unprocessable(code: &str, errors: Vec<FieldError>) -> Response {
+    let first = errors.first().map(|e| e.field.clone());
+    let total = errors.len();
+    let listed = &errors[..total.min(LISTED_ERRORS)];
+    let mut message = listed
+        .iter()
+        .take(10)
+        .map(|e| format!("{} ({}): {}", e.field, e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if total > 10 {
+        message.push_str(&format!("; and {} more", total - 10));
+    }
+    let mut r = error_body(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        code,
+        message,
+        first.as_deref(),
+        Some(json!(listed)),
+    );
+    if total > LISTED_ERRORS {
+        if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
+            r.headers_mut().insert("x-error-count", v);
+        }
+    }
+    r
 }
 
 fn error_body(

@@ -82,5 +82,76 @@ pub fn json_body(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    storable(&value, &mut String::new())?;
+    Ok(value)
+}
+
+/// Refuses what a backend cannot store (a NUL character, which PostgreSQL's text and jsonb
+/// refuse), on both backends alike, naming where it is.
+fn storable(value: &serde_json::Value, path: &mut String) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let nul = |path: &str| {
+        Err(ApiError::Unstorable(crate::mapping::apply::FieldError {
+            field: path.rsplit('.').next().unwrap_or_default().to_owned(),
+            path: path.to_owned(),
+            message: "contains a NUL character (U+0000), which cannot be stored".into(),
+        }))
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => nul(path),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&i.to_string());
+                storable(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                if key.contains('\0') {
+                    return nul(path);
+                }
+                storable(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The longest `Idempotency-Key` accepted.
+const IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// The `Idempotency-Key` header: absent, or visible ASCII of at most 255 bytes (anything
+/// else is refused, never ignored: an ignored key would store the trigger twice).
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > IDEMPOTENCY_KEY_BYTES
+        || !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+    {
+        return Err(ApiError::BadHeader {
+            name: "Idempotency-Key",
+            message: format!(
+                "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES} bytes of visible ASCII"
+            ),
+        });
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }

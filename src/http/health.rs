@@ -1,4 +1,6 @@
-//! `GET /health`: 200 when the store answers, 503 otherwise.
+//! `GET /health` (liveness: is the process serving and is delivery running) and `GET /ready`
+//! (can it take work: the store answers, delivery runs). Every store call has a timeout, so
+//! neither hangs while a database is down.
 
 use super::error::ApiError;
 use super::AppState;
@@ -7,38 +9,74 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::time::Duration;
 
-/// The health route.
+/// How long `/health` waits to learn whether delivery is paused.
+const PAUSED_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long `/ready` waits for the store.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
 }
 
-/// 200 while the store answers and delivery runs (or is not configured), with whether it is
-/// paused; 503 with the reason otherwise.
-async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if !state.store.ping().await {
-        return Err(ApiError::Unavailable);
-    }
-    let delivery = match state.delivery.state() {
-        WorkerState::NotConfigured => "not configured",
-        WorkerState::Running => match state.store.is_paused().await {
-            Ok(true) => "paused",
-            Ok(false) => "running",
-            Err(_) => return Err(ApiError::Unavailable),
-        },
+/// The delivery worker's state as the answers name it: `Err` with the reason while it is not
+/// running; `paused` read from the store within `wait` (`None` if it did not answer).
+async fn delivery(
+    state: &AppState,
+    wait: Duration,
+) -> Result<(&'static str, Option<bool>), ApiError> {
+    match state.delivery.state() {
+        WorkerState::NotConfigured => Ok(("not configured", None)),
+        WorkerState::Running => {
+            let paused = tokio::time::timeout(wait, state.store.is_paused())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            Ok((
+                if paused == Some(true) {
+                    "paused"
+                } else {
+                    "running"
+                },
+                paused,
+            ))
+        }
         WorkerState::Restarting => {
             let why = state.delivery.last_failure().unwrap_or_default();
-            return Err(ApiError::NotRunning(format!(
+            Err(ApiError::NotRunning(format!(
                 "delivery is not running: the worker panicked ({why}) and is restarting"
-            )));
+            )))
         }
-        WorkerState::Stopped => {
-            return Err(ApiError::NotRunning("delivery is not running".into()));
-        }
-    };
+        WorkerState::Stopped => Err(ApiError::NotRunning("delivery is not running".into())),
+    }
+}
+
+/// 200 while the process serves and delivery runs (or is not configured), saying whether it
+/// is paused; 503 with the reason while the delivery worker is down.
+async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (delivery, paused) = delivery(&state, PAUSED_TIMEOUT).await?;
     Ok(Json(json!({
         "status": "ok",
         "mappings": state.mappings.len(),
         "delivery": delivery,
+        "paused": paused,
+    })))
+}
+
+/// 200 when the store answers within its timeout and delivery runs; 503 otherwise.
+async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = tokio::time::timeout(STORE_TIMEOUT, state.store.ping()).await;
+    if !matches!(store, Ok(true)) {
+        return Err(ApiError::Unavailable);
+    }
+    let (delivery, paused) = delivery(&state, STORE_TIMEOUT).await?;
+    Ok(Json(json!({
+        "status": "ready",
+        "delivery": delivery,
+        "paused": paused,
     })))
 }

@@ -1,13 +1,13 @@
 //! `POST /webhooks/{mapping}` (Pega's triggers) and `POST /preview/{mapping}`.
 
 use super::error::ApiError;
-use super::extract::{authorize, json_body, mapping};
+use super::extract::{authorize, idempotency_key, json_body, mapping};
 use super::AppState;
 use crate::broadcast::{accept, preview, Preview};
 use crate::store::TriggerAnswer;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -27,15 +27,15 @@ async fn trigger(
 ) -> Result<(StatusCode, Json<TriggerAnswer>), ApiError> {
     let mapping = mapping(&state, &name)?;
     authorize(&mapping.file.auth, &headers)?;
+    let key = idempotency_key(&headers)?;
     let trigger = json_body(&headers, body)?;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     let answer = accept(
         &state.store,
         &state.account,
         &state.variables,
         &mapping,
         &trigger,
-        key,
+        key.as_deref(),
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
@@ -50,12 +50,15 @@ struct PreviewQuery {
 async fn preview_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<PreviewQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Preview>, ApiError> {
     let mapping = mapping(&state, &name)?;
     authorize(&mapping.file.auth, &headers)?;
+    // Parsed only once the caller is known.
+    let query: PreviewQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
     let trigger = json_body(&headers, body)?;
     let p = preview(
         &state.account,

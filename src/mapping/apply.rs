@@ -32,12 +32,43 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// Applies `mapping` to `trigger`.
+/// What one trigger may expand to (`[server]` limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerLimits {
+    /// `server.max_recipients`.
+    pub max_recipients: usize,
+    /// `server.max_options_bytes`: manual options of one recipient, as JSON.
+    pub max_options_bytes: usize,
+    /// `server.max_trigger_options_bytes`: manual options of all recipients together.
+    pub max_trigger_options_bytes: usize,
+}
+
+impl Default for TriggerLimits {
+    fn default() -> Self {
+        Self {
+            max_recipients: 100_000,
+            max_options_bytes: 16 * 1024,
+            max_trigger_options_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a trigger cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// Fields break the mapping's rules (every one of them).
+    Invalid(Vec<FieldError>),
+    /// The trigger expands beyond a limit: the key of the limit and what happened.
+    TooLarge(FieldError),
+}
+
+/// Applies `mapping` to `trigger`, within `mapping.limits`.
 pub fn apply(
     mapping: &Mapping,
     configured: &[Variable],
     trigger: &Value,
-) -> Result<Vec<PersonalBroadcast>, Vec<FieldError>> {
+) -> Result<Vec<PersonalBroadcast>, ApplyError> {
+    let limits = mapping.limits;
     let mut errors = Vec::new();
     let elements: Vec<(Option<&Value>, String)> = match &mapping.file.recipient.each {
         None => vec![(None, String::new())],
@@ -48,27 +79,86 @@ pub fn apply(
                 .map(|(i, item)| (Some(item), format!("{each}.{i}")))
                 .collect(),
             _ => {
-                return Err(vec![FieldError {
+                return Err(ApplyError::Invalid(vec![FieldError {
                     field: "recipient.each".into(),
                     path: each.to_string(),
                     message: "must be a non-empty array of recipients".into(),
-                }])
+                }]))
             }
         },
     };
+    if elements.len() > limits.max_recipients {
+        return Err(ApplyError::TooLarge(FieldError {
+            field: "server.max_recipients".into(),
+            path: mapping
+                .file
+                .recipient
+                .each
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            message: format!(
+                "{} recipients, more than server.max_recipients ({})",
+                elements.len(),
+                limits.max_recipients
+            ),
+        }));
+    }
     let mut recipients = Vec::new();
+    let mut total_bytes = 0usize;
     for (item, prefix) in elements {
         let element = item.map(|v| (v, prefix.as_str()));
         match recipient(mapping, configured, trigger, element) {
-            Ok(r) => recipients.push(r),
+            Ok(r) => {
+                let bytes = json_len(&Value::Object(r.manual_options.clone()));
+                if bytes > limits.max_options_bytes {
+                    return Err(ApplyError::TooLarge(FieldError {
+                        field: "server.max_options_bytes".into(),
+                        path: prefix,
+                        message: format!(
+                            "a recipient's manual options are {bytes} bytes, more than server.max_options_bytes ({})",
+                            limits.max_options_bytes
+                        ),
+                    }));
+                }
+                total_bytes += bytes;
+                if total_bytes > limits.max_trigger_options_bytes {
+                    return Err(ApplyError::TooLarge(FieldError {
+                        field: "server.max_trigger_options_bytes".into(),
+                        path: prefix,
+                        message: format!(
+                            "the recipients' manual options exceed server.max_trigger_options_bytes ({})",
+                            limits.max_trigger_options_bytes
+                        ),
+                    }));
+                }
+                recipients.push(r);
+            }
             Err(mut e) => errors.append(&mut e),
         }
     }
     if errors.is_empty() {
         Ok(recipients)
     } else {
-        Err(errors)
+        Err(ApplyError::Invalid(errors))
     }
+}
+
+/// The length of a value's JSON text, without writing it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
 }
 
 fn recipient(
@@ -88,18 +178,29 @@ fn recipient(
                 path: email_path,
                 message: match found {
                     None | Some(Value::Null) => "is required".into(),
-                    Some(v) => format!("must be an email address, got {v}"),
+                    Some(v) => format!("must be an email address, got {}", quoted(v)),
                 },
             });
             String::new()
         }
     };
-    let external_id = spec
-        .external_id
-        .as_ref()
-        .and_then(|p| p.resolve(trigger, element).0)
-        .and_then(text)
-        .unwrap_or_default();
+    let external_id = match &spec.external_id {
+        None => String::new(),
+        Some(p) => match p.resolve(trigger, element) {
+            (None | Some(Value::Null), _) => String::new(),
+            (Some(v), path) => match identifier(v) {
+                Some(id) => id,
+                None => {
+                    errors.push(FieldError {
+                        field: "recipient.external_id".into(),
+                        path,
+                        message: format!("must be a string or a whole number, got {}", quoted(v)),
+                    });
+                    String::new()
+                }
+            },
+        },
+    };
 
     let mut mapped = Map::new();
     for (name, var) in &mapping.file.variables {
@@ -112,7 +213,11 @@ fn recipient(
                         errors.push(FieldError {
                             field,
                             path,
-                            message: format!("{v} does not match pattern {}", re.as_str()),
+                            message: format!(
+                                "{} does not match pattern {}",
+                                quoted(v),
+                                re.as_str()
+                            ),
                         });
                         continue;
                     }
@@ -141,7 +246,7 @@ fn recipient(
         .idempotency_key
         .as_ref()
         .and_then(|p| p.resolve(trigger, element).0)
-        .and_then(text);
+        .and_then(identifier);
     Ok(PersonalBroadcast {
         email,
         external_id,
@@ -190,6 +295,35 @@ pub fn text(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// An identifier as the exact text it was sent as: a string, or a whole number digit for digit
+/// (beyond 64 bits too: numbers are kept as their text). A boolean, a fraction or a structure
+/// is no identifier (`true` and `"true"` must not name the same customer).
+pub fn identifier(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => {
+            let text = n.to_string();
+            let digits = text.strip_prefix('-').unwrap_or(&text);
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(text)
+        }
+        _ => None,
+    }
+}
+
+/// The most of a value quoted in an error message.
+pub const QUOTED_CHARS: usize = 64;
+
+/// A value for an error message, cut to [`QUOTED_CHARS`] characters: an answer never repeats
+/// a large input.
+pub fn quoted(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() <= QUOTED_CHARS {
+        return text;
+    }
+    let cut: String = text.chars().take(QUOTED_CHARS).collect();
+    format!("{cut}... ({} bytes)", text.len())
 }
 
 fn is_email(s: &str) -> bool {

@@ -101,6 +101,8 @@ pub struct Mapping {
     pub template_html: String,
     /// The manual fields the template uses.
     pub template_fields: Vec<ManualField>,
+    /// What one trigger may expand to.
+    pub limits: apply::TriggerLimits,
 }
 
 /// Every mapping, by name.
@@ -133,11 +135,18 @@ impl Mappings {
     /// Loads and checks every mapping and its template from the configured folders: what
     /// `serve`, `preview` and `config check` run.
     pub fn load_configured(settings: &Settings) -> anyhow::Result<Loaded> {
-        Self::load(
+        let mut loaded = Self::load(
             &settings.resolve(&settings.mappings.dir),
             &settings.resolve(&settings.templates.dir),
             &settings.variables,
-        )
+        )?;
+        let limits = settings.server.trigger_limits();
+        for mapping in loaded.mappings.0.values_mut() {
+            if let Some(m) = Arc::get_mut(mapping) {
+                m.limits = limits;
+            }
+        }
+        Ok(loaded)
     }
 
     /// Loads every `*.toml` in `dir`; every problem, with file and key, is in the error.
@@ -187,7 +196,7 @@ fn load_one(
         .and_then(|s| s.to_str())
         .context("file name is not UTF-8")?
         .to_owned();
-    let template_path = templates.join(&file.template);
+    let template_path = inside(templates, &file.template)?;
     let template_html = std::fs::read_to_string(&template_path)
         .with_context(|| format!("key `template`: cannot read {}", template_path.display()))?;
     let template_fields = manual_fields(&template_html);
@@ -216,7 +225,34 @@ fn load_one(
             patterns,
             template_html,
             template_fields,
+            limits: apply::TriggerLimits::default(),
         },
         warnings,
     ))
+}
+
+/// `template`, resolved inside the templates folder: a relative path without `..`, and (with
+/// symbolic links followed) still inside the folder.
+fn inside(templates: &Path, template: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let relative = Path::new(template);
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        anyhow::bail!(
+            "key `template`: `{template}` must be a path inside the templates folder ({}), without `..` or a leading `/`",
+            templates.display()
+        );
+    }
+    let path = templates.join(relative);
+    if let (Ok(real), Ok(folder)) = (path.canonicalize(), templates.canonicalize()) {
+        if !real.starts_with(&folder) {
+            anyhow::bail!(
+                "key `template`: `{template}` leads outside the templates folder ({})",
+                templates.display()
+            );
+        }
+    }
+    Ok(path)
 }

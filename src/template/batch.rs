@@ -158,10 +158,12 @@ pub fn process(source: &Source, plan: &Plan, dest: &Destination) -> anyhow::Resu
     match dest {
         Destination::DryRun => {}
         Destination::InPlace if rewrite.changed() => {
-            write_atomically(&source.path, &rewrite.output)?
+            write_atomically(&source.path, &rewrite.output, &source.path)?
         }
         Destination::InPlace => {}
-        Destination::Dir(dir) => write_atomically(&dir.join(&source.relative), &rewrite.output)?,
+        Destination::Dir(dir) => {
+            write_atomically(&dir.join(&source.relative), &rewrite.output, &source.path)?
+        }
     }
     Ok(Processed {
         rewrite,
@@ -170,8 +172,9 @@ pub fn process(source: &Source, plan: &Plan, dest: &Destination) -> anyhow::Resu
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader (or a crash) never sees half a template.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// reader (or a crash) never sees half a template. The file gets the permissions of `source`
+/// (the template it was prepared from), not the temporary file's 0600.
+pub fn write_atomically(path: &Path, bytes: &[u8], source: &Path) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -180,7 +183,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)?;
-    if let Ok(meta) = std::fs::metadata(path) {
+    if let Ok(meta) = std::fs::metadata(source) {
         tmp.as_file().set_permissions(meta.permissions())?;
     }
     tmp.persist(path)

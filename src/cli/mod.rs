@@ -225,7 +225,7 @@ fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {
     };
     match args.format {
         Format::Json => out!("{}", serde_json::to_string_pretty(&preview)?),
-        Format::Text => print!("{}", render_preview(&preview)),
+        Format::Text => out!("{}", render_preview(&preview).trim_end_matches('\n')),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -325,7 +325,7 @@ fn check(settings: &Settings, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let plan = settings.plan();
     let report = CheckReport::new(batch::run(&sources, &plan, &Destination::DryRun), &plan);
     match args.format {
-        Format::Text => print!("{}", render_text(&report)),
+        Format::Text => out!("{}", render_text(&report).trim_end_matches('\n')),
         Format::Json => out!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(if report.passed() {

@@ -161,7 +161,7 @@ pub fn parse_since(text: &str, now: i64) -> anyhow::Result<i64> {
         .with_context(|| format!("`{text}` is not an age like 90m, 2h or 1d"))?;
     n.checked_mul(unit)
         .and_then(|age| now.checked_sub(age))
-        .filter(|_| n >= 0)
+        .filter(|at| n >= 0 && *at >= 0)
         .with_context(|| format!("`{text}` is not a usable age"))
 }
 

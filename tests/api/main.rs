@@ -10,6 +10,7 @@ mod delivery;
 mod edge_cases;
 mod faults;
 mod golden;
+mod hostile;
 mod instances;
 mod ops_cli;
 mod pega;

@@ -118,12 +118,17 @@ pub async fn spawn_app_customized(
     std::fs::write(root.join("mappings/offer.toml"), MAPPING).unwrap();
     std::fs::write(root.join("mappings/single.toml"), SINGLE).unwrap();
     let database = crate::backend::fresh_database().await;
+    let body_limit = if server.contains("body_limit") {
+        ""
+    } else {
+        "body_limit = 4096\n"
+    };
     let store_url = database
         .as_ref()
         .map_or_else(|| "sqlite://test.db".to_owned(), |d| d.url.clone());
     std::fs::write(
         root.join("pegabridge.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 4096\n{server}\n\n[store]\nurl = \"{store_url}\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{extra}\n"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{body_limit}{server}\n\n[store]\nurl = \"{store_url}\"\n\n[account]\nportal_id = 1746\nportal_name = \"mokup\"\nbrand_id = 1\nbrand_name = \"Mok-Up\"\n\n[activities]\ntoken = \"{ACTIVITY_TOKEN}\"\n\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{extra}\n"),
     )
     .unwrap();
     let settings = Settings::load(Some(&root.join("pegabridge.toml"))).unwrap();

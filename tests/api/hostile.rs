@@ -1,0 +1,402 @@
+//! Hostile and careless input at the edge: each case of the edge issue, against a real server.
+
+use crate::helpers::{pegabridge, stderr, stdout};
+use crate::server::{
+    each_backend, spawn_app, spawn_app_with, trigger, TestApp, ACTIVITY_TOKEN, ADMIN_TOKEN, TOKEN,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn host(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_health_keeps_answering() {
+    let (app, _) = spawn_app_with("header_timeout_secs = 1", "").await;
+    // 300 clients each sending half a request's headers and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(host(&app)).await.unwrap();
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let res = app.get("/health").await.unwrap();
+    assert_eq!(res.status(), 200, "a fresh client is served meanwhile");
+    // The server closes a connection whose headers do not arrive in time.
+    let mut first = slow.swap_remove(0);
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(20), first.read(&mut buf))
+        .await
+        .expect("the server closes it")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "closed (or 408) after the header timeout: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_value_is_not_repeated_in_every_recipients_error() {
+    let (app, _) = spawn_app_with("body_limit = 1048576", "").await;
+    let big = "x".repeat(100_000);
+    let customers: Vec<Value> = (0..1000)
+        .map(|i| json!({"CustomerID": format!("c{i}"), "InteractionID": "1"}))
+        .collect();
+    let body = json!({"Email": big, "Offer": {"UniqueOfferId": "O"}, "Customers": customers});
+    let res = app.post("/webhooks/offer", &body).await;
+    assert_eq!(res.status(), 422);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.len() < 64 * 1024,
+        "a bounded answer: {} bytes",
+        text.len()
+    );
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["error"]["code"], "invalid_trigger");
+    assert_eq!(answer["error"]["fields"].as_array().unwrap().len(), 100);
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("and 990 more"));
+}
+
+#[tokio::test]
+async fn a_trigger_wide_value_copied_into_every_recipient_hits_a_limit() {
+    each_backend(|| async {
+        let (app, _) = spawn_app_with("body_limit = 1048576", "").await;
+        let mut t = trigger();
+        t["FirstName"] = json!("y".repeat(20_000));
+        t["Customers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("FirstName");
+        let res = app.post("/webhooks/offer", &t).await;
+        assert_eq!(res.status(), 413);
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "limit_exceeded");
+        assert_eq!(answer["error"]["field"], "server.max_options_bytes");
+        assert!(app.outbox().await.is_empty(), "nothing stored");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_recipients_are_refused_naming_the_limit() {
+    let (app, _) = spawn_app_with("max_recipients = 1", "").await;
+    let res = app.post("/webhooks/offer", &trigger()).await;
+    assert_eq!(res.status(), 413);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["error"]["field"], "server.max_recipients");
+}
+
+#[tokio::test]
+async fn identifiers_keep_their_exact_text() {
+    each_backend(|| async {
+        let app = spawn_app().await;
+        let customer = |id: Value, n: u32| {
+            json!({"Offer": {"UniqueOfferId": "O"}, "Customers": [
+                {"Email": format!("p{n}@x.nl"), "CustomerID": id, "InteractionID": n.to_string()}
+            ]})
+        };
+        let a: Value = app
+            .post(
+                "/webhooks/offer",
+                &serde_json::from_str(&customer(json!(0), 1).to_string().replace(
+                    "\"CustomerID\":0",
+                    "\"CustomerID\":123456789012345678901234567890",
+                ))
+                .unwrap(),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let b: Value = app
+            .post(
+                "/webhooks/offer",
+                &serde_json::from_str(&customer(json!(0), 2).to_string().replace(
+                    "\"CustomerID\":0",
+                    "\"CustomerID\":123456789012345678901234567891",
+                ))
+                .unwrap(),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_ne!(
+            a["recipients"][0]["customer_id"], b["recipients"][0]["customer_id"],
+            "numbers beyond 64 bits are not rounded into one customer"
+        );
+        let events = app.outbox().await;
+        assert!(events
+            .iter()
+            .any(|e| e["external_id"] == "123456789012345678901234567891"));
+        let res = app.post("/webhooks/offer", &customer(json!(true), 3)).await;
+        assert_eq!(res.status(), 422);
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["field"], "recipient.external_id");
+    })
+    .await;
+}
+
+#[test]
+fn a_template_path_outside_the_templates_folder_is_refused() {
+    for template in ["../../../etc/passwd", "/etc/passwd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("mappings")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("templates")).unwrap();
+        std::fs::write(
+            tmp.path().join("mappings/m.toml"),
+            format!("template = \"{template}\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"e\"\n"),
+        )
+        .unwrap();
+        let out = pegabridge(tmp.path(), &["config", "check"]);
+        assert_eq!(out.status.code(), Some(2), "{template}");
+        let err = stderr(&out);
+        assert!(err.contains("key `template`"), "{err}");
+        assert!(err.contains("inside the templates folder"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn activity_errors_name_the_field_and_use_their_own_code() {
+    let app = spawn_app().await;
+    let res = app
+        .activities(
+            &json!([{"metric": "opens", "broadcast_id": 1, "customer_id": 1},
+                              {"metric": "opens", "broadcast_id": "x", "customer_id": 1}]),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "invalid_activity");
+    assert_eq!(answer["error"]["field"], "broadcast_id");
+    assert_eq!(answer["error"]["fields"][0]["path"], "1.broadcast_id");
+}
+
+#[tokio::test]
+async fn implausible_timestamps_are_refused() {
+    let app = spawn_app().await;
+    for ts in [json!(-5), json!(1_700_000_000_000i64), json!(12)] {
+        let res = app
+            .activities(
+                &json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1, "timestamp": ts}),
+            )
+            .await;
+        assert_eq!(res.status(), 422, "{ts}");
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["field"], "timestamp", "{ts}");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_that_is_not_visible_ascii_is_refused() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/webhooks/offer"))
+        .bearer_auth(TOKEN)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .json(&trigger())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["error"]["field"], "Idempotency-Key");
+    assert!(app.outbox().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_nul_character_is_refused_the_same_way_on_both_backends() {
+    each_backend(|| async {
+        let app = spawn_app().await;
+        let mut t = trigger();
+        t["Customers"][1]["CustomerID"] = json!("c\u{0}2");
+        let res = app.post("/webhooks/offer", &t).await;
+        assert_eq!(res.status(), 422);
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "unstorable_value");
+        assert_eq!(
+            answer["error"]["fields"][0]["path"],
+            "Customers.1.CustomerID"
+        );
+        let res = app
+            .activities(
+                &json!({"id": "a\u{0}", "metric": "opens", "broadcast_id": 1, "customer_id": 1}),
+            )
+            .await;
+        assert_eq!(res.status(), 422);
+        assert!(app.outbox().await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn callers_are_authenticated_before_their_input_is_parsed() {
+    let app = spawn_app().await;
+    let replay = app
+        .client
+        .post(app.url("/admin/deliveries/replay"))
+        .header("content-type", "text/plain")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+    let list = app
+        .client
+        .get(app.url("/admin/deliveries?limit=many"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 401);
+    let preview = app
+        .client
+        .post(app.url("/preview/offer?html=maybe"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 401);
+    assert_eq!(
+        preview.json::<Value>().await.unwrap()["error"]["code"],
+        "unauthorized"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_the_json_error_shape() {
+    let app = spawn_app().await;
+    let res = app.get("/nope").await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    let res = app.get("/activities").await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = app.get("/nope").await.unwrap();
+    assert_eq!(
+        res.headers()["x-request-id"].len(),
+        32,
+        "a new id when none was given"
+    );
+}
+
+#[tokio::test]
+async fn ready_checks_the_store_and_the_admin_api_takes_ages() {
+    let app = spawn_app().await;
+    let res = app.get("/ready").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["delivery"],
+        "not configured"
+    );
+    let res = app
+        .admin_post("/admin/deliveries/replay", &json!({"since": "2h"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .admin_post("/admin/deliveries/replay", &json!({"status": "inflight"}))
+        .await;
+    assert_eq!(res.status(), 400, "events in flight are not replayed");
+    let res = app
+        .admin_post(
+            "/admin/deliveries/replay",
+            &json!({"since": "99999999999999d"}),
+        )
+        .await;
+    assert_eq!(res.status(), 400, "an age that overflows is refused");
+    let _ = (ACTIVITY_TOKEN, ADMIN_TOKEN);
+}
+
+#[test]
+fn the_cli_exits_2_on_bad_arguments_1_on_not_found_and_names_its_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = pegabridge(tmp.path(), &["deliveries", "list", "--status", "nonsense"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("nonsense"));
+    let missing = pegabridge(
+        tmp.path(),
+        &["deliveries", "show", "00000000-0000-0000-0000-000000000000"],
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("store: sqlite://"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::process::{Command, Stdio};
+    let root = crate::helpers::root();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args([
+            "preview",
+            "--mapping",
+            "offer",
+            "--trigger",
+            "mappings/example-trigger.json",
+            "--html",
+        ])
+        .current_dir(&root)
+        .env_remove("PEGABRIDGE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once, as `| head -0` would
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.code().is_some_and(|c| c == 0),
+        "{:?} {err}",
+        out.status
+    );
+}
+
+#[test]
+fn prepared_copies_keep_the_sources_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("a.html");
+    std::fs::write(&src, "<html><head></head></html>").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = pegabridge(tmp.path(), &["prepare", "a.html", "--out", "out"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let mode = std::fs::metadata(tmp.path().join("out/a.html"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+}

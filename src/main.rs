@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = pegabridge::cli::Cli::parse();
-    pegabridge::cli::init_logging(cli.verbose);
+    pegabridge::cli::init_logging(&cli);
     match pegabridge::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

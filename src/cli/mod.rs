@@ -39,9 +39,12 @@ pub struct Cli {
     /// Configuration file (default: ./pegabridge.toml if present, else built-in defaults).
     #[arg(long, global = true, env = "PEGABRIDGE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    /// More logging (-v info, -vv debug; `serve` logs at info already); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text (colours only on a terminal) or as JSON objects for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PEGABRIDGE_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -65,6 +68,11 @@ pub enum Command {
     Deliveries(ops::DeliveriesCommand),
     /// A local stand-in for the Pega endpoint, to test a setup against.
     MockPega(ops::MockArgs),
+    /// Shell completions: `pegabridge completions bash > /etc/bash_completion.d/pegabridge`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `pegabridge preview`.
@@ -123,22 +131,48 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Load and validate the configuration exactly as `serve` does; report every problem.
-    Check,
+    Check {
+        /// Also open the store and reach the Pega endpoint (TLS handshake, an OAuth2 token, a
+        /// HEAD request), without sending an event.
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 /// Starts `tracing` on stderr.
-pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+pub fn init_logging(cli: &Cli) {
+    let serving = matches!(cli.command, Command::Serve | Command::MockPega(_));
+    let default = match (cli.verbose, serving) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init()
+        }
+    };
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Runs a parsed command line.
@@ -146,19 +180,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::MockPega(args) = cli.command {
         return ops::mock_pega(args);
     }
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "pegabridge", &mut script);
+        out!("{}", String::from_utf8_lossy(&script).trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command {
         Command::Prepare(args) => prepare(&settings, args),
         Command::Check(args) => check(&settings, args),
-        Command::Config(ConfigCommand::Check) => config_check(&settings),
+        Command::Config(ConfigCommand::Check { connect }) => config_check(&settings, connect),
         Command::Serve => serve(settings),
         Command::Preview(args) => preview(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
-        Command::MockPega(_) => unreachable!("handled above"),
+        Command::MockPega(_) | Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 
-fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
+fn config_check(settings: &Settings, connect: bool) -> anyhow::Result<ExitCode> {
     let loaded = crate::mapping::Mappings::load_configured(settings)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -174,17 +216,64 @@ fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         names.join(", "),
         loaded.mappings.len()
     );
+    for weak in settings
+        .weak_tokens()
+        .into_iter()
+        .chain(loaded.mappings.weak_credentials())
+    {
+        eprintln!("warning: {weak}: set a secret before production");
+    }
+    if connect {
+        return check_connections(settings);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config check --connect`: the store opens, the endpoint answers.
+fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut ok = true;
+        match crate::store::Store::open(settings).await {
+            Ok(store) if store.ping().await => out!("store ok: {}", settings.store_display()),
+            Ok(_) => {
+                ok = false;
+                eprintln!("store: {} does not answer", settings.store_display());
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("store: {}: {e:#}", settings.store_display());
+            }
+        }
+        match crate::delivery::client::PegaClient::new(&settings.pega)? {
+            None => out!("pega: no endpoint configured"),
+            Some(client) => match client.probe().await {
+                Ok(status) => out!(
+                    "pega ok: {} answered HTTP {status} (no event sent)",
+                    settings.pega.endpoint.as_deref().unwrap_or_default()
+                ),
+                Err(cause) => {
+                    ok = false;
+                    eprintln!("pega: {cause}");
+                }
+            },
+        }
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
 }
 
 fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let app = crate::http::Application::build(&settings).await?;
-        eprintln!(
-            "pegabridge listening on {} (port {})",
-            settings.server.listen,
-            app.port()
+        tracing::info!(
+            listen = settings.server.listen.as_str(),
+            port = app.port(),
+            "pegabridge listening"
         );
         app.run_until_stopped(crate::http::shutdown_signal()).await
     })?;

@@ -55,6 +55,9 @@ pub struct Settings {
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The configuration file read (none: built-in defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[templates]`.
@@ -258,6 +261,7 @@ impl Settings {
             .and_then(Path::parent)
             .map(Path::to_owned)
             .unwrap_or_default();
+        settings.source = file.clone();
         let base = settings.base_dir.clone();
         settings.pega.tls.resolve(&base);
         settings.validate()?;
@@ -298,6 +302,23 @@ impl Settings {
         }
     }
 
+    /// Tokens that are empty or the examples' placeholders (`change-me...`): fine on a laptop,
+    /// a hole in production. One line per token, naming its key.
+    pub fn weak_tokens(&self) -> Vec<String> {
+        let mut weak = Vec::new();
+        for (key, token) in [
+            ("activities.token", self.activities.token.as_ref()),
+            ("admin.token", self.admin.token.as_ref()),
+        ] {
+            if let Some(t) = token {
+                if is_weak(t.expose()) {
+                    weak.push(format!("{key} is empty or an example value (change-me...)"));
+                }
+            }
+        }
+        weak
+    }
+
     /// `[store] url` for messages: a PostgreSQL password is replaced by `***`.
     pub fn store_display(&self) -> String {
         let url = self.store_url();
@@ -318,6 +339,11 @@ impl Settings {
             self.base_dir.join(path)
         }
     }
+}
+
+/// An empty token or one of the examples' placeholders.
+pub fn is_weak(token: &str) -> bool {
+    token.trim().is_empty() || token.starts_with("change-me")
 }
 
 /// Every error figment found, one per line, each naming key and file.

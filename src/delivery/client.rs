@@ -134,6 +134,31 @@ impl PegaClient {
         }
     }
 
+    /// Reaches the endpoint without sending an event (`config check --connect`): an OAuth2
+    /// token when configured, then a `HEAD` request; any HTTP answer proves the connection
+    /// and the TLS handshake. Returns the answer's status.
+    pub async fn probe(&self) -> Result<u16, String> {
+        let probe = async {
+            let mut req = self.http.head(&self.endpoint).headers(self.headers.clone());
+            match &self.auth {
+                Some(PegaAuth::Basic { username, password }) => {
+                    req = req.basic_auth(username, Some(password.expose()));
+                }
+                Some(PegaAuth::Oauth2 { .. }) => {
+                    let token = self.token().await?;
+                    req = req.bearer_auth(token);
+                }
+                None => {}
+            }
+            let res = req.send().await.map_err(|e| explain(&e))?;
+            Ok(res.status().as_u16())
+        };
+        match tokio::time::timeout(self.timeout, probe).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timed out after {}", seconds(self.timeout))),
+        }
+    }
+
     async fn attempt(&self, body: &[u8]) -> Result<Answer, String> {
         let answer = self.post(body).await?;
         if answer.code == 401 && matches!(self.auth, Some(PegaAuth::Oauth2 { .. })) {

@@ -52,6 +52,7 @@ async fn receive(
             None => return Err(ApiError::store(e)),
         },
     };
+    tracing::info!(activities = answers.len(), "activities accepted");
     Ok((
         StatusCode::ACCEPTED,
         Json(Answer {

@@ -112,6 +112,7 @@ impl IntoResponse for ApiError {
         let (status, code, message, field, fields) = match self {
             Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what, None, None),
             Self::Unauthorized { challenge } => {
+                tracing::warn!("refused: missing or wrong credentials");
                 let mut r = error_body(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -80,7 +80,41 @@ impl Application {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        match &settings.source {
+            Some(file) => tracing::info!(config = %file.display(), "configuration read"),
+            None => tracing::warn!(
+                "no configuration file (no --config, no ./pegabridge.toml here): built-in defaults"
+            ),
+        }
+        let mappings_dir = settings.resolve(&settings.mappings.dir);
+        if loaded.mappings.is_empty() {
+            tracing::warn!(
+                dir = %mappings_dir.display(),
+                "no mappings loaded: every trigger will answer 404 (started from the wrong folder?)"
+            );
+        } else {
+            tracing::info!(
+                count = loaded.mappings.len(),
+                names = loaded.mappings.names().join(", "),
+                dir = %mappings_dir.display(),
+                "mappings loaded"
+            );
+        }
+        for weak in settings
+            .weak_tokens()
+            .into_iter()
+            .chain(loaded.mappings.weak_credentials())
+        {
+            tracing::warn!("{weak}: set a secret before production");
+        }
         let store = Store::open(settings).await?;
+        tracing::info!(store = settings.store_display(), "store opened");
+        if let Some(endpoint) = &settings.pega.endpoint {
+            tracing::info!(endpoint = endpoint.as_str(), "delivering to Pega");
+        }
+        if store.is_paused().await.unwrap_or(false) {
+            tracing::warn!("delivery is paused (pegabridge deliveries resume)");
+        }
         let metrics = Arc::new(Metrics::new());
         let worker = Worker::new(
             store.clone(),

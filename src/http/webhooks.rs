@@ -38,6 +38,12 @@ async fn trigger(
         key.as_deref(),
     )
     .await?;
+    tracing::info!(
+        mapping = name.as_str(),
+        broadcast_id = answer.broadcast_id,
+        recipients = answer.recipients.len(),
+        "trigger accepted"
+    );
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

@@ -127,6 +127,33 @@ impl Mappings {
         self.0.len()
     }
 
+    /// The mapping names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.0.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Mappings whose trigger credentials are empty or an example value.
+    pub fn weak_credentials(&self) -> Vec<String> {
+        let mut weak: Vec<String> = self
+            .0
+            .values()
+            .filter(|m| match &m.file.auth {
+                TriggerAuth::Bearer { token } => crate::config::is_weak(token.expose()),
+                TriggerAuth::Basic { password, .. } => crate::config::is_weak(password.expose()),
+            })
+            .map(|m| {
+                format!(
+                    "mappings/{}.toml: auth is empty or an example value (change-me...)",
+                    m.name
+                )
+            })
+            .collect();
+        weak.sort();
+        weak
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

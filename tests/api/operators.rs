@@ -1,0 +1,161 @@
+//! What operators see: log lines (text without colours off a terminal, or JSON), the start-up
+//! summary and its warnings, `config check --connect`, shell completions.
+
+use crate::helpers::{pegabridge, stderr, stdout};
+use crate::processes::{free_port, project_dir, wait_healthy};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[tokio::test]
+async fn serve_logs_one_json_line_per_request_and_says_what_it_loaded() {
+    let dir = project_dir();
+    let port = free_port();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://ops.db\"\n[admin]\ntoken = \"change-me-admin\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "serve",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let res = client
+        .get(format!("{base}/nope"))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    child.kill().unwrap();
+    let lines: Vec<Value> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let _ = child.wait();
+    let message = |m: &str| lines.iter().find(|l| l["message"] == m).cloned();
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["request_id"] == "req-42")
+        .unwrap_or_else(|| panic!("a request line: {lines:?}"));
+    assert_eq!(request["status"], 404);
+    assert_eq!(request["method"], "GET");
+    assert!(request["latency_ms"].is_number());
+    let loaded = message("mappings loaded").expect("the mappings are named");
+    assert_eq!(loaded["count"], 1);
+    assert!(message("store opened").is_some());
+    assert!(message("configuration read").is_some());
+    let warned = lines.iter().any(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("admin.token is empty or an example value"))
+    });
+    assert!(warned, "example tokens are warned about: {lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.to_string().contains("change-me-admin")),
+        "no secret in the log"
+    );
+}
+
+#[test]
+fn text_logs_have_no_colours_off_a_terminal() {
+    let dir = project_dir();
+    // Starting without a config file in an empty folder warns (no mappings): text on stderr.
+    let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["config", "check", "--connect"])
+        .current_dir(dir.path())
+        .env_remove("PEGABRIDGE_CONFIG")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
+}
+
+#[tokio::test]
+async fn config_check_connect_reaches_the_store_and_the_endpoint_without_an_event() {
+    let pega = crate::pega::start_pega().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        format!("[store]\nurl = \"sqlite://c.db\"\n[pega]\nendpoint = \"{}/in\"\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n", pega.url),
+    )
+    .unwrap();
+    let path = dir.path().to_owned();
+    let out =
+        tokio::task::spawn_blocking(move || pegabridge(&path, &["config", "check", "--connect"]))
+            .await
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("store ok"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("pega ok"), "{}", stdout(&out));
+    assert!(pega.mock.events().is_empty(), "no event sent");
+
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        format!("[store]\nurl = \"sqlite://c.db\"\n[pega]\nendpoint = \"{refused}/in\"\n"),
+    )
+    .unwrap();
+    let path = dir.path().to_owned();
+    let out =
+        tokio::task::spawn_blocking(move || pegabridge(&path, &["config", "check", "--connect"]))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("connection refused"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn completions_are_generated_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = pegabridge(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(stdout(&out).contains("deliveries"), "{shell}");
+    }
+}
+
+#[test]
+fn config_check_refuses_what_serve_would_refuse_and_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        "[server]\nlisten = \"localhost\"\n[store]\nurl = \"mysql://x\"\nsynchronous = \"fulll\"\n[pega.headers]\n\"bad header\" = \"x\"\n",
+    )
+    .unwrap();
+    for command in [&["config", "check"][..], &["serve"][..]] {
+        let out = pegabridge(dir.path(), command);
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        let err = stderr(&out);
+        for key in [
+            "server.listen",
+            "store.url",
+            "store.synchronous",
+            "pega.headers.bad header",
+        ] {
+            assert!(err.contains(key), "{command:?} reports {key}: {err}");
+        }
+    }
+}

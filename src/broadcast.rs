@@ -110,13 +110,16 @@ pub async fn accept(
 }
 
 /// One recipient in a preview.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PreviewRecipient {
     /// The resolved manual options.
+    #[schema(value_type = Object)]
     pub manual_options: Map<String, Value>,
     /// Each configured field's `<meta>` content, rendered.
+    #[schema(value_type = Object)]
     pub meta: Map<String, Value>,
     /// The exact event Pega would receive (ids are 0: nothing is stored).
+    #[schema(value_type = Object)]
     pub event: Common,
     /// For people: defaults used, unmapped fields, unsupported constructs.
     pub warnings: Vec<String>,
@@ -126,7 +129,7 @@ pub struct PreviewRecipient {
 }
 
 /// A preview of a trigger.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Preview {
     pub recipients: Vec<PreviewRecipient>,
 }

@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
+#[allow(unused_imports)] // used by the OpenAPI example
+use serde_json::json;
 
 /// The activity route.
 pub fn router() -> Router<AppState> {
@@ -20,12 +22,18 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The answer: one entry per activity, in order.
-#[derive(Debug, Serialize)]
-struct Answer {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Answer {
     activities: Vec<ActivityAnswer>,
 }
 
-async fn receive(
+/// Opens, clicks, bounces, complaints, unsubscribes and conversions: one or an array.
+#[utoipa::path(post, path = "/activities", tag = "activities",
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1, "timestamp": 1_700_000_000})),
+    security(("bearer" = [])),
+    responses((status = 202, description = "Committed", body = Answer), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -32,7 +32,11 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     require_bearer(token, headers)
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "admin",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+              (status = 503, description = "The store cannot answer now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let stats = state.store.outbox_stats().await.map_err(ApiError::store)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -46,7 +50,12 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/admin/deliveries", tag = "admin",
+    params(("status" = Option<String>, Query, description = "pending, inflight, delivered, dead or filtered"),
+           ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Events, newest first", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -66,13 +75,17 @@ async fn list(
     }
     let rows = state
         .store
-        .deliveries(q.status, q.limit.unwrap_or(100))
+        .deliveries(q.status, q.limit.unwrap_or(100).min(10_000))
         .await
         .map_err(ApiError::store)?;
     Ok(Json(json!({ "deliveries": rows })))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/admin/deliveries/{uuid}", tag = "admin",
+    params(("uuid" = String, Path, description = "The event's uuid")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The event and every attempt", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such event", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(uuid): Path<String>,
@@ -99,7 +112,13 @@ struct ReplayBody {
     since: Option<Value>,
 }
 
-async fn replay(
+#[utoipa::path(post, path = "/admin/deliveries/replay", tag = "admin",
+    request_body(content = Object, content_type = "application/json",
+        description = "Exactly one of uuid, status (dead, filtered, delivered), since (Unix seconds or an age like 2h)"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "How many events will be delivered again", body = Object),
+              (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "A value that cannot be stored", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -149,7 +168,12 @@ async fn replay(
     Ok(Json(json!({ "replayed": n })))
 }
 
-async fn pause(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/admin/delivery/pause", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Paused", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers)?;
     state
         .store
@@ -159,7 +183,9 @@ async fn pause(State(state): State<AppState>, headers: HeaderMap) -> Result<Json
     Ok(Json(json!({ "paused": true })))
 }
 
-async fn resume(
+#[utoipa::path(post, path = "/admin/delivery/resume", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Resumed", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {

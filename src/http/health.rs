@@ -57,7 +57,10 @@ async fn delivery(
 
 /// 200 while the process serves and delivery runs (or is not configured), saying whether it
 /// is paused; 503 with the reason while the delivery worker is down.
-async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/health", tag = "meta",
+    responses((status = 200, description = "Serving; delivery running, paused or not configured", body = Object),
+              (status = 503, description = "The delivery worker is down", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (delivery, paused) = delivery(&state, PAUSED_TIMEOUT).await?;
     Ok(Json(json!({
         "status": "ok",
@@ -68,7 +71,10 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 }
 
 /// 200 when the store answers within its timeout and delivery runs; 503 otherwise.
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/ready", tag = "meta",
+    responses((status = 200, description = "The store answers and delivery runs", body = Object),
+              (status = 503, description = "The store does not answer, or the delivery worker is down", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let store = tokio::time::timeout(STORE_TIMEOUT, state.store.ping()).await;
     if !matches!(store, Ok(true)) {
         return Err(ApiError::Unavailable);

@@ -7,6 +7,7 @@ mod admin;
 pub mod error;
 pub(crate) mod extract;
 mod health;
+pub mod openapi;
 mod serve;
 mod webhooks;
 
@@ -157,6 +158,7 @@ impl Application {
             .merge(activities::router())
             .merge(admin::router())
             .merge(health::router())
+            .merge(openapi::router())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(settings.server.body_limit))

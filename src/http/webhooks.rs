@@ -11,6 +11,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
+#[allow(unused_imports)] // used by the OpenAPI examples
+use serde_json::json;
 
 /// The trigger routes.
 pub fn router() -> Router<AppState> {
@@ -19,7 +21,15 @@ pub fn router() -> Router<AppState> {
         .route("/preview/{mapping}", post(preview_trigger))
 }
 
-async fn trigger(
+/// Pega's trigger: recipients and manual fields where the mapping says.
+#[utoipa::path(post, path = "/webhooks/{mapping}", tag = "triggers",
+    params(("mapping" = String, Path, description = "The mapping's name (mappings/NAME.toml)", example = "offer"),
+           ("Idempotency-Key" = Option<String>, Header, description = "A repeat answers the first answer")),
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": [{"Email": "ann@example.com", "CustomerID": "194076", "InteractionID": "-563481321460449721"}]})),
+    security(("bearer" = []), ("basic" = [])),
+    responses((status = 202, description = "Committed", body = TriggerAnswer), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "Unknown mapping or route", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -53,7 +63,15 @@ struct PreviewQuery {
     html: bool,
 }
 
-async fn preview_trigger(
+/// What a trigger would send, stored and sent nowhere.
+#[utoipa::path(post, path = "/preview/{mapping}", tag = "triggers",
+    params(("mapping" = String, Path, description = "The mapping's name", example = "offer"),
+           ("html" = Option<bool>, Query, description = "Include the personalized HTML")),
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": [{"Email": "ann@example.com", "CustomerID": "194076", "InteractionID": "-563481321460449721"}]})),
+    security(("bearer" = []), ("basic" = [])),
+    responses((status = 200, description = "The preview", body = crate::broadcast::Preview), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "Unknown mapping or route", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn preview_trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,

@@ -22,7 +22,7 @@ pub struct PersonalBroadcast {
 }
 
 /// A field that breaks the mapping's rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The mapping key (`variables.InteractionId`, `recipient.email`).
     pub field: String,

@@ -34,7 +34,7 @@ pub struct NewRecipient {
 }
 
 /// One recipient in the answer to a trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientAnswer {
     pub customer_id: i64,
     pub uuid: String,
@@ -45,14 +45,14 @@ pub struct RecipientAnswer {
 }
 
 /// The answer to an accepted trigger (`202`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TriggerAnswer {
     pub broadcast_id: i64,
     pub recipients: Vec<RecipientAnswer>,
 }
 
 /// The answer for one activity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ActivityAnswer {
     pub uuid: String,
     pub metric_id: i64,

@@ -159,3 +159,44 @@ fn config_check_refuses_what_serve_would_refuse_and_reports_every_problem() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_openapi_description_is_served_and_kept_current_in_the_repository() {
+    let app = crate::server::spawn_app().await;
+    let served: Value = app
+        .get("/openapi.json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/webhooks/{mapping}",
+        "/preview/{mapping}",
+        "/activities",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/admin/deliveries",
+        "/admin/deliveries/{uuid}",
+        "/admin/deliveries/replay",
+        "/admin/delivery/pause",
+        "/admin/delivery/resume",
+        "/openapi.json",
+    ] {
+        assert!(served["paths"][path].is_object(), "{path} is described");
+    }
+    let file = crate::helpers::root().join("docs/openapi.json");
+    let current = pegabridge::http::openapi::json();
+    if std::env::var("UPDATE_OPENAPI").is_ok() {
+        std::fs::write(&file, &current).unwrap();
+    }
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        kept == current,
+        "docs/openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test openapi"
+    );
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept, served);
+}

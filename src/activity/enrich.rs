@@ -30,23 +30,32 @@ const CACHED_AGENT_BYTES: usize = 512;
 /// checks. When full, it starts again empty.
 static AGENTS: LazyLock<Mutex<HashMap<String, Agent>>> = LazyLock::new(Mutex::default);
 
-/// Reads a user agent (cached).
+/// Reads a user agent: from the cache when it was read for an accepted activity before.
 pub fn agent(user_agent: &str) -> Agent {
     let cached = AGENTS.lock().ok().and_then(|m| m.get(user_agent).cloned());
-    if let Some(agent) = cached {
-        return agent;
+    cached.unwrap_or_else(|| read_agent(user_agent))
+}
+
+/// Keeps a user agent of an accepted (committed) activity for the next reads; input that was
+/// refused never reaches the cache. Long ones are not kept (see [`CACHED_AGENT_BYTES`]).
+pub fn remember(user_agent: &str) {
+    if user_agent.is_empty() || user_agent.len() > CACHED_AGENT_BYTES {
+        return;
+    }
+    let known = AGENTS
+        .lock()
+        .ok()
+        .is_some_and(|m| m.contains_key(user_agent));
+    if known {
+        return;
     }
     let agent = read_agent(user_agent);
-    if user_agent.len() > CACHED_AGENT_BYTES {
-        return agent;
-    }
     if let Ok(mut m) = AGENTS.lock() {
         if m.len() >= CACHED_AGENTS {
             m.clear();
         }
-        m.insert(user_agent.to_owned(), agent.clone());
+        m.insert(user_agent.to_owned(), agent);
     }
-    agent
 }
 
 /// Reads a user agent, with one parse.
@@ -171,13 +180,27 @@ mod tests {
     #[test]
     fn a_cached_user_agent_reads_as_a_fresh_one_also_past_the_cache_size() {
         let proxy = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+        remember(proxy);
         for i in 0..CACHED_AGENTS + 10 {
             let ua = format!("Mozilla/5.0 (Windows NT 10.0) Chrome/{i}.0 Safari/537.36");
+            remember(&ua);
             assert_eq!(agent(&ua), read_agent(&ua));
             assert_eq!(agent(&ua).browser, "Chrome");
             assert!(agent(proxy).machine && !agent(&ua).machine);
         }
         assert!(AGENTS.lock().unwrap().len() <= CACHED_AGENTS);
+        let long = format!("Mozilla/5.0 {}", "x".repeat(CACHED_AGENT_BYTES));
+        remember(&long);
+        assert!(
+            !AGENTS.lock().unwrap().contains_key(&long),
+            "long agents are not kept"
+        );
+        let refused = "Mozilla/5.0 (refused) Never/1.0";
+        let _ = agent(refused);
+        assert!(
+            !AGENTS.lock().unwrap().contains_key(refused),
+            "reading does not fill the cache"
+        );
     }
 
     #[test]

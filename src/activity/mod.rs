@@ -100,6 +100,15 @@ pub struct Counts {
 }
 
 impl Activity {
+    /// The user agent the activity came with, if any.
+    pub fn user_agent(&self) -> Option<&str> {
+        match &self.detail {
+            Detail::Open { user_agent, .. } => Some(user_agent),
+            Detail::Click(c) => Some(&c.user_agent),
+            _ => None,
+        }
+    }
+
     /// Whether this activity's event carries the customer's counts (bounces and complaints
     /// do; the other events have no such fields).
     pub fn reports_counts(&self) -> bool {

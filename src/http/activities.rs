@@ -47,6 +47,10 @@ pub(super) async fn receive(
     require_bearer(token, &headers)?;
     let activities =
         crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::InvalidActivity)?;
+    let agents: Vec<String> = activities
+        .iter()
+        .filter_map(|a| a.user_agent().map(str::to_owned))
+        .collect();
     let answers = match state.store.record_activities(activities).await {
         Ok(a) => a,
         Err(e) => match e.downcast_ref::<UnknownBroadcast>() {
@@ -61,6 +65,10 @@ pub(super) async fn receive(
         },
     };
     tracing::info!(activities = answers.len(), "activities accepted");
+    // Committed: their user agents may be kept for the next reads.
+    for ua in &agents {
+        crate::activity::enrich::remember(ua);
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Answer {

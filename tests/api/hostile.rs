@@ -400,3 +400,65 @@ fn prepared_copies_keep_the_sources_mode() {
         .mode();
     assert_eq!(mode & 0o777, 0o644);
 }
+
+/// The peak resident size of a process, in KiB (Linux).
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn amplifying_requests_cost_bounded_memory() {
+    use crate::processes::{free_port, project_dir, start, wait_healthy};
+    let dir = project_dir();
+    std::fs::copy(
+        crate::helpers::root().join("mappings/offer.toml"),
+        dir.path().join("mappings/offer.toml"),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://amp.db\"\n"),
+    )
+    .unwrap();
+    let mut child = start(&config);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let before = peak_kib(child.id());
+    // 1: a large top-level value that every recipient's error would quote (was 200 MB).
+    let customers: Vec<Value> = (0..1000)
+        .map(|i| json!({"CustomerID": format!("c{i}")}))
+        .collect();
+    let quoted = json!({"Email": "x".repeat(100_000), "Offer": {"UniqueOfferId": "O"}, "Customers": customers});
+    // 2: a valid trigger whose large trigger-wide value every recipient's options would copy.
+    let customers: Vec<Value> = (0..1000)
+        .map(|i| json!({"Email": format!("c{i}@x.nl"), "CustomerID": format!("c{i}"), "InteractionID": format!("{i}")}))
+        .collect();
+    let copied = json!({"FirstName": "y".repeat(100_000), "Offer": {"UniqueOfferId": "O"}, "Customers": customers});
+    for (body, status) in [(quoted, 422), (copied, 413)] {
+        for _ in 0..2 {
+            let res = client
+                .post(format!("{base}/webhooks/offer"))
+                .bearer_auth("change-me")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), status);
+            let text = res.text().await.unwrap();
+            assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+        }
+    }
+    let grown_mib = (peak_kib(child.id()).saturating_sub(before)) / 1024;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    let _ = TOKEN;
+}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs schemathesis against a real `pegabridge serve` (SQLite, the example configuration) with
 # the served OpenAPI description: no 5xx, and every answer as described. Bounded: a few
-# examples per operation and a time limit. Needs the debug binary (cargo test builds it).
+# examples per operation and a time limit. (The coverage phase is left out: schemathesis 4.32
+# sometimes fails inside it, in hypothesis, before sending anything.) Needs the debug binary (cargo test builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v schemathesis >/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check schemathesis >/dev/null 2>&1 || true
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" >/dev/null 2>&1 || true
 fi
 if ! command -v schemathesis >/dev/null; then
   echo "schemathesis is missing (pip install schemathesis): the OpenAPI fuzz run is skipped" >&2
@@ -30,7 +31,7 @@ for _ in $(seq 1 100); do
 done
 timeout 600 schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --max-examples 30 --workers 2 --request-timeout 10 \
+  --phases examples,fuzzing,stateful --max-examples 30 --workers 2 --request-timeout 10 \
   -H "Authorization: Bearer fuzz-token" \
   --seed "${SCHEMATHESIS_SEED:-1}" --no-color
 status=$?

@@ -213,6 +213,10 @@ pub struct StoreSettings {
     pub synchronous: String,
     /// PostgreSQL connections per instance.
     pub pool_size: u32,
+    /// SQLite: `/ready` fails when the database's filesystem has less free space than this (in
+    /// MiB): SQLite may still commit small writes into its journal's old space, so a failed
+    /// write alone comes too late.
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreSettings {
@@ -221,6 +225,7 @@ impl Default for StoreSettings {
             url: "sqlite://pegabridge.db".into(),
             synchronous: "full".into(),
             pool_size: 10,
+            min_free_mb: 64,
         }
     }
 }
@@ -317,6 +322,22 @@ impl Settings {
             }
         }
         weak
+    }
+
+    /// The folder of the SQLite database file (none on PostgreSQL or in memory).
+    pub fn sqlite_dir(&self) -> Option<PathBuf> {
+        let url = self.store_url();
+        let path = url.strip_prefix("sqlite://")?;
+        if path.starts_with(':') || path.is_empty() {
+            return None;
+        }
+        let path = Path::new(path.split('?').next().unwrap_or(path));
+        Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned(),
+        )
     }
 
     /// `[store] url` for messages: a PostgreSQL password is replaced by `***`.

@@ -72,6 +72,9 @@ impl ApiError {
 fn unavailable(e: &anyhow::Error) -> bool {
     use rusqlite::ErrorCode;
     e.chain().any(|cause| {
+        if cause.is::<crate::store::Unavailable>() {
+            return true;
+        }
         if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
         {
             return matches!(

@@ -70,14 +70,39 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
     })))
 }
 
-/// 200 when the store answers within its timeout and delivery runs; 503 otherwise.
+/// 200 when the store takes a small write within its timeout (a full disk or a read-only
+/// database fails it) and delivery runs; 503 otherwise.
 #[utoipa::path(get, path = "/ready", tag = "meta",
-    responses((status = 200, description = "The store answers and delivery runs", body = Object),
-              (status = 503, description = "The store does not answer, or the delivery worker is down", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "The store takes writes and delivery runs", body = Object),
+              (status = 503, description = "The store takes no writes, or the delivery worker is down", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = tokio::time::timeout(STORE_TIMEOUT, state.store.ping()).await;
-    if !matches!(store, Ok(true)) {
-        return Err(ApiError::Unavailable);
+    if let Some((dir, min_free)) = &state.disk {
+        if let Ok(stat) = nix::sys::statvfs::statvfs(dir.as_path()) {
+            let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+            if free < *min_free {
+                tracing::warn!(
+                    free_bytes = free,
+                    min_free_bytes = *min_free,
+                    dir = %dir.display(),
+                    "not ready: the database's disk is (nearly) full"
+                );
+                return Err(ApiError::Unavailable);
+            }
+        }
+    }
+    match tokio::time::timeout(STORE_TIMEOUT, state.store.writable()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "not ready: the store takes no writes"
+            );
+            return Err(ApiError::Unavailable);
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the store did not answer in time");
+            return Err(ApiError::Unavailable);
+        }
     }
     let (delivery, paused) = delivery(&state, STORE_TIMEOUT).await?;
     Ok(Json(json!({

@@ -59,6 +59,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Whether the delivery worker is running.
     pub delivery: Arc<DeliveryStatus>,
+    /// SQLite: the database's folder and the free space `/ready` requires there.
+    pub disk: Option<(std::path::PathBuf, u64)>,
 }
 
 /// A built, bound server.
@@ -152,6 +154,9 @@ impl Application {
             admin_token: settings.admin.token.clone().map(Arc::new),
             metrics,
             delivery: delivery.clone(),
+            disk: settings
+                .sqlite_dir()
+                .map(|dir| (dir, settings.store.min_free_mb * 1024 * 1024)),
         }));
         let router = Router::new()
             .merge(webhooks::router())

@@ -33,6 +33,12 @@ pub struct NewRecipient {
     pub event: Common,
 }
 
+/// The store cannot take the work now (a full disk, an I/O error, a database that does not
+/// answer): the HTTP layer answers 503 with `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// One recipient in the answer to a trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientAnswer {
@@ -216,6 +222,12 @@ impl Store {
             Backend::Sqlite(_) => Ok(()),
             Backend::Postgres(s) => s.listen(notify).await,
         }
+    }
+
+    /// Whether the database takes a write: a small committed write (`/ready`), which fails
+    /// when the disk is full or the database is read-only.
+    pub async fn writable(&self) -> anyhow::Result<()> {
+        each!(self, s => s.writable().await)
     }
 
     /// Whether the database answers.

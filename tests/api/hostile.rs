@@ -462,3 +462,94 @@ async fn amplifying_requests_cost_bounded_memory() {
     assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
     let _ = TOKEN;
 }
+
+#[tokio::test]
+async fn a_full_disk_answers_503_and_ready_says_so() {
+    use crate::processes::{free_port, project_dir, start, wait_healthy};
+    let dir = project_dir();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // A small filesystem of its own (root can mount a tmpfs; elsewhere the test says why not).
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("full disk: skipped (cannot mount a tmpfs here; needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let port = free_port();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}\"\nmin_free_mb = 1\n",
+            disk.join("full.db").display()
+        ),
+    )
+    .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(start(&config));
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Fill the disk.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+        for size in [64 * 1024, 4096, 1] {
+            let block = vec![0u8; size];
+            while filler.write_all(&block).is_ok() {}
+        }
+        let _ = filler.sync_all();
+    }
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the disk is full");
+    let trigger = client
+        .post(format!("{base}/webhooks/crash"))
+        .bearer_auth("crash-token")
+        .json(&json!({"email": "a@b.nl", "interaction": 1}))
+        .send()
+        .await
+        .unwrap();
+    // SQLite may still commit a small write into its journal's old space; when it cannot, the
+    // answer is an outage (503, retry later), never an internal error.
+    match trigger.status().as_u16() {
+        202 => {}
+        503 => assert!(trigger.headers().contains_key("retry-after")),
+        other => panic!("a full disk answered {other}"),
+    }
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "liveness does not depend on the disk");
+    // Room again: ready again, and the write goes through.
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let trigger = client
+        .post(format!("{base}/webhooks/crash"))
+        .bearer_auth("crash-token")
+        .json(&json!({"email": "a@b.nl", "interaction": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trigger.status(), 202);
+}

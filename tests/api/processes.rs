@@ -52,7 +52,11 @@ pub fn start(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pegabridge"))
         .args(["--config", config.to_str().unwrap(), "serve"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var("PB_SHOW_SERVE").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap()
 }

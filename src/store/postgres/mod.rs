@@ -38,6 +38,17 @@ impl PgStore {
     }
 
     /// Whether the database answers.
+    /// A small committed write (the readiness probe's time in `flags`).
+    pub async fn writable(&self) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO flags (name, value) VALUES ('ready_probe', extract(epoch from now())::bigint::text) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }

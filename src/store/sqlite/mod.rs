@@ -55,6 +55,24 @@ pub struct Conn {
     commons: RefCell<HashMap<(i64, i64), Common>>,
     /// Whether delivery is paused, as read in the current transaction.
     paused: Cell<Option<bool>>,
+    /// Why the last batch could not be committed (a full disk, an I/O error): told to the
+    /// callers whose answers were dropped with it.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Conn {
+    /// Records why a batch failed, for the callers whose answers are dropped with it.
+    fn fail(&self, e: &dyn std::fmt::Display) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+
+    /// A commit went through: an earlier failure is over.
+    fn committed(&self) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_some() {
+            *failure = None;
+        }
+    }
 }
 
 impl std::ops::Deref for Conn {
@@ -93,6 +111,8 @@ struct Inner {
     /// Whether a task is running batches (it empties the queue before it stops).
     leading: AtomicBool,
     conn: Mutex<Conn>,
+    /// The same as the connection's `failure`.
+    failure: Arc<Mutex<Option<String>>>,
     /// A second connection for long reads, when the database is a file.
     reader: Option<Arc<Mutex<Connection>>>,
     answer: Answer,
@@ -117,6 +137,7 @@ impl SqliteStore {
                 }
                 _ => None,
             };
+            let failure = Arc::new(Mutex::new(None));
             Ok(Inner {
                 queue: Mutex::new(Vec::new()),
                 leading: AtomicBool::new(false),
@@ -124,7 +145,9 @@ impl SqliteStore {
                     db,
                     commons: RefCell::new(HashMap::new()),
                     paused: Cell::new(None),
+                    failure: failure.clone(),
                 }),
+                failure,
                 reader,
                 answer: match wal {
                     Some(wal) => Answer::AfterFlush(Flusher::spawn(wal)?),
@@ -164,7 +187,19 @@ impl SqliteStore {
         if !self.inner.leading.swap(true, Ordering::SeqCst) {
             tokio::spawn(self.inner.clone().lead());
         }
-        rx.await.context("the SQLite batch failed to commit")?
+        match rx.await {
+            Ok(result) => result,
+            // The answer was dropped with its batch: the store could not commit it.
+            Err(_) => {
+                let why = (self.inner.failure.lock())
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "it could not be made durable (see the log)".into());
+                Err(anyhow::Error::new(crate::store::Unavailable(format!(
+                    "the SQLite batch failed to commit: {why}"
+                ))))
+            }
+        }
     }
 
     /// Runs a read on the reading connection, on the blocking pool (on the write connection
@@ -184,6 +219,18 @@ impl SqliteStore {
             }
             None => self.call(move |c| f(c)).await,
         }
+    }
+
+    /// A small committed write (the readiness probe's time in `flags`).
+    pub async fn writable(&self) -> anyhow::Result<()> {
+        self.call(|c| {
+            c.execute(
+                "INSERT INTO flags (name, value) VALUES ('ready_probe', strftime('%s','now')) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether the database answers.
@@ -404,6 +451,7 @@ fn run_batch(conn: &Conn, batch: Vec<Work>, answer: &Answer) {
     while work.len() > 0 {
         if let Err(e) = execute(conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a transaction");
+            conn.fail(&e);
             return; // dropping the work answers its callers with an error
         }
         // Another process may have changed the flag since the last transaction.
@@ -427,13 +475,17 @@ fn run_batch(conn: &Conn, batch: Vec<Work>, answer: &Answer) {
             continue;
         }
         match execute(conn, "COMMIT") {
-            Ok(()) => match answer {
-                Answer::AtCommit => answers.into_iter().for_each(|answer| answer()),
-                // A failed send drops the answers: callers see an error.
-                Answer::AfterFlush(f) => f.after_commit(answers),
-            },
+            Ok(()) => {
+                conn.committed();
+                match answer {
+                    Answer::AtCommit => answers.into_iter().for_each(|answer| answer()),
+                    // A failed send drops the answers: callers see an error.
+                    Answer::AfterFlush(f) => f.after_commit(answers),
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
+                conn.fail(&e);
                 rollback(conn);
                 // The answers are dropped unsent: callers see an error, never a false success.
             }

@@ -285,10 +285,14 @@ impl Settings {
             }
         }
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems.join("\n")))
+            return Ok(());
         }
+        let file = self.source.as_ref().map_or_else(
+            || "built-in defaults".to_owned(),
+            |f| f.display().to_string(),
+        );
+        let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
+        Err(ConfigError::Invalid(lines.join("\n")))
     }
 
     /// The tags `prepare` writes and `check` expects.

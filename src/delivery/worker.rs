@@ -199,6 +199,12 @@ impl Worker {
         self.metrics.record(&verdict, batch, now_ms());
         match &verdict {
             Verdict::Delivered => {}
+            Verdict::Retry(after) if http_status == Some(429) => tracing::warn!(
+                events = batch.len(),
+                attempt = attempt_no,
+                retry_in_ms = after.as_millis() as u64,
+                "Pega is rate-limiting (429): retrying later"
+            ),
             Verdict::Retry(after) => tracing::warn!(
                 events = batch.len(),
                 attempt = attempt_no,

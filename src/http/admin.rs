@@ -23,7 +23,12 @@ pub fn router() -> Router<AppState> {
         .route("/admin/deliveries/{uuid}", get(show))
         .route("/admin/delivery/pause", post(pause))
         .route("/admin/delivery/resume", post(resume))
+        // Operator bodies are a few bytes: a small limit of their own.
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
 }
+
+/// The largest admin request body.
+const ADMIN_BODY_LIMIT: usize = 16 * 1024;
 
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = state.admin_token.as_ref().ok_or(ApiError::Unauthorized {

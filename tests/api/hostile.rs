@@ -324,6 +324,17 @@ async fn ready_checks_the_store_and_the_admin_api_takes_ages() {
         .await;
     assert_eq!(res.status(), 200);
     let res = app
+        .admin_post(
+            "/admin/deliveries/replay",
+            &json!({"uuid": "x".repeat(20_000)}),
+        )
+        .await;
+    assert_eq!(
+        res.status(),
+        413,
+        "operator bodies have a small limit of their own"
+    );
+    let res = app
         .admin_post("/admin/deliveries/replay", &json!({"status": "inflight"}))
         .await;
     assert_eq!(res.status(), 400, "events in flight are not replayed");

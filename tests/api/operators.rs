@@ -157,6 +157,12 @@ fn config_check_refuses_what_serve_would_refuse_and_reports_every_problem() {
         ] {
             assert!(err.contains(key), "{command:?} reports {key}: {err}");
         }
+        assert!(
+            err.lines()
+                .filter(|l| l.contains("server.listen"))
+                .all(|l| l.contains("pegabridge.toml: ")),
+            "each problem names its file: {err}"
+        );
     }
 }
 

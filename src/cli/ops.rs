@@ -35,16 +35,18 @@ pub enum DeliveriesCommand {
 
 /// Which events to replay: exactly one of these.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["uuid", "status", "since"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["uuid", "status"])))]
 pub struct ReplayArgs {
-    /// One event.
+    /// One event (if it is dead, filtered or delivered; one on its way is left as it is).
+    #[arg(conflicts_with_all = ["status", "since"])]
     pub uuid: Option<String>,
     /// Every event with this status: dead, filtered or delivered (events pending or in flight
     /// are on their way already).
     #[arg(long, value_parser = ["dead", "filtered", "delivered"])]
     pub status: Option<String>,
-    /// Every event created since TIME: Unix seconds, or an age such as 90m, 2h, 1d.
-    #[arg(long)]
+    /// With --status: only events created since TIME (Unix seconds, or an age such as 90m, 2h,
+    /// 1d).
+    #[arg(long, requires = "status")]
     pub since: Option<String>,
 }
 
@@ -120,9 +122,12 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
             DeliveriesCommand::Replay(args) => {
                 let which = match (args.uuid, args.status, args.since) {
                     (Some(u), _, _) => Replay::Uuid(u),
-                    (_, Some(s), _) => Replay::Status(s),
-                    (_, _, Some(t)) => Replay::Since(parse_since(&t, crate::event::now())?),
-                    _ => unreachable!("clap requires one"),
+                    (None, Some(status), Some(t)) => Replay::Since {
+                        since: parse_since(&t, crate::event::now())?,
+                        status,
+                    },
+                    (None, Some(s), None) => Replay::Status(s),
+                    _ => unreachable!("clap requires a uuid or a status"),
                 };
                 out!(
                     "{} events will be delivered again",

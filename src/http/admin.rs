@@ -119,7 +119,7 @@ struct ReplayBody {
 
 #[utoipa::path(post, path = "/admin/deliveries/replay", tag = "admin",
     request_body(content = Object, content_type = "application/json",
-        description = "Exactly one of uuid, status (dead, filtered, delivered), since (Unix seconds or an age like 2h)"),
+        description = "`uuid`, or `status` (dead, filtered, delivered) with an optional `since` (Unix seconds or an age like 2h)"),
     security(("bearer" = [])),
     responses((status = 200, description = "How many events will be delivered again", body = Object),
               (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "A value that cannot be stored", body = crate::http::openapi::ErrorBody)))]
@@ -131,6 +131,13 @@ pub(super) async fn replay(
     admin(&state, &headers)?;
     let body: ReplayBody = serde_json::from_value(json_body(&headers, body)?)
         .map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
+    if let Some(s) = &body.status {
+        if !crate::store::REPLAYABLE.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "status `{s}` cannot be replayed: give dead, filtered or delivered (events pending or in flight are on their way)"
+            )));
+        }
+    }
     let which = match body {
         ReplayBody {
             uuid: Some(u),
@@ -141,30 +148,32 @@ pub(super) async fn replay(
             uuid: None,
             status: Some(s),
             since: None,
-        } if matches!(s.as_str(), "dead" | "filtered" | "delivered") => Replay::Status(s),
-        ReplayBody {
-            status: Some(s), ..
-        } if !matches!(s.as_str(), "dead" | "filtered" | "delivered") => {
-            return Err(ApiError::BadRequest(format!(
-                "status `{s}` cannot be replayed: give dead, filtered or delivered"
-            )))
-        }
+        } => Replay::Status(s),
         ReplayBody {
             uuid: None,
-            status: None,
+            status: Some(status),
             since: Some(t),
         } => {
             let text = match &t {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let at = crate::cli::parse_since(&text, crate::event::now())
+            let since = crate::cli::parse_since(&text, crate::event::now())
                 .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?;
-            Replay::Since(at)
+            Replay::Since { since, status }
+        }
+        ReplayBody {
+            since: Some(_),
+            status: None,
+            ..
+        } => {
+            return Err(ApiError::BadRequest(
+                "`since` needs a `status` (dead, filtered or delivered)".into(),
+            ))
         }
         _ => {
             return Err(ApiError::BadRequest(
-                "give exactly one of `uuid`, `status`, `since`".into(),
+                "give `uuid`, or `status` (with `since` if wanted)".into(),
             ))
         }
     };

@@ -9,7 +9,9 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use handoff::{Handoff, Queue};
-pub use outbox::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
+pub use outbox::{
+    Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay, REPLAYABLE,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

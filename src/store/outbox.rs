@@ -87,14 +87,25 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
-/// Which events to replay.
+/// Which events to replay. Only events that are done (dead, filtered or delivered) are ever
+/// replayed: one pending or in flight is on its way already, so a replay leaves it as it is
+/// (replaying twice sends once more, not twice).
 #[derive(Debug, Clone)]
 pub enum Replay {
     Uuid(String),
     Status(String),
-    /// Every event created at or after this Unix time.
-    Since(i64),
+    /// Every event with this status created at or after this Unix time.
+    Since {
+        since: i64,
+        status: String,
+    },
 }
+
+/// The statuses a replay may select.
+pub const REPLAYABLE: [&str; 3] = ["dead", "filtered", "delivered"];
+
+/// The SQL condition that keeps a replay to events that are done.
+pub(crate) const DONE: &str = "status IN ('dead', 'filtered', 'delivered')";
 
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -320,9 +320,16 @@ async fn ready_checks_the_store_and_the_admin_api_takes_ages() {
         "not configured"
     );
     let res = app
-        .admin_post("/admin/deliveries/replay", &json!({"since": "2h"}))
+        .admin_post(
+            "/admin/deliveries/replay",
+            &json!({"since": "2h", "status": "dead"}),
+        )
         .await;
     assert_eq!(res.status(), 200);
+    let res = app
+        .admin_post("/admin/deliveries/replay", &json!({"since": "2h"}))
+        .await;
+    assert_eq!(res.status(), 400, "`since` needs a status");
     let res = app
         .admin_post(
             "/admin/deliveries/replay",
@@ -341,7 +348,7 @@ async fn ready_checks_the_store_and_the_admin_api_takes_ages() {
     let res = app
         .admin_post(
             "/admin/deliveries/replay",
-            &json!({"since": "99999999999999d"}),
+            &json!({"since": "99999999999999d", "status": "dead"}),
         )
         .await;
     assert_eq!(res.status(), 400, "an age that overflows is refused");
@@ -563,4 +570,64 @@ async fn a_full_disk_answers_503_and_ready_says_so() {
         .await
         .unwrap();
     assert_eq!(trigger.status(), 202);
+}
+
+#[tokio::test]
+async fn a_replay_leaves_events_on_their_way_alone_so_replaying_twice_sends_once() {
+    each_backend(|| async {
+        let (app, pega) = crate::pega::spawn_delivering("").await;
+        let uuid = crate::pega::send_single(&app, 77).await;
+        crate::pega::wait_for_events(&pega, 1).await;
+        app.admin_post("/admin/delivery/pause", &json!({})).await;
+        let replay = |body: Value| {
+            let app = &app;
+            async move {
+                let res = app.admin_post("/admin/deliveries/replay", &body).await;
+                res.json::<Value>().await.unwrap()["replayed"].clone()
+            }
+        };
+        assert_eq!(
+            replay(json!({"uuid": uuid})).await,
+            1,
+            "a delivered event is replayed"
+        );
+        assert_eq!(
+            replay(json!({"uuid": uuid})).await,
+            0,
+            "a pending one is left as it is"
+        );
+        assert_eq!(replay(json!({"status": "delivered"})).await, 0);
+        app.admin_post("/admin/delivery/resume", &json!({})).await;
+        let events = crate::pega::wait_for_events(&pega, 2).await;
+        assert_eq!(events.len(), 2, "the original and one replay");
+        let settled = app
+            .admin_until(&format!("/admin/deliveries/{uuid}"), |v| {
+                v["delivery"]["status"] == "delivered"
+            })
+            .await;
+        assert_eq!(settled["delivery"]["status"], "delivered");
+        assert_eq!(pega.mock.events().len(), 2, "not a third copy");
+    })
+    .await;
+}
+
+#[test]
+fn the_cli_needs_a_status_with_since() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = pegabridge(tmp.path(), &["deliveries", "replay", "--since", "2h"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = pegabridge(
+        tmp.path(),
+        &["deliveries", "replay", "--status", "inflight"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "events in flight are not replayed"
+    );
+    let out = pegabridge(
+        tmp.path(),
+        &["deliveries", "replay", "--status", "dead", "--since", "2h"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -2,7 +2,7 @@
 //! never work on the same row at once and a dead instance's rows return when its lease ends.
 
 use super::PgStore;
-use crate::store::outbox::now_ms;
+use crate::store::outbox::{now_ms, DONE};
 use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -229,7 +229,7 @@ impl PgStore {
         let now = now_ms();
         let done = match which {
             Replay::Uuid(u) => {
-                let sql = format!("{set} WHERE uuid = $2");
+                let sql = format!("{set} WHERE uuid = $2 AND {DONE}");
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(u)
@@ -237,18 +237,19 @@ impl PgStore {
                     .await?
             }
             Replay::Status(s) => {
-                let sql = format!("{set} WHERE status = $2");
+                let sql = format!("{set} WHERE status = $2 AND {DONE}");
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(s)
                     .execute(&self.pool)
                     .await?
             }
-            Replay::Since(t) => {
-                let sql = format!("{set} WHERE created_at >= $2 AND status <> 'inflight'");
+            Replay::Since { since, status } => {
+                let sql = format!("{set} WHERE created_at >= $2 AND status = $3 AND {DONE}");
                 sqlx::query(&sql)
                     .bind(now)
-                    .bind(t)
+                    .bind(since)
+                    .bind(status)
                     .execute(&self.pool)
                     .await?
             }

@@ -3,7 +3,7 @@
 
 use super::{Conn, SqliteStore};
 use crate::store::outbox::{
-    now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay,
+    now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay, DONE,
 };
 use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -213,11 +213,15 @@ impl SqliteStore {
             let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, attempts = 0, lease_until = 0";
             let now = now_ms();
             let n = match which {
-                Replay::Uuid(u) => c.execute(&format!("{set} WHERE uuid = ?2"), params![now, u])?,
-                Replay::Status(s) => c.execute(&format!("{set} WHERE status = ?2"), params![now, s])?,
-                Replay::Since(t) => c.execute(
-                    &format!("{set} WHERE created_at >= ?2 AND status <> 'inflight'"),
-                    params![now, t],
+                Replay::Uuid(u) => {
+                    c.execute(&format!("{set} WHERE uuid = ?2 AND {DONE}"), params![now, u])?
+                }
+                Replay::Status(s) => {
+                    c.execute(&format!("{set} WHERE status = ?2 AND {DONE}"), params![now, s])?
+                }
+                Replay::Since { since, status } => c.execute(
+                    &format!("{set} WHERE created_at >= ?2 AND status = ?3 AND {DONE}"),
+                    params![now, since, status],
                 )?,
             };
             Ok(n)

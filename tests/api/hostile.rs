@@ -631,3 +631,29 @@ fn the_cli_needs_a_status_with_since() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_deleted_or_replaced_database_file_is_noticed() {
+    for replace in [false, true] {
+        let app = spawn_app().await; // SQLite: test.db in the app's folder
+        let db = app.dir.path().join("test.db");
+        assert_eq!(app.post("/webhooks/offer", &trigger()).await.status(), 202);
+        std::fs::remove_file(&db).unwrap();
+        if replace {
+            std::fs::write(&db, b"").unwrap();
+        }
+        let res = app.get("/ready").await.unwrap();
+        assert_eq!(res.status(), 503, "replace={replace}: not ready");
+        let mut t = trigger();
+        t["Customers"][0]["InteractionID"] = json!("7");
+        t["Customers"][1]["InteractionID"] = json!("8");
+        let res = app.post("/webhooks/offer", &t).await;
+        assert_eq!(
+            res.status(),
+            503,
+            "replace={replace}: nothing acknowledged into a lost file"
+        );
+        let answer: Value = res.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "unavailable");
+    }
+}

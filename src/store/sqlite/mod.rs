@@ -58,9 +58,35 @@ pub struct Conn {
     /// Why the last batch could not be committed (a full disk, an I/O error): told to the
     /// callers whose answers were dropped with it.
     failure: Arc<Mutex<Option<String>>>,
+    /// The database file and its identity (device, inode) when it was opened: a file deleted
+    /// or replaced under a running server would take everything acknowledged since with it.
+    file: Option<(PathBuf, u64, u64)>,
+}
+
+/// The identity of a file: its device and inode.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl Conn {
+    /// Whether the database file is still the one opened; the reason when it is not.
+    fn file_gone(&self) -> Option<String> {
+        let (path, dev, ino) = self.file.as_ref()?;
+        match identity(path) {
+            Ok((d, i)) if d == *dev && i == *ino => None,
+            Ok(_) => Some(format!(
+                "the database file {} was replaced while pegabridge ran: restart it",
+                path.display()
+            )),
+            Err(e) => Some(format!(
+                "the database file {} is gone ({e}): restart pegabridge",
+                path.display()
+            )),
+        }
+    }
+
     /// Records why a batch failed, for the callers whose answers are dropped with it.
     fn fail(&self, e: &dyn std::fmt::Display) {
         *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
@@ -138,6 +164,14 @@ impl SqliteStore {
                 _ => None,
             };
             let failure = Arc::new(Mutex::new(None));
+            let file = match db.path() {
+                Some(f) if !f.is_empty() => {
+                    let f = PathBuf::from(f);
+                    let (dev, ino) = identity(&f)?;
+                    Some((f, dev, ino))
+                }
+                _ => None,
+            };
             Ok(Inner {
                 queue: Mutex::new(Vec::new()),
                 leading: AtomicBool::new(false),
@@ -146,6 +180,7 @@ impl SqliteStore {
                     commons: RefCell::new(HashMap::new()),
                     paused: Cell::new(None),
                     failure: failure.clone(),
+                    file,
                 }),
                 failure,
                 reader,
@@ -449,6 +484,11 @@ fn run_batch(conn: &Conn, batch: Vec<Work>, answer: &Answer) {
     // Each pass commits one transaction; a piece of work that fails after changing rows ends
     // it early, rolled back.
     while work.len() > 0 {
+        if let Some(gone) = conn.file_gone() {
+            tracing::error!(error = gone.as_str(), "refusing writes");
+            conn.fail(&gone);
+            return; // dropping the work answers its callers with that error
+        }
         if let Err(e) = execute(conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a transaction");
             conn.fail(&e);

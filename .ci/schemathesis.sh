@@ -12,7 +12,7 @@ if ! command -v schemathesis >/dev/null; then
   echo "schemathesis is missing (pip install schemathesis): the OpenAPI fuzz run is skipped" >&2
   exit 1
 fi
-bin="$PWD/target/debug/pegabridge"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/pegabridge"
 [ -x "$bin" ] || cargo build --quiet
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT

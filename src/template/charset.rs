@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn a_late_declaration_and_a_utf16_bom_are_named() {
         let mut late = b"<html><head>".to_vec();
-        late.extend(std::iter::repeat(b' ').take(PRESCAN_BYTES));
+        late.extend(std::iter::repeat_n(b' ', PRESCAN_BYTES));
         late.extend_from_slice(b"<meta charset=\"windows-1252\"></head><p>caf\xe9</p>");
         let err = detect(&late).unwrap_err();
         assert!(matches!(err, CharsetError::DeclaredTooLate { .. }), "{err}");

@@ -130,7 +130,7 @@ fn liquid_end(input: &[u8], start: usize) -> Option<usize> {
             && trimmed[..w.len()].eq_ignore_ascii_case(w)
             && trimmed
                 .get(w.len())
-                .map_or(true, |b| !b.is_ascii_alphanumeric())
+                .is_none_or(|b| !b.is_ascii_alphanumeric())
     };
     if !word(b"comment") {
         return Some(tag_end);

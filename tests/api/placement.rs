@@ -194,7 +194,7 @@ fn check_reports_tags_a_browser_would_not_find_in_the_head() {
 #[test]
 fn charset_refusals_say_what_is_wrong() {
     let mut late = b"<html><head>".to_vec();
-    late.extend(std::iter::repeat(b' ').take(5000));
+    late.extend(std::iter::repeat_n(b' ', 5000));
     late.extend_from_slice(b"<meta charset=\"windows-1252\"></head><p>caf\xe9</p>");
     let err = rewrite(&late, &default_plan()).unwrap_err().to_string();
     assert!(err.contains("declares charset `windows-1252`"), "{err}");

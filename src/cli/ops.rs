@@ -27,6 +27,15 @@ pub enum DeliveriesCommand {
     Show { uuid: String },
     /// Deliver events again (with a fresh retry schedule).
     Replay(ReplayArgs),
+    /// Remove finished events and their attempts: dead letters (kept until an operator says
+    /// so) or delivered ones (which retention removes after `[store] retention_days` anyway).
+    Purge {
+        #[arg(long, value_parser = ["dead", "delivered"])]
+        status: String,
+        /// Only events created before TIME (Unix seconds, or an age such as 7d); default: all.
+        #[arg(long)]
+        before: Option<String>,
+    },
     /// Stop delivering (events keep queueing).
     Pause,
     /// Start delivering again.
@@ -133,6 +142,27 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                     "{} events will be delivered again",
                     store.replay(which).await?
                 );
+            }
+            DeliveriesCommand::Purge { status, before } => {
+                let which = if status == "dead" {
+                    crate::store::Purge::Dead
+                } else {
+                    crate::store::Purge::Delivered
+                };
+                let now = crate::event::now();
+                let before = match before {
+                    Some(t) => parse_since(&t, now)?,
+                    None => now + 1,
+                };
+                let mut removed = 0;
+                loop {
+                    let n = store.purge(which, before, 1000).await?;
+                    removed += n;
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                out!("{removed} {status} events removed");
             }
             DeliveriesCommand::Pause => {
                 store.set_paused(true).await?;

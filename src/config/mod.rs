@@ -217,6 +217,9 @@ pub struct StoreSettings {
     /// MiB): SQLite may still commit small writes into its journal's old space, so a failed
     /// write alone comes too late.
     pub min_free_mb: u64,
+    /// Delivered events (and their attempts) older than this many days are removed in the
+    /// background; 0 keeps them. Dead letters stay until replayed or purged.
+    pub retention_days: u64,
 }
 
 impl Default for StoreSettings {
@@ -226,6 +229,7 @@ impl Default for StoreSettings {
             synchronous: "full".into(),
             pool_size: 10,
             min_free_mb: 64,
+            retention_days: 7,
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct Application {
     worker: Option<(Worker, handoff::Receiver)>,
     outbox: Arc<Notify>,
     delivery: Arc<DeliveryStatus>,
+    /// For the retention task.
+    store: Store,
+    retention_days: u64,
 }
 
 impl Application {
@@ -143,6 +146,7 @@ impl Application {
             }
             None => (store, None),
         };
+        let retained = store.clone();
         let state = AppState(Arc::new(Shared {
             store,
             mappings: loaded.mappings,
@@ -187,6 +191,8 @@ impl Application {
             worker,
             outbox,
             delivery,
+            store: retained,
+            retention_days: settings.store.retention_days,
         })
     }
 
@@ -225,6 +231,7 @@ impl Application {
             };
             tokio::spawn(w.run(self.outbox.clone(), handed, stopped, delivery))
         });
+        let retention = tokio::spawn(retain(self.store.clone(), self.retention_days, stop_rx));
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -244,6 +251,7 @@ impl Application {
         // The worker stops last: events handed over by the last requests are posted, or made
         // due again for the next start.
         let _ = stop_tx.send(true);
+        let _ = retention.await;
         if let Some(w) = worker {
             if tokio::time::timeout(self.grace, w).await.is_err() {
                 tracing::warn!("shutdown grace period over: leaving a delivery round unfinished");
@@ -300,6 +308,53 @@ async fn edge(
         tracing::info!(%method, route, status, latency_ms, request_id = %id, "request");
     }
     response
+}
+
+/// How often the retention task looks for old delivered events.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Events removed per transaction (small: other writes wait for each).
+const RETENTION_BATCH: usize = 1000;
+
+/// Removes delivered events older than `days` (none when 0), every [`RETENTION_EVERY`], in
+/// batches of [`RETENTION_BATCH`], until `stop` says so.
+async fn retain(store: Store, days: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if days == 0 {
+        return;
+    }
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let before =
+            crate::event::now().saturating_sub(i64::try_from(days * 86_400).unwrap_or(i64::MAX));
+        let mut removed = 0;
+        loop {
+            match store
+                .purge(crate::store::Purge::Delivered, before, RETENTION_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    removed += n;
+                    if n < RETENTION_BATCH || *stop.borrow() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "retention: removing delivered events failed"
+                    );
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, days, "retention: delivered events removed");
+        }
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

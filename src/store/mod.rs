@@ -10,7 +10,7 @@ pub mod sqlite;
 
 pub use handoff::{Handoff, Queue};
 pub use outbox::{
-    Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay, REPLAYABLE,
+    Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Purge, Replay, REPLAYABLE,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -287,6 +287,12 @@ impl Store {
         uuid: String,
     ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         each!(self, s => s.delivery(uuid).await)
+    }
+
+    /// Removes up to `limit` events with `status` (`delivered` or `dead`) created before
+    /// `before` (Unix seconds), with their attempts; returns how many.
+    pub async fn purge(&self, status: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
+        each!(self, s => s.purge(status, before, limit).await)
     }
 
     /// Makes events due again.

@@ -101,6 +101,25 @@ pub enum Replay {
     },
 }
 
+/// Which finished events [`crate::store::Store::purge`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Delivered events (retention).
+    Delivered,
+    /// Dead letters (an operator's decision).
+    Dead,
+}
+
+impl Purge {
+    /// The condition selecting them.
+    pub(crate) fn condition(self) -> &'static str {
+        match self {
+            Purge::Delivered => "status = 'delivered'",
+            Purge::Dead => "status = 'dead'",
+        }
+    }
+}
+
 /// The statuses a replay may select.
 pub const REPLAYABLE: [&str; 3] = ["dead", "filtered", "delivered"];
 

@@ -657,3 +657,59 @@ async fn a_deleted_or_replaced_database_file_is_noticed() {
         assert_eq!(answer["error"]["code"], "unavailable");
     }
 }
+
+#[tokio::test]
+async fn finished_events_can_be_removed_and_recent_ones_are_kept() {
+    each_backend(|| async {
+        let (app, pega) = crate::pega::spawn_delivering("").await;
+        let delivered = crate::pega::send_single(&app, 31).await;
+        crate::pega::wait_for_events(&pega, 1).await;
+        app.admin_until(&format!("/admin/deliveries/{delivered}"), |v| {
+            v["delivery"]["status"] == "delivered"
+        })
+        .await;
+        pega.mock.control(|b| {
+            b.fail_next = 1;
+            b.fail_status = Some(400);
+        });
+        let dead = crate::pega::send_single(&app, 32).await;
+        app.admin_until("/admin/deliveries?status=dead", |v| {
+            !v["deliveries"].as_array().unwrap().is_empty()
+        })
+        .await;
+        let store = app.store().await;
+        let week_ago = pegabridge::event::now() - 7 * 86_400;
+        use pegabridge::store::Purge;
+        assert_eq!(
+            store.purge(Purge::Delivered, week_ago, 1000).await.unwrap(),
+            0,
+            "retention keeps recent events"
+        );
+        let now = pegabridge::event::now() + 1;
+        assert_eq!(store.purge(Purge::Delivered, now, 1000).await.unwrap(), 1);
+        let res = app
+            .client
+            .get(app.url(&format!("/admin/deliveries/{delivered}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "removed with its attempts");
+        // Dead letters go only when an operator says so, from the command line.
+        let dir = app.dir.path().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            pegabridge(&dir, &["deliveries", "purge", "--status", "dead"])
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("1 dead events removed"),
+            "{}",
+            stdout(&out)
+        );
+        let shown = app.admin_get("/admin/deliveries?status=dead").await;
+        assert!(shown["deliveries"].as_array().unwrap().is_empty(), "{dead}");
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 
 use super::PgStore;
 use crate::store::outbox::{now_ms, DONE};
-use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay};
+use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Purge, Replay};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -221,6 +221,31 @@ impl PgStore {
             serde_json::from_str(&payload)?,
             attempts,
         )))
+    }
+
+    /// Removes up to `limit` finished events older than `before` and their attempts, in one
+    /// transaction.
+    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM outbox WHERE {} AND created_at < $1 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            which.condition()
+        ))
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM attempts WHERE outbox_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n as usize)
     }
 
     /// Makes the selected events due again with a fresh schedule; returns how many.

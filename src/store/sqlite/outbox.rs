@@ -3,7 +3,7 @@
 
 use super::{Conn, SqliteStore};
 use crate::store::outbox::{
-    now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Replay, DONE,
+    now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Purge, Replay, DONE,
 };
 use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -203,6 +203,32 @@ impl SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((row, serde_json::from_str(&payload)?, attempts)))
+        })
+        .await
+    }
+
+    /// Removes up to `limit` finished events older than `before`, their payloads and
+    /// attempts, in one transaction.
+    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
+        self.call(move |c| {
+            let ids = format!(
+                "SELECT id FROM outbox WHERE {} AND created_at < ?1 ORDER BY created_at LIMIT ?2",
+                which.condition()
+            );
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            c.execute(
+                &format!("DELETE FROM attempts WHERE outbox_id IN ({ids})"),
+                params![before, limit],
+            )?;
+            c.execute(
+                &format!("DELETE FROM outbox_payloads WHERE id IN ({ids})"),
+                params![before, limit],
+            )?;
+            let n = c.execute(
+                &format!("DELETE FROM outbox WHERE id IN ({ids})"),
+                params![before, limit],
+            )?;
+            Ok(n)
         })
         .await
     }

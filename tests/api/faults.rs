@@ -243,15 +243,7 @@ async fn metrics_count_deliveries_retries_and_the_backlog() {
         wait_for_events(&pega, 2).await;
         let mut text = String::new();
         for _ in 0..500 {
-            text = app
-                .client
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            text = app.metrics().await;
             if text.contains("pegabridge_delivered_total 2") {
                 break;
             }

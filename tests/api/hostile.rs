@@ -103,32 +103,17 @@ async fn identifiers_keep_their_exact_text() {
                 {"Email": format!("p{n}@x.nl"), "CustomerID": id, "InteractionID": n.to_string()}
             ]})
         };
-        let a: Value = app
-            .post(
-                "/webhooks/offer",
-                &serde_json::from_str(&customer(json!(0), 1).to_string().replace(
-                    "\"CustomerID\":0",
-                    "\"CustomerID\":123456789012345678901234567890",
-                ))
-                .unwrap(),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        let b: Value = app
-            .post(
-                "/webhooks/offer",
-                &serde_json::from_str(&customer(json!(0), 2).to_string().replace(
-                    "\"CustomerID\":0",
-                    "\"CustomerID\":123456789012345678901234567891",
-                ))
-                .unwrap(),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        // A JSON number of 30 digits (numbers keep their text: serde_json's arbitrary_precision).
+        let big = |digits: &str| serde_json::from_str::<Value>(digits).unwrap();
+        let send = |body: Value| {
+            let app = &app;
+            async move {
+                let res = app.post("/webhooks/offer", &body).await;
+                res.json::<Value>().await.unwrap()
+            }
+        };
+        let a = send(customer(big("123456789012345678901234567890"), 1)).await;
+        let b = send(customer(big("123456789012345678901234567891"), 2)).await;
         assert_ne!(
             a["recipients"][0]["customer_id"], b["recipients"][0]["customer_id"],
             "numbers beyond 64 bits are not rounded into one customer"

@@ -93,38 +93,41 @@ fn text_logs_have_no_colours_off_a_terminal() {
 async fn config_check_connect_reaches_the_store_and_the_endpoint_without_an_event() {
     let pega = crate::pega::start_pega().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        format!("[store]\nurl = \"sqlite://c.db\"\n[pega]\nendpoint = \"{}/in\"\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n", pega.url),
+    let out = check_connect(
+        dir.path(),
+        &format!("[pega]\nendpoint = \"{}/in\"\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n", pega.url),
     )
-    .unwrap();
-    let path = dir.path().to_owned();
-    let out =
-        tokio::task::spawn_blocking(move || pegabridge(&path, &["config", "check", "--connect"]))
-            .await
-            .unwrap();
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("store ok"), "{}", stdout(&out));
     assert!(stdout(&out).contains("pega ok"), "{}", stdout(&out));
     assert!(pega.mock.events().is_empty(), "no event sent");
 
     let refused = format!("http://127.0.0.1:{}", free_port());
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        format!("[store]\nurl = \"sqlite://c.db\"\n[pega]\nendpoint = \"{refused}/in\"\n"),
+    let out = check_connect(
+        dir.path(),
+        &format!("[pega]\nendpoint = \"{refused}/in\"\n"),
     )
-    .unwrap();
-    let path = dir.path().to_owned();
-    let out =
-        tokio::task::spawn_blocking(move || pegabridge(&path, &["config", "check", "--connect"]))
-            .await
-            .unwrap();
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("connection refused"),
         "{}",
         stderr(&out)
     );
+}
+
+/// `config check --connect` in `dir` with a SQLite store and `pega` as the `[pega]` sections.
+async fn check_connect(dir: &std::path::Path, pega: &str) -> std::process::Output {
+    std::fs::write(
+        dir.join("pegabridge.toml"),
+        format!("[store]\nurl = \"sqlite://c.db\"\n{pega}"),
+    )
+    .unwrap();
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || pegabridge(&dir, &["config", "check", "--connect"]))
+        .await
+        .unwrap()
 }
 
 #[test]

@@ -123,6 +123,12 @@ pub async fn send_single(app: &TestApp, n: i64) -> String {
 }
 
 impl TestApp {
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let res = self.client.get(self.url("/metrics")).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     /// GETs an admin path until `done` holds for the answer (at most 10 s); returns it.
     pub async fn admin_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();

@@ -438,16 +438,7 @@ async fn a_panicking_worker_is_restarted_counted_and_health_says_so() {
     let res = app.get("/health").await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["delivery"], "running");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(crate::server::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let restarts: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("pegabridge_worker_restarts_total "))

@@ -154,14 +154,7 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                     Some(t) => parse_since(&t, now)?,
                     None => now + 1,
                 };
-                let mut removed = 0;
-                loop {
-                    let n = store.purge(which, before, 1000).await?;
-                    removed += n;
-                    if n < 1000 {
-                        break;
-                    }
-                }
+                let removed = store.purge_all(which, before, 1000, || false).await?;
                 out!("{removed} {status} events removed");
             }
             DeliveriesCommand::Pause => {

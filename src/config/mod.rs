@@ -122,6 +122,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
+        let limits = crate::mapping::apply::TriggerLimits::default();
         Self {
             listen: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
@@ -129,10 +130,9 @@ impl Default for ServerSettings {
             header_timeout_secs: 10,
             request_timeout_secs: 30,
             max_connections: 1024,
-            max_recipients: crate::mapping::apply::TriggerLimits::default().max_recipients,
-            max_options_bytes: crate::mapping::apply::TriggerLimits::default().max_options_bytes,
-            max_trigger_options_bytes: crate::mapping::apply::TriggerLimits::default()
-                .max_trigger_options_bytes,
+            max_recipients: limits.max_recipients,
+            max_options_bytes: limits.max_options_bytes,
+            max_trigger_options_bytes: limits.max_trigger_options_bytes,
         }
     }
 }
@@ -332,32 +332,9 @@ impl Settings {
         weak
     }
 
-    /// The folder of the SQLite database file (none on PostgreSQL or in memory).
-    pub fn sqlite_dir(&self) -> Option<PathBuf> {
-        let url = self.store_url();
-        let path = url.strip_prefix("sqlite://")?;
-        if path.starts_with(':') || path.is_empty() {
-            return None;
-        }
-        let path = Path::new(path.split('?').next().unwrap_or(path));
-        Some(
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned(),
-        )
-    }
-
-    /// `[store] url` for messages: a PostgreSQL password is replaced by `***`.
+    /// `[store] url` for messages, without its credentials.
     pub fn store_display(&self) -> String {
-        let url = self.store_url();
-        match url::Url::parse(&url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            _ => url,
-        }
+        without_credentials(&self.store_url())
     }
 
     /// A configured path, resolved against the config file's folder.
@@ -367,6 +344,18 @@ impl Settings {
         } else {
             self.base_dir.join(path)
         }
+    }
+}
+
+/// A URL for messages: any `user:password@` removed (text that is not a URL as it is).
+pub fn without_credentials(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => text.to_owned(),
     }
 }
 

@@ -59,7 +59,7 @@ impl TlsSettings {
         let mut roots = Vec::new();
         if let Some(path) = &self.ca_file {
             match certificates(path) {
-                Ok(ders) => {
+                Ok((_, ders)) => {
                     for der in ders {
                         match reqwest::Certificate::from_der(&der) {
                             Ok(c) => roots.push(c),
@@ -83,30 +83,13 @@ impl TlsSettings {
                 problems.push("pega.tls.client_cert: missing (client_key is set)".into());
                 None
             }
-            (Some(cert), Some(key)) => {
-                let certs = certificates(cert)
-                    .map_err(|e| problems.push(format!("pega.tls.client_cert: {e}")))
-                    .ok();
-                let key_pem = private_key(key)
-                    .map_err(|e| problems.push(format!("pega.tls.client_key: {e}")))
-                    .ok();
-                match (certs, key_pem) {
-                    (Some(_), Some(key_pem)) => {
-                        // reqwest takes the chain and the key as one PEM buffer.
-                        let mut pem = read(cert).unwrap_or_default();
-                        pem.push(b'\n');
-                        pem.extend_from_slice(&key_pem);
-                        match reqwest::Identity::from_pem(&pem) {
-                            Ok(identity) => Some(identity),
-                            Err(e) => {
-                                problems.push(format!("pega.tls.client_key: not usable: {e}"));
-                                None
-                            }
-                        }
-                    }
-                    _ => None,
+            (Some(cert), Some(key)) => match client_identity(cert, key) {
+                Ok(identity) => Some(identity),
+                Err(mut e) => {
+                    problems.append(&mut e);
+                    None
                 }
-            }
+            },
         };
         if problems.is_empty() {
             Ok(TlsMaterial { roots, identity })
@@ -116,12 +99,26 @@ impl TlsSettings {
     }
 }
 
+/// The client certificate chain and its key as reqwest takes them (one PEM buffer).
+fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, Vec<String>> {
+    let chain = certificates(cert).map_err(|e| format!("pega.tls.client_cert: {e}"));
+    let key = private_key(key).map_err(|e| format!("pega.tls.client_key: {e}"));
+    let (mut pem, key) = match (chain, key) {
+        (Ok((pem, _)), Ok(key)) => (pem, key),
+        (chain, key) => return Err(chain.err().into_iter().chain(key.err()).collect()),
+    };
+    pem.push(b'\n');
+    pem.extend_from_slice(&key);
+    reqwest::Identity::from_pem(&pem)
+        .map_err(|e| vec![format!("pega.tls.client_key: not usable: {e}")])
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// Every certificate of a PEM file; an error when there is none.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// A PEM file's text and every certificate in it; an error when there is none.
+fn certificates(path: &Path) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
     let bytes = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
@@ -132,7 +129,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
             path.display()
         ));
     }
-    Ok(certs)
+    Ok((bytes, certs))
 }
 
 /// The PEM text of the file's private key; an error when it holds none. The key's bytes never

@@ -8,6 +8,7 @@
 
 use super::schedule::Response;
 use crate::config::pega::{PegaAuth, PegaSettings};
+use crate::config::without_credentials;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
@@ -60,16 +61,12 @@ impl std::fmt::Debug for PegaClient {
 }
 
 impl PegaClient {
-    /// Builds the client; `None` without an endpoint. The settings were validated on load
-    /// (`PegaSettings::problems`); anything still wrong is an error here.
+    /// Builds the client; `None` without an endpoint. The settings were validated when they
+    /// were loaded (`PegaSettings::problems`); what is still wrong is an error here.
     pub fn new(settings: &PegaSettings) -> anyhow::Result<Option<Self>> {
         let Some(endpoint) = settings.endpoint.clone() else {
             return Ok(None);
         };
-        let problems = settings.problems();
-        if !problems.is_empty() {
-            anyhow::bail!("{}", problems.join("\n"));
-        }
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::try_from(name.as_str())?;
@@ -112,10 +109,7 @@ impl PegaClient {
     /// takes at most `timeout_secs`.
     pub async fn send(&self, body: &[u8]) -> Sent {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.attempt(body)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {}", seconds(self.timeout))),
-        };
+        let result = self.within_timeout(self.attempt(body)).await;
         let duration = started.elapsed();
         match result {
             Ok(answer) => Sent {
@@ -138,24 +132,42 @@ impl PegaClient {
     /// token when configured, then a `HEAD` request; any HTTP answer proves the connection
     /// and the TLS handshake. Returns the answer's status.
     pub async fn probe(&self) -> Result<u16, String> {
-        let probe = async {
-            let mut req = self.http.head(&self.endpoint).headers(self.headers.clone());
-            match &self.auth {
-                Some(PegaAuth::Basic { username, password }) => {
-                    req = req.basic_auth(username, Some(password.expose()));
-                }
-                Some(PegaAuth::Oauth2 { .. }) => {
-                    let token = self.token().await?;
-                    req = req.bearer_auth(token);
-                }
-                None => {}
-            }
+        self.within_timeout(async {
+            let req = self.http.head(&self.endpoint).headers(self.headers.clone());
+            let (req, _) = self.authorized(req).await?;
             let res = req.send().await.map_err(|e| explain(&e))?;
             Ok(res.status().as_u16())
-        };
-        match tokio::time::timeout(self.timeout, probe).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {}", seconds(self.timeout))),
+        })
+        .await
+    }
+
+    /// `attempt`, or why it did not finish within `timeout_secs`.
+    async fn within_timeout<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {}", seconds(self.timeout))))
+    }
+
+    /// `req` with the configured credentials; with OAuth2 also the token it carries.
+    async fn authorized(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::RequestBuilder, Option<String>), String> {
+        match &self.auth {
+            Some(PegaAuth::Basic { username, password }) => {
+                Ok((req.basic_auth(username, Some(password.expose())), None))
+            }
+            Some(PegaAuth::Oauth2 { .. }) => {
+                let token = self.token().await?;
+                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| "OAuth2 token: not usable in a header".to_owned())?;
+                value.set_sensitive(true);
+                Ok((req.header(AUTHORIZATION, value), Some(token)))
+            }
+            None => Ok((req, None)),
         }
     }
 
@@ -170,26 +182,12 @@ impl PegaClient {
     }
 
     async fn post(&self, body: &[u8]) -> Result<Answer, String> {
-        let mut req = self
+        let req = self
             .http
             .post(&self.endpoint)
             .headers(self.headers.clone())
             .body(body.to_vec());
-        let mut used_token = None;
-        match &self.auth {
-            Some(PegaAuth::Basic { username, password }) => {
-                req = req.basic_auth(username, Some(password.expose()));
-            }
-            Some(PegaAuth::Oauth2 { .. }) => {
-                let token = self.token().await?;
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .map_err(|_| "OAuth2 token: not usable in a header".to_owned())?;
-                value.set_sensitive(true);
-                req = req.header(AUTHORIZATION, value);
-                used_token = Some(token);
-            }
-            None => {}
-        }
+        let (req, used_token) = self.authorized(req).await?;
         let res = req.send().await.map_err(|e| explain(&e))?;
         let code = res.status().as_u16();
         let retry_after = res
@@ -201,7 +199,7 @@ impl PegaClient {
             let location = res
                 .headers()
                 .get(LOCATION)
-                .map(|v| without_userinfo(&String::from_utf8_lossy(v.as_bytes())))
+                .map(|v| without_credentials(&String::from_utf8_lossy(v.as_bytes())))
                 .unwrap_or_else(|| "(no Location)".into());
             format!(
                 "redirect not followed: {} to {location}; fix [pega] endpoint, then replay",
@@ -388,16 +386,11 @@ pub fn explain(error: &reqwest::Error) -> String {
             None => e.source(),
         };
     }
-    let target = error
+    let host = error.url().and_then(|u| u.host_str()).unwrap_or("?");
+    let port = error
         .url()
-        .map(|u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or("?"),
-                u.port_or_known_default().unwrap_or(0)
-            )
-        })
-        .unwrap_or_default();
+        .and_then(url::Url::port_or_known_default)
+        .unwrap_or(0);
     let innermost = causes.last().cloned().unwrap_or_else(|| error.to_string());
     // After the handshake, tokio-rustls passes rustls's errors on as text (an alert such as
     // CertificateRequired arrives with the first read).
@@ -409,49 +402,28 @@ pub fn explain(error: &reqwest::Error) -> String {
     } else if error.is_timeout() {
         format!("timed out ({innermost})")
     } else if causes.iter().any(|c| c.starts_with("dns error")) {
-        format!(
-            "DNS: {}: {innermost}",
-            target.rsplit_once(':').map_or("", |t| t.0)
-        )
+        format!("DNS: {host}: {innermost}")
     } else if error.is_connect() {
         let reason = match io_kind {
             Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
             Some(std::io::ErrorKind::TimedOut) => "timed out".to_owned(),
             _ => innermost,
         };
-        format!("connect {target}: {reason}")
+        format!("connect {host}:{port}: {reason}")
     } else {
-        let mut chain = vec![error.without_url_text()];
+        let mut chain = vec![message_without_url(error)];
         chain.extend(causes);
         chain.join(": ")
     };
     safe_text(text.as_bytes())
 }
 
-/// reqwest's own message without the URL.
-trait WithoutUrl {
-    fn without_url_text(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_text(&self) -> String {
-        let mut text = self.to_string();
-        if let Some(url) = self.url() {
-            text = text.replace(&format!(" for url ({url})"), "");
-        }
-        text
-    }
-}
-
-/// A URL with any `user:password@` removed.
-fn without_userinfo(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => text.to_owned(),
+/// reqwest's own message without the URL (it may carry credentials).
+fn message_without_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match error.url() {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
     }
 }
 
@@ -483,9 +455,9 @@ mod tests {
     #[test]
     fn locations_lose_their_credentials() {
         assert_eq!(
-            without_userinfo("https://u:p@other.example/x"),
+            without_credentials("https://u:p@other.example/x"),
             "https://other.example/x"
         );
-        assert_eq!(without_userinfo("/relative"), "/relative");
+        assert_eq!(without_credentials("/relative"), "/relative");
     }
 }

@@ -13,8 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
-#[allow(unused_imports)] // used by the OpenAPI example
-use serde_json::json;
 
 /// The activity route.
 pub fn router() -> Router<AppState> {

@@ -172,16 +172,11 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::Unavailable => {
-                let mut r = error_body(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                return retry_after(
+                    "5",
                     "unavailable",
                     "the store cannot take the request now; retry later".into(),
-                    None,
-                    None,
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return r;
+                )
             }
             Self::MethodNotAllowed(method) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -191,19 +186,14 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::Timeout(limit) => {
-                let mut r = error_body(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                return retry_after(
+                    "1",
                     "timeout",
                     format!(
                         "the request took longer than server.request_timeout_secs ({} s)",
                         limit.as_secs()
                     ),
-                    None,
-                    None,
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
+                )
             }
             Self::NotRunning(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -226,6 +216,14 @@ impl IntoResponse for ApiError {
         };
         error_body(status, code, message, field, fields)
     }
+}
+
+/// 503 with `Retry-After: secs`.
+fn retry_after(secs: &'static str, code: &str, message: String) -> Response {
+    let mut r = error_body(StatusCode::SERVICE_UNAVAILABLE, code, message, None, None);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+    r
 }
 
 /// Most field errors listed in one answer (the count of the others is given).

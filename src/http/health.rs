@@ -76,21 +76,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
     responses((status = 200, description = "The store takes writes and delivery runs", body = Object),
               (status = 503, description = "The store takes no writes, or the delivery worker is down", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if let Some((dir, min_free)) = &state.disk {
-        if let Ok(stat) = nix::sys::statvfs::statvfs(dir.as_path()) {
-            let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-            if free < *min_free {
-                tracing::warn!(
-                    free_bytes = free,
-                    min_free_bytes = *min_free,
-                    dir = %dir.display(),
-                    "not ready: the database's disk is (nearly) full"
-                );
-                return Err(ApiError::Unavailable);
-            }
-        }
-    }
-    match tokio::time::timeout(STORE_TIMEOUT, state.store.writable()).await {
+    match tokio::time::timeout(STORE_TIMEOUT, state.store.writable(state.min_free_bytes)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(

@@ -59,8 +59,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Whether the delivery worker is running.
     pub delivery: Arc<DeliveryStatus>,
-    /// SQLite: the database's folder and the free space `/ready` requires there.
-    pub disk: Option<(std::path::PathBuf, u64)>,
+    /// The free space `/ready` requires where a SQLite database is (`[store] min_free_mb`).
+    pub min_free_bytes: u64,
 }
 
 /// A built, bound server.
@@ -158,9 +158,7 @@ impl Application {
             admin_token: settings.admin.token.clone().map(Arc::new),
             metrics,
             delivery: delivery.clone(),
-            disk: settings
-                .sqlite_dir()
-                .map(|dir| (dir, settings.store.min_free_mb * 1024 * 1024)),
+            min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
         }));
         let router = Router::new()
             .merge(webhooks::router())
@@ -287,10 +285,11 @@ async fn edge(
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let method = request.method().clone();
-    let route = request
+    // A clone of the matched path is a reference count, not a copy of the text.
+    let matched = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "(no route)".to_owned(), |p| p.as_str().to_owned());
+        .cloned();
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span)).await
     {
@@ -300,6 +299,7 @@ async fn edge(
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let route = matched.as_ref().map_or("(no route)", |p| p.as_str());
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
@@ -327,32 +327,24 @@ async fn retain(store: Store, days: u64, mut stop: tokio::sync::watch::Receiver<
             _ = every.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let before =
-            crate::event::now().saturating_sub(i64::try_from(days * 86_400).unwrap_or(i64::MAX));
-        let mut removed = 0;
-        loop {
-            match store
-                .purge(crate::store::Purge::Delivered, before, RETENTION_BATCH)
-                .await
-            {
-                Ok(n) => {
-                    removed += n;
-                    if n < RETENTION_BATCH || *stop.borrow() {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "retention: removing delivered events failed"
-                    );
-                    break;
-                }
-            }
-        }
-        if removed > 0 {
-            tracing::info!(removed, days, "retention: delivered events removed");
+        let age = i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        let before = crate::event::now().saturating_sub(age);
+        let stopping = || *stop.borrow();
+        match store
+            .purge_all(
+                crate::store::Purge::Delivered,
+                before,
+                RETENTION_BATCH,
+                stopping,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, days, "retention: delivered events removed"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "retention: removing delivered events failed"
+            ),
         }
     }
 }

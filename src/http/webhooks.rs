@@ -11,8 +11,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-#[allow(unused_imports)] // used by the OpenAPI examples
-use serde_json::json;
 
 /// The trigger routes.
 pub fn router() -> Router<AppState> {

@@ -145,7 +145,7 @@ impl Mappings {
             })
             .map(|m| {
                 format!(
-                    "mappings/{}.toml: auth is empty or an example value (change-me...)",
+                    "mapping `{}`: auth is empty or an example value (change-me...)",
                     m.name
                 )
             })
@@ -162,22 +162,21 @@ impl Mappings {
     /// Loads and checks every mapping and its template from the configured folders: what
     /// `serve`, `preview` and `config check` run.
     pub fn load_configured(settings: &Settings) -> anyhow::Result<Loaded> {
-        let mut loaded = Self::load(
+        Self::load(
             &settings.resolve(&settings.mappings.dir),
             &settings.resolve(&settings.templates.dir),
             &settings.variables,
-        )?;
-        let limits = settings.server.trigger_limits();
-        for mapping in loaded.mappings.0.values_mut() {
-            if let Some(m) = Arc::get_mut(mapping) {
-                m.limits = limits;
-            }
-        }
-        Ok(loaded)
+            settings.server.trigger_limits(),
+        )
     }
 
     /// Loads every `*.toml` in `dir`; every problem, with file and key, is in the error.
-    pub fn load(dir: &Path, templates: &Path, configured: &[Variable]) -> anyhow::Result<Loaded> {
+    pub fn load(
+        dir: &Path,
+        templates: &Path,
+        configured: &[Variable],
+        limits: apply::TriggerLimits,
+    ) -> anyhow::Result<Loaded> {
         let mut loaded = Loaded::default();
         let mut errors = Vec::new();
         if !dir.is_dir() {
@@ -191,7 +190,7 @@ impl Mappings {
             .collect();
         files.sort();
         for path in files {
-            match load_one(&path, templates, configured) {
+            match load_one(&path, templates, configured, limits) {
                 Ok((mapping, warnings)) => {
                     loaded.warnings.extend(warnings);
                     loaded
@@ -213,6 +212,7 @@ fn load_one(
     path: &Path,
     templates: &Path,
     configured: &[Variable],
+    limits: apply::TriggerLimits,
 ) -> anyhow::Result<(Mapping, Vec<String>)> {
     // The same reader as the main configuration: `${VAR}` expansion, file and key in errors.
     let file: MappingFile = Figment::from(ExpandEnv(Toml::file_exact(path)))
@@ -252,7 +252,7 @@ fn load_one(
             patterns,
             template_html,
             template_fields,
-            limits: apply::TriggerLimits::default(),
+            limits,
         },
         warnings,
     ))

@@ -226,10 +226,12 @@ impl Store {
         }
     }
 
-    /// Whether the database takes a write: a small committed write (`/ready`), which fails
-    /// when the disk is full or the database is read-only.
-    pub async fn writable(&self) -> anyhow::Result<()> {
-        each!(self, s => s.writable().await)
+    /// Whether the database takes a write (`/ready`): a small committed write, which fails
+    /// when the disk is full or the database is read-only; on SQLite also at least
+    /// `min_free_bytes` free where the database file is (SQLite may still commit small writes
+    /// into its journal's old space on a full disk, so a failed write alone comes too late).
+    pub async fn writable(&self, min_free_bytes: u64) -> anyhow::Result<()> {
+        each!(self, s => s.writable(min_free_bytes).await)
     }
 
     /// Whether the database answers.
@@ -293,6 +295,26 @@ impl Store {
     /// `before` (Unix seconds), with their attempts; returns how many.
     pub async fn purge(&self, status: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
         each!(self, s => s.purge(status, before, limit).await)
+    }
+
+    /// Removes every event with `status` created before `before`, in transactions of `batch`
+    /// (other writes run between them), until done or `stop` says so; returns how many.
+    pub async fn purge_all(
+        &self,
+        status: Purge,
+        before: i64,
+        batch: usize,
+        stop: impl Fn() -> bool,
+    ) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        loop {
+            let n = self.purge(status, before, batch).await?;
+            removed += n;
+            if n < batch || stop() {
+                return Ok(removed);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Makes events due again.

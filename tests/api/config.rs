@@ -6,9 +6,7 @@ use std::process::{Command, Output};
 
 /// `pegabridge config check` in a folder whose `pegabridge.toml` is `toml`.
 fn config_check(toml: &str) -> Output {
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join("pegabridge.toml"), toml).unwrap();
-    pegabridge(tmp.path(), &["config", "check"])
+    crate::helpers::with_config(toml, &["config", "check"])
 }
 
 #[test]

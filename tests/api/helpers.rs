@@ -27,6 +27,13 @@ pub fn pegabridge(dir: &Path, args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// `pegabridge ARGS` in a fresh folder whose `pegabridge.toml` is `toml`.
+pub fn with_config(toml: &str, args: &[&str]) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("pegabridge.toml"), toml).unwrap();
+    pegabridge(tmp.path(), args)
+}
+
 /// stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

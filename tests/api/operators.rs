@@ -74,18 +74,33 @@ async fn serve_logs_one_json_line_per_request_and_says_what_it_loaded() {
     );
 }
 
-#[test]
-fn text_logs_have_no_colours_off_a_terminal() {
+#[tokio::test]
+async fn text_logs_have_no_colours_off_a_terminal() {
     let dir = project_dir();
-    // Starting without a config file in an empty folder warns (no mappings): text on stderr.
-    let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
-        .args(["config", "check", "--connect"])
-        .current_dir(dir.path())
-        .env_remove("PEGABRIDGE_CONFIG")
-        .env("RUST_LOG", "debug")
-        .output()
+    let port = free_port();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://text.db\"\n"),
+    )
+    .unwrap();
+    // stderr is a pipe here, not a terminal.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("RUST_LOG")
+        .env_remove("PEGABRIDGE_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = stderr(&out);
+    wait_healthy(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(" INFO ") && err.contains("mappings loaded"),
+        "serve logs at info, as text: {err:?}"
+    );
     assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
 }
 
@@ -142,14 +157,9 @@ fn completions_are_generated_for_bash_zsh_and_fish() {
 
 #[test]
 fn config_check_refuses_what_serve_would_refuse_and_reports_every_problem() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        "[server]\nlisten = \"localhost\"\n[store]\nurl = \"mysql://x\"\nsynchronous = \"fulll\"\n[pega.headers]\n\"bad header\" = \"x\"\n",
-    )
-    .unwrap();
+    let toml = "[server]\nlisten = \"localhost\"\n[store]\nurl = \"mysql://x\"\nsynchronous = \"fulll\"\n[pega.headers]\n\"bad header\" = \"x\"\n";
     for command in [&["config", "check"][..], &["serve"][..]] {
-        let out = pegabridge(dir.path(), command);
+        let out = crate::helpers::with_config(toml, command);
         assert_eq!(out.status.code(), Some(2), "{command:?}");
         let err = stderr(&out);
         for key in [

@@ -38,8 +38,9 @@ impl PgStore {
     }
 
     /// Whether the database answers.
-    /// A small committed write (the readiness probe's time in `flags`).
-    pub async fn writable(&self) -> anyhow::Result<()> {
+    /// A small committed write (the readiness probe's time in `flags`). The free space is the
+    /// database server's concern, not checked here.
+    pub async fn writable(&self, _min_free_bytes: u64) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO flags (name, value) VALUES ('ready_probe', extract(epoch from now())::bigint::text) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )

@@ -256,9 +256,22 @@ impl SqliteStore {
         }
     }
 
-    /// A small committed write (the readiness probe's time in `flags`).
-    pub async fn writable(&self) -> anyhow::Result<()> {
-        self.call(|c| {
+    /// At least `min_free_bytes` free on the database file's filesystem, then a small committed
+    /// write (the readiness probe's time in `flags`).
+    pub async fn writable(&self, min_free_bytes: u64) -> anyhow::Result<()> {
+        self.call(move |c| {
+            if let Some((path, ..)) = &c.file {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let stat = nix::sys::statvfs::statvfs(dir.unwrap_or(Path::new(".")))?;
+                let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+                if free < min_free_bytes {
+                    return Err(crate::store::Unavailable(format!(
+                        "{free} bytes free where {} is, less than [store] min_free_mb",
+                        path.display()
+                    ))
+                    .into());
+                }
+            }
             c.execute(
                 "INSERT INTO flags (name, value) VALUES ('ready_probe', strftime('%s','now')) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 [],

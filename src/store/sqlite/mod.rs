@@ -185,7 +185,7 @@ impl SqliteStore {
                 failure,
                 reader,
                 answer: match wal {
-                    Some(wal) => Answer::AfterFlush(Flusher::spawn(wal)?),
+                    Some(wal) => Answer::AfterFlush(Flusher::spawn(wal, QUICK_FLUSH)?),
                     None => Answer::AtCommit,
                 },
             })
@@ -424,16 +424,19 @@ struct Flusher {
     /// Whether the last flush was quick enough to run in the batch's task.
     inline: Arc<AtomicBool>,
     batches: mpsc::Sender<Answers>,
+    /// The longest flush that counts as quick ([`QUICK_FLUSH`]).
+    quick: std::time::Duration,
 }
 
 /// The longest flush that keeps flushing in the batch's task.
 const QUICK_FLUSH: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Flusher {
-    fn spawn(wal: PathBuf) -> anyhow::Result<Self> {
+    /// A flusher whose flushes count as quick up to `quick` (the store uses [`QUICK_FLUSH`]).
+    fn spawn(wal: PathBuf, quick: std::time::Duration) -> anyhow::Result<Self> {
         let (batches, committed) = mpsc::channel::<Answers>();
         let inline = Arc::new(AtomicBool::new(true));
-        let (file, quick) = (wal.clone(), inline.clone());
+        let (file, flag) = (wal.clone(), inline.clone());
         std::thread::Builder::new()
             .name("pegabridge-flush".into())
             .spawn(move || {
@@ -441,7 +444,7 @@ impl Flusher {
                     // Every batch committed until now is in the file: one flush for all.
                     let mut waiting = vec![first];
                     waiting.extend(committed.try_iter());
-                    if timed_flush(&file, &quick) {
+                    if timed_flush(&file, &flag, quick) {
                         waiting.into_iter().flatten().for_each(|answer| answer());
                     }
                 }
@@ -451,13 +454,14 @@ impl Flusher {
             wal,
             inline,
             batches,
+            quick,
         })
     }
 
     /// Flushes, then answers (a failed flush drops the answers: callers see an error).
     fn after_commit(&self, answers: Answers) {
         if self.inline.load(Ordering::Relaxed) {
-            if timed_flush(&self.wal, &self.inline) {
+            if timed_flush(&self.wal, &self.inline, self.quick) {
                 answers.into_iter().for_each(|answer| answer());
             }
         } else {
@@ -466,11 +470,11 @@ impl Flusher {
     }
 }
 
-/// Flushes the WAL and records whether it was quick; says whether it succeeded.
-fn timed_flush(wal: &Path, quick: &AtomicBool) -> bool {
+/// Flushes the WAL and records whether it took at most `quick`; says whether it succeeded.
+fn timed_flush(wal: &Path, inline: &AtomicBool, quick: std::time::Duration) -> bool {
     let start = std::time::Instant::now();
     let flushed = flush(wal);
-    quick.store(start.elapsed() <= QUICK_FLUSH, Ordering::Relaxed);
+    inline.store(start.elapsed() <= quick, Ordering::Relaxed);
     match flushed {
         Ok(()) => true,
         Err(e) => {
@@ -670,10 +674,13 @@ mod tests {
     fn answers_follow_the_flush_in_the_task_or_on_the_flush_thread() {
         use super::{Answers, Flusher};
         use std::sync::atomic::Ordering;
+        // Every flush counts as quick, whatever the disk's speed: the switch to the thread is
+        // made by hand below, not by timing a flush.
+        const NEVER_SLOW: std::time::Duration = std::time::Duration::from_secs(3600);
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("t.db-wal");
         std::fs::write(&wal, b"frames").unwrap();
-        let flusher = Flusher::spawn(wal).unwrap();
+        let flusher = Flusher::spawn(wal, NEVER_SLOW).unwrap();
         // Answers with the name of the thread that answered.
         let answered = |flusher: &Flusher| {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -697,7 +704,7 @@ mod tests {
             "a quick flush brings flushing back into the task"
         );
         // A flush that fails answers nobody: the callers see an error.
-        let broken = Flusher::spawn(dir.path().to_owned()).unwrap(); // a directory
+        let broken = Flusher::spawn(dir.path().to_owned(), NEVER_SLOW).unwrap(); // a directory
         assert!(answered(&broken).is_err());
         broken.inline.store(false, Ordering::Relaxed);
         assert!(answered(&broken).is_err());

@@ -4,7 +4,8 @@
 use crate::event::{email_domain, now, Account, Common};
 use crate::mapping::apply::{apply, ApplyError, FieldError, PersonalBroadcast};
 use crate::mapping::Mapping;
-use crate::store::{NewRecipient, Store, TriggerAnswer};
+use crate::recording::{NewRecipient, TriggerAnswer};
+use crate::store::Storage;
 use crate::template::render::{render, RenderError};
 use crate::template::{Plan, Variable};
 use serde::Serialize;
@@ -62,7 +63,7 @@ pub enum TriggerError {
     Render(#[from] RenderError),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] anyhow::Error),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The trigger's recipients with their events, and warnings for people.
@@ -84,7 +85,6 @@ fn recipients(
                 idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
                 email: p.email,
                 external_id: p.external_id,
-                manual_options: p.manual_options,
                 event,
             };
             (recipient, p.warnings)
@@ -94,7 +94,7 @@ fn recipients(
 
 /// Accepts a trigger: maps it and records every personal broadcast durably.
 pub async fn accept(
-    store: &Store,
+    store: &Storage,
     account: &Account,
     configured: &[Variable],
     mapping: &Mapping,
@@ -147,11 +147,11 @@ pub fn preview(
     for (r, mut warnings) in recipients(account, mapping, configured, trigger)? {
         let mut meta = Map::new();
         for field in plan.fields() {
-            let rendered = render(&field.expression, &r.manual_options)?;
+            let rendered = render(&field.expression, &r.event.broadcast_manual_options)?;
             meta.insert(field.name.clone(), Value::String(rendered.html));
         }
         let html = if with_html {
-            let rendered = render(&mapping.template_html, &r.manual_options)?;
+            let rendered = render(&mapping.template_html, &r.event.broadcast_manual_options)?;
             warnings.extend(rendered.warnings);
             Some(rendered.html)
         } else {
@@ -159,7 +159,7 @@ pub fn preview(
             None
         };
         out.push(PreviewRecipient {
-            manual_options: r.manual_options,
+            manual_options: r.event.broadcast_manual_options.clone(),
             meta,
             event: r.event,
             warnings,

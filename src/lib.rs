@@ -15,5 +15,6 @@ pub mod event;
 pub mod http;
 pub mod mapping;
 pub mod mock;
+pub mod recording;
 pub mod store;
 pub mod template;

@@ -234,7 +234,7 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let mut ok = true;
-        match crate::store::Store::open(settings).await {
+        match crate::store::Storage::open(settings).await {
             Ok(store) if store.ping().await => out!("store ok: {}", settings.store_display()),
             Ok(_) => {
                 ok = false;

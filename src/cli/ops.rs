@@ -6,7 +6,7 @@ use crate::config::secret::Secret;
 use crate::config::Settings;
 use crate::mock::{Behaviour, MockAuth, MockPega};
 use crate::store::Replay;
-use crate::store::Store;
+use crate::store::{Done, Status, Storage};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
@@ -95,10 +95,11 @@ pub struct MockArgs {
 pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = Store::open(settings).await?;
+        let store = Storage::open(settings).await?;
         eprintln!("store: {}", settings.store_display());
         match command {
             DeliveriesCommand::List { status, limit } => {
+                let status = status.map(|s| s.parse::<Status>()).transpose()?;
                 let rows = store.deliveries(status, limit).await?;
                 out!(
                     "{:<36}  {:<12}  {:<9}  {:>8}  last error",
@@ -129,7 +130,8 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 out!("{}", serde_json::to_string_pretty(&shown)?);
             }
             DeliveriesCommand::Replay(args) => {
-                let which = match (args.uuid, args.status, args.since) {
+                let done = args.status.map(|s| s.parse::<Done>()).transpose()?;
+                let which = match (args.uuid, done, args.since) {
                     (Some(u), _, _) => Replay::Uuid(u),
                     (None, Some(status), Some(t)) => Replay::Since {
                         since: parse_since(&t, crate::event::now())?,

@@ -11,7 +11,7 @@ use crate::config::pega::PegaSettings;
 use crate::event::Metric;
 use crate::store::handoff::{self, Leased};
 use crate::store::outbox::now_ms;
-use crate::store::Store;
+use crate::store::Storage;
 use crate::store::{Attempt, Claimed, Completion, Outcome};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
@@ -50,7 +50,7 @@ impl Step {
 
 /// The delivery worker.
 pub struct Worker {
-    store: Store,
+    store: Storage,
     client: PegaClient,
     settings: Arc<PegaSettings>,
     enabled: HashSet<Metric>,
@@ -61,7 +61,7 @@ pub struct Worker {
 impl Worker {
     /// A worker for `settings`; `None` when no endpoint is configured.
     pub fn new(
-        store: Store,
+        store: Storage,
         settings: Arc<PegaSettings>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Self>> {

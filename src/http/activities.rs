@@ -4,8 +4,7 @@
 use super::error::ApiError;
 use super::extract::{json_body, require_bearer};
 use super::AppState;
-use crate::mapping::apply::FieldError;
-use crate::store::{ActivityAnswer, UnknownBroadcast};
+use crate::recording::ActivityAnswer;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -49,19 +48,7 @@ pub(super) async fn receive(
         .iter()
         .filter_map(|a| a.user_agent().map(str::to_owned))
         .collect();
-    let answers = match state.store.record_activities(activities).await {
-        Ok(a) => a,
-        Err(e) => match e.downcast_ref::<UnknownBroadcast>() {
-            Some(u) => {
-                return Err(ApiError::InvalidActivity(vec![FieldError {
-                    field: "broadcast_id".into(),
-                    path: format!("{}.broadcast_id", u.index),
-                    message: u.to_string(),
-                }]))
-            }
-            None => return Err(ApiError::store(e)),
-        },
-    };
+    let answers = (state.store.record_activities(activities).await).map_err(ApiError::store)?;
     tracing::info!(activities = answers.len(), "activities accepted");
     // Committed: their user agents may be kept for the next reads.
     for ua in &agents {

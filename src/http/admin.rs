@@ -68,19 +68,16 @@ pub(super) async fn list(
     admin(&state, &headers)?;
     let q: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
-    if let Some(s) = &q.status {
-        if !matches!(
-            s.as_str(),
-            "pending" | "inflight" | "delivered" | "dead" | "filtered"
-        ) {
-            return Err(ApiError::BadRequest(format!(
-                "status `{s}` is not one of pending, inflight, delivered, dead, filtered"
-            )));
-        }
-    }
+    let status = match &q.status {
+        Some(s) => Some(
+            s.parse::<crate::store::Status>()
+                .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
+        ),
+        None => None,
+    };
     let rows = state
         .store
-        .deliveries(q.status, q.limit.unwrap_or(100).min(10_000))
+        .deliveries(status, q.limit.unwrap_or(100).min(10_000))
         .await
         .map_err(ApiError::store)?;
     Ok(Json(json!({ "deliveries": rows })))
@@ -131,29 +128,17 @@ pub(super) async fn replay(
     admin(&state, &headers)?;
     let body: ReplayBody = serde_json::from_value(json_body(&headers, body)?)
         .map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
-    if let Some(s) = &body.status {
-        if !crate::store::REPLAYABLE.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "status `{s}` cannot be replayed: give dead, filtered or delivered (events pending or in flight are on their way)"
-            )));
-        }
-    }
-    let which = match body {
-        ReplayBody {
-            uuid: Some(u),
-            status: None,
-            since: None,
-        } => Replay::Uuid(u),
-        ReplayBody {
-            uuid: None,
-            status: Some(s),
-            since: None,
-        } => Replay::Status(s),
-        ReplayBody {
-            uuid: None,
-            status: Some(status),
-            since: Some(t),
-        } => {
+    let done = match &body.status {
+        Some(s) => Some(
+            s.parse::<crate::store::Done>()
+                .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
+        ),
+        None => None,
+    };
+    let which = match (body.uuid, done, body.since) {
+        (Some(u), None, None) => Replay::Uuid(u),
+        (None, Some(status), None) => Replay::Status(status),
+        (None, Some(status), Some(t)) => {
             let text = match &t {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -162,11 +147,7 @@ pub(super) async fn replay(
                 .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?;
             Replay::Since { since, status }
         }
-        ReplayBody {
-            since: Some(_),
-            status: None,
-            ..
-        } => {
+        (None, None, Some(_)) => {
             return Err(ApiError::BadRequest(
                 "`since` needs a `status` (dead, filtered or delivered)".into(),
             ))

@@ -3,6 +3,7 @@
 
 use crate::broadcast::TriggerError;
 use crate::mapping::apply::FieldError;
+use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -32,6 +33,8 @@ pub enum ApiError {
         message: String,
     },
     Unavailable,
+    /// Another writer changed the same thing at the same time.
+    Conflict(String),
     /// The route exists, the method does not.
     MethodNotAllowed(String),
     /// The request took longer than `[server] request_timeout_secs`.
@@ -54,66 +57,31 @@ impl From<TriggerError> for ApiError {
 
 impl ApiError {
     /// A store failure: 503 with `Retry-After` when the store cannot take the request now (a
-    /// full disk, a locked or unreachable database), 500 otherwise.
-    pub fn store(e: anyhow::Error) -> Self {
-        if unavailable(&e) {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "the store cannot take the request"
-            );
-            Self::Unavailable
-        } else {
-            Self::Internal(e)
+    /// full disk, a locked or unreachable database), 409 for a race that retries did not
+    /// settle, 422 for an unknown personal broadcast, 404 for what does not exist, 500 else.
+    pub fn store(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the store cannot take the request");
+                Self::Unavailable
+            }
+            StoreError::UnknownBroadcast { index, .. } => Self::InvalidActivity(vec![FieldError {
+                field: "broadcast_id".into(),
+                path: format!("{index}.broadcast_id"),
+                message: e.to_string(),
+            }]),
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::Conflict(why) => Self::Conflict(why),
+            StoreError::Other(e) => Self::Internal(e),
         }
     }
-}
-
-/// Whether a store error is an outage rather than a bug.
-fn unavailable(e: &anyhow::Error) -> bool {
-    use rusqlite::ErrorCode;
-    e.chain().any(|cause| {
-        if cause.is::<crate::store::Unavailable>() {
-            return true;
-        }
-        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
-        {
-            return matches!(
-                f.code,
-                ErrorCode::DatabaseBusy
-                    | ErrorCode::DatabaseLocked
-                    | ErrorCode::DiskFull
-                    | ErrorCode::CannotOpen
-                    | ErrorCode::ReadOnly
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::OutOfMemory
-            );
-        }
-        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                e,
-                sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-            ) || e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| {
-                    // Class 53 (insufficient resources), 57P0x (shutdown), 08 (connection).
-                    c.starts_with("53") || c.starts_with("57P") || c.starts_with("08")
-                });
-        }
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(28)) // ENOSPC
-    })
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, field, fields) = match self {
             Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what, None, None),
+            Self::Conflict(why) => (StatusCode::CONFLICT, "conflict", why, None, None),
             Self::Unauthorized { challenge } => {
                 tracing::warn!("refused: missing or wrong credentials");
                 let mut r = error_body(

@@ -17,7 +17,7 @@ use crate::delivery::metrics::Metrics;
 use crate::delivery::{DeliveryStatus, FaultHook, Worker, WorkerState};
 use crate::event::Account;
 use crate::mapping::Mappings;
-use crate::store::{handoff, Handoff, Store};
+use crate::store::{handoff, Handoff, Storage};
 use crate::template::{Plan, Variable};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -44,7 +44,7 @@ impl std::ops::Deref for AppState {
 
 /// The state behind [`AppState`].
 pub struct Shared {
-    pub store: Store,
+    pub store: Storage,
     pub mappings: Mappings,
     pub account: Arc<Account>,
     pub variables: Arc<[Variable]>,
@@ -75,7 +75,7 @@ pub struct Application {
     outbox: Arc<Notify>,
     delivery: Arc<DeliveryStatus>,
     /// For the retention task.
-    store: Store,
+    store: Storage,
     retention_days: u64,
 }
 
@@ -113,7 +113,7 @@ impl Application {
         {
             tracing::warn!("{weak}: set a secret before production");
         }
-        let store = Store::open(settings).await?;
+        let store = Storage::open(settings).await?;
         tracing::info!(store = settings.store_display(), "store opened");
         if let Some(endpoint) = &settings.pega.endpoint {
             tracing::info!(endpoint = endpoint.as_str(), "delivering to Pega");
@@ -317,7 +317,7 @@ const RETENTION_BATCH: usize = 1000;
 
 /// Removes delivered events older than `days` (none when 0), every [`RETENTION_EVERY`], in
 /// batches of [`RETENTION_BATCH`], until `stop` says so.
-async fn retain(store: Store, days: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn retain(store: Storage, days: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
     if days == 0 {
         return;
     }

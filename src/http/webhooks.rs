@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::extract::{authorize, idempotency_key, json_body, mapping};
 use super::AppState;
 use crate::broadcast::{accept, preview, Preview};
-use crate::store::TriggerAnswer;
+use crate::recording::TriggerAnswer;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};

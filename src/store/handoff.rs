@@ -9,7 +9,7 @@
 //! A hand-off is bounded (`capacity` events waiting or in a round); beyond it, and while
 //! delivery is paused, events are committed due and claimed as usual.
 
-use super::outbox::Claimed;
+use super::outbox::{Claimed, Status};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -25,10 +25,10 @@ pub enum Queue {
 
 impl Queue {
     /// The status and lease (Unix ms; 0 for none) of a row queued here at `now_ms`.
-    pub fn row(self, now_ms: i64) -> (&'static str, i64) {
+    pub fn row(self, now_ms: i64) -> (Status, i64) {
         match self {
-            Queue::Due => ("pending", 0),
-            Queue::Leased { lease_secs } => ("inflight", now_ms + lease_secs as i64 * 1000),
+            Queue::Due => (Status::Pending, 0),
+            Queue::Leased { lease_secs } => (Status::Inflight, now_ms + lease_secs as i64 * 1000),
         }
     }
 }

@@ -1,7 +1,107 @@
 //! The outbox's shapes, shared by the backends: what the worker claims and records, and what
 //! operators see.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where an event is in its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Leased to a worker, which is posting it.
+    Inflight,
+    Delivered,
+    /// Retries exhausted or refused for good: kept until replayed or purged.
+    Dead,
+    /// Not sent: its metric is not in `[pega] activities`.
+    Filtered,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Inflight,
+        Status::Delivered,
+        Status::Dead,
+        Status::Filtered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Inflight => "inflight",
+            Status::Delivered => "delivered",
+            Status::Dead => "dead",
+            Status::Filtered => "filtered",
+        }
+    }
+
+    /// The status of a stored value (the backends store the names).
+    pub fn parse_stored(text: &str) -> Result<Self, UnknownStatus> {
+        text.parse()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a status.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not one of pending, inflight, delivered, dead, filtered")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// The statuses of events that are done, the only ones a replay selects: an event pending or
+/// in flight is on its way already (replaying it would send it twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Done {
+    Dead,
+    Filtered,
+    Delivered,
+}
+
+impl Done {
+    pub fn status(self) -> Status {
+        match self {
+            Done::Dead => Status::Dead,
+            Done::Filtered => Status::Filtered,
+            Done::Delivered => Status::Delivered,
+        }
+    }
+}
+
+/// A status that a replay may not select.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` cannot be replayed: only dead, filtered or delivered events can (one pending or in flight is on its way already)")]
+pub struct NotReplayable(pub String);
+
+impl FromStr for Done {
+    type Err = NotReplayable;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dead" => Ok(Done::Dead),
+            "filtered" => Ok(Done::Filtered),
+            "delivered" => Ok(Done::Delivered),
+            other => Err(NotReplayable(other.to_owned())),
+        }
+    }
+}
 
 /// Now in milliseconds.
 pub fn now_ms() -> i64 {
@@ -54,6 +154,18 @@ pub enum Completion {
     Filtered,
 }
 
+impl Completion {
+    /// The row's new status, next attempt (Unix ms) and delivery time (Unix seconds).
+    pub(crate) fn row(&self) -> (Status, Option<i64>, Option<i64>) {
+        match *self {
+            Completion::Delivered => (Status::Delivered, None, Some(now_ms() / 1000)),
+            Completion::Retry { next_at_ms } => (Status::Pending, Some(next_at_ms), None),
+            Completion::Dead => (Status::Dead, None, None),
+            Completion::Filtered => (Status::Filtered, None, None),
+        }
+    }
+}
+
 /// What happened to some events (a batch posted together, or events filtered out).
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -78,7 +190,7 @@ pub struct Attempt {
 pub struct Delivery {
     pub uuid: String,
     pub metric: String,
-    pub status: String,
+    pub status: Status,
     pub attempts: u32,
     /// Unix milliseconds.
     pub next_attempt_at: i64,
@@ -93,11 +205,11 @@ pub struct Delivery {
 #[derive(Debug, Clone)]
 pub enum Replay {
     Uuid(String),
-    Status(String),
+    Status(Done),
     /// Every event with this status created at or after this Unix time.
     Since {
         since: i64,
-        status: String,
+        status: Done,
     },
 }
 
@@ -120,11 +232,12 @@ impl Purge {
     }
 }
 
-/// The statuses a replay may select.
-pub const REPLAYABLE: [&str; 3] = ["dead", "filtered", "delivered"];
-
 /// The SQL condition that keeps a replay to events that are done.
 pub(crate) const DONE: &str = "status IN ('dead', 'filtered', 'delivered')";
+
+/// The creation time of the oldest event not yet done (through `outbox_open_age`).
+pub(crate) const OLDEST_OPEN: &str =
+    "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')";
 
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,4 +248,18 @@ pub struct OutboxStats {
     pub dead: i64,
     pub filtered: i64,
     pub oldest_pending_age_secs: i64,
+}
+
+impl OutboxStats {
+    /// Sets the count of `status`.
+    pub fn set(&mut self, status: Status, n: i64) {
+        let slot = match status {
+            Status::Pending => &mut self.pending,
+            Status::Inflight => &mut self.inflight,
+            Status::Delivered => &mut self.delivered,
+            Status::Dead => &mut self.dead,
+            Status::Filtered => &mut self.filtered,
+        };
+        *slot = n;
+    }
 }

@@ -318,7 +318,12 @@ async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_sta
         let store = app.store().await;
         let count = |status: &'static str| {
             let store = store.clone();
-            async move { store.deliveries(Some(status.into()), 1000).await.unwrap() }
+            async move {
+                store
+                    .deliveries(Some(status.parse().unwrap()), 1000)
+                    .await
+                    .unwrap()
+            }
         };
         let (delivered, pending, inflight) = (
             count("delivered").await,

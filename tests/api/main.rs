@@ -21,4 +21,5 @@ mod previews;
 mod processes;
 mod properties;
 mod reach;
+mod store;
 mod triggers;

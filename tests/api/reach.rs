@@ -473,7 +473,7 @@ async fn postgresql_is_reached_over_tls_when_the_url_asks_for_it() {
     let database = crate::backend::create_database(&server).await;
     let url = format!("{}?sslmode=require", database.url);
     // The store opens (and migrates) over TLS...
-    let store = pegabridge::store::Store::connect(&url, "normal", 2).await;
+    let store = pegabridge::store::Storage::connect(&url, "normal", 2).await;
     let store = match store {
         Ok(s) => s,
         Err(e) if format!("{e:#}").contains("does not support SSL") => {

@@ -3,7 +3,7 @@
 
 use pegabridge::config::Settings;
 use pegabridge::http::Application;
-use pegabridge::store::Store;
+use pegabridge::store::Storage;
 use serde_json::{json, Value};
 
 pub use crate::backend::each_backend;
@@ -196,13 +196,15 @@ impl TestApp {
     }
 
     /// The app's store, opened again (as another process would).
-    pub async fn store(&self) -> Store {
-        Store::connect(&self.store_url, "normal", 2).await.unwrap()
+    pub async fn store(&self) -> Storage {
+        Storage::connect(&self.store_url, "normal", 2)
+            .await
+            .unwrap()
     }
 
     /// The events committed to the outbox.
     pub async fn outbox(&self) -> Vec<Value> {
-        Store::connect(&self.store_url, "normal", 2)
+        Storage::connect(&self.store_url, "normal", 2)
             .await
             .unwrap()
             .pending_events()

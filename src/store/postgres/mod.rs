@@ -5,8 +5,14 @@
 //! together.
 
 mod outbox;
-mod triggers;
+mod tx;
 
+use crate::activity::Activity;
+use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
+use crate::store::error::{Result, StoreError};
+use crate::store::{
+    Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Queue, Replay, Status,
+};
 use anyhow::Context;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -40,7 +46,7 @@ impl PgStore {
     /// Whether the database answers.
     /// A small committed write (the readiness probe's time in `flags`). The free space is the
     /// database server's concern, not checked here.
-    pub async fn writable(&self, _min_free_bytes: u64) -> anyhow::Result<()> {
+    pub async fn writable(&self, _min_free_bytes: u64) -> Result<()> {
         sqlx::query(
             "INSERT INTO flags (name, value) VALUES ('ready_probe', extract(epoch from now())::bigint::text) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )
@@ -55,7 +61,7 @@ impl PgStore {
     }
 
     /// Wakes `notify` whenever any instance commits events, until the process ends.
-    pub async fn listen(&self, notify: Arc<Notify>) -> anyhow::Result<()> {
+    pub async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         tokio::spawn(async move {
@@ -73,10 +79,125 @@ impl PgStore {
     }
 }
 
-/// Whether an error is a unique-constraint violation (another instance won a race).
-fn is_unique_violation(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<sqlx::Error>()
-        .and_then(|e| e.as_database_error())
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "23505")
+/// Attempts of a transaction that loses a race on a unique key to another instance.
+const RACE_ATTEMPTS: usize = 3;
+
+/// Runs `$work` (an expression over `$tx`, a [`tx::PgTx`]) in a transaction, again when
+/// another instance took a unique key first; where due events were queued, every instance
+/// is told at commit. (A macro: a closure over the transaction would make the future's
+/// lifetimes too general for `Send`.)
+macro_rules! transaction {
+    ($store:expr, $queue:expr, |$tx:ident| $work:expr) => {{
+        let mut tries = 0;
+        loop {
+            let mut conn = $store.pool.begin().await?;
+            let queue = match $queue {
+                Queue::Leased { .. } if outbox::paused(&mut *conn).await? => Queue::Due,
+                other => other,
+            };
+            let mut tx = tx::PgTx {
+                c: &mut conn,
+                queue,
+                announce: false,
+            };
+            let $tx = &mut tx;
+            let done = match $work.await {
+                Ok(done) => tx.announce().await.map(|()| done),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(done) => {
+                    conn.commit().await?;
+                    break Ok(done);
+                }
+                Err(StoreError::Conflict(_)) if tries + 1 < RACE_ATTEMPTS => tries += 1,
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for PgStore {
+    async fn record_trigger(
+        &self,
+        mapping: String,
+        idempotency_key: Option<String>,
+        recipients: Vec<NewRecipient>,
+        queue: Queue,
+    ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
+        let key = idempotency_key.as_deref();
+        transaction!(self, queue, |tx| crate::recording::trigger(
+            tx,
+            &mapping,
+            key,
+            &recipients
+        ))
+    }
+
+    async fn record_activities(
+        &self,
+        activities: Vec<Activity>,
+        queue: Queue,
+    ) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
+        transaction!(self, queue, |tx| crate::recording::activities(
+            tx,
+            &activities
+        ))
+    }
+
+    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+        PgStore::claim(self, limit, lease_secs).await
+    }
+
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
+        PgStore::complete(self, outcomes).await
+    }
+
+    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
+        PgStore::deliveries(self, status, limit).await
+    }
+
+    async fn delivery(
+        &self,
+        uuid: String,
+    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        PgStore::delivery(self, uuid).await
+    }
+
+    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
+        PgStore::purge(self, which, before, limit).await
+    }
+
+    async fn replay(&self, which: Replay) -> Result<usize> {
+        PgStore::replay(self, which).await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        PgStore::set_paused(self, paused).await
+    }
+
+    async fn is_paused(&self) -> Result<bool> {
+        PgStore::is_paused(self).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        PgStore::outbox_stats(self).await
+    }
+
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
+        PgStore::pending_events(self).await
+    }
+
+    async fn writable(&self, min_free_bytes: u64) -> Result<()> {
+        PgStore::writable(self, min_free_bytes).await
+    }
+
+    async fn ping(&self) -> bool {
+        PgStore::ping(self).await
+    }
+
+    async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
+        PgStore::listen(self, notify).await
+    }
 }

@@ -2,8 +2,9 @@
 //! never work on the same row at once and a dead instance's rows return when its lease ends.
 
 use super::PgStore;
+use crate::store::error::{Result, StoreError};
 use crate::store::outbox::{now_ms, DONE};
-use crate::store::{Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Purge, Replay};
+use crate::store::{Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -31,23 +32,27 @@ struct AttemptRows {
 
 const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
 
-fn delivery(r: &PgRow) -> Delivery {
-    Delivery {
+fn delivery(r: &PgRow) -> Result<Delivery> {
+    let status: String = r.get(2);
+    Ok(Delivery {
         uuid: r.get(0),
         metric: r.get(1),
-        status: r.get(2),
+        status: Status::parse_stored(&status).map_err(|e| StoreError::Other(e.into()))?,
         attempts: r.get::<i32, _>(3) as u32,
         next_attempt_at: r.get(4),
         created_at: r.get(5),
         last_error: r.get(6),
-    }
+    })
 }
+
+/// An outbox row's event, as an expression over `outbox` (payloads live in their own table).
+const PAYLOAD: &str = "(SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id)";
 
 impl PgStore {
     /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an
     /// instance that died first, then new work by due time, each through its partial index,
     /// skipping rows other instances are claiming.
-    pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
+    pub async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let lease = (now + lease_secs as i64 * 1000, now);
         let mut claimed = self
@@ -72,12 +77,12 @@ impl PgStore {
         filter: &str,
         (lease_until, now): (i64, i64),
         limit: usize,
-    ) -> anyhow::Result<Vec<Claimed>> {
+    ) -> Result<Vec<Claimed>> {
         let sql = format!(
             "UPDATE outbox SET status = 'inflight', lease_until = $1
              WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
                AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, uuid, metric, payload, attempts, created_ms, lease_until"
+             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
         );
         let rows = sqlx::query(&sql)
             .bind(lease_until)
@@ -101,23 +106,18 @@ impl PgStore {
 
     /// Records the outcomes of a delivery round: two set-based statements, whatever the
     /// number of events (one round trip each).
-    pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+    pub async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         let mut rows = Rows::default();
         let mut attempts = AttemptRows::default();
         for o in &outcomes {
-            let (status, next_at, delivered_at) = match o.completion {
-                Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
-                Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
-                Completion::Dead => ("dead", None, None),
-                Completion::Filtered => ("filtered", None, None),
-            };
+            let (status, next_at, delivered_at) = o.completion.row();
             let attempt: Option<&Attempt> = o.attempt.as_ref();
             let error = attempt
                 .filter(|a| a.outcome != "delivered")
                 .map(|a| a.detail.clone());
             for id in &o.ids {
                 rows.id.push(*id);
-                rows.status.push(status.to_owned());
+                rows.status.push(status.as_str().to_owned());
                 rows.next_at.push(next_at);
                 rows.delivered_at.push(delivered_at);
                 rows.error.push(error.clone());
@@ -170,28 +170,24 @@ impl PgStore {
     }
 
     /// Events by status (all when `None`), newest first.
-    pub async fn deliveries(
-        &self,
-        status: Option<String>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<Delivery>> {
+    pub async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM outbox WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
         );
         let rows = sqlx::query(&sql)
-            .bind(status)
+            .bind(status.map(Status::as_str))
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(delivery).collect())
+        rows.iter().map(delivery).collect()
     }
 
     /// One event: its row, its payload and its attempts.
     pub async fn delivery(
         &self,
         uuid: String,
-    ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        let sql = format!("SELECT {COLUMNS}, payload, id FROM outbox WHERE uuid = $1");
+    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = $1");
         let Some(row) = sqlx::query(&sql)
             .bind(&uuid)
             .fetch_optional(&self.pool)
@@ -217,7 +213,7 @@ impl PgStore {
         .collect();
         let payload: String = row.get(7);
         Ok(Some((
-            delivery(&row),
+            delivery(&row)?,
             serde_json::from_str(&payload)?,
             attempts,
         )))
@@ -225,7 +221,7 @@ impl PgStore {
 
     /// Removes up to `limit` finished events older than `before` and their attempts, in one
     /// transaction.
-    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
+    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "SELECT id FROM outbox WHERE {} AND created_at < $1 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -235,10 +231,12 @@ impl PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM attempts WHERE outbox_id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["attempts WHERE outbox_id", "outbox_payloads WHERE id"] {
+            sqlx::query(&format!("DELETE FROM {table} = ANY($1)"))
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+        }
         let n = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -249,7 +247,7 @@ impl PgStore {
     }
 
     /// Makes the selected events due again with a fresh schedule; returns how many.
-    pub async fn replay(&self, which: Replay) -> anyhow::Result<usize> {
+    pub async fn replay(&self, which: Replay) -> Result<usize> {
         let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = 0, lease_until = 0";
         let now = now_ms();
         let done = match which {
@@ -265,7 +263,7 @@ impl PgStore {
                 let sql = format!("{set} WHERE status = $2 AND {DONE}");
                 sqlx::query(&sql)
                     .bind(now)
-                    .bind(s)
+                    .bind(s.status().as_str())
                     .execute(&self.pool)
                     .await?
             }
@@ -274,7 +272,7 @@ impl PgStore {
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(since)
-                    .bind(status)
+                    .bind(status.status().as_str())
                     .execute(&self.pool)
                     .await?
             }
@@ -287,7 +285,7 @@ impl PgStore {
     }
 
     /// Pauses or resumes delivery for every instance.
-    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+    pub async fn set_paused(&self, paused: bool) -> Result<()> {
         sqlx::query(
             "INSERT INTO flags (name, value) VALUES ('paused', $1) ON CONFLICT (name) DO UPDATE SET value = $1",
         )
@@ -298,48 +296,43 @@ impl PgStore {
     }
 
     /// Whether delivery is paused.
-    pub async fn is_paused(&self) -> anyhow::Result<bool> {
+    pub async fn is_paused(&self) -> Result<bool> {
         paused(&self.pool).await
     }
 
-    /// Counts by status and the age of the oldest undelivered event.
-    pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+    /// The counts by status (kept by triggers, in shards) and the age of the oldest
+    /// undelivered event (through its index): no scan, however big the outbox.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats> {
         let mut stats = OutboxStats::default();
-        let rows = sqlx::query("SELECT status, count(*) FROM outbox GROUP BY status")
+        let rows = sqlx::query("SELECT status, sum(n)::bigint FROM outbox_counts GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
         for r in rows {
             let (status, n): (String, i64) = (r.get(0), r.get(1));
-            match status.as_str() {
-                "pending" => stats.pending = n,
-                "inflight" => stats.inflight = n,
-                "delivered" => stats.delivered = n,
-                "dead" => stats.dead = n,
-                "filtered" => stats.filtered = n,
-                _ => {}
+            if let Ok(status) = Status::parse_stored(&status) {
+                stats.set(status, n);
             }
         }
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(crate::store::outbox::OLDEST_OPEN)
+            .fetch_one(&self.pool)
+            .await?;
         stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
         Ok(stats)
     }
 
     /// The events waiting in the outbox, oldest first.
-    pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT payload FROM outbox WHERE status = 'pending' ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT {PAYLOAD} FROM outbox WHERE status = 'pending' ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
     }
 }
 
 /// Whether delivery is paused, read through `e` (the pool, or a transaction's connection).
-pub(super) async fn paused<'e>(e: impl sqlx::PgExecutor<'e>) -> anyhow::Result<bool> {
+pub(super) async fn paused<'e>(e: impl sqlx::PgExecutor<'e>) -> Result<bool> {
     let v: Option<String> = sqlx::query_scalar("SELECT value FROM flags WHERE name = 'paused'")
         .fetch_optional(e)
         .await?;

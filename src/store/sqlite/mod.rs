@@ -31,12 +31,17 @@
 //! hand-offs, which dominated a trigger's cost (about 1 ms for its nine statements); here a
 //! trigger costs none, and a batch one commit.
 
-pub mod activities;
 mod migrate;
 pub mod outbox;
-mod triggers;
+mod tx;
 
+use crate::activity::Activity;
 use crate::event::Common;
+use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
+use crate::store::error::{Result, StoreError};
+use crate::store::{
+    Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Queue, Replay, Status,
+};
 use anyhow::Context;
 use rusqlite::Connection;
 use std::cell::{Cell, RefCell};
@@ -202,8 +207,8 @@ impl SqliteStore {
     /// batch so far (see the module's notes).
     pub async fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Conn) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+        f: impl FnOnce(&Conn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
             let before = conn.total_changes();
@@ -230,9 +235,9 @@ impl SqliteStore {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone()
                     .unwrap_or_else(|| "it could not be made durable (see the log)".into());
-                Err(anyhow::Error::new(crate::store::Unavailable(format!(
+                Err(StoreError::Unavailable(format!(
                     "the SQLite batch failed to commit: {why}"
-                ))))
+                )))
             }
         }
     }
@@ -241,8 +246,8 @@ impl SqliteStore {
     /// for a database in memory, which a second connection would not see).
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         match &self.inner.reader {
             Some(reader) => {
                 let reader = reader.clone();
@@ -250,7 +255,7 @@ impl SqliteStore {
                     f(&reader.lock().unwrap_or_else(|e| e.into_inner()))
                 })
                 .await
-                .context("a SQLite read stopped")?
+                .map_err(|e| StoreError::Other(anyhow::anyhow!("a SQLite read stopped: {e}")))?
             }
             None => self.call(move |c| f(c)).await,
         }
@@ -258,18 +263,18 @@ impl SqliteStore {
 
     /// At least `min_free_bytes` free on the database file's filesystem, then a small committed
     /// write (the readiness probe's time in `flags`).
-    pub async fn writable(&self, min_free_bytes: u64) -> anyhow::Result<()> {
+    pub async fn writable(&self, min_free_bytes: u64) -> Result<()> {
         self.call(move |c| {
             if let Some((path, ..)) = &c.file {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-                let stat = nix::sys::statvfs::statvfs(dir.unwrap_or(Path::new(".")))?;
+                let stat = nix::sys::statvfs::statvfs(dir.unwrap_or(Path::new(".")))
+                    .map_err(|e| StoreError::Other(e.into()))?;
                 let free = stat.blocks_available().saturating_mul(stat.fragment_size());
                 if free < min_free_bytes {
-                    return Err(crate::store::Unavailable(format!(
+                    return Err(StoreError::Unavailable(format!(
                         "{free} bytes free where {} is, less than [store] min_free_mb",
                         path.display()
-                    ))
-                    .into());
+                    )));
                 }
             }
             c.execute(
@@ -289,7 +294,7 @@ impl SqliteStore {
     }
 
     /// The events waiting in the outbox, oldest first (for operators and tests).
-    pub async fn pending_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {} FROM outbox WHERE status = 'pending' ORDER BY id",
@@ -299,6 +304,100 @@ impl SqliteStore {
             rows.map(|p| Ok(serde_json::from_str(&p?)?)).collect()
         })
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for SqliteStore {
+    /// A repeated idempotency key records nothing: its work fails before any write, as does
+    /// every check of [`crate::recording`].
+    async fn record_trigger(
+        &self,
+        mapping: String,
+        idempotency_key: Option<String>,
+        recipients: Vec<NewRecipient>,
+        queue: Queue,
+    ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
+        self.call(move |c| {
+            let queue = outbox::effective(c, queue)?;
+            let mut tx = tx::SqliteTx { c, queue };
+            let key = idempotency_key.as_deref();
+            tx::run(crate::recording::trigger(
+                &mut tx,
+                &mapping,
+                key,
+                &recipients,
+            ))
+        })
+        .await
+    }
+
+    async fn record_activities(
+        &self,
+        activities: Vec<Activity>,
+        queue: Queue,
+    ) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
+        self.call(move |c| {
+            let queue = outbox::effective(c, queue)?;
+            let mut tx = tx::SqliteTx { c, queue };
+            tx::run(crate::recording::activities(&mut tx, &activities))
+        })
+        .await
+    }
+
+    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+        SqliteStore::claim(self, limit, lease_secs).await
+    }
+
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
+        SqliteStore::complete(self, outcomes).await
+    }
+
+    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
+        SqliteStore::deliveries(self, status, limit).await
+    }
+
+    async fn delivery(
+        &self,
+        uuid: String,
+    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+        SqliteStore::delivery(self, uuid).await
+    }
+
+    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
+        SqliteStore::purge(self, which, before, limit).await
+    }
+
+    async fn replay(&self, which: Replay) -> Result<usize> {
+        SqliteStore::replay(self, which).await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        SqliteStore::set_paused(self, paused).await
+    }
+
+    async fn is_paused(&self) -> Result<bool> {
+        SqliteStore::is_paused(self).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        SqliteStore::outbox_stats(self).await
+    }
+
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
+        SqliteStore::pending_events(self).await
+    }
+
+    async fn writable(&self, min_free_bytes: u64) -> Result<()> {
+        SqliteStore::writable(self, min_free_bytes).await
+    }
+
+    async fn ping(&self) -> bool {
+        SqliteStore::ping(self).await
+    }
+
+    async fn listen(&self, _notify: std::sync::Arc<tokio::sync::Notify>) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -569,7 +668,7 @@ fn rollback(conn: &Conn) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Conn, SqliteStore};
+    use super::{Conn, Result, SqliteStore};
 
     /// A store on a new file (kept while the directory lives).
     pub(super) async fn store_in_a_file(synchronous: &str) -> (tempfile::TempDir, SqliteStore) {
@@ -579,7 +678,7 @@ mod tests {
         (dir, store)
     }
 
-    fn insert(uuid: &'static str) -> impl FnOnce(&Conn) -> anyhow::Result<()> {
+    fn insert(uuid: &'static str) -> impl FnOnce(&Conn) -> Result<()> {
         move |c| {
             c.execute(
                 "INSERT INTO outbox (uuid, metric, next_attempt_at, created_at) VALUES (?1, 'opens', 0, 0)",
@@ -624,9 +723,9 @@ mod tests {
     #[tokio::test]
     async fn work_failing_after_a_change_leaves_nothing_half_written_and_no_false_success() {
         let (_dir, store) = store_in_a_file("full").await;
-        let half_written = |c: &Conn| -> anyhow::Result<()> {
+        let half_written = |c: &Conn| -> Result<()> {
             insert("half")(c)?;
-            anyhow::bail!("failed after a change")
+            Err(anyhow::anyhow!("failed after a change").into())
         };
         for round in 0..20 {
             let (a, b) = (format!("a{round}"), format!("b{round}"));
@@ -656,7 +755,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_a_piece_of_work_fails_its_batch_and_the_store_goes_on() {
         let (_dir, store) = store_in_a_file("full").await;
-        let panics = |c: &Conn| -> anyhow::Result<()> {
+        let panics = |c: &Conn| -> Result<()> {
             insert("half")(c)?;
             panic!("a bug in a piece of work")
         };

@@ -2,14 +2,17 @@
 //! worker with a lease, completed with a record of every attempt.
 
 use super::{Conn, SqliteStore};
+use crate::store::error::Result;
 use crate::store::outbox::{
-    now_ms, Attempt, Claimed, Completion, Delivery, OutboxStats, Outcome, Purge, Replay, DONE,
+    now_ms, Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status, DONE,
+    OLDEST_OPEN,
 };
+use crate::store::tx::NewEvent;
 use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Where a request's events go now: not leased while delivery is paused.
-pub(super) fn effective(c: &Conn, queue: Queue) -> anyhow::Result<Queue> {
+pub(super) fn effective(c: &Conn, queue: Queue) -> Result<Queue> {
     Ok(match queue {
         Queue::Leased { .. } if paused(c)? => Queue::Due,
         other => other,
@@ -19,22 +22,14 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> anyhow::Result<Queue> {
 /// An outbox row's event, as an expression over `outbox` (payloads live in their own table).
 pub(super) const PAYLOAD: &str = "(SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id)";
 
-/// An event to queue.
-pub(super) struct NewEvent<'a> {
-    pub uuid: &'a str,
-    pub metric: &'a str,
-    /// The caller's id of the activity that made it (a resend is then a no-op).
-    pub external_id: Option<&'a str>,
-}
-
 /// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
 /// is an activity's `metric_id`. Returns that id, and the event if leased, for the hand-off.
 pub(super) fn enqueue(
     c: &Connection,
     new: NewEvent<'_>,
-    payload: impl FnOnce(i64) -> anyhow::Result<String>,
+    payload: impl FnOnce(i64) -> Result<String>,
     queue: Queue,
-) -> anyhow::Result<(i64, Option<Claimed>)> {
+) -> Result<(i64, Option<Claimed>)> {
     let ms = now_ms();
     let (status, lease_until) = queue.row(ms);
     // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
@@ -42,7 +37,7 @@ pub(super) fn enqueue(
     c.prepare_cached(
         "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![new.uuid, new.metric, new.external_id, ms, ms / 1000, status, lease_until])?;
+    .execute(params![new.uuid, new.metric, new.external_id, ms, ms / 1000, status.as_str(), lease_until])?;
     let id = c.last_insert_rowid();
     let payload = payload(id)?;
     c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
@@ -63,13 +58,8 @@ pub(super) fn enqueue(
 /// Records an attempt on each of the outcome's events and moves them on: two statements for
 /// all of them (a round's events go in one POST and share its attempt), the ids passed as a
 /// JSON array.
-fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
-    let (status, next_at, delivered_at) = match outcome.completion {
-        Completion::Delivered => ("delivered", None, Some(now_ms() / 1000)),
-        Completion::Retry { next_at_ms } => ("pending", Some(next_at_ms), None),
-        Completion::Dead => ("dead", None, None),
-        Completion::Filtered => ("filtered", None, None),
-    };
+fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
+    let (status, next_at, delivered_at) = outcome.completion.row();
     let attempt = outcome.attempt.as_ref();
     let error = attempt
         .filter(|a| a.outcome != "delivered")
@@ -81,7 +71,14 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
          delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
          attempts = attempts + ?5, lease_until = 0 WHERE id IN (SELECT value FROM json_each(?6))",
     )?
-    .execute(params![status, next_at, delivered_at, error, bump, ids])?;
+    .execute(params![
+        status.as_str(),
+        next_at,
+        delivered_at,
+        error,
+        bump,
+        ids
+    ])?;
     if let Some(a) = attempt {
         c.prepare_cached(
             "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
@@ -102,10 +99,13 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> anyhow::Result<()> {
 const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
 
 fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    let status: String = r.get(2)?;
     Ok(Delivery {
         uuid: r.get(0)?,
         metric: r.get(1)?,
-        status: r.get(2)?,
+        status: Status::parse_stored(&status).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
         attempts: r.get(3)?,
         next_attempt_at: r.get(4)?,
         created_at: r.get(5)?,
@@ -116,7 +116,7 @@ fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
 impl SqliteStore {
     /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
     /// reserving them for `lease_secs`. Nothing while delivery is paused.
-    pub async fn claim(&self, limit: usize, lease_secs: u64) -> anyhow::Result<Vec<Claimed>> {
+    pub async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         self.call(move |c| {
             if paused(c)? {
                 return Ok(Vec::new());
@@ -145,7 +145,7 @@ impl SqliteStore {
     }
 
     /// Records the outcomes of a delivery round, in one piece of work.
-    pub async fn complete(&self, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+    pub async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         self.call(move |c| {
             for outcome in &outcomes {
                 record_outcome(c, outcome)?;
@@ -156,16 +156,13 @@ impl SqliteStore {
     }
 
     /// Events by status (all when `None`), newest first.
-    pub async fn deliveries(
-        &self,
-        status: Option<String>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<Delivery>> {
+    pub async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
         self.read(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
             );
             let mut stmt = c.prepare_cached(&sql)?;
+            let status = status.map(Status::as_str);
             let rows = stmt.query_map(params![status, limit as i64], delivery)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -176,7 +173,7 @@ impl SqliteStore {
     pub async fn delivery(
         &self,
         uuid: String,
-    ) -> anyhow::Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
+    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         self.read(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = ?1"
@@ -209,7 +206,7 @@ impl SqliteStore {
 
     /// Removes up to `limit` finished events older than `before`, their payloads and
     /// attempts, in one transaction.
-    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> anyhow::Result<usize> {
+    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
         self.call(move |c| {
             let ids = format!(
                 "SELECT id FROM outbox WHERE {} AND created_at < ?1 ORDER BY created_at LIMIT ?2",
@@ -234,7 +231,7 @@ impl SqliteStore {
     }
 
     /// Makes the selected events due again with a fresh retry schedule; returns how many.
-    pub async fn replay(&self, which: Replay) -> anyhow::Result<usize> {
+    pub async fn replay(&self, which: Replay) -> Result<usize> {
         self.call(move |c| {
             let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, attempts = 0, lease_until = 0";
             let now = now_ms();
@@ -242,12 +239,13 @@ impl SqliteStore {
                 Replay::Uuid(u) => {
                     c.execute(&format!("{set} WHERE uuid = ?2 AND {DONE}"), params![now, u])?
                 }
-                Replay::Status(s) => {
-                    c.execute(&format!("{set} WHERE status = ?2 AND {DONE}"), params![now, s])?
-                }
+                Replay::Status(s) => c.execute(
+                    &format!("{set} WHERE status = ?2 AND {DONE}"),
+                    params![now, s.status().as_str()],
+                )?,
                 Replay::Since { since, status } => c.execute(
                     &format!("{set} WHERE created_at >= ?2 AND status = ?3 AND {DONE}"),
-                    params![now, since, status],
+                    params![now, since, status.status().as_str()],
                 )?,
             };
             Ok(n)
@@ -256,7 +254,7 @@ impl SqliteStore {
     }
 
     /// Pauses or resumes delivery (claims return nothing while paused).
-    pub async fn set_paused(&self, paused: bool) -> anyhow::Result<()> {
+    pub async fn set_paused(&self, paused: bool) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO flags (name, value) VALUES ('paused', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
@@ -269,33 +267,24 @@ impl SqliteStore {
     }
 
     /// Whether delivery is paused.
-    pub async fn is_paused(&self) -> anyhow::Result<bool> {
+    pub async fn is_paused(&self) -> Result<bool> {
         self.call(paused).await
     }
 
-    /// Counts by status and the age of the oldest pending event.
-    pub async fn outbox_stats(&self) -> anyhow::Result<OutboxStats> {
+    /// The counts by status (kept by triggers with every change) and the age of the oldest
+    /// undelivered event (through its index): no scan, however big the outbox.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats> {
         self.read(|c| {
             let mut stats = OutboxStats::default();
-            let mut stmt =
-                c.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
+            let mut stmt = c.prepare_cached("SELECT status, n FROM outbox_counts")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (status, n) = row?;
-                match status.as_str() {
-                    "pending" => stats.pending = n,
-                    "inflight" => stats.inflight = n,
-                    "delivered" => stats.delivered = n,
-                    "dead" => stats.dead = n,
-                    "filtered" => stats.filtered = n,
-                    _ => {}
+                if let Ok(status) = Status::parse_stored(&status) {
+                    stats.set(status, n);
                 }
             }
-            let oldest: Option<i64> = c.query_row(
-                "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')",
-                [],
-                |r| r.get(0),
-            )?;
+            let oldest: Option<i64> = c.query_row(OLDEST_OPEN, [], |r| r.get(0))?;
             stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
             Ok(stats)
         })
@@ -308,7 +297,7 @@ fn claim_where(
     c: &Connection,
     filter: &str,
     (lease_until, now, limit): (i64, i64, usize),
-) -> anyhow::Result<Vec<Claimed>> {
+) -> Result<Vec<Claimed>> {
     let sql = format!(
         "UPDATE outbox SET status = 'inflight', lease_until = ?1
          WHERE id IN (SELECT id FROM outbox WHERE {filter} LIMIT ?3)
@@ -331,7 +320,7 @@ fn claim_where(
 
 /// Whether delivery is paused: read once per transaction (every request asks, and nobody else
 /// writes while the transaction runs).
-fn paused(c: &Conn) -> anyhow::Result<bool> {
+fn paused(c: &Conn) -> Result<bool> {
     if let Some(paused) = c.paused.get() {
         return Ok(paused);
     }

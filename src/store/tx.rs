@@ -1,0 +1,116 @@
+//! The reads and writes of one transaction, as each backend runs them: SQL and nothing else.
+//! What to read and write, and what it means, is decided once in [`crate::recording`].
+
+use super::error::Result;
+use super::outbox::Claimed;
+use crate::event::Common;
+use crate::recording::{ActivityAnswer, RecipientAnswer, RecipientStatus};
+
+/// A customer as stored: its id and what decides whether it may be mailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    pub id: i64,
+    pub bounce_count_hard: i64,
+    pub bounce_count_soft: i64,
+    pub complaints: i64,
+    pub unsubscribed: bool,
+}
+
+/// How a customer is found: by its external id (`CustomerID`) when the trigger has one, else
+/// by email among the customers without one. Each is a unique index on both backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomerKey<'a> {
+    ExternalId(&'a str),
+    Email(&'a str),
+}
+
+/// A personal broadcast's row.
+#[derive(Debug)]
+pub struct PersonalRow<'a> {
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+    pub uuid: &'a str,
+    pub email: &'a str,
+    pub status: RecipientStatus,
+    /// Its `broadcasts` event: what every later activity's event is built from.
+    pub event: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// An event to queue.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub uuid: &'a str,
+    pub metric: &'a str,
+    /// The caller's id of the activity that made it (a resend is then a no-op).
+    pub external_id: Option<&'a str>,
+}
+
+/// How an activity changes its customer's counts (the seed's mailability rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountChange {
+    HardBounce,
+    SoftBounce,
+    Complaint,
+    Unsubscribe,
+    /// An open or a click shows the address works: the soft count starts again.
+    ResetSoftBounces,
+    None,
+}
+
+impl CountChange {
+    /// The `SET` clause of the `UPDATE customers`, and the condition under which the change
+    /// would leave the row as it is (to skip the write). `truth` is the backend's literal.
+    pub fn sql(self, truth: &str) -> Option<(String, String)> {
+        let (set, unchanged) = match self {
+            CountChange::HardBounce => {
+                ("bounce_count_hard = bounce_count_hard + 1".into(), "FALSE")
+            }
+            CountChange::SoftBounce => {
+                ("bounce_count_soft = bounce_count_soft + 1".into(), "FALSE")
+            }
+            CountChange::Complaint => ("complaints = complaints + 1".into(), "FALSE"),
+            CountChange::Unsubscribe => {
+                let set = format!("unsubscribed = {truth}");
+                return Some((set.clone(), set));
+            }
+            CountChange::ResetSoftBounces => {
+                ("bounce_count_soft = 0".into(), "bounce_count_soft = 0")
+            }
+            CountChange::None => return None,
+        };
+        Some((set, unchanged.into()))
+    }
+}
+
+/// One transaction's operations. Each backend implements it over its connection; SQLite's
+/// never wait (its futures are ready at once), PostgreSQL's are its round trips.
+pub(crate) trait Tx {
+    /// The stored answer of the trigger with this idempotency key.
+    async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>>;
+    /// Keeps a trigger's answer for its idempotency key.
+    async fn set_trigger_answer(&mut self, broadcast_id: i64, answer: &str) -> Result<()>;
+    /// The earlier send of a recipient with this idempotency key: (broadcast id, its answer).
+    async fn earlier_send(&mut self, key: &str) -> Result<Option<(i64, RecipientAnswer)>>;
+    async fn insert_broadcast(&mut self, mapping: &str, at: i64, key: Option<&str>) -> Result<i64>;
+    /// The customer with this key, created (with `email`) if new.
+    async fn customer(&mut self, key: CustomerKey<'_>, email: &str, at: i64) -> Result<Standing>;
+    async fn insert_personal(&mut self, row: PersonalRow<'_>) -> Result<()>;
+    /// The `broadcasts` event of a personal broadcast, if there is one.
+    async fn broadcast_event(
+        &mut self,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<Option<Common>>;
+    /// The answer given to the activity with this caller's id, if it was recorded.
+    async fn earlier_activity(&mut self, external_id: &str) -> Result<Option<ActivityAnswer>>;
+    async fn change_counts(&mut self, customer_id: i64, change: CountChange) -> Result<()>;
+    async fn standing(&mut self, customer_id: i64) -> Result<Standing>;
+    /// Queues an event in the outbox: `payload` is given the row's id (the event's
+    /// `metric_id`). Returns that id, and the event when it is leased to this process.
+    async fn enqueue(
+        &mut self,
+        new: NewEvent<'_>,
+        payload: impl FnOnce(i64) -> Result<String> + Send,
+    ) -> Result<(i64, Option<Claimed>)>;
+}

@@ -1,0 +1,293 @@
+//! The store through its one interface, on both backends: the counters `/metrics` reads
+//! agree with the rows after every kind of change, and databases written by the previous
+//! schema keep working after its migration.
+
+use crate::backend::{current, each_backend, fresh_database, Backend, Database};
+use pegabridge::event::Common;
+use pegabridge::recording::{ActivityStatus, NewRecipient, RecipientStatus};
+use pegabridge::store::{Attempt, Completion, Done, Outcome, Purge, Replay, Status, Storage};
+use std::collections::HashMap;
+
+/// A store on the current backend (the guard keeps its database).
+async fn open_store() -> (Storage, tempfile::TempDir, Option<Database>) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database().await;
+    let url = match &database {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}/store.db", dir.path().display()),
+    };
+    let store = Storage::connect(&url, "normal", 4).await.unwrap();
+    (store, dir, database)
+}
+
+fn common() -> Common {
+    serde_json::from_value(serde_json::json!({
+        "portal_id": 1, "portal_name": "p", "brand_id": 1, "brand_name": "b",
+        "metric": "broadcasts", "metric_id": 0, "metric_timestamp": 0, "customer_id": 0,
+        "external_id": "", "campaign_id": 1, "campaign_name": "c",
+        "campaign_object_id": 1, "broadcast_id": 0, "broadcast_timestamp": 0,
+        "broadcast_type": "MAIL", "broadcast_event_type": "SINGLEMAIL",
+        "broadcast_manual_options": {"OfferID": "O-1"}, "sub_type": "SINGLEMAIL", "content_id": 1,
+        "email_domain": "x.nl", "mailing_type": "regular", "test_mailing": false,
+        "email_address_override": false, "uuid": "u",
+    }))
+    .unwrap()
+}
+
+fn recipient(n: usize) -> NewRecipient {
+    NewRecipient {
+        email: format!("c{n}@x.nl"),
+        external_id: format!("CUST-{n}"),
+        idempotency_key: None,
+        event: common(),
+    }
+}
+
+/// The statuses as the rows have them.
+async fn counted(store: &Storage) -> HashMap<Status, i64> {
+    let mut counts = HashMap::new();
+    for d in store.deliveries(None, 100_000).await.unwrap() {
+        *counts.entry(d.status).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The counters `/metrics` reads agree with the rows.
+async fn assert_counters_agree(store: &Storage, step: &str) {
+    let rows = counted(store).await;
+    let stats = store.outbox_stats().await.unwrap();
+    let from_counters = [
+        (Status::Pending, stats.pending),
+        (Status::Inflight, stats.inflight),
+        (Status::Delivered, stats.delivered),
+        (Status::Dead, stats.dead),
+        (Status::Filtered, stats.filtered),
+    ];
+    for (status, n) in from_counters {
+        assert_eq!(
+            n,
+            rows.get(&status).copied().unwrap_or(0),
+            "{step}: {status} counted {n}, rows {rows:?}"
+        );
+    }
+}
+
+fn outcome(ids: Vec<i64>, completion: Completion) -> Outcome {
+    Outcome {
+        ids,
+        attempt: Some(Attempt {
+            at_ms: 0,
+            http_status: Some(200),
+            duration_ms: 1,
+            outcome: "test".into(),
+            detail: String::new(),
+        }),
+        completion,
+    }
+}
+
+#[tokio::test]
+async fn the_counters_follow_every_change_of_status() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let recipients = (0..10).map(recipient).collect();
+        store
+            .record_trigger("m".into(), None, recipients)
+            .await
+            .unwrap();
+        assert_counters_agree(&store, "queued").await;
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 10);
+
+        let claimed = store.claim(8, 60).await.unwrap();
+        assert_counters_agree(&store, "claimed").await;
+        let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        store
+            .complete(vec![
+                outcome(ids[0..3].to_vec(), Completion::Delivered),
+                outcome(ids[3..5].to_vec(), Completion::Dead),
+                outcome(ids[5..6].to_vec(), Completion::Filtered),
+                outcome(ids[6..8].to_vec(), Completion::Retry { next_at_ms: 0 }),
+            ])
+            .await
+            .unwrap();
+        assert_counters_agree(&store, "completed").await;
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.delivered, stats.dead, stats.filtered, stats.pending),
+            (3, 2, 1, 4)
+        );
+
+        assert_eq!(store.replay(Replay::Status(Done::Dead)).await.unwrap(), 2);
+        assert_counters_agree(&store, "replayed").await;
+        let far = pegabridge::event::now() + 10;
+        assert_eq!(
+            store
+                .purge_all(Purge::Delivered, far, 2, || false)
+                .await
+                .unwrap(),
+            3
+        );
+        assert_counters_agree(&store, "purged").await;
+        assert_eq!(store.outbox_stats().await.unwrap().delivered, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recipient_without_a_customer_id_is_not_joined_to_a_customer_who_has_one() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let with_id = store
+            .record_trigger("m".into(), None, vec![recipient(1)])
+            .await
+            .unwrap();
+        let mut without = recipient(1);
+        without.external_id = String::new();
+        let first = store
+            .record_trigger("m".into(), None, vec![without.clone()])
+            .await
+            .unwrap();
+        let again = store
+            .record_trigger("m".into(), None, vec![without])
+            .await
+            .unwrap();
+        let id = |a: &pegabridge::recording::TriggerAnswer| a.recipients[0].customer_id;
+        assert_ne!(id(&with_id), id(&first), "the same email, not the same key");
+        assert_eq!(id(&first), id(&again), "found again by email");
+        assert_eq!(first.recipients[0].status, RecipientStatus::Queued);
+    })
+    .await;
+}
+
+/// Rows as the previous schema (SQLite 5, PostgreSQL 3) wrote them: a customer with an
+/// external id, a personal broadcast with its manual options column, its delivered
+/// `broadcasts` event, and an open with a caller's id whose event is pending.
+const SQLITE_OLD_ROWS: &str = "
+INSERT INTO customers (id, email, external_id, created_at) VALUES (7, 'c1@x.nl', 'CUST-1', 0);
+INSERT INTO broadcasts (id, mapping, created_at) VALUES (3, 'm', 0);
+INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event)
+  VALUES (3, 7, 'pb-3-7', 'c1@x.nl', 'queued', '{}', '{EVENT}');
+INSERT INTO outbox (id, uuid, metric, status, next_attempt_at, created_at, created_ms)
+  VALUES (40, 'pb-3-7', 'broadcasts', 'delivered', 0, 0, 0),
+         (41, 'u-41', 'opens', 'pending', 0, 0, 0);
+INSERT INTO outbox_payloads (id, payload) VALUES (40, '{\"metric_id\": 0}'), (41, '{\"metric_id\": 41}');
+UPDATE outbox SET external_id = 'open-1' WHERE id = 41;
+";
+
+const POSTGRES_OLD_ROWS: &str = "
+INSERT INTO customers (id, email, external_id, created_at) VALUES (7, 'c1@x.nl', 'CUST-1', 0);
+INSERT INTO broadcasts (id, mapping, created_at) VALUES (3, 'm', 0);
+INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, manual_options, event)
+  VALUES (3, 7, 'pb-3-7', 'c1@x.nl', 'queued', '{}', '{EVENT}');
+INSERT INTO activities (id, external_id, uuid, metric, broadcast_id, customer_id, created_at)
+  VALUES (900, 'open-1', 'u-41', 'opens', 3, 7, 0);
+INSERT INTO outbox (id, uuid, metric, payload, status, next_attempt_at, created_at, created_ms)
+  VALUES (40, 'pb-3-7', 'broadcasts', '{\"metric_id\": 0}', 'delivered', 0, 0, 0),
+         (41, 'u-41', 'opens', '{\"metric_id\": 900}', 'pending', 0, 0, 0);
+SELECT setval(pg_get_serial_sequence('customers', 'id'), 7);
+SELECT setval(pg_get_serial_sequence('broadcasts', 'id'), 3);
+SELECT setval(pg_get_serial_sequence('outbox', 'id'), 41);
+";
+
+/// The migrations of the previous schema, as files.
+fn old_migrations(backend: &str, count: usize) -> Vec<(String, String)> {
+    let dir = crate::helpers::root().join("migrations").join(backend);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .take(count)
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Writes a database at the previous schema with [`SQLITE_OLD_ROWS`] or
+/// [`POSTGRES_OLD_ROWS`]; returns its URL.
+async fn old_database(dir: &std::path::Path, db: Option<&Database>) -> String {
+    let event = serde_json::to_string(&common())
+        .unwrap()
+        .replace('\'', "''");
+    match db {
+        None => {
+            let path = dir.join("old.db");
+            let c = rusqlite::Connection::open(&path).unwrap();
+            for (_, sql) in old_migrations("sqlite", 5) {
+                c.execute_batch(&sql).unwrap();
+            }
+            c.execute_batch("PRAGMA user_version = 5").unwrap();
+            c.execute_batch(&SQLITE_OLD_ROWS.replace("{EVENT}", &event))
+                .unwrap();
+            format!("sqlite://{}", path.display())
+        }
+        Some(db) => {
+            let files = dir.join("pg-migrations");
+            std::fs::create_dir_all(&files).unwrap();
+            for (name, sql) in old_migrations("postgres", 3) {
+                std::fs::write(files.join(name), sql).unwrap();
+            }
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            sqlx::migrate::Migrator::new(files.as_path())
+                .await
+                .unwrap()
+                .run(&pool)
+                .await
+                .unwrap();
+            sqlx::raw_sql(&POSTGRES_OLD_ROWS.replace("{EVENT}", &event))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            db.url.clone()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activity_ids() {
+    each_backend(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fresh_database().await;
+        let url = old_database(dir.path(), db.as_ref()).await;
+        let store = Storage::connect(&url, "normal", 4).await.unwrap();
+
+        // The counters start from the rows there were.
+        assert_counters_agree(&store, "migrated").await;
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.delivered), (1, 1));
+        // The customer is found again by its CustomerID.
+        let answer = store
+            .record_trigger("m".into(), None, vec![recipient(1)])
+            .await
+            .unwrap();
+        assert_eq!(answer.recipients[0].customer_id, 7);
+        // A resend of the activity is answered with its first metric_id.
+        let open = pegabridge::activity::parse(serde_json::json!({
+            "id": "open-1", "metric": "opens", "broadcast_id": 3, "customer_id": 7,
+        }))
+        .unwrap();
+        let again = store.record_activities(open.clone()).await.unwrap();
+        let first = if current() == Backend::Postgres {
+            900
+        } else {
+            41
+        };
+        assert_eq!(
+            (again[0].uuid.as_str(), again[0].metric_id, again[0].status),
+            ("u-41", first, ActivityStatus::Duplicate)
+        );
+        // A new activity's metric_id is past every id given out before.
+        let mut new = open;
+        new[0].external_id = Some("open-2".into());
+        let recorded = store.record_activities(new).await.unwrap();
+        assert_eq!(recorded[0].status, ActivityStatus::Queued);
+        assert!(recorded[0].metric_id > first, "{}", recorded[0].metric_id);
+        assert_counters_agree(&store, "after new work").await;
+    })
+    .await;
+}

@@ -2,7 +2,7 @@
 //! events, and (in the preview) their rendered metadata and HTML.
 
 use crate::event::{email_domain, now, Account, Common};
-use crate::mapping::apply::{apply, ApplyError, FieldError, PersonalBroadcast};
+use crate::mapping::apply::{apply, ApplyError, FieldError, PersonalBroadcast, Warnings};
 use crate::mapping::Mapping;
 use crate::recording::{NewRecipient, TriggerAnswer};
 use crate::store::Storage;
@@ -72,8 +72,9 @@ fn recipients(
     mapping: &Mapping,
     configured: &[Variable],
     trigger: &Value,
+    warnings: Warnings,
 ) -> Result<Vec<(NewRecipient, Vec<String>)>, TriggerError> {
-    let personal = apply(mapping, configured, trigger).map_err(|e| match e {
+    let personal = apply(mapping, configured, trigger, warnings).map_err(|e| match e {
         ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
         ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
     })?;
@@ -101,7 +102,7 @@ pub async fn accept(
     trigger: &Value,
     idempotency_key: Option<&str>,
 ) -> Result<TriggerAnswer, TriggerError> {
-    let new: Vec<NewRecipient> = recipients(account, mapping, configured, trigger)?
+    let new: Vec<NewRecipient> = recipients(account, mapping, configured, trigger, Warnings::Skip)?
         .into_iter()
         .map(|(r, _)| r)
         .collect();
@@ -144,7 +145,7 @@ pub fn preview(
     with_html: bool,
 ) -> Result<Preview, TriggerError> {
     let mut out = Vec::new();
-    for (r, mut warnings) in recipients(account, mapping, configured, trigger)? {
+    for (r, mut warnings) in recipients(account, mapping, configured, trigger, Warnings::Collect)? {
         let mut meta = Map::new();
         for field in plan.fields() {
             let rendered = render(&field.expression, &r.event.broadcast_manual_options)?;

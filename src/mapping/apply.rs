@@ -62,11 +62,20 @@ pub enum ApplyError {
     TooLarge(FieldError),
 }
 
+/// Whether [`apply`] tells people what it filled in (a preview does; accepting a trigger
+/// does not, as nobody reads them there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warnings {
+    Collect,
+    Skip,
+}
+
 /// Applies `mapping` to `trigger`, within `mapping.limits`.
 pub fn apply(
     mapping: &Mapping,
     configured: &[Variable],
     trigger: &Value,
+    warnings: Warnings,
 ) -> Result<Vec<PersonalBroadcast>, ApplyError> {
     let limits = mapping.limits;
     let mut errors = Vec::new();
@@ -108,9 +117,9 @@ pub fn apply(
     let mut total_bytes = 0usize;
     for (item, prefix) in elements {
         let element = item.map(|v| (v, prefix.as_str()));
-        match recipient(mapping, configured, trigger, element) {
+        match recipient(mapping, configured, trigger, element, warnings) {
             Ok(r) => {
-                let bytes = json_len(&Value::Object(r.manual_options.clone()));
+                let bytes = json_len(&r.manual_options);
                 if bytes > limits.max_options_bytes {
                     return Err(ApplyError::TooLarge(FieldError {
                         field: "server.max_options_bytes".into(),
@@ -145,7 +154,7 @@ pub fn apply(
 }
 
 /// The length of a value's JSON text, without writing it.
-fn json_len(v: &Value) -> usize {
+fn json_len(v: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -166,6 +175,7 @@ fn recipient(
     configured: &[Variable],
     trigger: &Value,
     element: Option<(&Value, &str)>,
+    warn: Warnings,
 ) -> Result<PersonalBroadcast, Vec<FieldError>> {
     let spec = &mapping.file.recipient;
     let mut errors = Vec::new();
@@ -240,7 +250,7 @@ fn recipient(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (manual_options, warnings) = manual_options(mapping, configured, mapped);
+    let (manual_options, warnings) = manual_options(mapping, configured, mapped, warn);
     let idempotency_key = mapping
         .file
         .idempotency_key
@@ -262,23 +272,29 @@ fn manual_options(
     mapping: &Mapping,
     configured: &[Variable],
     mut mapped: Map<String, Value>,
+    warn: Warnings,
 ) -> (Map<String, Value>, Vec<String>) {
     let mut options = Map::new();
     let mut warnings = Vec::new();
+    let mut warning = |text: String| {
+        if warn == Warnings::Collect {
+            warnings.push(text);
+        }
+    };
     for field in &mapping.template_fields {
         let value = if let Some(v) = mapped.remove(&field.name) {
             v
         } else if let Some(d) = &field.default {
-            warnings.push(format!("{}: not mapped, template default used", field.name));
+            warning(format!("{}: not mapped, template default used", field.name));
             Value::String(d.clone())
         } else if let Some(v) = configured.iter().find(|v| v.name.as_ref() == field.name) {
-            warnings.push(format!(
+            warning(format!(
                 "{}: not mapped, configured default used",
                 field.name
             ));
             Value::String(v.default.clone())
         } else {
-            warnings.push(format!("{}: not mapped and no default: null", field.name));
+            warning(format!("{}: not mapped and no default: null", field.name));
             Value::Null
         };
         options.insert(field.name.clone(), value);

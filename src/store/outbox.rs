@@ -103,8 +103,23 @@ impl FromStr for Done {
     }
 }
 
-/// Now in milliseconds.
+/// Now in Unix milliseconds, for the outbox's schedule and leases: the system clock, or,
+/// when ahead of it, the system time first read advanced by tokio's monotonic clock. So a
+/// step back of the system clock does not make leases and retries wait longer, and tests can
+/// make retries due by advancing tokio's paused clock instead of sleeping.
 pub fn now_ms() -> i64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<(i64, tokio::time::Instant)> = OnceLock::new();
+    let system = system_ms();
+    let (at_ms, at) = *START.get_or_init(|| (system, tokio::time::Instant::now()));
+    let monotonic = at_ms
+        + tokio::time::Instant::now()
+            .saturating_duration_since(at)
+            .as_millis() as i64;
+    system.max(monotonic)
+}
+
+fn system_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

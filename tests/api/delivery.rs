@@ -225,7 +225,7 @@ async fn a_resent_activity_with_the_same_id_is_a_no_op() {
         );
         assert_ne!(first["activities"][0]["metric_id"], 0);
         assert_eq!(wait_for_events(&pega, 3).await.len(), 3);
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        crate::pega::settled(&app).await;
         assert_eq!(pega.mock.events().len(), 3);
     })
     .await;
@@ -245,7 +245,7 @@ async fn a_customer_who_hard_bounced_is_suppressed_on_the_next_trigger() {
     assert_eq!(answer["recipients"][0]["status"], "suppressed");
     assert_eq!(answer["recipients"][1]["status"], "queued");
     let events = wait_for_events(&pega, 4).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    crate::pega::settled(&app).await;
     assert_eq!(
         pega.mock.events().len(),
         4,
@@ -291,7 +291,7 @@ async fn metrics_not_in_the_activity_list_are_not_sent() {
         app.activities(&json!({"metric": "opens", "broadcast_id": b, "customer_id": c}))
             .await;
         wait_for_events(&pega, 2).await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        crate::pega::settled(&app).await;
         assert!(pega
             .mock
             .events()
@@ -354,8 +354,9 @@ async fn events_whose_lease_ran_out_in_the_hand_off_are_not_posted_twice() {
         }
         let (missing, duplicates) = crate::pega::await_all(&pega, &uuids).await;
         assert_eq!(missing, 0);
-        // Later duplicates would come only from a claim: give one a chance to happen.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Later duplicates would come only from a claim of a row still pending or leased:
+        // once none is left, none can come.
+        crate::pega::settled(&app).await;
         let (_, duplicates_later) = crate::pega::await_all(&pega, &uuids).await;
         assert_eq!(
             (duplicates, duplicates_later),

@@ -21,5 +21,6 @@ mod previews;
 mod processes;
 mod properties;
 mod reach;
+mod stepping;
 mod store;
 mod triggers;

@@ -77,6 +77,24 @@ pub async fn wait_for_events(pega: &Pega, n: usize) -> Vec<Value> {
     }
 }
 
+/// Waits (at most 20 s) until the app's outbox has nothing pending or in flight: every
+/// event delivered, dead or filtered, so nothing more will reach the stand-in.
+pub async fn settled(app: &TestApp) {
+    let store = app.store().await;
+    let start = Instant::now();
+    loop {
+        let stats = store.outbox_stats().await.unwrap();
+        if stats.pending + stats.inflight == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never settled: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most 60 s) until every uuid of `expected` has arrived; returns how many never
 /// did and how many arrived more than once.
 pub async fn await_all(

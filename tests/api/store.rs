@@ -9,7 +9,7 @@ use pegabridge::store::{Attempt, Completion, Done, Outcome, Purge, Replay, Statu
 use std::collections::HashMap;
 
 /// A store on the current backend (the guard keeps its database).
-async fn open_store() -> (Storage, tempfile::TempDir, Option<Database>) {
+pub async fn open_store() -> (Storage, tempfile::TempDir, Option<Database>) {
     let dir = tempfile::tempdir().unwrap();
     let database = fresh_database().await;
     let url = match &database {
@@ -20,7 +20,7 @@ async fn open_store() -> (Storage, tempfile::TempDir, Option<Database>) {
     (store, dir, database)
 }
 
-fn common() -> Common {
+pub fn common() -> Common {
     serde_json::from_value(serde_json::json!({
         "portal_id": 1, "portal_name": "p", "brand_id": 1, "brand_name": "b",
         "metric": "broadcasts", "metric_id": 0, "metric_timestamp": 0, "customer_id": 0,

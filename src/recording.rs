@@ -188,6 +188,7 @@ pub(crate) async fn trigger(
                 uuid: &uuid,
                 metric: Metric::Broadcasts.as_str(),
                 external_id: None,
+                in_personal_broadcast: true,
             };
             let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
             leased.extend(lease);
@@ -261,6 +262,7 @@ pub(crate) async fn activities(
             uuid: &uuid,
             metric: a.metric.as_str(),
             external_id: a.external_id.as_deref(),
+            in_personal_broadcast: false,
         };
         let payload = |metric_id| {
             // Sized for a whole event up front: growing the buffer step by step cost a tenth

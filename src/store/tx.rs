@@ -44,6 +44,9 @@ pub struct NewEvent<'a> {
     pub metric: &'a str,
     /// The caller's id of the activity that made it (a resend is then a no-op).
     pub external_id: Option<&'a str>,
+    /// Its payload is the event of its personal broadcast (a `broadcasts` event), stored
+    /// there once, not again in `outbox_payloads`.
+    pub in_personal_broadcast: bool,
 }
 
 /// How an activity changes its customer's counts (the seed's mailability rules).

@@ -45,8 +45,7 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
     })
 }
 
-/// An outbox row's event, as an expression over `outbox` (payloads live in their own table).
-const PAYLOAD: &str = "(SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id)";
+use crate::store::outbox::PAYLOAD;
 
 impl PgStore {
     /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an

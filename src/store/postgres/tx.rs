@@ -193,11 +193,13 @@ impl Tx for PgTx<'_> {
         .fetch_one(&mut *self.c)
         .await?;
         let payload = payload(id)?;
-        sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
-            .bind(id)
-            .bind(&payload)
-            .execute(&mut *self.c)
-            .await?;
+        if !new.in_personal_broadcast {
+            sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
+                .bind(id)
+                .bind(&payload)
+                .execute(&mut *self.c)
+                .await?;
+        }
         if self.queue == Queue::Due {
             self.announce = true;
             return Ok((id, None));

@@ -19,8 +19,7 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> Result<Queue> {
     })
 }
 
-/// An outbox row's event, as an expression over `outbox` (payloads live in their own table).
-pub(super) const PAYLOAD: &str = "(SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id)";
+pub(super) use crate::store::outbox::PAYLOAD;
 
 /// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
 /// is an activity's `metric_id`. Returns that id, and the event if leased, for the hand-off.
@@ -40,8 +39,10 @@ pub(super) fn enqueue(
     .execute(params![new.uuid, new.metric, new.external_id, ms, ms / 1000, status.as_str(), lease_until])?;
     let id = c.last_insert_rowid();
     let payload = payload(id)?;
-    c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
-        .execute(params![id, payload])?;
+    if !new.in_personal_broadcast {
+        c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
+            .execute(params![id, payload])?;
+    }
     let leased = match queue {
         Queue::Due => None,
         Queue::Leased { .. } => Some(Claimed::new_leased(

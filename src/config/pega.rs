@@ -19,8 +19,13 @@ pub struct PegaSettings {
     pub timeout_secs: u64,
     /// Events per POST (each POST is a JSON array).
     pub batch_size: usize,
-    /// POSTs in flight at once.
-    pub concurrency: usize,
+    /// POSTs in flight at once, fixed; without it the limit adapts between
+    /// `min_concurrency` and `max_concurrency` (see `delivery::concurrency`).
+    pub concurrency: Option<usize>,
+    pub min_concurrency: usize,
+    pub max_concurrency: usize,
+    /// When the endpoint counts as down, and how it is probed then (`[pega.breaker]`).
+    pub breaker: BreakerSettings,
     /// How long a claimed event is reserved for the claiming instance.
     pub lease_secs: u64,
     /// How often the worker looks for due retries when nothing new arrives.
@@ -42,7 +47,10 @@ impl Default for PegaSettings {
             activities: Metric::ALL.to_vec(),
             timeout_secs: 10,
             batch_size: 1,
-            concurrency: 4,
+            concurrency: None,
+            min_concurrency: 1,
+            max_concurrency: 256,
+            breaker: BreakerSettings::default(),
             lease_secs: 60,
             poll_ms: 1000,
             retry: RetrySettings::default(),
@@ -95,6 +103,31 @@ pub enum PegaAuth {
     },
 }
 
+/// `[pega.breaker]`: the circuit breaker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// The span of recent requests looked at.
+    pub window_secs: u64,
+    /// Fewer requests than this in the window never open it.
+    pub min_requests: usize,
+    /// It opens when more than this share of them failed.
+    pub failure_ratio: f64,
+    /// While open: one probe at a time, this often.
+    pub probe_interval_secs: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            window_secs: 30,
+            min_requests: 20,
+            failure_ratio: 0.5,
+            probe_interval_secs: 5,
+        }
+    }
+}
+
 /// `[activities]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +163,11 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl PegaSettings {
+    /// The most POSTs ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.concurrency.unwrap_or(self.max_concurrency).max(1)
+    }
+
     /// Every problem of `[pega]`, each naming its key (empty when it can be used).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -146,8 +184,25 @@ impl PegaSettings {
         if self.batch_size == 0 {
             problems.push("pega.batch_size: must be at least 1".into());
         }
-        if self.concurrency == 0 {
+        if self.concurrency == Some(0) {
             problems.push("pega.concurrency: must be at least 1".into());
+        }
+        if self.min_concurrency == 0 {
+            problems.push("pega.min_concurrency: must be at least 1".into());
+        }
+        if self.max_concurrency < self.min_concurrency {
+            problems.push(format!(
+                "pega.max_concurrency ({}) must be at least pega.min_concurrency ({})",
+                self.max_concurrency, self.min_concurrency
+            ));
+        }
+        if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
+            problems.push("pega.breaker.failure_ratio: must be at least 0 and below 1".into());
+        }
+        if self.breaker.window_secs == 0 || self.breaker.probe_interval_secs == 0 {
+            problems.push(
+                "pega.breaker.window_secs and probe_interval_secs: must be at least 1".into(),
+            );
         }
         if self.timeout_secs == 0 {
             problems.push("pega.timeout_secs: must be at least 1".into());

@@ -85,7 +85,7 @@ impl PegaClient {
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(settings.concurrency.max(1))
+            .pool_max_idle_per_host(settings.max_in_flight())
             .https_only(false);
         for root in tls.roots {
             builder = builder.add_root_certificate(root);

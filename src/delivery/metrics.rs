@@ -3,7 +3,12 @@
 
 use super::schedule::Verdict;
 use crate::store::{Claimed, OutboxStats};
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use super::breaker::BreakerState;
+use super::concurrency::{Decrease, Snapshot};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// The delivery metrics.
 pub struct Metrics {
@@ -17,6 +22,13 @@ pub struct Metrics {
     inflight: IntGauge,
     dead_now: IntGauge,
     oldest_pending: IntGauge,
+    limit: IntGauge,
+    requests_in_flight: IntGauge,
+    rtt: Gauge,
+    last_decrease: IntGaugeVec,
+    breaker: IntGauge,
+    pauses: IntCounter,
+    deferred: IntCounter,
 }
 
 impl Metrics {
@@ -66,9 +78,75 @@ impl Metrics {
                 "outbox_oldest_pending_age_seconds",
                 "Age of the oldest event not yet delivered",
             ),
+            limit: gauge(
+                "delivery_concurrency_limit",
+                "POSTs allowed in flight now (adaptive unless [pega] concurrency is set)",
+            ),
+            requests_in_flight: gauge("delivery_requests_in_flight", "POSTs in flight now"),
+            rtt: {
+                let g = Gauge::new(
+                    "delivery_rtt_seconds",
+                    "Moving average of the endpoint's round trips",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            last_decrease: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "delivery_concurrency_last_decrease",
+                        "1 for the reason the concurrency limit last went down",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            breaker: gauge(
+                "delivery_breaker_state",
+                "The endpoint's circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
+            ),
+            pauses: counter(
+                "delivery_endpoint_pauses_total",
+                "Retry-After answers that paused every POST to the endpoint",
+            ),
+            deferred: counter(
+                "delivery_deferred_total",
+                "Events not posted in their round because the endpoint was paused or down (no attempt counted)",
+            ),
             latency,
             registry,
         }
+    }
+
+    /// Shows the concurrency limiter's state.
+    pub fn concurrency(&self, s: &Snapshot) {
+        self.limit.set(s.limit as i64);
+        self.requests_in_flight.set(s.in_flight as i64);
+        if let Some(rtt) = s.rtt {
+            self.rtt.set(rtt.as_secs_f64());
+        }
+        if let Some(last) = s.last_decrease {
+            for reason in Decrease::ALL {
+                self.last_decrease
+                    .with_label_values(&[reason.as_str()])
+                    .set(i64::from(reason == last));
+            }
+        }
+    }
+
+    pub fn breaker(&self, state: BreakerState) {
+        self.breaker.set(state as i64);
+    }
+
+    pub fn paused(&self) {
+        self.pauses.inc();
+    }
+
+    pub fn deferred(&self, n: usize) {
+        self.deferred.inc_by(n as u64);
     }
 
     /// Counts an attempt's outcome for its events.

@@ -1,7 +1,9 @@
 //! Delivery to Pega: the worker claims due events from the outbox, posts them (one JSON array
 //! per POST), and records each attempt; the schedule decides retries and dead letters.
 
+pub mod breaker;
 pub mod client;
+pub mod concurrency;
 pub mod metrics;
 pub mod schedule;
 pub mod status;

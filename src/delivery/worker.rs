@@ -2,7 +2,9 @@
 //! `run` delivers the events this process's requests hand over, and claims from the store
 //! when woken, when a retry may be due and while there is a backlog.
 
+use super::breaker::{Admit, BreakerState, Gate, Transition};
 use super::client::{PegaClient, Sent};
+use super::concurrency::{Limiter, Signal};
 use super::metrics::Metrics;
 use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
@@ -39,6 +41,23 @@ pub struct Step {
     pub filtered: usize,
     /// Not posted: their lease ran out (or nearly) before their turn; left to a claim.
     pub lapsed: usize,
+    /// Not posted: the endpoint was paused (`Retry-After`) or down (the circuit breaker);
+    /// made due again for when it may be posted to, no attempt counted.
+    pub deferred: usize,
+}
+
+/// What became of one batch.
+enum Posted {
+    /// None of it was posted: every lease ran out (or nearly).
+    Lapsed(usize),
+    /// Not posted now: due again later.
+    Deferred(Outcome),
+    /// Posted (`lapsed` of the batch were left out).
+    Sent {
+        lapsed: usize,
+        verdict: Verdict,
+        outcome: Outcome,
+    },
 }
 
 impl Step {
@@ -56,6 +75,8 @@ pub struct Worker {
     enabled: HashSet<Metric>,
     metrics: Arc<Metrics>,
     fault: Option<FaultHook>,
+    limiter: Limiter,
+    gate: Gate,
 }
 
 impl Worker {
@@ -69,6 +90,13 @@ impl Worker {
             return Ok(None);
         };
         let enabled = settings.activities.iter().copied().collect();
+        let limiter = match settings.concurrency {
+            Some(n) => Limiter::fixed(n),
+            None => Limiter::adaptive(settings.min_concurrency, settings.max_concurrency),
+        };
+        let max_pause = Duration::from_secs(settings.retry.max_delay_secs);
+        let gate = Gate::new(settings.breaker.clone(), max_pause);
+        metrics.concurrency(&limiter.snapshot());
         Ok(Some(Self {
             store,
             client,
@@ -76,6 +104,8 @@ impl Worker {
             enabled,
             metrics,
             fault: None,
+            limiter,
+            gate,
         }))
     }
 
@@ -85,24 +115,45 @@ impl Worker {
         self.fault = Some(hook);
     }
 
-    /// Most events in one round: [`ROUND_BATCHES`] batches for each slot of concurrency.
+    /// Most events in one round ever: [`ROUND_BATCHES`] batches for each POST that may be
+    /// in flight.
     pub fn round_limit(&self) -> usize {
         let s = &self.settings;
-        s.batch_size.max(1) * s.concurrency.max(1) * ROUND_BATCHES
+        s.batch_size.max(1) * s.max_in_flight() * ROUND_BATCHES
     }
 
-    /// One round from the store: claim the due events (up to [`Worker::round_limit`]) and
-    /// deliver them.
+    /// The events of the next round: [`ROUND_BATCHES`] batches for each POST the limit allows
+    /// now; one batch (the probe) while the endpoint is down.
+    fn round_size(&self) -> usize {
+        let batch = self.settings.batch_size.max(1);
+        if self.gate.state() != BreakerState::Closed {
+            return batch;
+        }
+        batch * self.limiter.limit() * ROUND_BATCHES
+    }
+
+    /// One round from the store: claim the due events (up to the round's size) and deliver
+    /// them.
     pub async fn try_deliver_next(&self) -> anyhow::Result<Step> {
         let claimed = self
             .store
-            .claim(self.round_limit(), self.settings.lease_secs)
+            .claim(self.round_size(), self.settings.lease_secs)
             .await?;
         self.deliver_round(claimed).await
     }
 
-    /// Delivers leased events: posts the batches with at most `concurrency` in flight, then
-    /// records every outcome in one store call.
+    /// The endpoint's circuit breaker state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.gate.state()
+    }
+
+    /// The concurrency limit now.
+    pub fn concurrency_limit(&self) -> usize {
+        self.limiter.limit()
+    }
+
+    /// Delivers leased events: posts the batches with no more in flight than the limiter
+    /// allows, then records every outcome in one store call.
     async fn deliver_round(&self, events: Vec<Claimed>) -> anyhow::Result<Step> {
         let s = &self.settings;
         let batch_size = s.batch_size.max(1);
@@ -124,15 +175,29 @@ impl Worker {
         // Built up front: a lazily mapped stream here trips the compiler's Send inference
         // (rust-lang/rust#102211) when the worker is spawned.
         let posts: Vec<_> = send.chunks(batch_size).map(|b| self.deliver(b)).collect();
-        let delivered: Vec<(usize, Option<(Verdict, Outcome)>)> = futures::stream::iter(posts)
-            .buffer_unordered(s.concurrency.max(1))
+        let delivered: Vec<Posted> = futures::stream::iter(posts)
+            .buffer_unordered(s.max_in_flight())
             .collect()
             .await;
-        for (lapsed, posted) in delivered {
-            step.lapsed += lapsed;
-            let Some((verdict, outcome)) = posted else {
-                continue;
+        for posted in delivered {
+            let (lapsed, verdict, outcome) = match posted {
+                Posted::Lapsed(n) => {
+                    step.lapsed += n;
+                    continue;
+                }
+                Posted::Deferred(outcome) => {
+                    step.deferred += outcome.ids.len();
+                    self.metrics.deferred(outcome.ids.len());
+                    outcomes.push(outcome);
+                    continue;
+                }
+                Posted::Sent {
+                    lapsed,
+                    verdict,
+                    outcome,
+                } => (lapsed, verdict, outcome),
             };
+            step.lapsed += lapsed;
             let n = outcome.ids.len();
             match verdict {
                 Verdict::Delivered => step.delivered += n,
@@ -152,9 +217,43 @@ impl Worker {
     /// An event is posted only while its lease has time left for the POST (`timeout_secs`,
     /// at most half the lease): one whose lease runs out first may be claimed and posted by
     /// another worker, so it is left alone, to be claimed again itself.
-    async fn deliver(&self, batch: &[Claimed]) -> (usize, Option<(Verdict, Outcome)>) {
+    ///
+    /// Before posting, it waits for a place under the concurrency limit and for the
+    /// endpoint's gate: a short pause (`Retry-After`) is waited out when every lease has time
+    /// for it; a longer one, or an open breaker (unless this batch is its probe), defers the
+    /// batch to when the endpoint may be posted to.
+    async fn deliver(&self, batch: &[Claimed]) -> Posted {
         let s = &self.settings;
         let margin = (s.timeout_secs * 1000).min(s.lease_secs * 500) as i64;
+        let permit = self.limiter.acquire().await;
+        let probe = loop {
+            let now = tokio::time::Instant::now();
+            match self.gate.admit(now) {
+                Admit::Go => break false,
+                Admit::Probe => {
+                    self.metrics.breaker(BreakerState::HalfOpen);
+                    tracing::info!("probing the Pega endpoint");
+                    break true;
+                }
+                Admit::NotBefore(t) => {
+                    let wait_ms = t.duration_since(now).as_millis() as i64;
+                    let lease = batch.iter().map(|c| c.lease_until_ms).min().unwrap_or(0);
+                    let closed = self.gate.state() == BreakerState::Closed;
+                    if closed && now_ms() + wait_ms < lease - margin {
+                        tokio::time::sleep_until(t).await;
+                        continue;
+                    }
+                    drop(permit);
+                    return Posted::Deferred(Outcome {
+                        ids: batch.iter().map(|c| c.id).collect(),
+                        attempt: None,
+                        completion: Completion::Retry {
+                            next_at_ms: now_ms() + wait_ms,
+                        },
+                    });
+                }
+            }
+        };
         let now = now_ms();
         let has_time = |c: &Claimed| c.lease_until_ms - now > margin;
         let live: std::borrow::Cow<'_, [Claimed]> = if batch.iter().all(has_time) {
@@ -169,12 +268,16 @@ impl Worker {
         };
         let lapsed = batch.len() - live.len();
         if live.is_empty() {
-            return (lapsed, None);
+            if probe {
+                self.gate.cancel_probe();
+            }
+            return Posted::Lapsed(lapsed);
         }
         let batch = &*live;
         let body = array(batch);
         let at_ms = now_ms();
         let sent: Sent = self.client.send(body.as_bytes()).await;
+        self.observe(&sent, permit, probe);
         let attempt_no = batch.iter().map(|c| c.attempts).max().unwrap_or(0) + 1;
         let verdict = verdict(
             &sent.response,
@@ -232,7 +335,57 @@ impl Worker {
             }),
             completion,
         };
-        (lapsed, Some((verdict, record)))
+        Posted::Sent {
+            lapsed,
+            verdict,
+            outcome: record,
+        }
+    }
+
+    /// Tells the limiter and the gate what a POST's answer says about the endpoint.
+    fn observe(&self, sent: &Sent, permit: super::concurrency::Permit, probe: bool) {
+        let (code, retry_after) = match sent.response {
+            Response::Status { code, retry_after } => (Some(code), retry_after),
+            Response::Failed => (None, None),
+        };
+        permit.done(Signal::of(code));
+        self.metrics.concurrency(&self.limiter.snapshot());
+        let failed = code.is_none_or(|c| c == 408 || c >= 500);
+        let pause = match code {
+            Some(429 | 503) => retry_after.map(Duration::from_secs),
+            _ => None,
+        };
+        if let Some(pause) = pause {
+            self.metrics.paused();
+            tracing::warn!(
+                status = code,
+                pause_secs = pause.as_secs(),
+                "Pega asked to wait (Retry-After): pausing every POST to the endpoint"
+            );
+        }
+        match self
+            .gate
+            .record(tokio::time::Instant::now(), failed, probe, pause)
+        {
+            Some(Transition::Opened) => {
+                self.metrics.breaker(BreakerState::Open);
+                tracing::error!(
+                    probe_every_secs = self.settings.breaker.probe_interval_secs,
+                    cause = sent.detail.as_str(),
+                    "the Pega endpoint is failing: circuit breaker open, probing it with one request at a time"
+                );
+            }
+            Some(Transition::Closed) => {
+                self.limiter.restart();
+                self.metrics.breaker(BreakerState::Closed);
+                self.metrics.concurrency(&self.limiter.snapshot());
+                tracing::info!(
+                    "the Pega endpoint answers again: circuit breaker closed, concurrency starts again from the minimum"
+                );
+            }
+            None if probe => self.metrics.breaker(self.gate.state()),
+            None => {}
+        }
     }
 
     /// Delivers until `shutdown`: the events handed over by this process's requests as they
@@ -287,7 +440,6 @@ impl Worker {
         waiting: &mut Option<Leased>,
     ) {
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
-        let limit = self.round_limit();
         let mut claim = true;
         let mut last_claim = Instant::now();
         loop {
@@ -297,9 +449,19 @@ impl Worker {
             if let Some(fault) = &self.fault {
                 fault();
             }
+            // A paused endpoint, or an open breaker before its next probe: nothing to post.
+            if let Some(t) = self.gate.not_before(tokio::time::Instant::now()) {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep_until(t) => {}
+                }
+                claim = true;
+                continue;
+            }
             if wake.notified().now_or_never().is_some() || last_claim.elapsed() >= poll {
                 claim = true;
             }
+            let limit = self.round_size();
             // Events handed over, then the store's due events, up to a round.
             let mut places = Vec::new();
             let mut events = Vec::new();

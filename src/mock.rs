@@ -42,6 +42,11 @@ pub struct Behaviour {
     pub fail_status: Option<u16>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Send `Retry-After: N` with the failures.
+    pub retry_after: Option<u64>,
+    /// Allow this many requests per second (a fixed one-second window); answer the others
+    /// 429 with `Retry-After: 1`.
+    pub rate_limit: Option<u32>,
     /// Print one line per accepted event.
     pub print: bool,
 }
@@ -56,6 +61,13 @@ struct Inner {
     tokens_issued: u64,
     last_headers: HeaderMap,
     last_version: Option<axum::http::Version>,
+    in_flight: usize,
+    max_in_flight: usize,
+    /// When each request refused for the rate limit came.
+    limited: Vec<Instant>,
+    /// When each request came.
+    request_times: Vec<Instant>,
+    window: Option<(Instant, u32)>,
 }
 
 /// A running stand-in's shared state.
@@ -106,6 +118,21 @@ impl MockPega {
     }
 
     /// Requests received, accepted or not.
+    /// The most requests it was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().expect("not poisoned").max_in_flight
+    }
+
+    /// When each request refused for the rate limit came.
+    pub fn limited(&self) -> Vec<Instant> {
+        self.inner.lock().expect("not poisoned").limited.clone()
+    }
+
+    /// When each request came.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.inner.lock().expect("not poisoned").request_times.clone()
+    }
+
     pub fn requests(&self) -> u64 {
         self.inner.lock().expect("not poisoned").requests
     }
@@ -175,11 +202,31 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (delay, fail) = {
+    let now = Instant::now();
+    let (delay, fail, retry_after, limited) = {
         let mut inner = mock.inner.lock().expect("not poisoned");
         inner.requests += 1;
+        inner.request_times.push(now);
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.last_headers = headers.clone();
         inner.last_version = Some(version);
+        let limited = match inner.behaviour.rate_limit {
+            None => false,
+            Some(rate) => {
+                let (start, count) = match inner.window {
+                    Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
+                        (start, count)
+                    }
+                    _ => (now, 0),
+                };
+                inner.window = Some((start, count + 1));
+                count >= rate
+            }
+        };
+        if limited {
+            inner.limited.push(now);
+        }
         let b = &mut inner.behaviour;
         let fail = if b.fail_next > 0 {
             b.fail_next -= 1;
@@ -187,10 +234,31 @@ async fn receive(
         } else {
             b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate
         };
-        (b.delay, fail.then(|| b.fail_status.unwrap_or(503)))
+        (
+            b.delay,
+            fail.then(|| b.fail_status.unwrap_or(503)),
+            b.retry_after,
+            limited,
+        )
     };
+    struct Leaving(MockPega);
+    impl Drop for Leaving {
+        fn drop(&mut self) {
+            let mut inner = self.0.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.in_flight -= 1;
+        }
+    }
+    let _leaving = Leaving(mock.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if limited {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"error": "rate limited"})),
+        )
+            .into_response();
     }
     if !authorized(&mock, &headers) {
         return (
@@ -201,7 +269,13 @@ async fn receive(
     }
     if let Some(status) = fail {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return (status, Json(json!({"error": "told to fail"}))).into_response();
+        let mut answer = (status, Json(json!({"error": "told to fail"}))).into_response();
+        if let Some(secs) = retry_after {
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        return answer;
     }
     let events = match check(&headers, &body) {
         Ok(events) => events,

@@ -80,6 +80,12 @@ pub struct MockArgs {
     /// Wait this long before each answer.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Send `Retry-After: SECS` with the failures.
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Allow N requests per second; answer the others 429 with `Retry-After: 1`.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -207,6 +213,8 @@ pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
             fail_rate: args.fail_rate,
             fail_status: Some(args.fail_status),
             delay: Duration::from_millis(args.delay_ms),
+            retry_after: args.retry_after,
+            rate_limit: args.rate_limit,
             print: true,
         },
     );

@@ -16,8 +16,12 @@ use std::sync::Arc;
 /// Moves the clock past any retry delay of these tests (paused only while it moves, so the
 /// HTTP exchanges run on real time and no timeout fires early).
 async fn later() {
+    later_by(5).await;
+}
+
+async fn later_by(secs: u64) {
     tokio::time::pause();
-    tokio::time::advance(std::time::Duration::from_secs(5)).await;
+    tokio::time::advance(std::time::Duration::from_secs(secs)).await;
     tokio::time::resume();
 }
 
@@ -28,7 +32,7 @@ fn worker(store: &Storage, pega: &Pega, more: &str) -> (Worker, tempfile::TempDi
     std::fs::write(
         &config,
         format!(
-            "[pega]\nendpoint = \"{}/prweb/api/interactions\"\ntimeout_secs = 2\n{more}\n\n[pega.retry]\nbase_ms = 1000\nmax_delay_secs = 1\nmax_attempts = 3\njitter = 0.0\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
+            "[pega]\nendpoint = \"{}/prweb/api/interactions\"\ntimeout_secs = 2\n{more}\n\n[pega.retry]\nbase_ms = 1000\nmax_delay_secs = 60\nmax_attempts = 3\njitter = 0.0\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
             pega.url
         ),
     )
@@ -172,4 +176,99 @@ async fn paused_delivery_claims_nothing_until_resumed() {
         assert_eq!(worker.try_deliver_next().await.unwrap().delivered, 3);
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_retry_after_pauses_every_post_to_the_endpoint_not_only_the_refused_one() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let pega = start_pega().await;
+        let (worker, _config) = worker(&store, &pega, "concurrency = 1\nlease_secs = 10");
+        pega.mock.control(|b| {
+            b.fail_next = 1;
+            b.fail_status = Some(429);
+            b.retry_after = Some(30);
+        });
+        queue(&store, 3).await;
+        let first = worker.try_deliver_next().await.unwrap();
+        assert_eq!((first.retried, first.deferred), (1, 2), "{first:?}");
+        assert_eq!(pega.mock.requests(), 1, "the others waited for the pause");
+        later().await;
+        assert!(worker.try_deliver_next().await.unwrap().is_empty());
+        assert_eq!(pega.mock.requests(), 1);
+        let deferred = store.deliveries(None, 10).await.unwrap();
+        assert!(
+            deferred.iter().filter(|d| d.attempts == 0).count() == 2,
+            "deferring counts no attempt: {deferred:?}"
+        );
+        later_by(30).await;
+        assert_eq!(worker.try_deliver_next().await.unwrap().delivered, 3);
+        assert_eq!(pega.mock.requests(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_gets_one_probe_per_interval_until_it_answers() {
+    use pegabridge::delivery::breaker::BreakerState;
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let pega = start_pega().await;
+        let more = "concurrency = 4\n[pega.breaker]\nmin_requests = 4\nprobe_interval_secs = 10";
+        let (worker, _config) = worker(&store, &pega, more);
+        pega.mock.control(|b| b.fail_rate = 1.0);
+        queue(&store, 4).await;
+        assert_eq!(worker.try_deliver_next().await.unwrap().retried, 4);
+        assert_eq!(worker.breaker_state(), BreakerState::Open);
+        // Due again, but the endpoint is down: no request before the probe.
+        later_by(2).await;
+        let waiting = worker.try_deliver_next().await.unwrap();
+        assert_eq!((waiting.deferred, pega.mock.requests()), (1, 4), "{waiting:?}");
+        later_by(10).await;
+        let probe = worker.try_deliver_next().await.unwrap();
+        assert_eq!((probe.retried, pega.mock.requests()), (1, 5), "one probe: {probe:?}");
+        for _ in 0..3 {
+            worker.try_deliver_next().await.unwrap();
+        }
+        assert_eq!(pega.mock.requests(), 5, "nothing more within the interval");
+        // Back: the next probe closes the breaker, and the rest follows.
+        pega.mock.control(|b| b.fail_rate = 0.0);
+        later_by(10).await;
+        let mut delivered = 0;
+        for _ in 0..10 {
+            delivered += worker.try_deliver_next().await.unwrap().delivered;
+            if delivered == 4 {
+                break;
+            }
+            later().await;
+        }
+        assert_eq!(delivered, 4);
+        assert_eq!(worker.breaker_state(), BreakerState::Closed);
+        assert_eq!(pega.mock.event_count(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_adaptive_limit_grows_on_a_slow_endpoint_and_never_exceeds_its_maximum() {
+    let (store, _dir, _db) = open_store().await;
+    let pega = start_pega().await;
+    pega.mock
+        .control(|b| b.delay = std::time::Duration::from_millis(20));
+    let (worker, _config) = worker(&store, &pega, "max_concurrency = 32");
+    queue(&store, 800).await;
+    let mut delivered = 0;
+    while delivered < 800 {
+        let step = worker.try_deliver_next().await.unwrap();
+        assert!(!step.is_empty(), "stalled at {delivered}");
+        delivered += step.delivered;
+    }
+    assert_eq!(pega.mock.event_count(), 800);
+    assert!(pega.mock.max_in_flight() <= 32, "{}", pega.mock.max_in_flight());
+    assert!(
+        pega.mock.max_in_flight() > 8,
+        "the limit grew: {} at once at most",
+        pega.mock.max_in_flight()
+    );
+    assert!(worker.concurrency_limit() > 8, "{}", worker.concurrency_limit());
 }

@@ -22,9 +22,10 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use common::{fill_sqlite, payload, receiver};
+use common::{fill_sqlite, payload, receiver, receiver_with};
 use pegabridge::config::Settings;
 use pegabridge::http::Application;
+use pegabridge::mock::Behaviour;
 use pegabridge::mock::MockPega;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +52,10 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("BENCH_ENDPOINT_ONLY").is_some() {
+        endpoints().await;
+        return;
+    }
     let (pega, pega_url) = receiver().await;
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
@@ -150,6 +155,178 @@ async fn main() {
     println!(
         "| resident size, 1,000,000 pending events, endpoint down | {:.1} MB | <= 150 MB |",
         backlog_rss
+    );
+    println!();
+    endpoints().await;
+}
+
+/// A server with the default `[pega]` settings (adaptive concurrency, `batch_size = 1`) and
+/// `n` events already pending, delivering to `url`; returns when it has started.
+async fn backlog_server(n: usize, url: &str, pega: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_config_with(dir.path(), "127.0.0.1:0", &format!("{url}/in"), pega);
+    // Migrated by the store, filled, then served.
+    drop(
+        pegabridge::store::Storage::connect(
+            &format!("sqlite://{}", dir.path().join("bench.db").display()),
+            "normal",
+            1,
+        )
+        .await
+        .unwrap(),
+    );
+    fill_sqlite(&dir.path().join("bench.db"), &payload(), n);
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    dir
+}
+
+/// Events/s from a server's start to the arrival of all `n`.
+async fn drain(pega: &MockPega, n: usize, start: Instant) -> f64 {
+    wait_for(pega, n).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The endpoint scenarios: a slow endpoint, a rate-limited one, the loopback one with the
+/// defaults, and one down for a while.
+async fn endpoints() {
+    println!("| endpoint (default [pega]: adaptive concurrency up to 256, batch_size = 1) | measure | value | target |");
+    println!("|---|---|---|---|");
+
+    if std::env::var_os("BENCH_LOOPBACK_ONLY").is_none() {
+        // Answers every POST after 50 ms.
+        let n = 30_000;
+        let (slow, url) = receiver_with(Behaviour {
+            delay: Duration::from_millis(50),
+            ..Behaviour::default()
+        })
+        .await;
+        let start = Instant::now();
+        let _dir = backlog_server(n, &url, "").await;
+        let rate = drain(&slow, n, start).await;
+        let ideal = 256.0 / 0.05;
+        println!("| answers after 50 ms | events/s ({n} pending) | {rate:.0} | >= 2000 |");
+        println!("| answers after 50 ms | ideal at 256 in flight (256 / 50 ms) | {ideal:.0} | |");
+        println!(
+            "| answers after 50 ms | most requests in flight at once | {} | <= 256 |",
+            slow.max_in_flight()
+        );
+        drop(_dir);
+
+        // Allows R requests per second, 429 with Retry-After: 1 beyond.
+        let r = 1000;
+        let n = 20_000;
+        let (limited, url) = receiver_with(Behaviour {
+            rate_limit: Some(r),
+            ..Behaviour::default()
+        })
+        .await;
+        let start = Instant::now();
+        let _dir = backlog_server(n, &url, "").await;
+        let rate = drain(&limited, n, start).await;
+        let after = start + Duration::from_secs(10);
+        let requests = limited
+            .request_times()
+            .iter()
+            .filter(|t| **t >= after)
+            .count();
+        let refused = limited.limited().iter().filter(|t| **t >= after).count();
+        println!("| allows {r} requests/s, 429 + Retry-After: 1 beyond | events/s ({n} pending) | {rate:.0} ({:.2} R) | >= 0.8 R |", rate / r as f64);
+        println!(
+            "| allows {r} requests/s | 429s after the first 10 s | {:.1}% of {requests} | < 5% |",
+            100.0 * refused as f64 / requests.max(1) as f64
+        );
+        drop(_dir);
+    }
+
+    // The loopback receiver, answering at once.
+    let n = 50_000;
+    let (fast, url) = receiver().await;
+    let start = Instant::now();
+    let extra = std::env::var("BENCH_LOOPBACK_PEGA")
+        .unwrap_or_default()
+        .replace("\\n", "\n");
+    let _dir = backlog_server(n, &url, &extra).await;
+    let rate = drain(&fast, n, start).await;
+    println!("| loopback, answers at once | events/s ({n} pending) | {rate:.0} | >= 9500 |");
+    drop(_dir);
+
+    if std::env::var_os("BENCH_LOOPBACK_ONLY").is_some() {
+        return;
+    }
+    // The same, taking activities as fast as 64 clients send them meanwhile.
+    let (fast, url) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config_with(dir.path(), "127.0.0.1:0", &format!("{url}/in"), "");
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = reqwest::Client::new();
+    let open = first_broadcast(&client, &base, &fast).await;
+    let body = serde_json::to_vec(&open).unwrap();
+    let n = 30_000;
+    let before = fast.event_count();
+    let start = Instant::now();
+    trial(64, n, || post_activity(&client, &base, &body)).await;
+    let intake_secs = start.elapsed().as_secs_f64();
+    let behind = n - (fast.event_count() - before);
+    wait_for(&fast, before + n).await;
+    let total = start.elapsed().as_secs_f64();
+    println!(
+        "| loopback, 64 clients posting activities | intake activities/s | {:.0} | |",
+        n as f64 / intake_secs
+    );
+    println!(
+        "| loopback, 64 clients posting activities | events not yet delivered when intake ended | {behind} ({:.0} ms of delivery) | |",
+        (total - intake_secs) * 1e3
+    );
+    println!(
+        "| loopback, 64 clients posting activities | delivered events/s, first POST to last arrival | {:.0} | |",
+        n as f64 / total
+    );
+
+    // Down (503) for a while, then back.
+    let down_secs: u64 = std::env::var("BENCH_DOWN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let n = 5_000;
+    let (flaky, url) = receiver_with(Behaviour {
+        fail_rate: 1.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let start = Instant::now();
+    let _dir = backlog_server(
+        n,
+        &url,
+        "[pega.retry]\nbase_ms = 200\nmax_delay_secs = 10\nmax_attempts = 1000",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(down_secs)).await;
+    flaky.control(|b| b.fail_rate = 0.0);
+    let back = Instant::now();
+    wait_for(&flaky, n).await;
+    let times = flaky.request_times();
+    // Once open (10 s in, well after the first failures), requests per 5 s probe interval.
+    let mut worst = 0;
+    let mut t = start + Duration::from_secs(10);
+    while t + Duration::from_secs(5) <= back {
+        let in_interval = times
+            .iter()
+            .filter(|x| **x >= t && **x < t + Duration::from_secs(5))
+            .count();
+        worst = worst.max(in_interval);
+        t += Duration::from_secs(5);
+    }
+    println!(
+        "| down (503) for {down_secs} s, then back | most requests in a 5 s probe interval while down | {worst} | <= 1 |"
+    );
+    println!(
+        "| down (503) for {down_secs} s, then back | all {n} delivered, seconds after it came back | {:.1} | |",
+        back.elapsed().as_secs_f64()
     );
 }
 
@@ -275,12 +452,22 @@ fn send_expecting(
 const MAPPING: &str = "template = \"offer.html\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"customer.email\"\n[variables.InteractionId]\npath = \"interaction\"\n";
 
 fn write_config(dir: &std::path::Path, listen: &str, endpoint: &str, batch_size: usize) {
+    write_config_with(
+        dir,
+        listen,
+        endpoint,
+        &format!("concurrency = 8\nbatch_size = {batch_size}"),
+    );
+}
+
+/// The bench's configuration with these `[pega]` keys (none: the defaults).
+fn write_config_with(dir: &std::path::Path, listen: &str, endpoint: &str, pega: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
     std::fs::write(dir.join("mappings/bench.toml"), MAPPING).unwrap();
     std::fs::write(
         dir.join("pegabridge.toml"),
-        format!("[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{endpoint}\"\nconcurrency = 8\nbatch_size = {batch_size}\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n",
+        format!("[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{endpoint}\"\n{pega}\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n",
             root.join("templates").display()),
     )
     .unwrap();

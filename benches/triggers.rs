@@ -61,7 +61,9 @@ async fn main() {
         "| p99 latency at 500/s | {:.2} ms | <= 50 ms |",
         p99.as_secs_f64() * 1e3
     );
-    println!("| triggers/s, empty store (customers spread over 1M ids) | {on_empty:.0} | (baseline) |");
+    println!(
+        "| triggers/s, empty store (customers spread over 1M ids) | {on_empty:.0} | (baseline) |"
+    );
     println!("| triggers/s, 1,000,000 customers stored (same triggers) | {on_million:.0} | |");
     println!(
         "| ratio 1M customers / empty | {:.2} | >= 0.80 |",
@@ -127,11 +129,16 @@ async fn bulk(client: &reqwest::Client, base: &str) -> (f64, Duration, usize) {
                    "InteractionID": format!("{}", 7_000_000_000_000i64 + i as i64)})
         })
         .collect();
-    let body = serde_json::to_vec(&json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": customers}))
-        .unwrap();
+    let body =
+        serde_json::to_vec(&json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": customers}))
+            .unwrap();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let small = {
-        let (client, url, done) = (client.clone(), format!("{base}/webhooks/offer"), done.clone());
+        let (client, url, done) = (
+            client.clone(),
+            format!("{base}/webhooks/offer"),
+            done.clone(),
+        );
         tokio::spawn(async move {
             let mut times = Vec::new();
             let mut n = 0;
@@ -182,7 +189,11 @@ async fn start_with(synchronous: &str, server: &str) -> (String, tempfile::TempD
 }
 
 /// A server in `dir` (whose `bench.db` may exist already).
-async fn start_in(dir: tempfile::TempDir, synchronous: &str, server: &str) -> (String, tempfile::TempDir) {
+async fn start_in(
+    dir: tempfile::TempDir,
+    synchronous: &str,
+    server: &str,
+) -> (String, tempfile::TempDir) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
     std::fs::copy(

@@ -130,7 +130,11 @@ impl MockPega {
 
     /// When each request came.
     pub fn request_times(&self) -> Vec<Instant> {
-        self.inner.lock().expect("not poisoned").request_times.clone()
+        self.inner
+            .lock()
+            .expect("not poisoned")
+            .request_times
+            .clone()
     }
 
     pub fn requests(&self) -> u64 {

@@ -8,11 +8,16 @@ use std::path::Path;
 
 /// The `mock-pega` receiver on port 0 (Basic auth pega / pw); returns it and its URL.
 pub async fn receiver() -> (MockPega, String) {
+    receiver_with(Behaviour::default()).await
+}
+
+/// Like [`receiver`], behaving as `behaviour` says.
+pub async fn receiver_with(behaviour: Behaviour) -> (MockPega, String) {
     let auth = MockAuth::Basic {
         username: "pega".into(),
         password: Secret::new("pw"),
     };
-    let mock = MockPega::new(auth, Behaviour::default());
+    let mock = MockPega::new(auth, behaviour);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = mock.router();

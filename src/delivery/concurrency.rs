@@ -14,8 +14,8 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// A window's round trips count as rising above this many deviations over the mean...
 pub const RTT_DEVIATIONS: f64 = 2.5;
@@ -247,7 +247,9 @@ impl State {
                 self.window_count += 1;
             }
         }
-        let window = self.mean.map_or(rtt.as_secs_f64(), |m| m.max(rtt.as_secs_f64() / 4.0));
+        let window = self
+            .mean
+            .map_or(rtt.as_secs_f64(), |m| m.max(rtt.as_secs_f64() / 4.0));
         if now.duration_since(self.window_start).as_secs_f64() < window {
             return;
         }
@@ -255,7 +257,8 @@ impl State {
     }
 
     fn end_window(&mut self, now: Instant) {
-        let current = (self.window_count > 0).then(|| self.window_sum / f64::from(self.window_count));
+        let current =
+            (self.window_count > 0).then(|| self.window_sum / f64::from(self.window_count));
         let rising = match (current, self.mean) {
             (Some(c), Some(m)) => c > m + RTT_DEVIATIONS * self.variance.sqrt() && c > m * RTT_RISE,
             _ => false,
@@ -368,7 +371,12 @@ mod tests {
         }
         assert_eq!(l.limit(), 1);
         let fixed = Limiter::fixed(4);
-        window(&fixed, &mut at, Duration::from_millis(50), Signal::of(Some(503)));
+        window(
+            &fixed,
+            &mut at,
+            Duration::from_millis(50),
+            Signal::of(Some(503)),
+        );
         assert_eq!(fixed.limit(), 4);
     }
 

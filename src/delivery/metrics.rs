@@ -1,10 +1,10 @@
 //! `GET /metrics` in Prometheus format: outbox gauges read at scrape time, delivery counters
 //! and the latency from commit to delivery.
 
-use super::schedule::Verdict;
-use crate::store::{Claimed, OutboxStats};
 use super::breaker::BreakerState;
 use super::concurrency::{Decrease, Snapshot};
+use super::schedule::Verdict;
+use crate::store::{Claimed, OutboxStats};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,

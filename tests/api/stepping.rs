@@ -223,10 +223,18 @@ async fn a_failing_endpoint_gets_one_probe_per_interval_until_it_answers() {
         // Due again, but the endpoint is down: no request before the probe.
         later_by(2).await;
         let waiting = worker.try_deliver_next().await.unwrap();
-        assert_eq!((waiting.deferred, pega.mock.requests()), (1, 4), "{waiting:?}");
+        assert_eq!(
+            (waiting.deferred, pega.mock.requests()),
+            (1, 4),
+            "{waiting:?}"
+        );
         later_by(10).await;
         let probe = worker.try_deliver_next().await.unwrap();
-        assert_eq!((probe.retried, pega.mock.requests()), (1, 5), "one probe: {probe:?}");
+        assert_eq!(
+            (probe.retried, pega.mock.requests()),
+            (1, 5),
+            "one probe: {probe:?}"
+        );
         for _ in 0..3 {
             worker.try_deliver_next().await.unwrap();
         }
@@ -264,11 +272,19 @@ async fn the_adaptive_limit_grows_on_a_slow_endpoint_and_never_exceeds_its_maxim
         delivered += step.delivered;
     }
     assert_eq!(pega.mock.event_count(), 800);
-    assert!(pega.mock.max_in_flight() <= 32, "{}", pega.mock.max_in_flight());
+    assert!(
+        pega.mock.max_in_flight() <= 32,
+        "{}",
+        pega.mock.max_in_flight()
+    );
     assert!(
         pega.mock.max_in_flight() > 8,
         "the limit grew: {} at once at most",
         pega.mock.max_in_flight()
     );
-    assert!(worker.concurrency_limit() > 8, "{}", worker.concurrency_limit());
+    assert!(
+        worker.concurrency_limit() > 8,
+        "{}",
+        worker.concurrency_limit()
+    );
 }

@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Send `Retry-After: N` with the failures.
     pub retry_after: Option<u64>,
+    /// Expect Pega CDH CaptureResponse bodies (`--format capture-response`) instead of the
+    /// seed's arrays of events.
+    pub capture_response: bool,
     /// Allow this many requests per second (a fixed one-second window); answer the others
     /// 429 with `Retry-After: 1`.
     pub rate_limit: Option<u32>,
@@ -281,7 +284,18 @@ async fn receive(
         }
         return answer;
     }
-    let events = match check(&headers, &body) {
+    let checked = if mock
+        .inner
+        .lock()
+        .expect("not poisoned")
+        .behaviour
+        .capture_response
+    {
+        check_capture_response(&headers, &body).map(|b| vec![b])
+    } else {
+        check(&headers, &body)
+    };
+    let events = match checked {
         Ok(events) => events,
         Err(message) => {
             return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
@@ -289,7 +303,18 @@ async fn receive(
     };
     let mut inner = mock.inner.lock().expect("not poisoned");
     for e in events {
-        if inner.behaviour.print {
+        if inner.behaviour.print && inner.behaviour.capture_response {
+            let r = &e["RankedResults"][0];
+            println!(
+                "{} {:<10} subject {} {}/{}/{}",
+                r["InteractionID"].as_str().unwrap_or(""),
+                r["Outcome"].as_str().unwrap_or(""),
+                r["SubjectID"].as_str().unwrap_or(""),
+                r["Issue"].as_str().unwrap_or(""),
+                r["Group"].as_str().unwrap_or(""),
+                r["Name"].as_str().unwrap_or("")
+            );
+        } else if inner.behaviour.print {
             println!(
                 "{} {:<12} broadcast {} customer {} metric_id {}",
                 e["uuid"].as_str().unwrap_or(""),
@@ -319,6 +344,65 @@ fn authorized(mock: &MockPega, headers: &HeaderMap) -> bool {
             inner.tokens.get(t).is_some_and(|exp| *exp > Instant::now())
         }),
     }
+}
+
+/// What CDH's CaptureResponse service would refuse: not a JSON object, no `ContainerName`,
+/// no `RankedResults`, or a result without its required fields (`SubjectID`, `ContextName`,
+/// `Name`, `Issue`, `Group`, `InteractionID` as the string of a signed 64-bit number), with
+/// a numeric `Rank`, an `Outcome`, `Channel` `Email` and `Direction` `Outbound`. Returns the
+/// body.
+pub fn check_capture_response(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_type {
+        return Err("Content-Type must be application/json".into());
+    }
+    let body: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |v: &Value, key: &str| -> Result<(), String> {
+        match v.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(()),
+            _ => Err(format!("{key}: a non-empty string is required")),
+        }
+    };
+    text(&body, "ContainerName")?;
+    let results = match body.get("RankedResults") {
+        Some(Value::Array(r)) if !r.is_empty() => r,
+        _ => return Err("RankedResults: a non-empty array is required".into()),
+    };
+    for (i, r) in results.iter().enumerate() {
+        let at = |e: String| format!("RankedResults[{i}].{e}");
+        for key in [
+            "SubjectID",
+            "ContextName",
+            "Name",
+            "Issue",
+            "Group",
+            "Outcome",
+            "Treatment",
+        ] {
+            text(r, key).map_err(at)?;
+        }
+        match r.get("InteractionID") {
+            Some(Value::String(s)) if s.parse::<i64>().is_ok() => {}
+            _ => {
+                return Err(at(
+                    "InteractionID: the string of a signed 64-bit number".into()
+                ))
+            }
+        }
+        if !r.get("Rank").is_some_and(Value::is_number) {
+            return Err(at("Rank: a number is required".into()));
+        }
+        if r.get("Channel") != Some(&Value::from("Email")) {
+            return Err(at("Channel: Email expected".into()));
+        }
+        if r.get("Direction") != Some(&Value::from("Outbound")) {
+            return Err(at("Direction: Outbound expected".into()));
+        }
+    }
+    Ok(body)
 }
 
 /// What a real receiver would refuse: not JSON, not an array, an event that breaks the

@@ -86,6 +86,9 @@ pub struct MockArgs {
     /// Allow N requests per second; answer the others 429 with `Retry-After: 1`.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// What to expect: the seed's arrays of events, or CDH CaptureResponse bodies.
+    #[arg(long, value_parser = ["seed", "capture-response"], default_value = "seed")]
+    pub format: String,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -215,6 +218,7 @@ pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
             delay: Duration::from_millis(args.delay_ms),
             retry_after: args.retry_after,
             rate_limit: args.rate_limit,
+            capture_response: args.format == "capture-response",
             print: true,
         },
     );

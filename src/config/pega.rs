@@ -26,6 +26,10 @@ pub struct PegaSettings {
     pub max_concurrency: usize,
     /// When the endpoint counts as down, and how it is probed then (`[pega.breaker]`).
     pub breaker: BreakerSettings,
+    /// What is posted: the seed's events (`seed`), or one Pega CDH CaptureResponse body per
+    /// event (`capture-response`, shaped by `[pega.capture_response]`).
+    pub format: Format,
+    pub capture_response: CaptureSettings,
     /// How long a claimed event is reserved for the claiming instance.
     pub lease_secs: u64,
     /// How often the worker looks for due retries when nothing new arrives.
@@ -51,6 +55,8 @@ impl Default for PegaSettings {
             min_concurrency: 1,
             max_concurrency: 256,
             breaker: BreakerSettings::default(),
+            format: Format::Seed,
+            capture_response: CaptureSettings::default(),
             lease_secs: 60,
             poll_ms: 1000,
             retry: RetrySettings::default(),
@@ -101,6 +107,164 @@ pub enum PegaAuth {
         client_secret: Secret,
         scope: Option<String>,
     },
+}
+
+/// `[pega] format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// The seed's contract: a JSON array of events.
+    #[default]
+    Seed,
+    /// One CDH CaptureResponse body per event.
+    CaptureResponse,
+}
+
+/// Where a CaptureResponse value comes from: exactly one of a manual option of the send
+/// (`option`; every mapped trigger variable is one), a field of the event (`field`), or a
+/// fixed `value`; then, with `split` and `part` (from 1), that part of it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub option: Option<String>,
+    pub field: Option<String>,
+    pub value: Option<String>,
+    pub split: Option<String>,
+    pub part: Option<usize>,
+}
+
+impl Source {
+    fn option(name: &str) -> Self {
+        Self {
+            option: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    fn part(name: &str, part: usize) -> Self {
+        Self {
+            option: Some(name.into()),
+            split: Some("/".into()),
+            part: Some(part),
+            ..Self::default()
+        }
+    }
+
+    /// What it names, for errors.
+    pub fn describe(&self) -> String {
+        let base = match (&self.option, &self.field, &self.value) {
+            (Some(o), _, _) => format!("manual option `{o}`"),
+            (None, Some(f), _) => format!("event field `{f}`"),
+            (None, None, Some(v)) => format!("value `{v}`"),
+            _ => "nothing".into(),
+        };
+        match (&self.split, self.part) {
+            (Some(sep), Some(part)) => {
+                format!("part {part} of {base} split on `{sep}` is missing or empty")
+            }
+            _ => format!("{base} is missing or empty"),
+        }
+    }
+
+    fn problems(&self, key: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let set = [&self.option, &self.field, &self.value]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        if set != 1 {
+            problems.push(format!(
+                "pega.capture_response.{key}: give exactly one of option, field, value"
+            ));
+        }
+        if self.split.is_some() != self.part.is_some() || self.part == Some(0) {
+            problems.push(format!(
+                "pega.capture_response.{key}: split and part (from 1) go together"
+            ));
+        }
+        problems
+    }
+}
+
+/// `[pega.capture_response]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSettings {
+    /// The CDH container the responses are for (required with this format).
+    pub container_name: String,
+    pub context_name: String,
+    pub subject_id: Source,
+    pub interaction_id: Source,
+    pub issue: Source,
+    pub group: Source,
+    pub name: Source,
+    pub treatment: Source,
+    pub rank: Source,
+    /// The outcome sent for each metric; a metric without one is not sent.
+    pub outcomes: BTreeMap<String, String>,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        let outcomes = [
+            ("broadcasts", "Pending"),
+            ("opens", "Impression"),
+            ("clicks", "Clicked"),
+            ("short_links", "Clicked"),
+        ]
+        .into_iter()
+        .map(|(m, o)| (m.to_owned(), o.to_owned()))
+        .collect();
+        Self {
+            container_name: String::new(),
+            context_name: "Customer".into(),
+            subject_id: Source {
+                field: Some("external_id".into()),
+                ..Source::default()
+            },
+            interaction_id: Source::option("InteractionId"),
+            issue: Source::part("UniqueOfferId", 1),
+            group: Source::part("UniqueOfferId", 2),
+            name: Source::part("UniqueOfferId", 3),
+            treatment: Source::part("UniqueOfferId", 4),
+            rank: Source {
+                value: Some("1".into()),
+                ..Source::default()
+            },
+            outcomes,
+        }
+    }
+}
+
+impl CaptureSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.container_name.trim().is_empty() {
+            problems.push(
+                "pega.capture_response.container_name: required with format = \"capture-response\""
+                    .into(),
+            );
+        }
+        for (key, source) in [
+            ("subject_id", &self.subject_id),
+            ("interaction_id", &self.interaction_id),
+            ("issue", &self.issue),
+            ("group", &self.group),
+            ("name", &self.name),
+            ("treatment", &self.treatment),
+            ("rank", &self.rank),
+        ] {
+            problems.extend(source.problems(key));
+        }
+        for metric in self.outcomes.keys() {
+            if Metric::parse(metric).is_none() {
+                problems.push(format!(
+                    "pega.capture_response.outcomes.{metric}: not a metric"
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// `[pega.breaker]`: the circuit breaker.
@@ -198,6 +362,15 @@ impl PegaSettings {
         }
         if !(0.0..1.0).contains(&self.breaker.failure_ratio) {
             problems.push("pega.breaker.failure_ratio: must be at least 0 and below 1".into());
+        }
+        if self.format == Format::CaptureResponse {
+            problems.extend(self.capture_response.problems());
+            if self.batch_size != 1 {
+                problems.push(
+                    "pega.batch_size: must be 1 with format = \"capture-response\" (one body per event)"
+                        .into(),
+                );
+            }
         }
         if self.breaker.window_secs == 0 || self.breaker.probe_interval_secs == 0 {
             problems.push(

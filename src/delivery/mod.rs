@@ -2,6 +2,7 @@
 //! per POST), and records each attempt; the schedule decides retries and dead letters.
 
 pub mod breaker;
+pub mod capture;
 pub mod client;
 pub mod concurrency;
 pub mod metrics;

@@ -9,7 +9,7 @@ use super::metrics::Metrics;
 use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
 use super::status::{panic_message, DeliveryStatus, WorkerState};
-use crate::config::pega::PegaSettings;
+use crate::config::pega::{Format, PegaSettings};
 use crate::event::Metric;
 use crate::store::handoff::{self, Leased};
 use crate::store::outbox::now_ms;
@@ -89,7 +89,13 @@ impl Worker {
         let Some(client) = PegaClient::new(&settings)? else {
             return Ok(None);
         };
-        let enabled = settings.activities.iter().copied().collect();
+        // With CDH's format, only the metrics with an outcome are sent.
+        let enabled = (settings.activities.iter().copied())
+            .filter(|m| {
+                settings.format == Format::Seed
+                    || super::capture::outcome(&settings.capture_response, *m).is_some()
+            })
+            .collect();
         let limiter = match settings.concurrency {
             Some(n) => Limiter::fixed(n),
             None => Limiter::adaptive(settings.min_concurrency, settings.max_concurrency),
@@ -224,6 +230,27 @@ impl Worker {
     /// batch to when the endpoint may be posted to.
     async fn deliver(&self, batch: &[Claimed]) -> Posted {
         let s = &self.settings;
+        let body = match self.body(batch) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "an event cannot be posted in the configured format: dead letter (fix the configuration, then replay it)");
+                return Posted::Sent {
+                    lapsed: 0,
+                    verdict: Verdict::Dead,
+                    outcome: Outcome {
+                        ids: batch.iter().map(|c| c.id).collect(),
+                        attempt: Some(Attempt {
+                            at_ms: now_ms(),
+                            http_status: None,
+                            duration_ms: 0,
+                            outcome: "dead".into(),
+                            detail: e.to_string(),
+                        }),
+                        completion: Completion::Dead,
+                    },
+                };
+            }
+        };
         let margin = (s.timeout_secs * 1000).min(s.lease_secs * 500) as i64;
         let permit = self.limiter.acquire().await;
         let probe = loop {
@@ -274,7 +301,12 @@ impl Worker {
             return Posted::Lapsed(lapsed);
         }
         let batch = &*live;
-        let body = array(batch);
+        // Leases ran out for some: the body holds only the others.
+        let body = if lapsed > 0 {
+            self.body(batch).unwrap_or(body)
+        } else {
+            body
+        };
         let at_ms = now_ms();
         let sent: Sent = self.client.send(body.as_bytes()).await;
         self.observe(&sent, permit, probe);
@@ -530,6 +562,19 @@ impl Worker {
                 error = format!("{e:#}"),
                 "could not release handed-over events: they are claimed again when their lease runs out"
             );
+        }
+    }
+}
+
+impl Worker {
+    /// The body of a POST of `batch` in the configured format.
+    fn body(&self, batch: &[Claimed]) -> Result<String, super::capture::Unmappable> {
+        match self.settings.format {
+            Format::Seed => Ok(array(batch)),
+            // One event per POST (batch_size = 1 is checked with the settings).
+            Format::CaptureResponse => {
+                super::capture::body(&self.settings.capture_response, &batch[0].payload)
+            }
         }
     }
 }

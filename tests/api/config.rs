@@ -187,3 +187,22 @@ fn tls_files_that_are_missing_or_not_pem_are_errors_naming_the_key() {
         stderr(&serve)
     );
 }
+
+#[test]
+fn delivery_settings_that_cannot_work_are_refused_naming_the_key() {
+    let out = config_check(
+        "[pega]\nendpoint = \"http://127.0.0.1:9/in\"\nformat = \"capture-response\"\nbatch_size = 4\nmin_concurrency = 8\nmax_concurrency = 2\n[pega.capture_response]\nissue = { option = \"UniqueOfferId\", value = \"x\" }\n[pega.capture_response.outcomes]\nreads = \"Seen\"\n[pega.breaker]\nfailure_ratio = 1.5\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for key in [
+        "pega.capture_response.container_name",
+        "pega.batch_size",
+        "pega.max_concurrency (2)",
+        "pega.capture_response.issue",
+        "pega.capture_response.outcomes.reads",
+        "pega.breaker.failure_ratio",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

@@ -288,3 +288,60 @@ async fn the_adaptive_limit_grows_on_a_slow_endpoint_and_never_exceeds_its_maxim
         worker.concurrency_limit()
     );
 }
+
+#[tokio::test]
+async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmapped_metrics_stay_home(
+) {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let pega = start_pega().await;
+        pega.mock.control(|b| b.capture_response = true);
+        let more = "format = \"capture-response\"\n[pega.capture_response]\ncontainer_name = \"EmailOffers\"";
+        let (worker, _config) = worker(&store, &pega, more);
+        let mut event = common();
+        event.external_id = "C-17".into();
+        event.broadcast_manual_options = serde_json::from_value(serde_json::json!({
+            "UniqueOfferId": "Sales/Cards/Platinum/EmailT1",
+            "InteractionId": serde_json::from_str::<serde_json::Value>("-563481321460449721").unwrap(),
+        }))
+        .unwrap();
+        let sent = store
+            .record_trigger(
+                "m".into(),
+                None,
+                vec![NewRecipient {
+                    email: "c17@x.nl".into(),
+                    external_id: "C-17".into(),
+                    idempotency_key: None,
+                    event,
+                }],
+            )
+            .await
+            .unwrap();
+        let (b, c) = (sent.broadcast_id, sent.recipients[0].customer_id);
+        let activities = pegabridge::activity::parse(serde_json::json!([
+            {"metric": "opens", "broadcast_id": b, "customer_id": c},
+            {"metric": "bounces", "broadcast_id": b, "customer_id": c, "bounce_type": "soft"},
+        ]))
+        .unwrap();
+        store.record_activities(activities).await.unwrap();
+        let step = worker.try_deliver_next().await.unwrap();
+        assert_eq!((step.delivered, step.filtered), (2, 1), "{step:?}");
+        let bodies = pega.mock.events();
+        let outcomes: Vec<&str> = bodies
+            .iter()
+            .map(|b| b["RankedResults"][0]["Outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.contains(&"Pending") && outcomes.contains(&"Impression"));
+        let r = &bodies[0]["RankedResults"][0];
+        assert_eq!(bodies[0]["ContainerName"], "EmailOffers");
+        assert_eq!(
+            (r["Issue"].as_str(), r["Group"].as_str(), r["Name"].as_str(), r["Treatment"].as_str()),
+            (Some("Sales"), Some("Cards"), Some("Platinum"), Some("EmailT1"))
+        );
+        assert_eq!(r["InteractionID"], "-563481321460449721", "digit for digit");
+        assert_eq!(r["SubjectID"], "C-17");
+    })
+    .await;
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod http;
+pub mod mail;
 pub mod mapping;
 pub mod mock;
 pub mod recording;

@@ -63,6 +63,9 @@ pub enum Command {
     Serve,
     /// Show what a trigger would produce, per recipient, without storing or sending anything.
     Preview(PreviewArgs),
+    /// Send one rendered message of a trigger to an address through `[mail]` (nothing is
+    /// stored, no event is sent): for checking a template and the relay.
+    SendTest(SendTestArgs),
     /// Inspect, replay, pause and resume deliveries to Pega.
     #[command(subcommand)]
     Deliveries(ops::DeliveriesCommand),
@@ -90,6 +93,20 @@ pub struct PreviewArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// `pegabridge send-test`.
+#[derive(Debug, Args)]
+pub struct SendTestArgs {
+    /// The mapping (mappings/NAME.toml).
+    #[arg(long)]
+    pub mapping: String,
+    /// A file holding the trigger JSON (`-` for standard input); its first recipient is used.
+    #[arg(long)]
+    pub trigger: PathBuf,
+    /// Where the message goes instead of the recipient.
+    #[arg(long)]
+    pub to: String,
 }
 
 /// `pegabridge prepare`.
@@ -195,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check { connect }) => config_check(&settings, connect),
         Command::Serve => serve(settings),
         Command::Preview(args) => preview(&settings, args),
+        Command::SendTest(args) => send_test(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
         Command::MockPega(_) | Command::Completions { .. } => unreachable!("handled above"),
     }
@@ -280,20 +298,91 @@ fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A trigger from a file (`-`: standard input).
+fn read_trigger(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
+fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode> {
+    let Some(mail) = &settings.mail else {
+        eprintln!("send-test: no [mail] section: configure the SMTP relay first");
+        return Ok(ExitCode::from(2));
+    };
+    let loaded = crate::mapping::Mappings::load_configured(settings)?;
+    let mapping = loaded
+        .mappings
+        .get(&args.mapping)
+        .with_context(|| format!("no mapping named `{}`", args.mapping))?;
+    let trigger = read_trigger(&args.trigger)?;
+    let preview = match crate::broadcast::preview(
+        &settings.account,
+        &settings.plan(),
+        &settings.variables,
+        &mapping,
+        &trigger,
+        false,
+    ) {
+        Ok(p) => p,
+        Err(crate::broadcast::TriggerError::Invalid(errors)) => {
+            for e in errors {
+                eprintln!("invalid: {} ({}): {}", e.field, e.path, e.message);
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let first = preview
+        .recipients
+        .first()
+        .context("the trigger has no recipient")?;
+    let composer = crate::mail::Composer::new(mail)?;
+    let uuid = crate::event::new_uuid();
+    let outgoing = crate::mail::Outgoing {
+        to: &args.to,
+        uuid: &uuid,
+        manual_options: &first.manual_options,
+        unsubscribe: Vec::new(),
+    };
+    let message = composer.compose(&mapping, &outgoing)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // The relay's connection pool lives on the runtime: made and dropped inside it.
+    let sent = runtime.block_on(async {
+        let relay = crate::mail::Relay::new(mail)?;
+        anyhow::Ok(relay.send(&message).await)
+    })?;
+    match sent {
+        Ok(()) => {
+            out!(
+                "sent to {} through {}:{} (Message-ID <{uuid}@{}>)",
+                args.to,
+                mail.host,
+                mail.port,
+                mail.message_id_domain
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            eprintln!(
+                "send-test: the relay {}:{} did not accept the message: {refusal}",
+                mail.host, mail.port
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {
     let loaded = crate::mapping::Mappings::load_configured(settings)?;
     let mapping = loaded
         .mappings
         .get(&args.mapping)
         .with_context(|| format!("no mapping named `{}`", args.mapping))?;
-    let text = if args.trigger.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(&args.trigger)
-            .with_context(|| format!("reading {}", args.trigger.display()))?
-    };
-    let trigger: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: malformed JSON", args.trigger.display()))?;
+    let trigger = read_trigger(&args.trigger)?;
     let result = crate::broadcast::preview(
         &settings.account,
         &settings.plan(),

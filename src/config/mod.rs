@@ -3,6 +3,7 @@
 //! errors that name the file and the key.
 
 mod env;
+pub mod mail;
 pub mod pega;
 pub mod secret;
 pub mod tls;
@@ -52,6 +53,9 @@ pub struct Settings {
     /// The operator API (`[admin]`).
     #[serde(default)]
     pub admin: pega::AdminSettings,
+    /// Sending the mail (`[mail]`; without it nothing is sent).
+    #[serde(default)]
+    pub mail: Option<mail::MailSettings>,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -273,6 +277,9 @@ impl Settings {
         settings.source = file.clone();
         let base = settings.base_dir.clone();
         settings.pega.tls.resolve(&base);
+        if let Some(mail) = &mut settings.mail {
+            mail.resolve(&base);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -282,6 +289,9 @@ impl Settings {
         let mut problems = self.pega.problems();
         problems.extend(self.server.problems());
         problems.extend(self.store.problems());
+        if let Some(mail) = &self.mail {
+            problems.extend(mail.problems());
+        }
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

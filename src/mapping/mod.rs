@@ -24,8 +24,12 @@ use std::sync::Arc;
 pub struct MappingFile {
     /// A file in the templates folder.
     pub template: String,
-    /// The subject of the send.
+    /// The subject of the send (rendered with the manual fields when the mail is sent).
     pub subject: String,
+    /// The sender's display name in `From` (rendered like the subject); `[mail] from` gives
+    /// the address.
+    #[serde(default)]
+    pub from_name: Option<String>,
     /// Campaign fields of every event.
     pub campaign_id: i64,
     pub campaign_name: String,

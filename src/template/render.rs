@@ -31,7 +31,21 @@ pub struct RenderError(String);
 
 /// Renders `template` with the manual options `values`.
 pub fn render(template: &str, values: &Map<String, Value>) -> Result<Rendered, RenderError> {
-    let (source, warnings) = translate(template);
+    render_with(template, values, true)
+}
+
+/// Renders `template` as plain text, its values not HTML-escaped: a mail's subject or sender
+/// name, which are header text, not HTML.
+pub fn render_text(template: &str, values: &Map<String, Value>) -> Result<Rendered, RenderError> {
+    render_with(template, values, false)
+}
+
+fn render_with(
+    template: &str,
+    values: &Map<String, Value>,
+    escape: bool,
+) -> Result<Rendered, RenderError> {
+    let (source, warnings) = translate_with(template, escape);
     let mut context = tera::Context::new();
     // Smarty's `default` applies to empty values too: leave them undefined.
     let present: Map<String, Value> = values
@@ -47,12 +61,17 @@ pub fn render(template: &str, values: &Map<String, Value>) -> Result<Rendered, R
 
 /// The tera source for a Smarty template, and the expressions it could not translate.
 pub fn translate(template: &str) -> (String, Vec<String>) {
+    translate_with(template, true)
+}
+
+/// [`translate`], with the values HTML-escaped or not.
+fn translate_with(template: &str, escape: bool) -> (String, Vec<String>) {
     let mut out = String::with_capacity(template.len() + 64);
     let mut warnings = Vec::new();
     let mut last = 0;
     for cap in SMARTY.captures_iter(template) {
         let whole = cap.get(0).expect("match");
-        match expression(&cap[1], &cap[2]) {
+        match expression(&cap[1], &cap[2], escape) {
             Some(expr) => {
                 push_raw(&mut out, &template[last..whole.start()]);
                 out.push_str(&expr);
@@ -69,7 +88,7 @@ pub fn translate(template: &str) -> (String, Vec<String>) {
 }
 
 /// `{{ m["name"] | filters }}` for a supported modifier chain.
-fn expression(name: &str, mut modifiers: &str) -> Option<String> {
+fn expression(name: &str, mut modifiers: &str, escape: bool) -> Option<String> {
     // tera fails on a filter applied to an undefined value: `default` goes first.
     let mut default = String::from(" | default(value=\"\")");
     let mut filters = String::new();
@@ -90,8 +109,9 @@ fn expression(name: &str, mut modifiers: &str) -> Option<String> {
         modifiers = &modifiers[cap.get(0).expect("match").end()..];
     }
     // Escaped once, explicitly (auto-escaping also escapes literal defaults, twice).
+    let escape = if escape { " | escape" } else { "" };
     Some(format!(
-        "{{{{ m[{}]{default} | as_str{filters} | escape }}}}",
+        "{{{{ m[{}]{default} | as_str{filters}{escape} }}}}",
         tera_string(name)
     ))
 }

@@ -12,6 +12,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod instances;
+mod mail;
 mod operators;
 mod ops_cli;
 mod pega;

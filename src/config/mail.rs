@@ -1,0 +1,149 @@
+//! `[mail]`: sending each personal broadcast through an SMTP relay. Without the section,
+//! pegabridge sends nothing (a personal broadcast counts as sent when it is committed).
+
+use super::secret::Secret;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS at all: only for a relay on the same host or a test server.
+    None,
+}
+
+/// `[mail]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// The sender address (`From`), e.g. `offers@example.com`.
+    pub from: String,
+    pub reply_to: Option<String>,
+    /// The domain of every `Message-ID` (`<uuid@domain>`): one you control.
+    pub message_id_domain: String,
+    /// SMTP sessions open at once, at most.
+    #[serde(default = "default_sessions")]
+    pub max_sessions: usize,
+    /// Per SMTP command.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// DKIM signing (`[mail.dkim]`).
+    pub dkim: Option<DkimSettings>,
+}
+
+fn default_port() -> u16 {
+    587
+}
+fn default_sessions() -> usize {
+    8
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+/// The DKIM key's algorithm.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    #[default]
+    Rsa,
+    Ed25519,
+}
+
+/// `[mail.dkim]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSettings {
+    /// The signing domain (`d=`): the key is published at `SELECTOR._domainkey.DOMAIN`.
+    pub domain: String,
+    pub selector: String,
+    /// The private key, PEM (PKCS#1 for RSA; the raw 32-byte seed in base64 for Ed25519).
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+}
+
+impl MailSettings {
+    /// Relative key files are read from the configuration's folder.
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(d) = &mut self.dkim {
+            if d.key_file.is_relative() {
+                d.key_file = base.join(&d.key_file);
+            }
+        }
+    }
+
+    /// Every problem of `[mail]`, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.host.trim().is_empty() {
+            problems.push("mail.host: required".into());
+        }
+        if self.from.parse::<lettre::message::Mailbox>().is_err() {
+            problems.push(format!(
+                "mail.from: `{}` is not an email address",
+                self.from
+            ));
+        }
+        if let Some(r) = &self.reply_to {
+            if r.parse::<lettre::message::Mailbox>().is_err() {
+                problems.push(format!("mail.reply_to: `{r}` is not an email address"));
+            }
+        }
+        if self.message_id_domain.trim().is_empty()
+            || self.message_id_domain.contains(['<', '>', '@', ' '])
+        {
+            problems.push("mail.message_id_domain: a domain name you control is required".into());
+        }
+        if self.max_sessions == 0 {
+            problems.push("mail.max_sessions: must be at least 1".into());
+        }
+        if self.username.is_some() != self.password.is_some() {
+            problems.push("mail.username and mail.password go together".into());
+        }
+        if let Some(d) = &self.dkim {
+            if let Err(e) = d.key() {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+}
+
+impl DkimSettings {
+    /// The signing key, read and checked.
+    pub fn key(&self) -> Result<lettre::message::dkim::DkimSigningKey, String> {
+        use lettre::message::dkim::{DkimSigningAlgorithm, DkimSigningKey};
+        let text = std::fs::read_to_string(&self.key_file).map_err(|e| {
+            format!(
+                "mail.dkim.key_file: cannot read {}: {e}",
+                self.key_file.display()
+            )
+        })?;
+        let algorithm = match self.algorithm {
+            DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
+            DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
+        };
+        // The key itself never appears in the error.
+        DkimSigningKey::new(text.trim(), algorithm).map_err(|_| {
+            format!(
+                "mail.dkim.key_file: {} is not a {:?} private key lettre can sign with",
+                self.key_file.display(),
+                self.algorithm
+            )
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Sending the mail: each personal broadcast rendered into a MIME message (the personalized
+//! HTML, a plain-text alternative, `Message-ID`, `Date`, DKIM) and handed to an SMTP relay
+//! (`[mail]`).
+
+pub mod message;
+pub mod transport;
+
+pub use message::{Composer, Outgoing};
+pub use transport::{Refusal, Relay};

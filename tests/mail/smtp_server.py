@@ -1,0 +1,64 @@
+"""A real SMTP server for pegabridge's tests (aiosmtpd), on 127.0.0.1.
+
+Every accepted message is written to DIR as NNNN.eml (the exact bytes received, with the
+envelope in NNNN.json). It can be told to refuse, as relays do:
+  --fail-first N   answer the first N messages `451 4.3.0 try again later`
+  --reject ADDR    answer `550 5.1.1 no such user` for this recipient (repeatable)
+It prints `ready PORT` once it listens, then serves until killed.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Handler:
+    def __init__(self, out, fail_first, reject):
+        self.out = out
+        self.fail_first = fail_first
+        self.reject = {r.lower() for r in reject}
+        self.count = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.reject:
+            return "550 5.1.1 <%s>: no such user here" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return "451 4.3.0 try again later"
+        self.count += 1
+        name = os.path.join(self.out, "%04d" % self.count)
+        with open(name + ".tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        with open(name + ".json", "w") as f:
+            json.dump({"from": envelope.mail_from, "to": envelope.rcpt_tos}, f)
+        os.rename(name + ".tmp", name + ".eml")
+        return "250 2.0.0 queued as %04d" % self.count
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--reject", action="append", default=[])
+    args = p.parse_args()
+    handler = Handler(args.dir, args.fail_first, args.reject)
+    controller = Controller(handler, hostname="127.0.0.1", port=args.port)
+    controller.start()
+    print("ready %d" % args.port, flush=True)
+    try:
+        asyncio.get_event_loop().run_forever()
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,11 +115,16 @@ pub fn count_change(a: &Activity) -> CountChange {
 /// Records a trigger: its broadcast, customers, personal broadcasts and their `broadcasts`
 /// events. A repeated idempotency key (the whole trigger's, or every recipient's) returns the
 /// first answer and records nothing. Returns the answer and the events leased to this process.
+///
+/// When pegabridge sends the mail (`sending`), a mailable recipient's send is queued instead
+/// of its `broadcasts` event, which is queued when the relay accepts the message
+/// ([`send_outcomes`]).
 pub(crate) async fn trigger(
     tx: &mut impl Tx,
     mapping: &str,
     idempotency_key: Option<&str>,
     recipients: &[NewRecipient],
+    sending: bool,
 ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
     if let Some(key) = idempotency_key {
         if let Some(stored) = tx.trigger_answer(key).await? {
@@ -183,7 +188,9 @@ pub(crate) async fn trigger(
         })
         .await?;
         // A suppressed send is recorded but neither sent nor reported.
-        if status == RecipientStatus::Queued {
+        if status == RecipientStatus::Queued && sending {
+            tx.enqueue_send(&uuid, broadcast_id, customer.id).await?;
+        } else if status == RecipientStatus::Queued {
             let new = NewEvent {
                 uuid: &uuid,
                 metric: Metric::Broadcasts.as_str(),
@@ -281,6 +288,71 @@ pub(crate) async fn activities(
         });
     }
     Ok((answers, leased))
+}
+
+/// Records what became of sends: an accepted one gets its personal broadcast's times set to
+/// the acceptance and its `broadcasts` event queued; a refused recipient (5xx) becomes a hard
+/// bounce, exhausted retries a soft one (each an activity with the SMTP code and text, so the
+/// customer's mailability follows); a retry waits. Returns the events leased to this process.
+pub(crate) async fn send_outcomes(
+    tx: &mut impl Tx,
+    outcomes: &[(crate::store::ClaimedSend, crate::store::SendOutcome)],
+) -> Result<Vec<Claimed>> {
+    use crate::store::SendOutcome;
+    let mut leased = Vec::new();
+    for (send, outcome) in outcomes {
+        match outcome {
+            SendOutcome::Accepted { at } => {
+                let mut event = tx
+                    .broadcast_event(send.broadcast_id, send.customer_id)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::NotFound(format!("personal broadcast {}", send.uuid))
+                    })?;
+                event.broadcast_timestamp = *at;
+                event.metric_timestamp = *at;
+                let payload = serde_json::to_string(&event)?;
+                tx.update_broadcast_event(send.broadcast_id, send.customer_id, &payload)
+                    .await?;
+                let new = NewEvent {
+                    uuid: &send.uuid,
+                    metric: Metric::Broadcasts.as_str(),
+                    external_id: None,
+                    in_personal_broadcast: true,
+                };
+                let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
+                leased.extend(lease);
+                tx.mark_send(send.id, "sent", None, None).await?;
+            }
+            SendOutcome::Retry { next_at_ms, error } => {
+                tx.mark_send(send.id, "pending", Some(*next_at_ms), Some(error))
+                    .await?;
+            }
+            SendOutcome::Bounced { code, reason } | SendOutcome::GaveUp { code, reason } => {
+                let hard = matches!(outcome, SendOutcome::Bounced { .. });
+                let status = if hard { "bounced" } else { "failed" };
+                tx.mark_send(send.id, status, None, Some(&format!("{code} {reason}")))
+                    .await?;
+                let bounce = Activity {
+                    // The send's own id: recording it twice (a crash before the commit)
+                    // answers the first.
+                    external_id: Some(format!("pegabridge-send:{}", send.uuid)),
+                    metric: Metric::Bounces,
+                    broadcast_id: send.broadcast_id,
+                    customer_id: send.customer_id,
+                    timestamp: Some(now()),
+                    detail: Detail::Bounce {
+                        hard,
+                        code: code.clone(),
+                        reason: reason.clone(),
+                    },
+                };
+                let (_, lease) = activities(tx, std::slice::from_ref(&bounce)).await?;
+                leased.extend(lease);
+            }
+        }
+    }
+    Ok(leased)
 }
 
 /// The first answer again when every recipient of a trigger was sent before (per-recipient

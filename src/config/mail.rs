@@ -42,6 +42,10 @@ pub struct MailSettings {
     pub timeout_secs: u64,
     /// DKIM signing (`[mail.dkim]`).
     pub dkim: Option<DkimSettings>,
+    /// When a send the relay did not take (4xx, no answer) is tried again; exhausted, it is
+    /// a soft bounce (`[mail.retry]`, the same keys as `[pega.retry]`).
+    #[serde(default)]
+    pub retry: super::pega::RetrySettings,
 }
 
 fn default_port() -> u16 {
@@ -119,6 +123,12 @@ impl MailSettings {
                 problems.push(e);
             }
         }
+        problems.extend(
+            self.retry
+                .problems()
+                .into_iter()
+                .map(|p| p.replace("pega.retry", "mail.retry")),
+        );
         problems
     }
 }

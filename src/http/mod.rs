@@ -61,6 +61,8 @@ pub struct Shared {
     pub delivery: Arc<DeliveryStatus>,
     /// The free space `/ready` requires where a SQLite database is (`[store] min_free_mb`).
     pub min_free_bytes: u64,
+    /// Woken when a trigger commits sends (`[mail]`), so the mail worker sends at once.
+    pub mail: Option<Arc<Notify>>,
 }
 
 /// A built, bound server.
@@ -77,6 +79,8 @@ pub struct Application {
     /// For the retention task.
     store: Storage,
     retention_days: u64,
+    /// The mail worker and what wakes it (with `[mail]`).
+    mailer: Option<(crate::mail::MailWorker, Arc<Notify>)>,
 }
 
 impl Application {
@@ -146,6 +150,16 @@ impl Application {
             }
             None => (store, None),
         };
+        let store = store.with_sending(settings.mail.is_some());
+        let mailer = match &settings.mail {
+            Some(mail) => {
+                tracing::info!(relay = %format!("{}:{}", mail.host, mail.port), "sending the mail through the relay");
+                let worker =
+                    crate::mail::MailWorker::new(store.clone(), mail, loaded.mappings.clone())?;
+                Some((worker, Arc::new(Notify::new())))
+            }
+            None => None,
+        };
         let retained = store.clone();
         let state = AppState(Arc::new(Shared {
             store,
@@ -159,6 +173,7 @@ impl Application {
             metrics,
             delivery: delivery.clone(),
             min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
+            mail: mailer.as_ref().map(|(_, wake)| wake.clone()),
         }));
         let router = Router::new()
             .merge(webhooks::router())
@@ -191,6 +206,7 @@ impl Application {
             delivery,
             store: retained,
             retention_days: settings.store.retention_days,
+            mailer,
         })
     }
 
@@ -229,6 +245,12 @@ impl Application {
             };
             tokio::spawn(w.run(self.outbox.clone(), handed, stopped, delivery))
         });
+        let mailer = self.mailer.map(|(m, wake)| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(m.run(wake, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         let retention = tokio::spawn(retain(self.store.clone(), self.retention_days, stop_rx));
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -250,6 +272,11 @@ impl Application {
         // due again for the next start.
         let _ = stop_tx.send(true);
         let _ = retention.await;
+        if let Some(m) = mailer {
+            if tokio::time::timeout(self.grace, m).await.is_err() {
+                tracing::warn!("shutdown grace period over: leaving a mail round unfinished");
+            }
+        }
         if let Some(w) = worker {
             if tokio::time::timeout(self.grace, w).await.is_err() {
                 tracing::warn!("shutdown grace period over: leaving a delivery round unfinished");

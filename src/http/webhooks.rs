@@ -46,6 +46,9 @@ pub(super) async fn trigger(
         key.as_deref(),
     )
     .await?;
+    if let Some(mail) = &state.mail {
+        mail.notify_one();
+    }
     tracing::info!(
         mapping = name.as_str(),
         broadcast_id = answer.broadcast_id,

@@ -4,6 +4,8 @@
 
 pub mod message;
 pub mod transport;
+pub mod worker;
 
 pub use message::{Composer, Outgoing};
 pub use transport::{Refusal, Relay};
+pub use worker::{MailWorker, SendStep};

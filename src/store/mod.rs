@@ -7,6 +7,7 @@ pub mod error;
 pub mod handoff;
 pub mod outbox;
 pub mod postgres;
+pub mod sends;
 pub mod sqlite;
 pub mod tx;
 
@@ -16,6 +17,7 @@ pub use outbox::{
     Attempt, Claimed, Completion, Delivery, Done, OutboxStats, Outcome, Purge, Replay, Status,
 };
 pub use postgres::PgStore;
+pub use sends::{ClaimedSend, SendOutcome};
 pub use sqlite::SqliteStore;
 
 use crate::activity::Activity;
@@ -36,7 +38,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
         queue: Queue,
+        sending: bool,
     ) -> Result<(TriggerAnswer, Vec<Claimed>)>;
+
+    /// Claims up to `limit` due sends (pending and due, or in flight with an expired lease),
+    /// leasing them for `lease_secs`.
+    async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>>;
+
+    /// Records what became of sends (see [`crate::recording::send_outcomes`]); returns the
+    /// events leased to this process.
+    async fn complete_sends(
+        &self,
+        outcomes: Vec<(ClaimedSend, SendOutcome)>,
+        queue: Queue,
+    ) -> Result<Vec<Claimed>>;
 
     /// Records a request's activities and their events, all or nothing.
     async fn record_activities(
@@ -96,6 +111,9 @@ pub struct Storage {
     backend: Arc<dyn Store>,
     /// Set when this process delivers: new events go to its worker in memory.
     handoff: Option<Handoff>,
+    /// Whether pegabridge sends the mail (`[mail]`): a trigger then queues sends, and a
+    /// `broadcasts` event is queued when the relay accepts its message.
+    sending: bool,
 }
 
 impl std::ops::Deref for Storage {
@@ -119,7 +137,21 @@ impl Storage {
         Ok(Self {
             backend,
             handoff: None,
+            sending: false,
         })
+    }
+
+    /// This store, queuing a send for every mailable recipient of a trigger.
+    pub fn with_sending(self, sending: bool) -> Self {
+        Self { sending, ..self }
+    }
+
+    /// Records what became of sends and hands the events they made over.
+    pub async fn complete_sends(&self, outcomes: Vec<(ClaimedSend, SendOutcome)>) -> Result<()> {
+        let (reservation, queue) = self.reserve(outcomes.len() * 2);
+        let leased = self.backend.complete_sends(outcomes, queue).await?;
+        self.hand_over(reservation, leased);
+        Ok(())
     }
 
     /// Opens the store `[store]` names.
@@ -159,7 +191,7 @@ impl Storage {
     ) -> Result<TriggerAnswer> {
         let (reservation, queue) = self.reserve(recipients.len());
         let (answer, leased) = (self.backend)
-            .record_trigger(mapping, idempotency_key, recipients, queue)
+            .record_trigger(mapping, idempotency_key, recipients, queue, self.sending)
             .await?;
         self.hand_over(reservation, leased);
         Ok(answer)

@@ -109,6 +109,24 @@ pub(crate) trait Tx {
     async fn earlier_activity(&mut self, external_id: &str) -> Result<Option<ActivityAnswer>>;
     async fn change_counts(&mut self, customer_id: i64, change: CountChange) -> Result<()>;
     async fn standing(&mut self, customer_id: i64) -> Result<Standing>;
+    /// Queues the send of a personal broadcast (`[mail]`).
+    async fn enqueue_send(&mut self, uuid: &str, broadcast_id: i64, customer_id: i64)
+        -> Result<()>;
+    /// Replaces a personal broadcast's event (its times, once its mail was accepted).
+    async fn update_broadcast_event(
+        &mut self,
+        broadcast_id: i64,
+        customer_id: i64,
+        event: &str,
+    ) -> Result<()>;
+    /// Moves a send on: its status, next attempt (Unix ms) and last error; counts an attempt.
+    async fn mark_send(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_at_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()>;
     /// Queues an event in the outbox: `payload` is given the row's id (the event's
     /// `metric_id`). Returns that id, and the event when it is leased to this process.
     async fn enqueue(

@@ -280,3 +280,120 @@ fn a_mail_section_that_cannot_work_is_refused_naming_its_keys() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+/// Waits (at most 20 s) until the SMTP server holds `n` messages.
+async fn wait_for_mail(smtp: &Smtp, n: usize) -> Vec<PathBuf> {
+    let start = std::time::Instant::now();
+    loop {
+        let m = smtp.messages();
+        if m.len() >= n || start.elapsed() > std::time::Duration::from_secs(20) {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A server that sends through `smtp` (retrying after 100 ms, 3 attempts) and delivers to a
+/// fresh stand-in Pega.
+async fn sending_app(smtp: &Smtp) -> (crate::server::TestApp, crate::pega::Pega) {
+    let pega = crate::pega::start_pega().await;
+    let extra = format!(
+        "{}\n[mail.retry]\nbase_ms = 100\nmax_delay_secs = 1\nmax_attempts = 3\njitter = 0.0\n\n{}",
+        mail_section(smtp.port),
+        crate::pega::pega_section(&pega, "")
+    );
+    let (app, _) = crate::server::spawn_app_with("", &extra).await;
+    (app, pega)
+}
+
+#[tokio::test]
+async fn a_trigger_is_mailed_and_its_broadcasts_event_follows_the_relays_acceptance() {
+    if !smtp_tools() {
+        return;
+    }
+    crate::backend::each_backend(|| async {
+        let smtp = Smtp::start(&["--fail-first", "1"]);
+        let (app, pega) = sending_app(&smtp).await;
+        let before = pegabridge::event::now();
+        let answer: Value = app.trigger_offer().await;
+        let ann = &answer["recipients"][0];
+        // 451 for the first message, then 250: both mailed, the first one retried.
+        let mail = wait_for_mail(&smtp, 2).await;
+        assert_eq!(mail.len(), 2);
+        let events = crate::pega::wait_for_events(&pega, 2).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        let to_ann = mail
+            .iter()
+            .map(|m| check(m))
+            .find(|m| m["headers"]["To"] == "ann@example.com")
+            .expect("Ann's mail");
+        assert_eq!(to_ann["dkim"], true);
+        let id = format!("<{}@mail.example>", ann["uuid"].as_str().unwrap());
+        assert_eq!(
+            to_ann["headers"]["Message-ID"],
+            id.as_str(),
+            "the personal broadcast's uuid"
+        );
+        let html = to_ann["parts"][1]["content"].as_str().unwrap();
+        assert!(html.contains("Hello Ann"), "{html}");
+        let event = crate::pega::by_uuid(&events, &ann["uuid"]);
+        assert_eq!(event["metric"], "broadcasts");
+        assert_eq!(
+            event["broadcast_manual_options"]["UniqueOfferId"],
+            "OFFER-1"
+        );
+        let at = event["broadcast_timestamp"].as_i64().unwrap();
+        assert!(
+            at >= before,
+            "stamped at the relay's acceptance: {at} < {before}"
+        );
+        assert_eq!(event["metric_timestamp"], event["broadcast_timestamp"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_next_time() {
+    if !smtp_tools() {
+        return;
+    }
+    crate::backend::each_backend(|| async {
+        let smtp = Smtp::start(&["--reject", "bob@example.org"]);
+        let (app, pega) = sending_app(&smtp).await;
+        let answer: Value = app.trigger_offer().await;
+        let bob = &answer["recipients"][1];
+        // Ann's broadcast, and Bob's bounce (no broadcasts event: nothing was sent to him).
+        let events = crate::pega::wait_for_events(&pega, 2).await;
+        assert_eq!(wait_for_mail(&smtp, 1).await.len(), 1);
+        let bounce = events
+            .iter()
+            .find(|e| e["metric"] == "bounces")
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert_eq!(bounce["customer_id"], bob["customer_id"]);
+        assert_eq!(bounce["bounce_type"], "hard");
+        assert_eq!(bounce["bounce_code"], "5.1.1");
+        assert!(
+            bounce["bounce_reason"]
+                .as_str()
+                .unwrap()
+                .contains("no such user"),
+            "{bounce}"
+        );
+        assert!(
+            events.iter().all(|e| e["uuid"] != bob["uuid"]),
+            "{events:?}"
+        );
+        // Bob is not mailable any more.
+        let mut again = crate::server::trigger();
+        again["Customers"][1]["InteractionID"] = serde_json::json!("7");
+        again["Customers"][0]["InteractionID"] = serde_json::json!("8");
+        let second: Value = app
+            .post("/webhooks/offer", &again)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(second["recipients"][1]["status"], "suppressed");
+    })
+    .await;
+}

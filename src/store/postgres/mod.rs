@@ -11,7 +11,8 @@ use crate::activity::Activity;
 use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
 use crate::store::error::{Result, StoreError};
 use crate::store::{
-    Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Queue, Replay, Status,
+    Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
+    SendOutcome, Status,
 };
 use anyhow::Context;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -125,13 +126,61 @@ impl crate::store::Store for PgStore {
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
         queue: Queue,
+        sending: bool,
     ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
         let key = idempotency_key.as_deref();
         transaction!(self, queue, |tx| crate::recording::trigger(
             tx,
             &mapping,
             key,
-            &recipients
+            &recipients,
+            sending
+        ))
+    }
+
+    async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>> {
+        let now = crate::store::outbox::now_ms();
+        let lease_until = now + lease_secs as i64 * 1000;
+        let sql = format!(
+            "WITH claimed AS (
+               UPDATE sends SET status = 'inflight', lease_until = $1
+               WHERE id IN (SELECT id FROM sends
+                            WHERE (status = 'inflight' AND lease_until < $2)
+                               OR (status = 'pending' AND next_attempt_at <= $2)
+                            LIMIT $3 FOR UPDATE SKIP LOCKED)
+               RETURNING *)
+             SELECT {} FROM claimed s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id",
+            crate::store::sends::CLAIMED_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        use sqlx::Row;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedSend {
+                id: r.get(0),
+                uuid: r.get(1),
+                broadcast_id: r.get(2),
+                customer_id: r.get(3),
+                email: r.get(4),
+                mapping: r.get(5),
+                event: r.get(6),
+                attempts: r.get::<i32, _>(7) as u32,
+            })
+            .collect())
+    }
+
+    async fn complete_sends(
+        &self,
+        outcomes: Vec<(ClaimedSend, SendOutcome)>,
+        queue: Queue,
+    ) -> Result<Vec<Claimed>> {
+        transaction!(self, queue, |tx| crate::recording::send_outcomes(
+            tx, &outcomes
         ))
     }
 

@@ -173,6 +173,62 @@ impl Tx for PgTx<'_> {
         Ok(standing(&row))
     }
 
+    async fn enqueue_send(
+        &mut self,
+        uuid: &str,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<()> {
+        let ms = now_ms();
+        sqlx::query(
+            "INSERT INTO sends (uuid, broadcast_id, customer_id, status, next_attempt_at, created_at) VALUES ($1, $2, $3, 'pending', $4, $5)",
+        )
+        .bind(uuid)
+        .bind(broadcast_id)
+        .bind(customer_id)
+        .bind(ms)
+        .bind(ms / 1000)
+        .execute(&mut *self.c)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_broadcast_event(
+        &mut self,
+        broadcast_id: i64,
+        customer_id: i64,
+        event: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE personal_broadcasts SET event = $3 WHERE broadcast_id = $1 AND customer_id = $2",
+        )
+        .bind(broadcast_id)
+        .bind(customer_id)
+        .bind(event)
+        .execute(&mut *self.c)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_send(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_at_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sends SET status = $2, next_attempt_at = COALESCE($3, next_attempt_at), last_error = COALESCE($4, last_error), attempts = attempts + 1, lease_until = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(next_at_ms)
+        .bind(error)
+        .execute(&mut *self.c)
+        .await?;
+        Ok(())
+    }
+
     async fn enqueue(
         &mut self,
         new: NewEvent<'_>,

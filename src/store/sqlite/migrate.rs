@@ -10,6 +10,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_outbox_payloads.sql"),
     include_str!("../../../migrations/sqlite/0005_retention.sql"),
     include_str!("../../../migrations/sqlite/0006_one_model.sql"),
+    include_str!("../../../migrations/sqlite/0007_sends.sql"),
 ];
 
 /// Applies the migrations this database has not seen.

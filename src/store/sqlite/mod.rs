@@ -40,7 +40,8 @@ use crate::event::Common;
 use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
 use crate::store::error::{Result, StoreError};
 use crate::store::{
-    Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Queue, Replay, Status,
+    Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
+    SendOutcome, Status,
 };
 use anyhow::Context;
 use rusqlite::Connection;
@@ -317,6 +318,7 @@ impl crate::store::Store for SqliteStore {
         idempotency_key: Option<String>,
         recipients: Vec<NewRecipient>,
         queue: Queue,
+        sending: bool,
     ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
         self.call(move |c| {
             let queue = outbox::effective(c, queue)?;
@@ -327,7 +329,62 @@ impl crate::store::Store for SqliteStore {
                 &mapping,
                 key,
                 &recipients,
+                sending,
             ))
+        })
+        .await
+    }
+
+    async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>> {
+        self.call(move |c| {
+            let now = crate::store::outbox::now_ms();
+            let lease_until = now + lease_secs as i64 * 1000;
+            // Sends of an instance that died first, then new ones by due time.
+            let ids: Vec<i64> = c
+                .prepare_cached(
+                    "UPDATE sends SET status = 'inflight', lease_until = ?1 WHERE id IN (
+                       SELECT id FROM (
+                         SELECT id FROM sends WHERE status = 'inflight' AND lease_until < ?2
+                         UNION ALL
+                         SELECT id FROM sends WHERE status = 'pending' AND next_attempt_at <= ?2)
+                       LIMIT ?3)
+                     RETURNING id",
+                )?
+                .query_map(rusqlite::params![lease_until, now, limit as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {} FROM sends s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id WHERE s.id = ?1",
+                crate::store::sends::CLAIMED_COLUMNS
+            ))?;
+            let mut claimed = Vec::with_capacity(ids.len());
+            for id in ids {
+                claimed.push(stmt.query_row([id], |r| {
+                    Ok(ClaimedSend {
+                        id: r.get(0)?,
+                        uuid: r.get(1)?,
+                        broadcast_id: r.get(2)?,
+                        customer_id: r.get(3)?,
+                        email: r.get(4)?,
+                        mapping: r.get(5)?,
+                        event: r.get(6)?,
+                        attempts: r.get(7)?,
+                    })
+                })?);
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn complete_sends(
+        &self,
+        outcomes: Vec<(ClaimedSend, SendOutcome)>,
+        queue: Queue,
+    ) -> Result<Vec<Claimed>> {
+        self.call(move |c| {
+            let queue = outbox::effective(c, queue)?;
+            let mut tx = tx::SqliteTx { c, queue };
+            tx::run(crate::recording::send_outcomes(&mut tx, &outcomes))
         })
         .await
     }

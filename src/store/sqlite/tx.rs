@@ -209,6 +209,55 @@ impl Tx for SqliteTx<'_> {
             .query_row([customer_id], standing)?)
     }
 
+    async fn enqueue_send(
+        &mut self,
+        uuid: &str,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<()> {
+        let ms = crate::store::outbox::now_ms();
+        self.c
+            .prepare_cached(
+                "INSERT INTO sends (uuid, broadcast_id, customer_id, status, next_attempt_at, created_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+            )?
+            .execute(params![uuid, broadcast_id, customer_id, ms, ms / 1000])?;
+        Ok(())
+    }
+
+    async fn update_broadcast_event(
+        &mut self,
+        broadcast_id: i64,
+        customer_id: i64,
+        event: &str,
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "UPDATE personal_broadcasts SET event = ?3 WHERE broadcast_id = ?1 AND customer_id = ?2",
+            )?
+            .execute(params![broadcast_id, customer_id, event])?;
+        // The parsed copy is stale now.
+        self.c
+            .commons
+            .borrow_mut()
+            .remove(&(broadcast_id, customer_id));
+        Ok(())
+    }
+
+    async fn mark_send(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_at_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "UPDATE sends SET status = ?2, next_attempt_at = COALESCE(?3, next_attempt_at), last_error = COALESCE(?4, last_error), attempts = attempts + 1, lease_until = 0 WHERE id = ?1",
+            )?
+            .execute(params![id, status, next_at_ms, error])?;
+        Ok(())
+    }
+
     async fn enqueue(
         &mut self,
         new: NewEvent<'_>,

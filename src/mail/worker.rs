@@ -1,0 +1,204 @@
+//! The mail worker: claims due sends, builds each message, hands it to the relay (at most
+//! `[mail] max_sessions` at once) and records what became of it: accepted (its `broadcasts`
+//! event queued with the time of acceptance), retried (4xx, no answer), a hard bounce (a 5xx
+//! refusal of the recipient) or, once retries run out, a soft bounce. At least once: a crash
+//! between the relay's acceptance and the commit sends again, with the same `Message-ID`.
+
+use super::{Composer, Outgoing, Refusal, Relay};
+use crate::config::mail::MailSettings;
+use crate::config::pega::RetrySettings;
+use crate::delivery::schedule::backoff;
+use crate::mapping::Mappings;
+use crate::store::outbox::now_ms;
+use crate::store::{ClaimedSend, SendOutcome, Storage};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a claimed send is reserved for this worker.
+const LEASE_SECS: u64 = 120;
+/// Sends claimed per round for each SMTP session.
+const ROUND_PER_SESSION: usize = 8;
+
+/// What one round did (counts of sends).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStep {
+    pub sent: usize,
+    pub retried: usize,
+    pub bounced: usize,
+    pub failed: usize,
+}
+
+impl SendStep {
+    pub fn is_empty(&self) -> bool {
+        *self == SendStep::default()
+    }
+}
+
+/// The mail worker.
+pub struct MailWorker {
+    store: Storage,
+    relay: Relay,
+    composer: Composer,
+    mappings: Mappings,
+    retry: RetrySettings,
+    sessions: usize,
+}
+
+impl MailWorker {
+    pub fn new(
+        store: Storage,
+        settings: &MailSettings,
+        mappings: Mappings,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            store,
+            relay: Relay::new(settings)?,
+            composer: Composer::new(settings)?,
+            mappings,
+            retry: settings.retry.clone(),
+            sessions: settings.max_sessions.max(1),
+        })
+    }
+
+    /// One round: claim due sends, send them, record the outcomes in one store call.
+    pub async fn try_send_next(&self) -> anyhow::Result<SendStep> {
+        let claimed = self
+            .store
+            .claim_sends(self.sessions * ROUND_PER_SESSION, LEASE_SECS)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(SendStep::default());
+        }
+        let sends: Vec<_> = claimed.into_iter().map(|s| self.send(s)).collect();
+        let outcomes: Vec<(ClaimedSend, SendOutcome)> = futures::stream::iter(sends)
+            .buffer_unordered(self.sessions)
+            .collect()
+            .await;
+        let mut step = SendStep::default();
+        for (_, o) in &outcomes {
+            match o {
+                SendOutcome::Accepted { .. } => step.sent += 1,
+                SendOutcome::Retry { .. } => step.retried += 1,
+                SendOutcome::Bounced { .. } => step.bounced += 1,
+                SendOutcome::GaveUp { .. } => step.failed += 1,
+            }
+        }
+        self.store.complete_sends(outcomes).await?;
+        Ok(step)
+    }
+
+    async fn send(&self, send: ClaimedSend) -> (ClaimedSend, SendOutcome) {
+        let outcome = match self.message(&send) {
+            Err(e) => self.again(&send, String::new(), e),
+            Ok(message) => match self.relay.send(&message).await {
+                Ok(()) => SendOutcome::Accepted {
+                    at: crate::event::now(),
+                },
+                Err(Refusal::Permanent { code, text }) => {
+                    tracing::warn!(uuid = %send.uuid, code, "the relay refused the recipient: hard bounce");
+                    SendOutcome::Bounced {
+                        code: enhanced(&text).unwrap_or_else(|| code.to_string()),
+                        reason: text,
+                    }
+                }
+                Err(Refusal::Transient { code, text }) => {
+                    let c = enhanced(&text).unwrap_or_else(|| code.to_string());
+                    self.again(&send, c, text)
+                }
+                Err(Refusal::Unreachable(why)) => self.again(&send, String::new(), why),
+            },
+        };
+        (send, outcome)
+    }
+
+    /// A retry on the schedule of `[mail.retry]`, or a soft bounce once it runs out.
+    fn again(&self, send: &ClaimedSend, code: String, why: String) -> SendOutcome {
+        let attempt = send.attempts + 1;
+        if attempt >= self.retry.max_attempts {
+            tracing::warn!(uuid = %send.uuid, error = %why, "sending failed for good: soft bounce");
+            return SendOutcome::GaveUp { code, reason: why };
+        }
+        let delay = backoff(attempt, &self.retry, fastrand::f64());
+        tracing::info!(uuid = %send.uuid, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed: retrying");
+        SendOutcome::Retry {
+            next_at_ms: now_ms() + delay.as_millis() as i64,
+            error: why,
+        }
+    }
+
+    fn message(&self, send: &ClaimedSend) -> Result<lettre::Message, String> {
+        let mapping = self
+            .mappings
+            .get(&send.mapping)
+            .ok_or_else(|| format!("the mapping `{}` is not loaded", send.mapping))?;
+        let event: Map<String, Value> =
+            serde_json::from_str(&send.event).map_err(|e| format!("the stored event: {e}"))?;
+        let options = match event.get("broadcast_manual_options") {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        let outgoing = Outgoing {
+            to: &send.email,
+            uuid: &send.uuid,
+            manual_options: &options,
+            unsubscribe: Vec::new(),
+        };
+        self.composer
+            .compose(&mapping, &outgoing)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends until `shutdown`: when woken (a trigger committed sends), every `poll` (retries
+    /// falling due), and straight away while rounds come back full.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let poll = Duration::from_millis(500);
+        loop {
+            let busy = match self.try_send_next().await {
+                Ok(step) => !step.is_empty(),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "a mail round failed");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+/// The enhanced status code (RFC 3463, `5.1.1`) in an SMTP answer's text, if any.
+fn enhanced(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == ':' || c == ',')
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_enhanced_status_code_is_found_in_the_answer() {
+        assert_eq!(
+            super::enhanced("550 5.1.1 <x@y.z>: no such user here").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(super::enhanced("451 try again").as_deref(), None);
+    }
+}

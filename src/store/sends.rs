@@ -1,0 +1,38 @@
+//! The mail worker's queue: one row per personal broadcast to send (`[mail]`), committed with
+//! its trigger and claimed with a lease, as the outbox's events are.
+
+/// A send claimed by the mail worker, with what it needs to build the message.
+#[derive(Debug, Clone)]
+pub struct ClaimedSend {
+    pub id: i64,
+    /// The personal broadcast's uuid (its `Message-ID` and its `broadcasts` event's uuid).
+    pub uuid: String,
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+    pub email: String,
+    /// The mapping that made it.
+    pub mapping: String,
+    /// The personal broadcast's event (carries the manual options).
+    pub event: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What became of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The relay accepted it at `at` (Unix seconds): its `broadcasts` event is queued with
+    /// that time.
+    Accepted { at: i64 },
+    /// A 4xx answer or no answer: again at `next_at_ms`.
+    Retry { next_at_ms: i64, error: String },
+    /// A 5xx refusal of the recipient: a hard bounce.
+    Bounced { code: String, reason: String },
+    /// Retries exhausted: a soft bounce.
+    GaveUp { code: String, reason: String },
+}
+
+/// The SQL that claims due sends (both backends): leased for `?1`/`$1` ms, due by `?2`/`$2`,
+/// at most `?3`/`$3`; with the personal broadcast's email, event and mapping.
+pub(crate) const CLAIMED_COLUMNS: &str =
+    "s.id, s.uuid, s.broadcast_id, s.customer_id, p.email, b.mapping, p.event, s.attempts";

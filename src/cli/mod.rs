@@ -347,6 +347,7 @@ fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode
         uuid: &uuid,
         manual_options: &first.manual_options,
         unsubscribe: Vec::new(),
+        tracking: None,
     };
     let message = composer.compose(&mapping, &outgoing)?;
     let runtime = tokio::runtime::Runtime::new()?;

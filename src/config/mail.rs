@@ -157,3 +157,32 @@ impl DkimSettings {
         })
     }
 }
+
+/// `[tracking]`: opens, clicks and one-click unsubscribes through pegabridge's own links.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// Where pegabridge's `/t/...` routes are reached from the internet, e.g.
+    /// `https://mail.example.com`.
+    pub base_url: String,
+    /// Signs every link (HMAC-SHA256): a forged or altered link records nothing. At least 32
+    /// characters; changing it breaks the links of mail already sent.
+    pub secret: Secret,
+}
+
+impl TrackingSettings {
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match url::Url::parse(&self.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => problems.push(format!(
+                "tracking.base_url: `{}` is not an http(s) URL",
+                self.base_url
+            )),
+        }
+        if self.secret.expose().len() < 32 {
+            problems.push("tracking.secret: at least 32 characters are required".into());
+        }
+        problems
+    }
+}

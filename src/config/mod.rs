@@ -56,6 +56,9 @@ pub struct Settings {
     /// Sending the mail (`[mail]`; without it nothing is sent).
     #[serde(default)]
     pub mail: Option<mail::MailSettings>,
+    /// Tracked links, the open pixel and one-click unsubscribe (`[tracking]`).
+    #[serde(default)]
+    pub tracking: Option<mail::TrackingSettings>,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -291,6 +294,9 @@ impl Settings {
         problems.extend(self.store.problems());
         if let Some(mail) = &self.mail {
             problems.extend(mail.problems());
+        }
+        if let Some(t) = &self.tracking {
+            problems.extend(t.problems());
         }
         let mut seen = HashSet::new();
         for v in &self.variables {

@@ -9,6 +9,7 @@ pub(crate) mod extract;
 mod health;
 pub mod openapi;
 mod serve;
+mod tracking;
 mod webhooks;
 
 use crate::config::secret::Secret;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub min_free_bytes: u64,
     /// Woken when a trigger commits sends (`[mail]`), so the mail worker sends at once.
     pub mail: Option<Arc<Notify>>,
+    /// The tracked links' tokens (`[tracking]`).
+    pub tracking: Option<crate::mail::tracking::Tokens>,
 }
 
 /// A built, bound server.
@@ -154,8 +157,12 @@ impl Application {
         let mailer = match &settings.mail {
             Some(mail) => {
                 tracing::info!(relay = %format!("{}:{}", mail.host, mail.port), "sending the mail through the relay");
-                let worker =
-                    crate::mail::MailWorker::new(store.clone(), mail, loaded.mappings.clone())?;
+                let worker = crate::mail::MailWorker::new(
+                    store.clone(),
+                    mail,
+                    settings.tracking.as_ref(),
+                    loaded.mappings.clone(),
+                )?;
                 Some((worker, Arc::new(Notify::new())))
             }
             None => None,
@@ -174,10 +181,15 @@ impl Application {
             delivery: delivery.clone(),
             min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
             mail: mailer.as_ref().map(|(_, wake)| wake.clone()),
+            tracking: settings
+                .tracking
+                .as_ref()
+                .map(crate::mail::tracking::Tokens::new),
         }));
         let router = Router::new()
             .merge(webhooks::router())
             .merge(activities::router())
+            .merge(tracking::router())
             .merge(admin::router())
             .merge(health::router())
             .merge(openapi::router())

@@ -20,6 +20,9 @@ pub struct Outgoing<'a> {
     /// `List-Unsubscribe` targets (`<https://...>`, `<mailto:...>`), if any; with an `https`
     /// one, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` too (RFC 8058).
     pub unsubscribe: Vec<String>,
+    /// Tracked links and the open pixel, for this personal broadcast (broadcast id,
+    /// customer id), when `[tracking]` is on for the mapping.
+    pub tracking: Option<(&'a super::tracking::Tokens, (i64, i64))>,
 }
 
 /// Why a message could not be made.
@@ -106,7 +109,19 @@ impl Composer {
         let values = out.manual_options;
         let subject = one_line(&render_text(&mapping.file.subject, values)?.html);
         let html = render(&mapping.template_html, values)?.html;
+        // The text part keeps the original links: readable, and clicks there are not counted.
         let text = plain_text(&html);
+        let html = match out.tracking {
+            Some((tokens, ids)) => {
+                let unsubscribe = out
+                    .unsubscribe
+                    .iter()
+                    .find(|u| u.starts_with("http"))
+                    .map_or("", String::as_str);
+                super::tracking::rewrite(&html, tokens, ids, unsubscribe)
+            }
+            None => html,
+        };
         let to: Mailbox = out
             .to
             .parse()

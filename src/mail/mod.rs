@@ -3,6 +3,7 @@
 //! (`[mail]`).
 
 pub mod message;
+pub mod tracking;
 pub mod transport;
 pub mod worker;
 

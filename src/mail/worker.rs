@@ -46,15 +46,26 @@ pub struct MailWorker {
     mappings: Mappings,
     retry: RetrySettings,
     sessions: usize,
+    tokens: Option<super::tracking::Tokens>,
+    /// The address of `List-Unsubscribe`'s `mailto:` target.
+    unsubscribe_mailbox: String,
 }
 
 impl MailWorker {
     pub fn new(
         store: Storage,
         settings: &MailSettings,
+        tracking: Option<&crate::config::mail::TrackingSettings>,
         mappings: Mappings,
     ) -> anyhow::Result<Self> {
+        let mailbox: lettre::message::Mailbox = settings
+            .reply_to
+            .as_deref()
+            .unwrap_or(&settings.from)
+            .parse()?;
         Ok(Self {
+            tokens: tracking.map(super::tracking::Tokens::new),
+            unsubscribe_mailbox: mailbox.email.to_string(),
             store,
             relay: Relay::new(settings)?,
             composer: Composer::new(settings)?,
@@ -137,15 +148,35 @@ impl MailWorker {
             .ok_or_else(|| format!("the mapping `{}` is not loaded", send.mapping))?;
         let event: Map<String, Value> =
             serde_json::from_str(&send.event).map_err(|e| format!("the stored event: {e}"))?;
-        let options = match event.get("broadcast_manual_options") {
+        let mut options = match event.get("broadcast_manual_options") {
             Some(Value::Object(o)) => o.clone(),
             _ => Map::new(),
+        };
+        let ids = (send.broadcast_id, send.customer_id);
+        let mut unsubscribe = Vec::new();
+        if let Some(tokens) = &self.tokens {
+            let url = tokens.url(&super::tracking::Target::Unsubscribe {
+                broadcast_id: ids.0,
+                customer_id: ids.1,
+            });
+            // `{{$unsubscribe_url}}` in the template.
+            options.insert("unsubscribe_url".into(), Value::String(url.clone()));
+            unsubscribe.push(url);
+        }
+        unsubscribe.push(format!(
+            "mailto:{}?subject=unsubscribe",
+            self.unsubscribe_mailbox
+        ));
+        let tracking = match &self.tokens {
+            Some(tokens) if mapping.file.tracking => Some((tokens, ids)),
+            _ => None,
         };
         let outgoing = Outgoing {
             to: &send.email,
             uuid: &send.uuid,
             manual_options: &options,
-            unsubscribe: Vec::new(),
+            unsubscribe,
+            tracking,
         };
         self.composer
             .compose(&mapping, &outgoing)

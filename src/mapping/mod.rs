@@ -30,6 +30,10 @@ pub struct MappingFile {
     /// the address.
     #[serde(default)]
     pub from_name: Option<String>,
+    /// Whether pegabridge tracks opens and clicks of this mapping's mail (`[tracking]`; off
+    /// when the relay tracks them itself).
+    #[serde(default = "yes")]
+    pub tracking: bool,
     /// Campaign fields of every event.
     pub campaign_id: i64,
     pub campaign_name: String,
@@ -53,6 +57,10 @@ pub struct MappingFile {
     /// A path whose value identifies a recipient's send, so a repeated trigger is not sent
     /// twice (e.g. `InteractionID`). The `Idempotency-Key` header works for whole triggers.
     pub idempotency_key: Option<FieldPath>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Trigger authentication.

@@ -397,3 +397,109 @@ async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_n
     })
     .await;
 }
+
+#[tokio::test]
+async fn opens_clicks_and_a_one_click_unsubscribe_come_back_through_signed_links() {
+    if !smtp_tools() {
+        return;
+    }
+    crate::backend::each_backend(|| async {
+        let smtp = Smtp::start(&[]);
+        let pega = crate::pega::start_pega().await;
+        let extra = format!(
+            "{}\n[tracking]\nbase_url = \"https://mail.example\"\nsecret = \"a tracking secret of more than 32 chars\"\n\n{}",
+            mail_section(smtp.port),
+            crate::pega::pega_section(&pega, "")
+        );
+        let (app, _) = crate::server::spawn_app_with("", &extra).await;
+        let answer: Value = app.trigger_offer().await;
+        let ann = &answer["recipients"][0];
+        let mail = wait_for_mail(&smtp, 2).await;
+        let m = mail
+            .iter()
+            .map(|m| check(m))
+            .find(|m| m["headers"]["To"] == "ann@example.com")
+            .unwrap();
+        assert_eq!(m["dkim"], true);
+        let signed = m["dkim_signature"].as_str().unwrap().to_ascii_lowercase();
+        assert!(signed.contains("list-unsubscribe:list-unsubscribe-post"), "{signed}");
+        let list = m["headers"]["List-Unsubscribe"].as_str().unwrap();
+        assert_eq!(m["headers"]["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
+        assert!(list.contains("<mailto:help@mail.example?subject=unsubscribe>"), "{list}");
+        let html = m["parts"][1]["content"].as_str().unwrap();
+        // Served by this app: the routes are the same under the configured base URL.
+        let local = |url: &str| url.replace("https://mail.example", &app.address);
+        let urls: Vec<&str> = html
+            .split('"')
+            .filter(|s| s.starts_with("https://mail.example/t/"))
+            .collect();
+        let link = urls.iter().find(|u| u.contains("/t/c/")).expect("a tracked link");
+        let pixel = urls.iter().find(|u| u.contains("/t/o/")).expect("the pixel");
+        assert!(!html.contains("href=\"https://shop.example"), "{html}");
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let res = client
+            .get(local(pixel))
+            .header("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "image/gif");
+        let res = client.get(local(link)).send().await.unwrap();
+        assert_eq!(res.status(), 302);
+        assert_eq!(
+            res.headers()["location"],
+            "https://shop.example/offer?o=OFFER-1"
+        );
+        let one_click = list
+            .split(['<', '>'])
+            .find(|s| s.starts_with("https://"))
+            .unwrap();
+        let page = client.get(local(one_click)).send().await.unwrap();
+        assert!(page.text().await.unwrap().contains("<button"));
+        let res = client
+            .post(local(one_click))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // Twice: recorded once.
+        client.post(local(one_click)).send().await.unwrap();
+        // Forged: 404, nothing recorded.
+        let forged = local(link).replace("/t/c/", "/t/c/x");
+        assert_eq!(client.get(&forged).send().await.unwrap().status(), 404);
+        let as_open = local(link).replace("/t/c/", "/t/o/");
+        assert_eq!(client.get(&as_open).send().await.unwrap().status(), 404);
+
+        // 2 broadcasts, an open, a click, an unsubscribe.
+        let events = crate::pega::wait_for_events(&pega, 5).await;
+        crate::pega::settled(&app).await;
+        let events_now = pega.mock.events();
+        assert_eq!(events_now.len(), 5, "{events_now:?}");
+        let of = |metric: &str| {
+            events
+                .iter()
+                .find(|e| e["metric"] == metric)
+                .unwrap_or_else(|| panic!("no {metric}: {events:?}"))
+        };
+        for metric in ["opens", "clicks", "unsubscribes"] {
+            let e = of(metric);
+            assert_eq!(e["customer_id"], ann["customer_id"]);
+            assert_eq!(e["broadcast_manual_options"]["UniqueOfferId"], "OFFER-1");
+        }
+        assert_eq!(of("clicks")["url"], "https://shop.example/offer?o=OFFER-1");
+        assert_eq!(of("clicks")["alt"], "See your offer");
+        // Unsubscribed: not mailed again.
+        let mut again = crate::server::trigger();
+        again["Customers"][0]["InteractionID"] = serde_json::json!("11");
+        again["Customers"][1]["InteractionID"] = serde_json::json!("12");
+        let second: Value = app.post("/webhooks/offer", &again).await.json().await.unwrap();
+        assert_eq!(second["recipients"][0]["status"], "suppressed");
+    })
+    .await;
+}

@@ -1,0 +1,140 @@
+//! The tracked links of sent mail (`[tracking]`): `GET /t/c/TOKEN` records a click and
+//! redirects to the original URL, `GET /t/o/TOKEN` records an open and answers a 1x1 GIF,
+//! `POST /t/u/TOKEN` unsubscribes in one click (RFC 8058: no redirect, no login) and
+//! `GET /t/u/TOKEN` shows a page with a button that does. A token that is not ours, or
+//! altered, answers 404 and records nothing. Image proxies and link scanners are marked
+//! `machine_generated` by the same detection as `POST /activities`.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::mail::tracking::Target;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/t/c/{token}", get(click))
+        .route("/t/o/{token}", get(open))
+        .route("/t/u/{token}", get(unsubscribe_page).post(unsubscribe))
+}
+
+/// The smallest transparent GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+fn target(state: &AppState, kind: &str, token: &str) -> Result<Target, ApiError> {
+    let tokens = state
+        .tracking
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("no tracking is configured".into()))?;
+    tokens
+        .check(kind, token)
+        .ok_or_else(|| ApiError::NotFound("no such link".into()))
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(512)
+        .collect()
+}
+
+/// Records one activity as `POST /activities` would (parsed and enriched the same way).
+async fn record(state: &AppState, activity: Value) -> Result<(), ApiError> {
+    let activities = crate::activity::parse(activity).map_err(ApiError::InvalidActivity)?;
+    state
+        .store
+        .record_activities(activities)
+        .await
+        .map_err(ApiError::store)?;
+    Ok(())
+}
+
+async fn click(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Target::Click {
+        broadcast_id,
+        customer_id,
+        link_id,
+        url,
+        alt,
+    } = target(&state, "c", &token)?
+    else {
+        return Err(ApiError::NotFound("no such link".into()));
+    };
+    let activity = json!({"metric": "clicks", "broadcast_id": broadcast_id,
+        "customer_id": customer_id, "url": url, "link_id": link_id, "alt": alt,
+        "user_agent": user_agent(&headers)});
+    // The reader gets where the link goes even when the click cannot be recorded now.
+    if let Err(e) = record(&state, activity).await {
+        tracing::warn!(error = ?e, broadcast_id, customer_id, "a click could not be recorded");
+    }
+    Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+}
+
+async fn open(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Target::Open {
+        broadcast_id,
+        customer_id,
+    } = target(&state, "o", &token)?
+    else {
+        return Err(ApiError::NotFound("no such link".into()));
+    };
+    let activity = json!({"metric": "opens", "broadcast_id": broadcast_id,
+        "customer_id": customer_id, "user_agent": user_agent(&headers)});
+    if let Err(e) = record(&state, activity).await {
+        tracing::warn!(error = ?e, broadcast_id, customer_id, "an open could not be recorded");
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store, max-age=0"),
+        ],
+        PIXEL,
+    )
+        .into_response())
+}
+
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let Target::Unsubscribe {
+        broadcast_id,
+        customer_id,
+    } = target(&state, "u", &token)?
+    else {
+        return Err(ApiError::NotFound("no such link".into()));
+    };
+    // One per personal broadcast: a second POST (a client retrying) records nothing more.
+    let activity = json!({"metric": "unsubscribes", "broadcast_id": broadcast_id,
+        "customer_id": customer_id,
+        "id": format!("pegabridge-unsubscribe:{broadcast_id}-{customer_id}")});
+    record(&state, activity).await?;
+    Ok(Html("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head><body><p>You are unsubscribed. You will not receive these emails any more.</p></body></html>").into_response())
+}
+
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    target(&state, "u", &token)?;
+    Ok(Html("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head><body><form method=\"post\"><p>Stop receiving these emails?</p><button type=\"submit\">Unsubscribe</button></form></body></html>").into_response())
+}

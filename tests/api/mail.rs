@@ -503,3 +503,74 @@ async fn opens_clicks_and_a_one_click_unsubscribe_come_back_through_signed_links
     })
     .await;
 }
+
+/// The attempts of every send in the app's store.
+async fn send_attempts(app: &crate::server::TestApp) -> Vec<i64> {
+    let url = &app.store_url;
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut stmt = c.prepare("SELECT attempts FROM sends ORDER BY id").unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let rows: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM sends ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows.into_iter().map(i64::from).collect()
+    }
+}
+
+#[tokio::test]
+async fn mail_queued_while_the_relay_is_down_is_sent_once_it_is_back() {
+    if !smtp_tools() {
+        return;
+    }
+    crate::backend::each_backend(|| async {
+        // Nothing listens on the relay's port yet.
+        let port = crate::processes::free_port();
+        let pega = crate::pega::start_pega().await;
+        let extra = format!(
+            "{}\n[mail.retry]\nbase_ms = 50\nmax_delay_secs = 1\nmax_attempts = 1000\njitter = 0.0\n\n{}",
+            mail_section(port),
+            crate::pega::pega_section(&pega, "")
+        );
+        let (app, _) = crate::server::spawn_app_with("", &extra).await;
+        let answer: Value = app.trigger_offer().await;
+        assert_eq!(answer["recipients"][0]["status"], "queued");
+        // Wait until both sends were tried and refused at least twice.
+        let start = std::time::Instant::now();
+        while send_attempts(&app).await.iter().any(|a| *a < 2) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "no retries");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(pega.mock.event_count(), 0, "no broadcasts event before acceptance");
+        // The relay comes up on that port: both are sent, and reported.
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/mail/smtp_server.py"))
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let smtp = Smtp {
+            port,
+            dir,
+            child: {
+                let mut line = String::new();
+                std::io::BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                child
+            },
+        };
+        assert_eq!(wait_for_mail(&smtp, 2).await.len(), 2);
+        let events = crate::pega::wait_for_events(&pega, 2).await;
+        assert!(events.iter().all(|e| e["metric"] == "broadcasts"), "{events:?}");
+        assert_eq!(events.len(), 2);
+    })
+    .await;
+}

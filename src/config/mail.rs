@@ -40,6 +40,10 @@ pub struct MailSettings {
     /// Per SMTP command.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// How long a claimed send is reserved for its instance: after a crash, its sends are
+    /// taken up again after this long.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
     /// DKIM signing (`[mail.dkim]`).
     pub dkim: Option<DkimSettings>,
     /// When a send the relay did not take (4xx, no answer) is tried again; exhausted, it is
@@ -56,6 +60,9 @@ fn default_sessions() -> usize {
 }
 fn default_timeout() -> u64 {
     30
+}
+fn default_lease() -> u64 {
+    120
 }
 
 /// The DKIM key's algorithm.
@@ -111,6 +118,12 @@ impl MailSettings {
             || self.message_id_domain.contains(['<', '>', '@', ' '])
         {
             problems.push("mail.message_id_domain: a domain name you control is required".into());
+        }
+        if self.lease_secs <= self.timeout_secs {
+            problems.push(format!(
+                "mail.lease_secs ({}) must be longer than mail.timeout_secs ({})",
+                self.lease_secs, self.timeout_secs
+            ));
         }
         if self.max_sessions == 0 {
             problems.push("mail.max_sessions: must be at least 1".into());

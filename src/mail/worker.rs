@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// How long a claimed send is reserved for this worker.
-const LEASE_SECS: u64 = 120;
 /// Sends claimed per round for each SMTP session.
 const ROUND_PER_SESSION: usize = 8;
 
@@ -46,6 +44,7 @@ pub struct MailWorker {
     mappings: Mappings,
     retry: RetrySettings,
     sessions: usize,
+    lease_secs: u64,
     tokens: Option<super::tracking::Tokens>,
     /// The address of `List-Unsubscribe`'s `mailto:` target.
     unsubscribe_mailbox: String,
@@ -72,6 +71,7 @@ impl MailWorker {
             mappings,
             retry: settings.retry.clone(),
             sessions: settings.max_sessions.max(1),
+            lease_secs: settings.lease_secs,
         })
     }
 
@@ -79,7 +79,7 @@ impl MailWorker {
     pub async fn try_send_next(&self) -> anyhow::Result<SendStep> {
         let claimed = self
             .store
-            .claim_sends(self.sessions * ROUND_PER_SESSION, LEASE_SECS)
+            .claim_sends(self.sessions * ROUND_PER_SESSION, self.lease_secs)
             .await?;
         if claimed.is_empty() {
             return Ok(SendStep::default());

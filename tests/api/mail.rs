@@ -92,8 +92,13 @@ pub fn check(message: &Path) -> Value {
 
 /// The `[mail]` section for the server on `port`, signing with the test key.
 pub fn mail_section(port: u16) -> String {
+    mail_section_with(port, "")
+}
+
+/// [`mail_section`] with more `[mail]` keys.
+pub fn mail_section_with(port: u16, keys: &str) -> String {
     format!(
-        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\nmessage_id_domain = \"mail.example\"\n[mail.dkim]\ndomain = \"mail.example\"\nselector = \"s1\"\nkey_file = \"{}\"\n",
+        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n{keys}\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\nmessage_id_domain = \"mail.example\"\n[mail.dkim]\ndomain = \"mail.example\"\nselector = \"s1\"\nkey_file = \"{}\"\n",
         root().join("tests/mail/dkim-test.key").display()
     )
 }
@@ -573,4 +578,104 @@ async fn mail_queued_while_the_relay_is_down_is_sent_once_it_is_back() {
         assert_eq!(events.len(), 2);
     })
     .await;
+}
+
+const BULK_MAPPING: &str = r#"
+template = "offer.html"
+subject = "An offer"
+campaign_id = 1
+campaign_name = "Bulk"
+campaign_object_id = 1
+content_id = 1
+content_name = "Bulk"
+broadcast_event_type = "CAMPAIGNMAIL"
+sub_type = "CAMPAIGNMAIL"
+[auth]
+type = "bearer"
+token = "t"
+[recipient]
+each = "Customers"
+email = "Email"
+"#;
+
+/// `serve` killed with SIGKILL in the middle of a bulk send, then started again on the same
+/// database: every recipient acknowledged by the trigger's 202 is mailed at least once.
+#[tokio::test]
+async fn a_server_killed_during_a_bulk_send_mails_every_acknowledged_recipient_after_restart() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let dir = project("");
+    std::fs::write(dir.path().join("mappings/bulk.toml"), BULK_MAPPING).unwrap();
+    let port = crate::processes::free_port();
+    // A lease a little longer than the SMTP timeout: after the kill, the sends it left in
+    // flight are taken up again that much later.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://bulk.db\"\n{}",
+        mail_section_with(
+            smtp.port,
+            "timeout_secs = 2\nlease_secs = 3\nmax_sessions = 2"
+        )
+    );
+    let path = dir.path().join("pegabridge.toml");
+    std::fs::write(&path, &config).unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut serve = crate::processes::start(&path);
+    crate::processes::wait_healthy(&client, &base).await;
+    let n = 300;
+    let customers: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"Email": format!("r{i}@example.org")}))
+        .collect();
+    let answer: Value = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&serde_json::json!({"Customers": customers}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acknowledged: std::collections::HashSet<String> = answer["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "queued")
+        .map(|r| r["email_address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(acknowledged.len(), n);
+    // Killed once some mail went out.
+    wait_for_mail(&smtp, 10).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let before = smtp.messages().len();
+    assert!(
+        before < n,
+        "the kill came too late to test anything: {before}"
+    );
+    // Started again: what was in flight is taken up when its lease runs out.
+    let mut serve = crate::processes::start(&path);
+    crate::processes::wait_healthy(&client, &base).await;
+    let start = std::time::Instant::now();
+    let mailed = loop {
+        let to: std::collections::HashSet<String> = smtp
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let envelope = std::fs::read_to_string(m.with_extension("json")).ok()?;
+                let v: Value = serde_json::from_str(&envelope).ok()?;
+                v["to"][0].as_str().map(str::to_owned)
+            })
+            .collect();
+        if acknowledged.is_subset(&to) || start.elapsed() > std::time::Duration::from_secs(90) {
+            break to;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    serve.kill().unwrap();
+    let _ = serve.wait();
+    let missing: Vec<&String> = acknowledged.difference(&mailed).collect();
+    assert!(missing.is_empty(), "never mailed: {missing:?}");
 }

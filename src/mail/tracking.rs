@@ -326,4 +326,20 @@ mod tests {
         let pixel = out.find("/t/o/").unwrap();
         assert!(pixel < out.find("</body>").unwrap(), "{out}");
     }
+
+    #[test]
+    fn a_rendered_unsubscribe_link_is_left_as_it_is_and_rendered_links_are_tracked() {
+        let t = tokens();
+        let unsubscribe = "https://mail.example/t/u/abc";
+        let mut values = serde_json::Map::new();
+        values.insert("unsubscribe_url".into(), unsubscribe.into());
+        values.insert("OfferUrl".into(), "https://shop.example/o".into());
+        let template = r#"<body><a href="{{$OfferUrl}}">offer</a> <a href="{{$unsubscribe_url}}">unsubscribe</a></body>"#;
+        let html = crate::template::render::render(template, &values)
+            .unwrap()
+            .html;
+        let out = rewrite(&html, &t, (1, 2), unsubscribe);
+        assert_eq!(out.matches("/t/c/").count(), 1, "{out}");
+        assert!(out.contains("t&#x2F;u&#x2F;abc"), "{out}");
+    }
 }

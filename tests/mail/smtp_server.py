@@ -4,6 +4,8 @@ Every accepted message is written to DIR as NNNN.eml (the exact bytes received, 
 envelope in NNNN.json). It can be told to refuse, as relays do:
   --fail-first N   answer the first N messages `451 4.3.0 try again later`
   --reject ADDR    answer `550 5.1.1 no such user` for this recipient (repeatable)
+  --discard        keep nothing: print `accepted N` after every 100 messages (a sink for
+                   benchmarks)
 It prints `ready PORT` once it listens, then serves until killed.
 """
 
@@ -17,7 +19,8 @@ from aiosmtpd.controller import Controller
 
 
 class Handler:
-    def __init__(self, out, fail_first, reject):
+    def __init__(self, out, fail_first, reject, discard=False):
+        self.discard = discard
         self.out = out
         self.fail_first = fail_first
         self.reject = {r.lower() for r in reject}
@@ -34,6 +37,10 @@ class Handler:
             self.fail_first -= 1
             return "451 4.3.0 try again later"
         self.count += 1
+        if self.discard:
+            if self.count % 100 == 0:
+                print("accepted %d" % self.count, flush=True)
+            return "250 2.0.0 queued as %d" % self.count
         name = os.path.join(self.out, "%04d" % self.count)
         with open(name + ".tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
@@ -49,8 +56,9 @@ def main():
     p.add_argument("--dir", required=True)
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--reject", action="append", default=[])
+    p.add_argument("--discard", action="store_true")
     args = p.parse_args()
-    handler = Handler(args.dir, args.fail_first, args.reject)
+    handler = Handler(args.dir, args.fail_first, args.reject, args.discard)
     controller = Controller(handler, hostname="127.0.0.1", port=args.port)
     controller.start()
     print("ready %d" % args.port, flush=True)

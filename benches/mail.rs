@@ -1,0 +1,235 @@
+//! `cargo bench --bench mail`: mails/s from a committed bulk trigger to acceptance by a local
+//! SMTP sink (aiosmtpd, `tests/mail/smtp_server.py --discard`, one process on this machine),
+//! against a plain lettre client sending the same messages to the same sink with as many
+//! sessions, in the same run; then the resident size of `serve` holding 100,000 queued sends
+//! with the relay down. Target: >= 0.5 of the plain client. Needs
+//! `python3 -m pip install aiosmtpd`.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use pegabridge::config::Settings;
+use pegabridge::http::Application;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAILS: usize = 5_000;
+const SESSIONS: usize = 8;
+const QUEUED: usize = 100_000;
+
+const MAPPING: &str = "template = \"offer.html\"\nsubject = \"Your offer, {{$FirstName|default:'friend'}}\"\ncampaign_id = 1\ncampaign_name = \"Bulk\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"Bulk\"\nbroadcast_event_type = \"CAMPAIGNMAIL\"\nsub_type = \"CAMPAIGNMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\neach = \"Customers\"\nemail = \"Email\"\n[variables.FirstName]\npath = \"First\"\n";
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sink on `port`, counting what it accepted into `accepted`.
+fn sink(port: u16, accepted: Arc<AtomicUsize>) -> std::process::Child {
+    let mut child = std::process::Command::new("python3")
+        .arg(root().join("tests/mail/smtp_server.py"))
+        .args(["--port", &port.to_string(), "--dir", "/tmp", "--discard"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with aiosmtpd");
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("ready"), "{ready}");
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("accepted ") {
+                accepted.store(n.parse().unwrap_or(0), Ordering::SeqCst);
+            }
+        }
+    });
+    child
+}
+
+fn write_project(dir: &std::path::Path, smtp_port: u16, listen: &str) {
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/bulk.toml"), MAPPING).unwrap();
+    std::fs::write(
+        dir.join("pegabridge.toml"),
+        format!(
+            "[templates]\ndir = \"{}\"\n[server]\nlisten = \"{listen}\"\nmax_recipients = 200000\nbody_limit = 67108864\nmax_trigger_options_bytes = 67108864\nrequest_timeout_secs = 120\n[store]\nurl = \"sqlite://bench.db\"\n[mail]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\nfrom = \"Offers <offers@mail.example>\"\nmessage_id_domain = \"mail.example\"\nmax_sessions = {SESSIONS}\n",
+            root().join("templates").display()
+        ),
+    )
+    .unwrap();
+}
+
+fn customers(n: usize) -> Value {
+    let list: Vec<Value> = (0..n)
+        .map(|i| json!({"Email": format!("r{i}@example.org"), "First": format!("Reader {i}")}))
+        .collect();
+    json!({ "Customers": list })
+}
+
+async fn wait_for(accepted: &AtomicUsize, n: usize) {
+    let start = Instant::now();
+    // The sink reports every 100th message.
+    while accepted.load(Ordering::SeqCst) < n / 100 * 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the sink got {} of {n}",
+            accepted.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let client = reqwest::Client::new();
+
+    // pegabridge: a committed bulk trigger, to acceptance of every message.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let smtp_port = free_port();
+    let mut sink_a = sink(smtp_port, accepted.clone());
+    let dir = tempfile::tempdir().unwrap();
+    write_project(dir.path(), smtp_port, "127.0.0.1:0");
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let body = customers(MAILS);
+    let res = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let committed = Instant::now();
+    wait_for(&accepted, MAILS).await;
+    let bridged = MAILS as f64 / committed.elapsed().as_secs_f64();
+    let _ = sink_a.kill();
+
+    // Plain lettre: the same messages (rendered by pegabridge's composer), same sessions.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let smtp_port = free_port();
+    let mut sink_b = sink(smtp_port, accepted.clone());
+    let mail = pegabridge::config::mail::MailSettings {
+        port: smtp_port,
+        ..settings.mail.clone().unwrap()
+    };
+    let loaded = pegabridge::mapping::Mappings::load_configured(&settings).unwrap();
+    let mapping = loaded.mappings.get("bulk").unwrap();
+    let composer = pegabridge::mail::Composer::new(&mail).unwrap();
+    let messages: Vec<lettre::Message> = (0..MAILS)
+        .map(|i| {
+            let mut options = serde_json::Map::new();
+            options.insert("FirstName".into(), json!(format!("Reader {i}")));
+            let to = format!("r{i}@example.org");
+            let uuid = uuid::Uuid::now_v7().to_string();
+            composer
+                .compose(
+                    &mapping,
+                    &pegabridge::mail::Outgoing {
+                        to: &to,
+                        uuid: &uuid,
+                        manual_options: &options,
+                        unsubscribe: Vec::new(),
+                        tracking: None,
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(smtp_port)
+        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(SESSIONS as u32))
+        .build();
+    let transport = Arc::new(transport);
+    let queue = Arc::new(std::sync::Mutex::new(messages));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..SESSIONS {
+        let (transport, queue) = (transport.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(m) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                transport.send(m).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_for(&accepted, MAILS).await;
+    let plain = MAILS as f64 / start.elapsed().as_secs_f64();
+    let _ = sink_b.kill();
+
+    // Memory: 100,000 sends queued, the relay down.
+    let rss = queued_rss(&client).await;
+
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| mails/s, committed bulk trigger of {MAILS} to acceptance by the sink ({SESSIONS} sessions) | {bridged:.0} | |");
+    println!("| mails/s, plain lettre client, same messages, same sink and sessions | {plain:.0} | (baseline) |");
+    println!("| ratio | {:.2} | >= 0.5 |", bridged / plain);
+    println!("| resident size of serve, {QUEUED} sends queued, relay down | {rss:.1} MB | |");
+}
+
+/// `serve` as its own process with `QUEUED` sends committed and the relay refusing
+/// connections; its resident size.
+async fn queued_rss(client: &reqwest::Client) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let down = free_port();
+    let port = free_port();
+    write_project(dir.path(), down, &format!("127.0.0.1:{port}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args([
+            "--config",
+            dir.path().join("pegabridge.toml").to_str().unwrap(),
+            "serve",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&customers(QUEUED))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    // Rounds against the dead relay meanwhile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kb / 1024.0
+}

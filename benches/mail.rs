@@ -117,6 +117,7 @@ async fn main() {
     wait_for(&accepted, MAILS).await;
     let bridged = MAILS as f64 / committed.elapsed().as_secs_f64();
     let _ = sink_a.kill();
+    let _ = sink_a.wait();
 
     // Plain lettre: the same messages (rendered by pegabridge's composer), same sessions.
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -174,6 +175,7 @@ async fn main() {
     wait_for(&accepted, MAILS).await;
     let plain = MAILS as f64 / start.elapsed().as_secs_f64();
     let _ = sink_b.kill();
+    let _ = sink_b.wait();
 
     // Memory: 100,000 sends queued, the relay down.
     let rss = queued_rss(&client).await;

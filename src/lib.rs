@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod events;
 pub mod http;
 pub mod mail;
 pub mod mapping;

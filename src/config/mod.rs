@@ -59,6 +59,9 @@ pub struct Settings {
     /// Tracked links, the open pixel and one-click unsubscribe (`[tracking]`).
     #[serde(default)]
     pub tracking: Option<mail::TrackingSettings>,
+    /// Mail platforms' event webhooks (`[events.sendgrid]`, `[events.mailgun]`, ...).
+    #[serde(default)]
+    pub events: crate::events::EventsSettings,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -298,6 +301,7 @@ impl Settings {
         if let Some(t) = &self.tracking {
             problems.extend(t.problems());
         }
+        problems.extend(self.events.problems());
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

@@ -29,6 +29,7 @@ pub struct Metrics {
     breaker: IntGauge,
     pauses: IntCounter,
     deferred: IntCounter,
+    unmatched: prometheus::IntCounterVec,
 }
 
 impl Metrics {
@@ -116,9 +117,28 @@ impl Metrics {
                 "delivery_deferred_total",
                 "Events not posted in their round because the endpoint was paused or down (no attempt counted)",
             ),
+            unmatched: {
+                let c = prometheus::IntCounterVec::new(
+                    Opts::new(
+                        "events_unmatched_total",
+                        "Mail platform events acknowledged without a known pegabridge key",
+                    ),
+                    &["platform"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             latency,
             registry,
         }
+    }
+
+    /// Counts a platform's events that joined no personal broadcast.
+    pub fn unmatched(&self, platform: &str, n: usize) {
+        self.unmatched
+            .with_label_values(&[platform])
+            .inc_by(n as u64);
     }
 
     /// Shows the concurrency limiter's state.

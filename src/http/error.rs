@@ -35,6 +35,8 @@ pub enum ApiError {
     Unavailable,
     /// Another writer changed the same thing at the same time.
     Conflict(String),
+    /// A mail platform's request failed its signature check.
+    BadSignature(String),
     /// The route exists, the method does not.
     MethodNotAllowed(String),
     /// The request took longer than `[server] request_timeout_secs`.
@@ -82,6 +84,7 @@ impl IntoResponse for ApiError {
         let (status, code, message, field, fields) = match self {
             Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what, None, None),
             Self::Conflict(why) => (StatusCode::CONFLICT, "conflict", why, None, None),
+            Self::BadSignature(why) => (StatusCode::UNAUTHORIZED, "bad_signature", why, None, None),
             Self::Unauthorized { challenge } => {
                 tracing::warn!("refused: missing or wrong credentials");
                 let mut r = error_body(

@@ -5,6 +5,7 @@
 mod activities;
 mod admin;
 pub mod error;
+mod events;
 pub(crate) mod extract;
 mod health;
 pub mod openapi;
@@ -66,6 +67,17 @@ pub struct Shared {
     pub mail: Option<Arc<Notify>>,
     /// The tracked links' tokens (`[tracking]`).
     pub tracking: Option<crate::mail::tracking::Tokens>,
+    /// Mail platforms' webhooks (`[events.*]`).
+    pub events: EventsState,
+}
+
+/// What `POST /events/{platform}` checks requests with.
+pub struct EventsState {
+    pub settings: crate::events::EventsSettings,
+    /// SendGrid's verification key, parsed.
+    pub sendgrid: Option<p256::ecdsa::VerifyingKey>,
+    /// Mailgun tokens seen recently.
+    pub mailgun_tokens: crate::events::mailgun::Tokens,
 }
 
 /// A built, bound server.
@@ -185,11 +197,20 @@ impl Application {
                 .tracking
                 .as_ref()
                 .map(crate::mail::tracking::Tokens::new),
+            events: EventsState {
+                sendgrid: match &settings.events.sendgrid {
+                    Some(s) => Some(s.key().map_err(anyhow::Error::msg)?),
+                    None => None,
+                },
+                settings: settings.events.clone(),
+                mailgun_tokens: Default::default(),
+            },
         }));
         let router = Router::new()
             .merge(webhooks::router())
             .merge(activities::router())
             .merge(tracking::router())
+            .merge(events::router())
             .merge(admin::router())
             .merge(health::router())
             .merge(openapi::router())

@@ -17,6 +17,7 @@ mod operators;
 mod ops_cli;
 mod pega;
 mod placement;
+mod platforms;
 mod prepare_cli;
 mod previews;
 mod processes;

@@ -1,0 +1,199 @@
+//! Mailgun's webhooks: one event per request, `{"signature": {"timestamp", "token",
+//! "signature"}, "event-data": {...}}`, signed with HMAC-SHA256 (hex) of timestamp + token
+//! under the webhook signing key. Mailgun does not sign the body: a timestamp older than
+//! `max_age_secs` and a token seen before are refused. Sender metadata (`v:` variables) is in
+//! `event-data.user-variables`.
+
+use super::{activity, digest, Malformed, Refused, Translated};
+use crate::config::secret::Secret;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// `[events.mailgun]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub signing_key: Secret,
+    /// The oldest signature timestamp taken, in seconds.
+    #[serde(default = "default_age")]
+    pub max_age_secs: i64,
+}
+
+fn default_age() -> i64 {
+    300
+}
+
+/// Tokens seen within the age window (a replayed request is refused).
+#[derive(Debug, Default)]
+pub struct Tokens(Mutex<HashMap<String, i64>>);
+
+/// Most tokens remembered (the oldest go first when full).
+const MAX_TOKENS: usize = 100_000;
+
+impl Tokens {
+    /// Remembers `token` (seen at `timestamp`); false if it was seen before.
+    fn first_use(&self, token: &str, timestamp: i64, now: i64, max_age: i64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_TOKENS {
+            seen.retain(|_, t| now - *t <= max_age);
+        }
+        if seen.len() >= MAX_TOKENS {
+            return false;
+        }
+        seen.insert(token.to_owned(), timestamp).is_none()
+    }
+}
+
+/// The signature of `timestamp` + `token` under `key`, in hex.
+pub fn sign(key: &str, timestamp: &str, token: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether the signature is right (constant time), without the age and reuse checks.
+pub fn signature_matches(key: &str, timestamp: &str, token: &str, signature: &str) -> bool {
+    let Some(given) = hex(signature) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    mac.verify_slice(&given).is_ok()
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Verifies a request's signature block at `now` (Unix seconds).
+pub fn verify(settings: &Settings, tokens: &Tokens, body: &Value, now: i64) -> Result<(), Refused> {
+    let sig = &body["signature"];
+    let field = |k: &str| {
+        sig[k]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| sig[k].as_i64().map(|n| n.to_string()))
+            .ok_or_else(|| Refused(format!("signature.{k} is missing")))
+    };
+    let (timestamp, token, signature) = (field("timestamp")?, field("token")?, field("signature")?);
+    if !signature_matches(
+        settings.signing_key.expose(),
+        &timestamp,
+        &token,
+        &signature,
+    ) {
+        return Err(Refused("the signature does not match".into()));
+    }
+    let at: i64 = timestamp
+        .parse()
+        .map_err(|_| Refused("signature.timestamp is not Unix seconds".into()))?;
+    if (now - at).abs() > settings.max_age_secs {
+        return Err(Refused(format!(
+            "the signature's timestamp is {}s away from now (more than events.mailgun.max_age_secs)",
+            now - at
+        )));
+    }
+    if !tokens.first_use(&token, at, now, settings.max_age_secs) {
+        return Err(Refused("the signature's token was used before".into()));
+    }
+    Ok(())
+}
+
+/// The event of a request body.
+pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
+    let bad = |message: &str| Malformed {
+        index: 0,
+        message: message.to_owned(),
+    };
+    let e = body
+        .get("event-data")
+        .ok_or_else(|| bad("`event-data` is missing"))?;
+    let kind = e["event"]
+        .as_str()
+        .ok_or_else(|| bad("`event` is missing"))?;
+    let timestamp = e["timestamp"]
+        .as_f64()
+        .ok_or_else(|| bad("`timestamp` must be Unix seconds"))? as i64;
+    let id = e["id"].as_str().map_or_else(|| digest(e), str::to_owned);
+    let key = e["user-variables"]["pegabridge"]
+        .as_str()
+        .map(str::to_owned);
+    let ua = e["client-info"]["user-agent"].clone();
+    let status = &e["delivery-status"];
+    let activity = match kind {
+        "opened" => Some(activity(&[
+            ("metric", json!("opens")),
+            ("timestamp", json!(timestamp)),
+            ("user_agent", ua),
+        ])),
+        "clicked" => {
+            let url = e["url"]
+                .as_str()
+                .ok_or_else(|| bad("a click needs `url`"))?;
+            Some(activity(&[
+                ("metric", json!("clicks")),
+                ("timestamp", json!(timestamp)),
+                ("url", json!(url)),
+                ("user_agent", ua),
+            ]))
+        }
+        "failed" => {
+            let hard = e["severity"].as_str() == Some("permanent");
+            let message = status["message"]
+                .as_str()
+                .filter(|m| !m.is_empty())
+                .or_else(|| status["description"].as_str())
+                .unwrap_or("");
+            let code = enhanced(message).unwrap_or_else(|| {
+                status["code"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            });
+            Some(activity(&[
+                ("metric", json!("bounces")),
+                ("timestamp", json!(timestamp)),
+                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
+                ("bounce_code", json!(code)),
+                ("bounce_reason", json!(message.lines().next().unwrap_or(""))),
+            ]))
+        }
+        "complained" => Some(activity(&[
+            ("metric", json!("complaints")),
+            ("timestamp", json!(timestamp)),
+        ])),
+        "unsubscribed" => Some(activity(&[
+            ("metric", json!("unsubscribes")),
+            ("timestamp", json!(timestamp)),
+        ])),
+        _ => None,
+    };
+    Ok(vec![Translated { id, key, activity }])
+}
+
+/// The enhanced status code (`5.1.1`) at the start of an SMTP answer's text.
+fn enhanced(text: &str) -> Option<String> {
+    let first = text.split_whitespace().next()?;
+    let parts: Vec<&str> = first.split('.').collect();
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+    .then(|| first.to_owned())
+}

@@ -1,0 +1,111 @@
+//! Events from mail platforms (`POST /events/{platform}`): each platform's request verified as
+//! it specifies, its events translated to the seed's metrics, joined to their personal
+//! broadcast through the `pegabridge` metadata key (`"{broadcast_id}-{customer_id}"`), and
+//! recorded as activities, all or nothing per request. A resent event (the platform's retry)
+//! is a no-op: its activity id is the platform's event id (or a digest of the event).
+//!
+//! Supported so far: SendGrid, Mailgun, Postmark.
+
+pub mod mailgun;
+pub mod postmark;
+pub mod sendgrid;
+
+use crate::config::secret::Secret;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// `[events.*]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    pub sendgrid: Option<sendgrid::Settings>,
+    pub mailgun: Option<mailgun::Settings>,
+    pub postmark: Option<BasicSettings>,
+}
+
+/// Basic auth in the webhook URL (platforms that do not sign).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicSettings {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl EventsSettings {
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(s) = &self.sendgrid {
+            if let Err(e) = s.key() {
+                problems.push(e);
+            }
+        }
+        if let Some(m) = &self.mailgun {
+            if m.signing_key.expose().is_empty() {
+                problems.push("events.mailgun.signing_key: required".into());
+            }
+        }
+        if let Some(p) = &self.postmark {
+            if p.password.expose().len() < 12 {
+                problems.push("events.postmark.password: at least 12 characters".into());
+            }
+        }
+        problems
+    }
+}
+
+/// A request that fails its platform's check: 401, nothing recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// A malformed event: 400 naming it (`index` in the request), nothing recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("event {index}: {message}")]
+pub struct Malformed {
+    pub index: usize,
+    pub message: String,
+}
+
+/// One platform event, translated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    /// The platform's id of the event (or a digest of it).
+    pub id: String,
+    /// The `pegabridge` metadata value, if the event carries one.
+    pub key: Option<String>,
+    /// The activity (`POST /activities` shape, without `broadcast_id`, `customer_id`, `id`);
+    /// `None` for an event the seed has no metric for (processed, delivered, deferred).
+    pub activity: Option<Map<String, Value>>,
+}
+
+/// `(broadcast_id, customer_id)` of a `pegabridge` key.
+pub fn join(key: &str) -> Option<(i64, i64)> {
+    let (b, c) = key.trim().split_once('-')?;
+    Some((b.parse().ok()?, c.parse().ok()?))
+}
+
+/// A digest of an event without an id of its own.
+pub fn digest(event: &Value) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(event.to_string().as_bytes());
+    hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// An activity object from `(key, value)` pairs, leaving out nulls.
+pub fn activity(fields: &[(&str, Value)]) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_join_key_names_a_broadcast_and_a_customer() {
+        assert_eq!(super::join("12-345"), Some((12, 345)));
+        assert_eq!(super::join("12"), None);
+        assert_eq!(super::join("a-b"), None);
+    }
+}

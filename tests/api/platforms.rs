@@ -1,0 +1,349 @@
+//! Mail platforms' event webhooks (`POST /events/{platform}`): the platforms' own signature
+//! vectors, their real payloads (copied into `tests/esp/` with their licenses), translated and
+//! joined to a stored personal broadcast, arriving at the Pega receiver with its manual
+//! options; tampered, replayed and unauthenticated requests refused with nothing stored;
+//! resent batches recorded once.
+
+use crate::backend::each_backend;
+use crate::helpers::root;
+use crate::pega::{pega_section, settled, start_pega, wait_for_events, Pega};
+use crate::server::{spawn_app_with, TestApp};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey;
+use pegabridge::events::{mailgun, sendgrid};
+use serde_json::{json, Value};
+
+fn fixture(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("tests/esp").join(path)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn sendgrids_official_vectors_verify_and_altered_ones_do_not() {
+    let v = fixture("sendgrid/derived/vectors.json");
+    let key = |b64: &str| {
+        sendgrid::Settings {
+            public_key: b64.to_owned(),
+        }
+        .key()
+        .unwrap()
+    };
+    for name in ["single", "multi"] {
+        let case = &v[name];
+        let body = std::fs::read(
+            root()
+                .join("tests/esp/sendgrid/derived")
+                .join(case["body_file"].as_str().unwrap()),
+        )
+        .unwrap();
+        let k = key(case["public_key_b64_spki_der"].as_str().unwrap());
+        let sig = case["header_X-Twilio-Email-Event-Webhook-Signature"]
+            .as_str()
+            .unwrap();
+        let ts = case["header_X-Twilio-Email-Event-Webhook-Timestamp"]
+            .as_str()
+            .unwrap();
+        assert!(sendgrid::verify_parts(&k, sig, ts, &body).is_ok(), "{name}");
+        assert!(
+            sendgrid::verify_parts(&k, sig, ts, &body[..body.len() - 2]).is_err(),
+            "{name}: without the trailing CRLF"
+        );
+        assert!(sendgrid::verify_parts(&k, sig, "timestamp", &body).is_err());
+        let other = key(v["negative"]["wrong_public_key_b64"].as_str().unwrap());
+        assert!(sendgrid::verify_parts(&other, sig, ts, &body).is_err());
+        let wrong = v["negative"]["wrong_signature_b64"].as_str().unwrap();
+        assert!(sendgrid::verify_parts(&k, wrong, ts, &body).is_err());
+    }
+}
+
+#[test]
+fn mailguns_signature_vectors_verify_and_the_bad_one_does_not() {
+    let v = fixture("mailgun/derived/signature_vectors.json");
+    for (name, case) in v.as_object().unwrap() {
+        let Some(expect) = case["expect"]
+            .as_str()
+            .filter(|e| *e == "valid" || *e == "invalid")
+        else {
+            continue;
+        };
+        let s = |k: &str| case[k].as_str().unwrap();
+        let ok = mailgun::signature_matches(
+            s("signing_key"),
+            s("timestamp"),
+            s("token"),
+            s("signature"),
+        );
+        assert_eq!(ok, expect == "valid", "{name}");
+    }
+}
+
+/// This test's SendGrid key (SendGrid keeps its private keys; these sign what the tests send).
+fn sendgrid_key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32].into()).unwrap()
+}
+
+fn sendgrid_public() -> String {
+    let der = sendgrid_key().verifying_key().to_public_key_der().unwrap();
+    STANDARD.encode(der.as_bytes())
+}
+
+const MAILGUN_KEY: &str = "key-test-0p6mqbf74lb20gzq9f4dhpn9rg3zyk26";
+
+/// A server delivering to a stand-in, taking events from the three platforms.
+async fn app() -> (TestApp, Pega) {
+    let pega = start_pega().await;
+    let extra = format!(
+        "[events.sendgrid]\npublic_key = \"{}\"\n[events.mailgun]\nsigning_key = \"{MAILGUN_KEY}\"\n[events.postmark]\nusername = \"postmark\"\npassword = \"a-long-hook-password\"\n\n{}",
+        sendgrid_public(),
+        pega_section(&pega, "")
+    );
+    let (app, _) = spawn_app_with("", &extra).await;
+    (app, pega)
+}
+
+/// Ann's personal broadcast: its `pegabridge` key and the broadcast's uuid.
+async fn ann(app: &TestApp) -> (String, Value) {
+    let answer: Value = app.trigger_offer().await;
+    let r = &answer["recipients"][0];
+    (
+        format!("{}-{}", answer["broadcast_id"], r["customer_id"]),
+        answer,
+    )
+}
+
+async fn post_sendgrid(app: &TestApp, body: &[u8], tamper: bool) -> reqwest::Response {
+    let ts = pegabridge::event::now().to_string();
+    let mut signed = ts.clone().into_bytes();
+    signed.extend_from_slice(body);
+    let sig: Signature = sendgrid_key().sign(&signed);
+    let mut body = body.to_vec();
+    if tamper {
+        body[10] ^= 1;
+    }
+    reqwest::Client::new()
+        .post(format!("{}/events/sendgrid", app.address))
+        .header("content-type", "application/json")
+        .header(sendgrid::TIMESTAMP, ts)
+        .header(
+            sendgrid::SIGNATURE,
+            STANDARD.encode(sig.to_der().as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn sendgrid_event(name: &str, key: &str) -> Value {
+    let mut e = fixture(&format!(
+        "sendgrid/anymail/extracted/SendGridDeliveryTestCase.test_{name}.raw_events.json"
+    ))["payload"][0]
+        .clone();
+    e["pegabridge"] = json!(key);
+    e
+}
+
+#[tokio::test]
+async fn sendgrid_events_are_verified_translated_joined_and_recorded_once() {
+    each_backend(|| async {
+        let (app, pega) = app().await;
+        let (key, answer) = ann(&app).await;
+        let mut unsubscribe = sendgrid_event("open_event", &key);
+        unsubscribe["event"] = json!("group_unsubscribe");
+        unsubscribe["sg_event_id"] = json!("unsub-1");
+        let mut unmatched = sendgrid_event("open_event", "999999-1");
+        unmatched["sg_event_id"] = json!("nobody-1");
+        let batch = json!([
+            sendgrid_event("open_event", &key),
+            sendgrid_event("click_event", &key),
+            sendgrid_event("bounce_event", &key),
+            sendgrid_event("delivered_event", &key),
+            sendgrid_event("dropped_bounced", &key),
+            unsubscribe,
+            unmatched,
+        ]);
+        let body = serde_json::to_vec(&batch).unwrap();
+        // Tampered: refused, nothing recorded.
+        let res = post_sendgrid(&app, &body, true).await;
+        assert_eq!(res.status(), 401);
+        let res = post_sendgrid(&app, &body, false).await;
+        assert_eq!(res.status(), 200);
+        let counts: Value = res.json().await.unwrap();
+        assert_eq!(
+            counts,
+            json!({"recorded": 4, "duplicates": 0, "ignored": 2, "unmatched": 1})
+        );
+        // Resent by SendGrid: no duplicate at Pega.
+        let again: Value = post_sendgrid(&app, &body, false)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["duplicates"], 4);
+        // 2 broadcasts + open, click, bounce, unsubscribe.
+        let events = wait_for_events(&pega, 6).await;
+        settled(&app).await;
+        assert_eq!(pega.mock.events().len(), 6);
+        let ann_id = &answer["recipients"][0]["customer_id"];
+        let of = |m: &str| {
+            events
+                .iter()
+                .find(|e| e["metric"] == m)
+                .unwrap_or_else(|| panic!("{m}"))
+        };
+        for m in ["opens", "clicks", "bounces", "unsubscribes"] {
+            assert_eq!(of(m)["customer_id"], *ann_id);
+            assert_eq!(
+                of(m)["broadcast_manual_options"]["UniqueOfferId"],
+                "OFFER-1"
+            );
+        }
+        assert_eq!(of("opens")["metric_timestamp"], 1461095250);
+        assert!(of("opens")["user_agent"]
+            .as_str()
+            .unwrap()
+            .contains("Firefox"));
+        assert_eq!(
+            of("clicks")["url"],
+            sendgrid_event("click_event", "")["url"]
+        );
+        assert_eq!(of("bounces")["bounce_type"], "hard");
+        assert_eq!(of("bounces")["bounce_code"], "5.1.1");
+        // The unmatched event came twice (the batch was resent).
+        let metrics = app.metrics().await;
+        assert!(
+            metrics.contains("pegabridge_events_unmatched_total{platform=\"sendgrid\"} 2"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sendgrids_official_signed_body_is_accepted_and_unmatched() {
+    let v = fixture("sendgrid/derived/vectors.json");
+    let pega = start_pega().await;
+    let extra = format!(
+        "[events.sendgrid]\npublic_key = \"{}\"\n\n{}",
+        v["single"]["public_key_b64_spki_der"].as_str().unwrap(),
+        pega_section(&pega, "")
+    );
+    let (app, _) = spawn_app_with("", &extra).await;
+    let body = std::fs::read(root().join("tests/esp/sendgrid/derived/single_body.bin")).unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("{}/events/sendgrid", app.address))
+        .header(
+            sendgrid::SIGNATURE,
+            v["single"]["header_X-Twilio-Email-Event-Webhook-Signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .header(
+            sendgrid::TIMESTAMP,
+            v["single"]["header_X-Twilio-Email-Event-Webhook-Timestamp"]
+                .as_str()
+                .unwrap(),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // A `dropped` event: acknowledged, nothing forwarded.
+    let counts: Value = res.json().await.unwrap();
+    assert_eq!(counts["ignored"], 1);
+}
+
+fn mailgun_request(event: &str, key: &str, timestamp: i64, token: &str) -> Value {
+    let mut body = fixture(&format!(
+        "mailgun/anymail/extracted/MailgunTestCase.test_{event}.raw_event.json"
+    ))["payload"]
+        .clone();
+    body["event-data"]["user-variables"] = json!({"pegabridge": key});
+    let ts = timestamp.to_string();
+    body["signature"] = json!({"timestamp": ts, "token": token,
+        "signature": mailgun::sign(MAILGUN_KEY, &ts, token)});
+    body
+}
+
+#[tokio::test]
+async fn mailgun_events_are_verified_by_signature_age_and_token_and_translated() {
+    each_backend(|| async {
+        let (app, pega) = app().await;
+        let (key, _) = ann(&app).await;
+        let post = |body: Value| {
+            let url = format!("{}/events/mailgun", app.address);
+            async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let now = pegabridge::event::now();
+        let bounce = mailgun_request("failed_permanent_event", &key, now, "token-1");
+        assert_eq!(post(bounce.clone()).await.status(), 200);
+        // The same token again (a replayed request): refused.
+        assert_eq!(post(bounce).await.status(), 401);
+        let old = mailgun_request("opened_event", &key, now - 3600, "token-2");
+        assert_eq!(post(old).await.status(), 401);
+        let mut wrong = mailgun_request("opened_event", &key, now, "token-3");
+        wrong["signature"]["signature"] =
+            json!(mailgun::sign("another-key", &now.to_string(), "token-3"));
+        assert_eq!(post(wrong).await.status(), 401);
+        let open = mailgun_request("opened_event", &key, now, "token-4");
+        assert_eq!(post(open).await.status(), 200);
+        let events = wait_for_events(&pega, 4).await;
+        settled(&app).await;
+        assert_eq!(
+            pega.mock.events().len(),
+            4,
+            "2 broadcasts, a bounce, an open"
+        );
+        let bounce = events.iter().find(|e| e["metric"] == "bounces").unwrap();
+        assert_eq!(bounce["bounce_type"], "hard");
+        assert_eq!(bounce["bounce_code"], "5.1.1");
+        assert_eq!(bounce["metric_timestamp"], 1534110422);
+        assert!(events.iter().any(|e| e["metric"] == "opens"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postmark_events_need_the_hooks_basic_auth() {
+    each_backend(|| async {
+        let (app, pega) = app().await;
+        let (key, _) = ann(&app).await;
+        let mut open = fixture(
+            "postmark/anymail/extracted/PostmarkDeliveryTestCase.test_open_event.raw_event.json",
+        )["payload"]
+            .clone();
+        open["Metadata"] = json!({"pegabridge": key});
+        let url = format!("{}/events/postmark", app.address);
+        let client = reqwest::Client::new();
+        let res = client
+            .post(&url)
+            .basic_auth("postmark", Some("wrong"))
+            .json(&open)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let res = client
+            .post(&url)
+            .basic_auth("postmark", Some("a-long-hook-password"))
+            .json(&open)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let events = wait_for_events(&pega, 3).await;
+        assert!(events.iter().any(|e| e["metric"] == "opens"), "{events:?}");
+    })
+    .await;
+}

@@ -72,7 +72,7 @@ pub fn signature_matches(key: &str, timestamp: &str, token: &str, signature: &st
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -145,6 +145,7 @@ async fn main() {
                         manual_options: &options,
                         unsubscribe: Vec::new(),
                         tracking: None,
+                        join_key: None,
                     },
                 )
                 .unwrap()

@@ -348,6 +348,7 @@ fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode
         manual_options: &first.manual_options,
         unsubscribe: Vec::new(),
         tracking: None,
+        join_key: None,
     };
     let message = composer.compose(&mapping, &outgoing)?;
     let runtime = tokio::runtime::Runtime::new()?;

@@ -46,6 +46,10 @@ pub struct MailSettings {
     pub lease_secs: u64,
     /// DKIM signing (`[mail.dkim]`).
     pub dkim: Option<DkimSettings>,
+    /// The platform behind the relay, if any (see [`Platform`]).
+    pub platform: Option<Platform>,
+    /// Amazon SES: the configuration set whose event destination posts to pegabridge.
+    pub ses_configuration_set: Option<String>,
     /// When a send the relay did not take (4xx, no answer) is tried again; exhausted, it is
     /// a soft bounce (`[mail.retry]`, the same keys as `[pega.retry]`).
     #[serde(default)]
@@ -63,6 +67,19 @@ fn default_timeout() -> u64 {
 }
 fn default_lease() -> u64 {
     120
+}
+
+/// The mail platform whose SMTP relay `[mail]` is: its metadata header then carries the
+/// `pegabridge` key, so the platform's events join back to the personal broadcast.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Sendgrid,
+    Mailgun,
+    Postmark,
+    Ses,
+    Sparkpost,
+    Mandrill,
 }
 
 /// The DKIM key's algorithm.

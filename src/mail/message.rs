@@ -23,6 +23,9 @@ pub struct Outgoing<'a> {
     /// Tracked links and the open pixel, for this personal broadcast (broadcast id,
     /// customer id), when `[tracking]` is on for the mapping.
     pub tracking: Option<(&'a super::tracking::Tokens, (i64, i64))>,
+    /// The `pegabridge` key (`"{broadcast_id}-{customer_id}"`) for the platform's metadata
+    /// header (`[mail] platform`).
+    pub join_key: Option<String>,
 }
 
 /// Why a message could not be made.
@@ -38,6 +41,8 @@ pub enum ComposeError {
 
 /// Makes the messages of `[mail]`.
 pub struct Composer {
+    platform: Option<crate::config::mail::Platform>,
+    ses_configuration_set: Option<String>,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     domain: String,
@@ -95,6 +100,8 @@ impl Composer {
             }
         };
         Ok(Self {
+            platform: settings.platform,
+            ses_configuration_set: settings.ses_configuration_set.clone(),
             from,
             reply_to,
             domain: settings.message_id_domain.clone(),
@@ -163,12 +170,50 @@ impl Composer {
         let mut message = builder
             .multipart(body)
             .map_err(|e| ComposeError::Build(e.to_string()))?;
+        if let (Some(platform), Some(key)) = (self.platform, &out.join_key) {
+            for (name, value) in platform_headers(platform, key, self.ses_configuration_set.as_deref()) {
+                message.headers_mut().insert_raw(HeaderValue::new(
+                    HeaderName::new_from_ascii(name).map_err(|e| ComposeError::Build(e.to_string()))?,
+                    value,
+                ));
+            }
+        }
         if let Some((all, without_unsubscribe)) = &self.dkim {
             // Both List-Unsubscribe headers when there is an https target; else none.
             let one_click = out.unsubscribe.iter().any(|u| u.starts_with("https://"));
             message.sign(if one_click { all } else { without_unsubscribe });
         }
         Ok(message)
+    }
+}
+
+/// The headers that carry the `pegabridge` key through `platform`'s relay to its events.
+pub fn platform_headers(
+    platform: crate::config::mail::Platform,
+    key: &str,
+    ses_configuration_set: Option<&str>,
+) -> Vec<(String, String)> {
+    use crate::config::mail::Platform;
+    let meta = serde_json::json!({ "pegabridge": key }).to_string();
+    match platform {
+        Platform::Sendgrid => vec![(
+            "X-SMTPAPI".into(),
+            serde_json::json!({"unique_args": {"pegabridge": key}}).to_string(),
+        )],
+        Platform::Mailgun => vec![("X-Mailgun-Variables".into(), meta)],
+        Platform::Postmark => vec![("X-PM-Metadata-pegabridge".into(), key.into())],
+        Platform::Ses => {
+            let mut h = vec![("X-SES-MESSAGE-TAGS".into(), format!("pegabridge={key}"))];
+            if let Some(set) = ses_configuration_set {
+                h.push(("X-SES-CONFIGURATION-SET".into(), set.into()));
+            }
+            h
+        }
+        Platform::Sparkpost => vec![(
+            "X-MSYS-API".into(),
+            serde_json::json!({"metadata": {"pegabridge": key}}).to_string(),
+        )],
+        Platform::Mandrill => vec![("X-MC-Metadata".into(), meta)],
     }
 }
 

@@ -177,6 +177,7 @@ impl MailWorker {
             manual_options: &options,
             unsubscribe,
             tracking,
+            join_key: Some(format!("{}-{}", ids.0, ids.1)),
         };
         self.composer
             .compose(&mapping, &outgoing)

@@ -679,3 +679,38 @@ async fn a_server_killed_during_a_bulk_send_mails_every_acknowledged_recipient_a
     let missing: Vec<&String> = acknowledged.difference(&mailed).collect();
     assert!(missing.is_empty(), "never mailed: {missing:?}");
 }
+
+#[tokio::test]
+async fn through_a_platforms_relay_the_metadata_header_carries_the_pegabridge_key() {
+    if !smtp_tools() {
+        return;
+    }
+    for (platform, header, expect) in [
+        ("mailgun", "X-Mailgun-Variables", "{\"pegabridge\":\"KEY\"}"),
+        ("sendgrid", "X-SMTPAPI", "{\"unique_args\":{\"pegabridge\":\"KEY\"}}"),
+        ("postmark", "X-PM-Metadata-pegabridge", "KEY"),
+        ("ses", "X-SES-MESSAGE-TAGS", "pegabridge=KEY"),
+    ] {
+        let smtp = Smtp::start(&[]);
+        let pega = crate::pega::start_pega().await;
+        let extra = format!(
+            "{}\n{}",
+            mail_section_with(smtp.port, &format!("platform = \"{platform}\"")),
+            crate::pega::pega_section(&pega, "")
+        );
+        let (app, _) = crate::server::spawn_app_with("", &extra).await;
+        let answer: Value = app.trigger_offer().await;
+        let key = format!(
+            "{}-{}",
+            answer["broadcast_id"], answer["recipients"][0]["customer_id"]
+        );
+        let mail = wait_for_mail(&smtp, 2).await;
+        let m = mail
+            .iter()
+            .map(|m| check(m))
+            .find(|m| m["headers"]["To"] == "ann@example.com")
+            .unwrap();
+        assert_eq!(m["headers"][header], expect.replace("KEY", &key), "{platform}");
+        assert_eq!(m["dkim"], true, "{platform}");
+    }
+}

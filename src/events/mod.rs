@@ -4,11 +4,13 @@
 //! recorded as activities, all or nothing per request. A resent event (the platform's retry)
 //! is a no-op: its activity id is the platform's event id (or a digest of the event).
 //!
-//! Supported so far: SendGrid, Mailgun, Postmark.
+//! Supported so far: SendGrid, Mailgun, Postmark, SparkPost, Mandrill (not yet Amazon SES).
 
 pub mod mailgun;
+pub mod mandrill;
 pub mod postmark;
 pub mod sendgrid;
+pub mod sparkpost;
 
 use crate::config::secret::Secret;
 use serde::Deserialize;
@@ -21,6 +23,8 @@ pub struct EventsSettings {
     pub sendgrid: Option<sendgrid::Settings>,
     pub mailgun: Option<mailgun::Settings>,
     pub postmark: Option<BasicSettings>,
+    pub sparkpost: Option<BasicSettings>,
+    pub mandrill: Option<mandrill::Settings>,
 }
 
 /// Basic auth in the webhook URL (platforms that do not sign).
@@ -44,9 +48,17 @@ impl EventsSettings {
                 problems.push("events.mailgun.signing_key: required".into());
             }
         }
-        if let Some(p) = &self.postmark {
-            if p.password.expose().len() < 12 {
-                problems.push("events.postmark.password: at least 12 characters".into());
+        for (name, basic) in [("postmark", &self.postmark), ("sparkpost", &self.sparkpost)] {
+            if basic
+                .as_ref()
+                .is_some_and(|b| b.password.expose().len() < 12)
+            {
+                problems.push(format!("events.{name}.password: at least 12 characters"));
+            }
+        }
+        if let Some(m) = &self.mandrill {
+            if url::Url::parse(&m.url).is_err() {
+                problems.push(format!("events.mandrill.url: `{}` is not a URL", m.url));
             }
         }
         problems

@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/events/{platform}", post(receive))
+    // Mandrill checks the URL with an unsigned HEAD first.
+    Router::new().route("/events/{platform}", post(receive).head(head))
 }
 
 fn malformed(m: Malformed) -> ApiError {
@@ -29,6 +30,14 @@ fn malformed(m: Malformed) -> ApiError {
 fn parse(body: &[u8]) -> Result<Value, ApiError> {
     // Whatever the Content-Type (SNS, for one, says text/plain).
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("not JSON: {e}")))
+}
+
+async fn head(Path(platform): Path<String>) -> axum::http::StatusCode {
+    if platform == "mandrill" {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::NOT_FOUND
+    }
 }
 
 async fn receive(
@@ -79,6 +88,30 @@ async fn receive(
                 });
             }
             events::postmark::translate(&parse(&body)?).map_err(malformed)?
+        }
+        "sparkpost" => {
+            let basic = state
+                .events
+                .settings
+                .sparkpost
+                .as_ref()
+                .ok_or_else(not_configured)?;
+            if !super::extract::basic_matches(&headers, &basic.username, &basic.password) {
+                return Err(ApiError::Unauthorized {
+                    challenge: "Basic realm=\"pegabridge\"",
+                });
+            }
+            events::sparkpost::translate(&parse(&body)?).map_err(malformed)?
+        }
+        "mandrill" => {
+            let settings = state
+                .events
+                .settings
+                .mandrill
+                .as_ref()
+                .ok_or_else(not_configured)?;
+            let fields = events::mandrill::verify(settings, &headers, &body).map_err(refused)?;
+            events::mandrill::translate(&fields).map_err(malformed)?
         }
         _ => return Err(ApiError::NotFound(format!("no platform `{platform}`"))),
     };

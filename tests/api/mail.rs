@@ -687,7 +687,11 @@ async fn through_a_platforms_relay_the_metadata_header_carries_the_pegabridge_ke
     }
     for (platform, header, expect) in [
         ("mailgun", "X-Mailgun-Variables", "{\"pegabridge\":\"KEY\"}"),
-        ("sendgrid", "X-SMTPAPI", "{\"unique_args\":{\"pegabridge\":\"KEY\"}}"),
+        (
+            "sendgrid",
+            "X-SMTPAPI",
+            "{\"unique_args\":{\"pegabridge\":\"KEY\"}}",
+        ),
         ("postmark", "X-PM-Metadata-pegabridge", "KEY"),
         ("ses", "X-SES-MESSAGE-TAGS", "pegabridge=KEY"),
     ] {
@@ -710,7 +714,11 @@ async fn through_a_platforms_relay_the_metadata_header_carries_the_pegabridge_ke
             .map(|m| check(m))
             .find(|m| m["headers"]["To"] == "ann@example.com")
             .unwrap();
-        assert_eq!(m["headers"][header], expect.replace("KEY", &key), "{platform}");
+        assert_eq!(
+            m["headers"][header],
+            expect.replace("KEY", &key),
+            "{platform}"
+        );
         assert_eq!(m["dkim"], true, "{platform}");
     }
 }

@@ -347,3 +347,101 @@ async fn postmark_events_need_the_hooks_basic_auth() {
     })
     .await;
 }
+
+#[test]
+fn mandrills_signature_vectors_reproduce() {
+    use pegabridge::events::mandrill;
+    let v = fixture("mandrill/derived/signature_vectors.json");
+    let click_body =
+        std::fs::read(root().join("tests/esp/mandrill/derived/click_body.form")).unwrap();
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&click_body).unwrap();
+    let c = &v["click"];
+    assert_eq!(
+        mandrill::sign(
+            c["key"].as_str().unwrap(),
+            c["url"].as_str().unwrap(),
+            &fields
+        ),
+        c["X-Mandrill-Signature"]
+    );
+    for name in ["url_check_empty_batch", "query_string_url"] {
+        let case = &v[name];
+        let fields: Vec<(String, String)> = case["params"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect();
+        let sig = mandrill::sign(
+            case["key"].as_str().unwrap(),
+            case["url"].as_str().unwrap(),
+            &fields,
+        );
+        assert_eq!(sig, case["X-Mandrill-Signature"], "{name}");
+        let slash = format!("{}/", case["url"].as_str().unwrap());
+        assert_ne!(
+            mandrill::sign(case["key"].as_str().unwrap(), &slash, &fields),
+            sig
+        );
+    }
+}
+
+#[tokio::test]
+async fn mandrill_and_sparkpost_events_are_verified_and_translated() {
+    use pegabridge::events::mandrill;
+    each_backend(|| async {
+        let pega = start_pega().await;
+        let extra = format!(
+            "[events.mandrill]\nkey = \"mandrill-key\"\nurl = \"https://hooks.example/events/mandrill\"\n[events.sparkpost]\nusername = \"sparkpost\"\npassword = \"another-long-password\"\n\n{}",
+            pega_section(&pega, "")
+        );
+        let (app, _) = spawn_app_with("", &extra).await;
+        let (key, _) = ann(&app).await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/events/mandrill", app.address);
+        assert_eq!(client.head(&url).send().await.unwrap().status(), 200);
+        let post = |fields: Vec<(String, String)>, sign_with: &'static str| {
+            let sig = mandrill::sign(sign_with, "https://hooks.example/events/mandrill", &fields);
+            let body = serde_urlencoded::to_string(&fields).unwrap();
+            let req = client
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header(mandrill::SIGNATURE, sig)
+                .body(body);
+            async move { req.send().await.unwrap() }
+        };
+        // Mandrill's test POST.
+        let test = vec![("mandrill_events".to_owned(), "[]".to_owned())];
+        assert_eq!(post(test, "test-webhook").await.status(), 200);
+        let mut bounce = fixture("mandrill/anymail/extracted/MandrillTrackingTestCase.test_hard_bounce_event.raw_events.json")["payload"].clone();
+        bounce[0]["msg"]["metadata"] = json!({"pegabridge": key});
+        let fields = vec![("mandrill_events".to_owned(), bounce.to_string())];
+        assert_eq!(post(fields.clone(), "test-webhook").await.status(), 401, "events need the real key");
+        assert_eq!(post(fields.clone(), "wrong-key").await.status(), 401);
+        assert_eq!(post(fields, "mandrill-key").await.status(), 200);
+
+        let mut sp = fixture("sparkpost/anymail/extracted/SparkPostDeliveryTestCase.test_open_event.raw_events.json")["payload"].clone();
+        for batch in sp.as_array_mut().unwrap() {
+            if let Some(e) = batch["msys"].as_object_mut().and_then(|m| m.values_mut().next()) {
+                e["rcpt_meta"] = json!({"pegabridge": key});
+            }
+        }
+        let sp_url = format!("{}/events/sparkpost", app.address);
+        let res = client.post(&sp_url).json(&sp).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        let res = client
+            .post(&sp_url)
+            .basic_auth("sparkpost", Some("another-long-password"))
+            .json(&sp)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let events = wait_for_events(&pega, 4).await;
+        let bounce = events.iter().find(|e| e["metric"] == "bounces").unwrap_or_else(|| panic!("{events:?}"));
+        assert_eq!(bounce["bounce_type"], "hard");
+        assert_eq!(bounce["bounce_code"], "5.1.1");
+        assert!(events.iter().any(|e| e["metric"] == "opens"), "{events:?}");
+    })
+    .await;
+}

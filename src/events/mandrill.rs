@@ -1,0 +1,169 @@
+//! Mandrill's webhooks: a form POST whose `mandrill_events` field is a JSON array, signed in
+//! `X-Mandrill-Signature` with base64(HMAC-SHA1(key, URL + every POST field sorted by name,
+//! name then value)) over the exact URL Mandrill was given. Mandrill first checks the URL
+//! with an unsigned `HEAD` and a test POST of `mandrill_events=[]` signed with the key
+//! `test-webhook`. Sender metadata is `msg.metadata`.
+
+use super::{activity, digest, Malformed, Refused, Translated};
+use crate::config::secret::Secret;
+use axum::http::HeaderMap;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha1::Sha1;
+
+/// `[events.mandrill]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub key: Secret,
+    /// The exact URL Mandrill posts to (a trailing slash matters).
+    pub url: String,
+}
+
+pub const SIGNATURE: &str = "X-Mandrill-Signature";
+
+/// The key of Mandrill's test POST.
+const TEST_KEY: &str = "test-webhook";
+
+/// The signature of `fields` posted to `url` under `key`.
+pub fn sign(key: &str, url: &str, fields: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = fields.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn matches(key: &str, url: &str, fields: &[(String, String)], given: &str) -> bool {
+    let expected = sign(key, url, fields);
+    subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), given.trim().as_bytes()).into()
+}
+
+/// The request's fields, if verified: signed with the configured key, or Mandrill's test
+/// POST (no events, signed with `test-webhook`).
+pub fn verify(
+    settings: &Settings,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, Refused> {
+    let given = headers
+        .get(SIGNATURE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Refused(format!("{SIGNATURE} is missing")))?;
+    let fields: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| Refused("the body is not a form".into()))?;
+    if matches(settings.key.expose(), &settings.url, &fields, given) {
+        return Ok(fields);
+    }
+    let empty = fields
+        .iter()
+        .all(|(k, v)| k != "mandrill_events" || v.trim() == "[]");
+    if empty && matches(TEST_KEY, &settings.url, &fields, given) {
+        return Ok(fields);
+    }
+    Err(Refused("the signature does not match".into()))
+}
+
+/// The events of the verified fields.
+pub fn translate(fields: &[(String, String)]) -> Result<Vec<Translated>, Malformed> {
+    let raw = fields
+        .iter()
+        .find(|(k, _)| k == "mandrill_events")
+        .map(|(_, v)| v.as_str())
+        .ok_or(Malformed {
+            index: 0,
+            message: "`mandrill_events` is missing".into(),
+        })?;
+    let events: Value = serde_json::from_str(raw).map_err(|e| Malformed {
+        index: 0,
+        message: format!("`mandrill_events` is not JSON: {e}"),
+    })?;
+    let events = events.as_array().ok_or(Malformed {
+        index: 0,
+        message: "`mandrill_events` must be an array".into(),
+    })?;
+    events.iter().enumerate().map(|(i, e)| one(i, e)).collect()
+}
+
+fn one(index: usize, e: &Value) -> Result<Translated, Malformed> {
+    let bad = |message: &str| Malformed {
+        index,
+        message: message.to_owned(),
+    };
+    let kind = e["event"]
+        .as_str()
+        .ok_or_else(|| bad("`event` is missing"))?;
+    let timestamp = e["ts"]
+        .as_i64()
+        .ok_or_else(|| bad("`ts` must be Unix seconds"))?;
+    // `_id` is the message's: with the event and its time it names the event.
+    let id = match e["_id"].as_str() {
+        Some(msg) => format!("{msg}:{kind}:{timestamp}"),
+        None => digest(e),
+    };
+    let msg = &e["msg"];
+    let key = msg["metadata"]["pegabridge"].as_str().map(str::to_owned);
+    let ua = e["user_agent"].clone();
+    let activity = match kind {
+        "open" => Some(activity(&[
+            ("metric", json!("opens")),
+            ("timestamp", json!(timestamp)),
+            ("user_agent", ua),
+        ])),
+        "click" => {
+            let url = e["url"]
+                .as_str()
+                .ok_or_else(|| bad("a click needs `url`"))?;
+            Some(activity(&[
+                ("metric", json!("clicks")),
+                ("timestamp", json!(timestamp)),
+                ("url", json!(url)),
+                ("user_agent", ua),
+            ]))
+        }
+        "hard_bounce" | "soft_bounce" => {
+            let diag = msg["diag"].as_str().unwrap_or("");
+            let text = diag.trim_start_matches("smtp;");
+            let code = text
+                .split_whitespace()
+                .find(|w| {
+                    w.split('.').count() == 3
+                        && w.split('.')
+                            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                })
+                .map(str::to_owned)
+                .unwrap_or_default();
+            Some(activity(&[
+                ("metric", json!("bounces")),
+                ("timestamp", json!(timestamp)),
+                (
+                    "bounce_type",
+                    json!(if kind == "hard_bounce" {
+                        "hard"
+                    } else {
+                        "soft"
+                    }),
+                ),
+                ("bounce_code", json!(code)),
+                ("bounce_reason", json!(text)),
+            ]))
+        }
+        "spam" => Some(activity(&[
+            ("metric", json!("complaints")),
+            ("timestamp", json!(timestamp)),
+        ])),
+        "unsub" => Some(activity(&[
+            ("metric", json!("unsubscribes")),
+            ("timestamp", json!(timestamp)),
+        ])),
+        _ => None,
+    };
+    Ok(Translated { id, key, activity })
+}

@@ -283,6 +283,13 @@ impl Settings {
         settings.source = file.clone();
         let base = settings.base_dir.clone();
         settings.pega.tls.resolve(&base);
+        if let Some(ses) = &mut settings.events.ses {
+            if let Some(f) = &mut ses.certificate_file {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
+            }
+        }
         if let Some(mail) = &mut settings.mail {
             mail.resolve(&base);
         }

@@ -4,13 +4,19 @@
 //! recorded as activities, all or nothing per request. A resent event (the platform's retry)
 //! is a no-op: its activity id is the platform's event id (or a digest of the event).
 //!
-//! Supported so far: SendGrid, Mailgun, Postmark, SparkPost, Mandrill (not yet Amazon SES).
+//! Platforms: SendGrid, Mailgun, Postmark, Amazon SES (through SNS), SparkPost, Mandrill.
 
 pub mod mailgun;
 pub mod mandrill;
 pub mod postmark;
 pub mod sendgrid;
+pub mod ses;
 pub mod sparkpost;
+
+/// Unix seconds of an RFC 3339 time (`2019-11-05T16:33:54.907Z`, or with an offset).
+pub fn unix_time(text: &str) -> Option<i64> {
+    postmark::time_of(text)
+}
 
 use crate::config::secret::Secret;
 use serde::Deserialize;
@@ -25,6 +31,7 @@ pub struct EventsSettings {
     pub postmark: Option<BasicSettings>,
     pub sparkpost: Option<BasicSettings>,
     pub mandrill: Option<mandrill::Settings>,
+    pub ses: Option<ses::Settings>,
 }
 
 /// Basic auth in the webhook URL (platforms that do not sign).
@@ -54,6 +61,23 @@ impl EventsSettings {
                 .is_some_and(|b| b.password.expose().len() < 12)
             {
                 problems.push(format!("events.{name}.password: at least 12 characters"));
+            }
+        }
+        if let Some(s) = &self.ses {
+            if s.topics.is_empty() {
+                problems.push("events.ses.topics: name the SNS topics to accept".into());
+            }
+            if let Some(f) = &s.certificate_file {
+                match std::fs::read_to_string(f) {
+                    Ok(pem) => {
+                        if let Err(e) = ses::certificate_key(&pem) {
+                            problems.push(format!("events.ses.certificate_file: {e}"));
+                        }
+                    }
+                    Err(e) => {
+                        problems.push(format!("events.ses.certificate_file: {}: {e}", f.display()))
+                    }
+                }
             }
         }
         if let Some(m) = &self.mandrill {

@@ -4,13 +4,10 @@
 use super::{activity, digest, Malformed, Translated};
 use serde_json::{json, Value};
 
-/// Unix seconds of an RFC 3339 time.
-fn unix(text: &str) -> Option<i64> {
-    let t = time_of(text)?;
-    Some(t)
-}
+use super::unix_time as unix;
 
-fn time_of(text: &str) -> Option<i64> {
+/// Unix seconds of an RFC 3339 time.
+pub(super) fn time_of(text: &str) -> Option<i64> {
     // 2019-11-05T16:33:54.9070259Z or with an offset: seconds are enough.
     let (date, rest) = text.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());

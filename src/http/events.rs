@@ -103,6 +103,35 @@ async fn receive(
             }
             events::sparkpost::translate(&parse(&body)?).map_err(malformed)?
         }
+        "ses" => {
+            let settings = state
+                .events
+                .settings
+                .ses
+                .as_ref()
+                .ok_or_else(not_configured)?;
+            let m = parse(&body)?;
+            events::ses::topic_allowed(settings, &m).map_err(refused)?;
+            let key = state
+                .events
+                .sns_certificates
+                .key(settings, &m)
+                .await
+                .map_err(refused)?;
+            events::ses::verify_signature(&m, &key).map_err(refused)?;
+            match m["Type"].as_str() {
+                Some("SubscriptionConfirmation") => {
+                    events::ses::confirm(&m).await.map_err(refused)?;
+                    tracing::info!(
+                        topic = m["TopicArn"].as_str().unwrap_or(""),
+                        "SNS subscription confirmed"
+                    );
+                    return Ok(Json(json!({"confirmed": true})));
+                }
+                Some("Notification") => events::ses::translate(&m).map_err(malformed)?,
+                _ => Vec::new(),
+            }
+        }
         "mandrill" => {
             let settings = state
                 .events

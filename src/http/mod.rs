@@ -78,6 +78,8 @@ pub struct EventsState {
     pub sendgrid: Option<p256::ecdsa::VerifyingKey>,
     /// Mailgun tokens seen recently.
     pub mailgun_tokens: crate::events::mailgun::Tokens,
+    /// SNS signing certificates fetched.
+    pub sns_certificates: crate::events::ses::Certificates,
 }
 
 /// A built, bound server.
@@ -204,6 +206,7 @@ impl Application {
                 },
                 settings: settings.events.clone(),
                 mailgun_tokens: Default::default(),
+                sns_certificates: Default::default(),
             },
         }));
         let router = Router::new()

@@ -445,3 +445,100 @@ async fn mandrill_and_sparkpost_events_are_verified_and_translated() {
     })
     .await;
 }
+
+#[test]
+fn the_official_sns_messages_verify_with_their_pinned_certificate_and_altered_ones_do_not() {
+    use pegabridge::events::ses;
+    let pem = std::fs::read_to_string(
+        root().join("tests/esp/amazon_ses/derived/sns_cert_7ff5318490ec183fbaddaa2a969abfda.pem"),
+    )
+    .unwrap();
+    let key = ses::certificate_key(&pem).unwrap();
+    let messages = fixture("amazon_ses/derived/sns_signed_notifications.json");
+    let mut versions = std::collections::HashSet::new();
+    for m in messages.as_array().unwrap() {
+        assert!(ses::verify_signature(m, &key).is_ok(), "{}", m["MessageId"]);
+        versions.insert(m["SignatureVersion"].as_str().unwrap().to_owned());
+        let mut altered = m.clone();
+        altered["Message"] = json!("Hello world!");
+        assert!(ses::verify_signature(&altered, &key).is_err());
+    }
+    assert_eq!(versions.len(), 2, "versions 1 and 2");
+}
+
+/// An SNS notification carrying `event`, signed with this test's key (the certificate
+/// `tests/esp/amazon_ses/test-signing-cert.pem` holds its public half).
+fn sns_notification(event: &Value, topic: &str, cert_url: &str) -> Value {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let mut m = json!({
+        "Type": "Notification",
+        "MessageId": uuid::Uuid::new_v4().to_string(),
+        "TopicArn": topic,
+        "Message": event.to_string(),
+        "Timestamp": "2026-12-02T10:00:00.000Z",
+        "SignatureVersion": "2",
+        "SigningCertURL": cert_url,
+    });
+    let text = pegabridge::events::ses::canonical(&m).unwrap();
+    let pem = std::fs::read_to_string(root().join("tests/mail/dkim-test.key")).unwrap();
+    let key = rsa::RsaPrivateKey::from_pkcs1_pem(&pem).unwrap();
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+    m["Signature"] = json!(STANDARD.encode(signer.sign(text.as_bytes()).to_bytes()));
+    m
+}
+
+#[tokio::test]
+async fn ses_events_arrive_through_sns_from_allowed_topics_only() {
+    each_backend(|| async {
+        let pega = start_pega().await;
+        let topic = "arn:aws:sns:eu-west-1:123456789012:ses-events";
+        let extra = format!(
+            "[events.ses]\ntopics = [\"{topic}\"]\ncertificate_file = \"{}\"\n\n{}",
+            root()
+                .join("tests/esp/amazon_ses/test-signing-cert.pem")
+                .display(),
+            pega_section(&pega, "")
+        );
+        let (app, _) = spawn_app_with("", &extra).await;
+        let (key, _) = ann(&app).await;
+        let cert_url = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem";
+        let mut bounce = fixture("amazon_ses/derived/ses_event_Bounce.json");
+        bounce["mail"]["tags"] = json!({"pegabridge": [key]});
+        let url = format!("{}/events/ses", app.address);
+        let post = |m: Value| {
+            let req = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "text/plain; charset=UTF-8")
+                .body(m.to_string());
+            async move { req.send().await.unwrap() }
+        };
+        let other_topic = sns_notification(
+            &bounce,
+            "arn:aws:sns:eu-west-1:123456789012:other",
+            cert_url,
+        );
+        assert_eq!(post(other_topic).await.status(), 401);
+        let elsewhere = sns_notification(&bounce, topic, "https://evil.example/cert.pem");
+        assert_eq!(post(elsewhere).await.status(), 401);
+        let mut altered = sns_notification(&bounce, topic, cert_url);
+        altered["Message"] = json!(altered["Message"]
+            .as_str()
+            .unwrap()
+            .replace("5.1.1", "5.1.2"));
+        assert_eq!(post(altered).await.status(), 401);
+        let good = sns_notification(&bounce, topic, cert_url);
+        assert_eq!(post(good.clone()).await.status(), 200);
+        // Resent by SNS: once at Pega.
+        let again: Value = post(good).await.json().await.unwrap();
+        assert_eq!(again["duplicates"], 1);
+        let events = wait_for_events(&pega, 3).await;
+        settled(&app).await;
+        assert_eq!(pega.mock.events().len(), 3);
+        let b = events.iter().find(|e| e["metric"] == "bounces").unwrap();
+        assert_eq!(b["bounce_type"], "hard");
+        assert_eq!(b["bounce_code"], "5.1.1");
+        assert_eq!(b["metric_timestamp"], 1501893662);
+    })
+    .await;
+}

@@ -1,0 +1,291 @@
+//! Amazon SES events through SNS: SNS posts JSON (as `text/plain`) signed with RSA, signature
+//! version 1 (SHA-1) or 2 (SHA-256), over its canonical fields; the signing certificate is
+//! pinned (`certificate_file`) or fetched, only from `https://sns.<region>.amazonaws.com/...pem`.
+//! Only the configured topics are taken, and a `SubscriptionConfirmation` is confirmed for
+//! those only. The SES event is a JSON string in `Message`; sender metadata is the message
+//! tag `pegabridge` (`mail.tags`).
+
+use super::{activity, Malformed, Refused, Translated};
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::RsaPublicKey;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use x509_cert::der::{DecodePem, Encode};
+
+/// `[events.ses]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Only these SNS topics are accepted.
+    pub topics: Vec<String>,
+    /// Pin the signing certificate (PEM) instead of fetching it.
+    pub certificate_file: Option<PathBuf>,
+}
+
+/// The RSA key of a signing certificate (PEM).
+pub fn certificate_key(pem: &str) -> Result<RsaPublicKey, String> {
+    let cert = x509_cert::Certificate::from_pem(pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    RsaPublicKey::from_public_key_der(&spki).map_err(|e| format!("not an RSA key: {e}"))
+}
+
+/// Whether `url` is an SNS endpoint of AWS (`https://sns.<region>.amazonaws.com/...`).
+pub fn aws_sns_url(url: &str, path_suffix: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or("");
+    let region_ok = host
+        .strip_prefix("sns.")
+        .and_then(|h| {
+            h.strip_suffix(".amazonaws.com")
+                .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+        })
+        .is_some_and(|r| {
+            !r.is_empty()
+                && r.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    u.scheme() == "https" && u.port().is_none() && region_ok && u.path().ends_with(path_suffix)
+}
+
+/// The canonical string SNS signs.
+pub fn canonical(m: &Value) -> Option<String> {
+    let kind = m["Type"].as_str()?;
+    let keys: &[&str] = match kind {
+        "Notification" => &[
+            "Message",
+            "MessageId",
+            "Subject",
+            "Timestamp",
+            "TopicArn",
+            "Type",
+        ],
+        "SubscriptionConfirmation" | "UnsubscribeConfirmation" => &[
+            "Message",
+            "MessageId",
+            "SubscribeURL",
+            "Timestamp",
+            "Token",
+            "TopicArn",
+            "Type",
+        ],
+        _ => return None,
+    };
+    let mut out = String::new();
+    for k in keys {
+        match m[*k].as_str() {
+            Some(v) => {
+                out.push_str(k);
+                out.push('\n');
+                out.push_str(v);
+                out.push('\n');
+            }
+            // Only Subject may be absent.
+            None if *k == "Subject" => {}
+            None => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Verifies an SNS message's signature with `key`.
+pub fn verify_signature(m: &Value, key: &RsaPublicKey) -> Result<(), Refused> {
+    let text = canonical(m).ok_or_else(|| Refused("not a complete SNS message".into()))?;
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(m["Signature"].as_str().unwrap_or(""))
+        .map_err(|_| Refused("the signature is not base64".into()))?;
+    let sig =
+        Signature::try_from(sig.as_slice()).map_err(|_| Refused("not an RSA signature".into()))?;
+    let ok = match m["SignatureVersion"].as_str() {
+        Some("1") => VerifyingKey::<sha1::Sha1>::new(key.clone()).verify(text.as_bytes(), &sig),
+        Some("2") => VerifyingKey::<sha2::Sha256>::new(key.clone()).verify(text.as_bytes(), &sig),
+        _ => return Err(Refused("unknown SignatureVersion".into())),
+    };
+    ok.map_err(|_| Refused("the signature does not match".into()))
+}
+
+/// Signing certificates fetched, by URL (bounded).
+#[derive(Debug, Default)]
+pub struct Certificates(Mutex<HashMap<String, RsaPublicKey>>);
+
+impl Certificates {
+    /// The key to check `m` with: the pinned one, or the certificate at its
+    /// `SigningCertURL` (an AWS SNS URL only), fetched once.
+    pub async fn key(&self, settings: &Settings, m: &Value) -> Result<RsaPublicKey, Refused> {
+        let url = m["SigningCertURL"].as_str().unwrap_or("");
+        if !aws_sns_url(url, ".pem") {
+            return Err(Refused(format!(
+                "SigningCertURL `{url}` is not an AWS SNS certificate"
+            )));
+        }
+        if let Some(file) = &settings.certificate_file {
+            let pem = std::fs::read_to_string(file)
+                .map_err(|e| Refused(format!("events.ses.certificate_file: {e}")))?;
+            return certificate_key(&pem).map_err(Refused);
+        }
+        if let Some(k) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
+            return Ok(k.clone());
+        }
+        let pem = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Refused(e.to_string()))?
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| Refused(format!("fetching the signing certificate: {e}")))?
+            .text()
+            .await
+            .map_err(|e| Refused(e.to_string()))?;
+        let key = certificate_key(&pem).map_err(Refused)?;
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(url.to_owned(), key.clone());
+        Ok(key)
+    }
+}
+
+/// Whether `m`'s topic is configured.
+pub fn topic_allowed(settings: &Settings, m: &Value) -> Result<(), Refused> {
+    let topic = m["TopicArn"].as_str().unwrap_or("");
+    if settings.topics.iter().any(|t| t == topic) {
+        Ok(())
+    } else {
+        Err(Refused(format!(
+            "topic `{topic}` is not in events.ses.topics"
+        )))
+    }
+}
+
+/// Confirms a subscription (a GET of its `SubscribeURL`, an AWS SNS URL only).
+pub async fn confirm(m: &Value) -> Result<(), Refused> {
+    let url = m["SubscribeURL"].as_str().unwrap_or("");
+    if !aws_sns_url(url, "/") {
+        return Err(Refused(format!(
+            "SubscribeURL `{url}` is not an AWS SNS URL"
+        )));
+    }
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Refused(e.to_string()))?
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| Refused(format!("confirming the subscription: {e}")))?;
+    Ok(())
+}
+
+/// The SES event of a verified notification.
+pub fn translate(m: &Value) -> Result<Vec<Translated>, Malformed> {
+    let bad = |message: String| Malformed { index: 0, message };
+    let text = m["Message"]
+        .as_str()
+        .ok_or_else(|| bad("`Message` is missing".into()))?;
+    let e: Value = serde_json::from_str(text)
+        .map_err(|err| bad(format!("`Message` is not an SES event: {err}")))?;
+    let kind = e["eventType"]
+        .as_str()
+        .or(e["notificationType"].as_str())
+        .ok_or_else(|| bad("`eventType` is missing".into()))?;
+    let id = m["MessageId"].as_str().unwrap_or("").to_owned();
+    let key = e["mail"]["tags"]["pegabridge"][0]
+        .as_str()
+        .map(str::to_owned);
+    let at = |v: &Value| {
+        v.as_str()
+            .and_then(super::unix_time)
+            .map(Value::from)
+            .unwrap_or(Value::Null)
+    };
+    let activity = match kind {
+        "Open" => Some(activity(&[
+            ("metric", json!("opens")),
+            ("timestamp", at(&e["open"]["timestamp"])),
+            ("user_agent", e["open"]["userAgent"].clone()),
+        ])),
+        "Click" => {
+            let url = e["click"]["link"]
+                .as_str()
+                .ok_or_else(|| bad("a click needs `click.link`".into()))?;
+            Some(activity(&[
+                ("metric", json!("clicks")),
+                ("timestamp", at(&e["click"]["timestamp"])),
+                ("url", json!(url)),
+                ("user_agent", e["click"]["userAgent"].clone()),
+            ]))
+        }
+        "Bounce" => {
+            let b = &e["bounce"];
+            let hard = b["bounceType"].as_str() == Some("Permanent");
+            let r = &b["bouncedRecipients"][0];
+            Some(activity(&[
+                ("metric", json!("bounces")),
+                ("timestamp", at(&b["timestamp"])),
+                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
+                ("bounce_code", r["status"].clone()),
+                ("bounce_reason", r["diagnosticCode"].clone()),
+            ]))
+        }
+        "Complaint" => Some(activity(&[
+            ("metric", json!("complaints")),
+            ("timestamp", at(&e["complaint"]["timestamp"])),
+        ])),
+        "Subscription" => Some(activity(&[
+            ("metric", json!("unsubscribes")),
+            ("timestamp", at(&e["subscription"]["timestamp"])),
+        ])),
+        _ => None,
+    };
+    Ok(vec![Translated { id, key, activity }])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_aws_sns_hosts_are_trusted() {
+        use super::aws_sns_url;
+        assert!(aws_sns_url(
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            ".pem"
+        ));
+        assert!(!aws_sns_url(
+            "http://sns.eu-west-1.amazonaws.com/x.pem",
+            ".pem"
+        ));
+        assert!(!aws_sns_url(
+            "https://sns.eu-west-1.amazonaws.com.evil.example/x.pem",
+            ".pem"
+        ));
+        assert!(!aws_sns_url(
+            "https://evil.example/sns.eu-west-1.amazonaws.com/x.pem",
+            ".pem"
+        ));
+        assert!(!aws_sns_url(
+            "https://sns.eu-west-1.amazonaws.com:8443/x.pem",
+            ".pem"
+        ));
+        assert!(!aws_sns_url(
+            "https://sns.eu-west-1.amazonaws.com/x.txt",
+            ".pem"
+        ));
+    }
+}

@@ -1,0 +1,161 @@
+//! `cargo bench --bench events`: events/s through `POST /events/sendgrid` in signed batches of
+//! 100 (verified, translated, joined, recorded, delivered), from request to arrival at an
+//! in-process receiver, against `POST /activities` with the same events (batches of 100) in
+//! the same run. Target: >= 0.8 of the activities path.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::receiver;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey;
+use pegabridge::config::Settings;
+use pegabridge::http::Application;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const BATCHES: usize = 200;
+const PER_BATCH: usize = 100;
+const IN_FLIGHT: usize = 8;
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32].into()).unwrap()
+}
+
+async fn server(pega_url: &str) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::copy(
+        root.join("mappings/offer.toml"),
+        dir.path().join("mappings/offer.toml"),
+    )
+    .unwrap();
+    let public = STANDARD.encode(
+        key()
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes(),
+    );
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        format!(
+            "[templates]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{pega_url}/in\"\nbatch_size = 16\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n[events.sendgrid]\npublic_key = \"{public}\"\n",
+            root.join("templates").display()
+        ),
+    )
+    .unwrap();
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    (base, dir)
+}
+
+async fn wait_for(pega: &pegabridge::mock::MockPega, n: usize) {
+    let start = Instant::now();
+    while pega.event_count() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "events did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Posts every body, `IN_FLIGHT` at a time; events/s until `pega` holds `before + n`.
+async fn run(
+    pega: &pegabridge::mock::MockPega,
+    requests: Vec<reqwest::RequestBuilder>,
+    n: usize,
+) -> f64 {
+    use futures::StreamExt;
+    let before = pega.event_count();
+    let start = Instant::now();
+    futures::stream::iter(requests)
+        .map(|r| async move {
+            let res = r.send().await.unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<()>>()
+        .await;
+    wait_for(pega, before + n).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let (pega, pega_url) = receiver().await;
+    let (base, _dir) = server(&pega_url).await;
+    let client = reqwest::Client::new();
+    let answer: Value = client
+        .post(format!("{base}/webhooks/offer"))
+        .bearer_auth("change-me")
+        .json(&json!({"Offer": {"UniqueOfferId": "OFFER-1"},
+            "Customers": [{"Email": "ann@example.com", "CustomerID": "1", "InteractionID": "1"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (b, c) = (
+        answer["broadcast_id"].as_i64().unwrap(),
+        answer["recipients"][0]["customer_id"].as_i64().unwrap(),
+    );
+    wait_for(&pega, 1).await;
+    let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36";
+    let n = BATCHES * PER_BATCH;
+    let mut platform = Vec::new();
+    let mut activities = Vec::new();
+    for i in 0..BATCHES {
+        let events: Vec<Value> = (0..PER_BATCH)
+            .map(|j| json!({"event": "open", "email": "ann@example.com", "timestamp": 1_700_000_000,
+                "sg_event_id": format!("ev-{i}-{j}"), "useragent": ua, "pegabridge": format!("{b}-{c}")}))
+            .collect();
+        let body = serde_json::to_vec(&events).unwrap();
+        let ts = "1700000000";
+        let mut signed = ts.as_bytes().to_vec();
+        signed.extend_from_slice(&body);
+        let sig: Signature = key().sign(&signed);
+        platform.push(
+            client
+                .post(format!("{base}/events/sendgrid"))
+                .header(pegabridge::events::sendgrid::TIMESTAMP, ts)
+                .header(
+                    pegabridge::events::sendgrid::SIGNATURE,
+                    STANDARD.encode(sig.to_der().as_bytes()),
+                )
+                .body(body),
+        );
+        let same: Vec<Value> = (0..PER_BATCH)
+            .map(|j| {
+                json!({"id": format!("act-{i}-{j}"), "metric": "opens", "broadcast_id": b,
+                "customer_id": c, "timestamp": 1_700_000_000, "user_agent": ua})
+            })
+            .collect();
+        activities.push(
+            client
+                .post(format!("{base}/activities"))
+                .bearer_auth("a")
+                .json(&same),
+        );
+    }
+    let through_platform = run(&pega, platform, n).await;
+    let through_activities = run(&pega, activities, n).await;
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| events/s, POST /events/sendgrid, signed batches of {PER_BATCH} ({IN_FLIGHT} in flight) | {through_platform:.0} | |");
+    println!("| events/s, POST /activities, the same events in batches of {PER_BATCH} | {through_activities:.0} | (baseline) |");
+    println!(
+        "| ratio | {:.2} | >= 0.8 |",
+        through_platform / through_activities
+    );
+}

@@ -127,9 +127,13 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
     let kind = e["event"]
         .as_str()
         .ok_or_else(|| bad("`event` is missing"))?;
-    let timestamp = e["timestamp"]
-        .as_f64()
-        .ok_or_else(|| bad("`timestamp` must be Unix seconds"))? as i64;
+    // Unix seconds (a float); an event without one is stamped when it is received.
+    let timestamp = match &e["timestamp"] {
+        Value::Null => Value::Null,
+        t => json!(t
+            .as_f64()
+            .ok_or_else(|| bad("`timestamp` must be Unix seconds"))? as i64),
+    };
     let id = e["id"].as_str().map_or_else(|| digest(e), str::to_owned);
     let key = e["user-variables"]["pegabridge"]
         .as_str()
@@ -139,7 +143,7 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
     let activity = match kind {
         "opened" => Some(activity(&[
             ("metric", json!("opens")),
-            ("timestamp", json!(timestamp)),
+            ("timestamp", timestamp.clone()),
             ("user_agent", ua),
         ])),
         "clicked" => {
@@ -148,7 +152,7 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
                 .ok_or_else(|| bad("a click needs `url`"))?;
             Some(activity(&[
                 ("metric", json!("clicks")),
-                ("timestamp", json!(timestamp)),
+                ("timestamp", timestamp.clone()),
                 ("url", json!(url)),
                 ("user_agent", ua),
             ]))
@@ -168,7 +172,7 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
             });
             Some(activity(&[
                 ("metric", json!("bounces")),
-                ("timestamp", json!(timestamp)),
+                ("timestamp", timestamp.clone()),
                 ("bounce_type", json!(if hard { "hard" } else { "soft" })),
                 ("bounce_code", json!(code)),
                 ("bounce_reason", json!(message.lines().next().unwrap_or(""))),
@@ -176,11 +180,11 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
         }
         "complained" => Some(activity(&[
             ("metric", json!("complaints")),
-            ("timestamp", json!(timestamp)),
+            ("timestamp", timestamp.clone()),
         ])),
         "unsubscribed" => Some(activity(&[
             ("metric", json!("unsubscribes")),
-            ("timestamp", json!(timestamp)),
+            ("timestamp", timestamp.clone()),
         ])),
         _ => None,
     };

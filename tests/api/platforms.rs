@@ -542,3 +542,127 @@ async fn ses_events_arrive_through_sns_from_allowed_topics_only() {
     })
     .await;
 }
+
+/// Every event of the shared fixtures, translated: the metric each becomes (`None`: not
+/// forwarded), and the fields that must come through.
+#[test]
+fn every_fixture_event_translates_to_its_metric() {
+    use pegabridge::events::{mailgun, mandrill, postmark, sendgrid, ses, sparkpost, Translated};
+    let dir = root().join("tests/esp");
+    let read = |p: &str| -> Value { fixture(p)["payload"].clone() };
+    let metric = |t: &Translated| {
+        t.activity
+            .as_ref()
+            .map(|a| a["metric"].as_str().unwrap().to_owned())
+    };
+    let cases: Vec<(&str, &str, Option<&str>)> = vec![
+        ("sendgrid", "bounce_event", Some("bounces")),
+        ("sendgrid", "click_event", Some("clicks")),
+        ("sendgrid", "compatibility_message_id_from_smtp_id", None),
+        ("sendgrid", "deferred_event", None),
+        ("sendgrid", "delivered_event", None),
+        ("sendgrid", "dropped_bounced", None),
+        ("sendgrid", "dropped_invalid_event", None),
+        ("sendgrid", "dropped_unsubscribed_event", None),
+        ("sendgrid", "open_event", Some("opens")),
+        ("sendgrid", "processed_event", None),
+        ("mailgun", "clicked_event", Some("clicks")),
+        ("mailgun", "complained_event", Some("complaints")),
+        ("mailgun", "delivered_event", None),
+        ("mailgun", "delivery_status_is_none_event", None),
+        ("mailgun", "failed_greylisted_event", Some("bounces")),
+        ("mailgun", "failed_permanent_event", Some("bounces")),
+        ("mailgun", "failed_temporary_event", Some("bounces")),
+        ("mailgun", "opened_event", Some("opens")),
+        ("mailgun", "rejected_event", None),
+        ("mailgun", "unsubscribed_event", Some("unsubscribes")),
+        ("postmark", "bounce_event", Some("bounces")),
+        (
+            "postmark",
+            "bounce_unsubscribe_variant",
+            Some("unsubscribes"),
+        ),
+        ("postmark", "click_event", Some("clicks")),
+        ("postmark", "delivered_event", None),
+        ("postmark", "open_event", Some("opens")),
+        ("postmark", "resubscribe", None),
+        ("postmark", "spam_event", Some("complaints")),
+        ("postmark", "subscription_change_bounce", None),
+        ("postmark", "unsubscribe", Some("unsubscribes")),
+        ("sparkpost", "bounce_event", Some("bounces")),
+        ("sparkpost", "click_event", Some("clicks")),
+        ("sparkpost", "delay_event", None),
+        ("sparkpost", "delivery_event", None),
+        ("sparkpost", "injection_event", None),
+        ("sparkpost", "open_event", Some("opens")),
+        ("sparkpost", "initial_open_event_as_opened", Some("opens")),
+        ("sparkpost", "unsubscribe_event", Some("unsubscribes")),
+        ("mandrill", "click_event", Some("clicks")),
+        ("mandrill", "hard_bounce_event", Some("bounces")),
+        ("mandrill", "send_event", None),
+        ("ses", "bounce_event", Some("bounces")),
+        ("ses", "click_event", Some("clicks")),
+        ("ses", "complaint_event", Some("complaints")),
+        ("ses", "delivery_event", None),
+        ("ses", "open_event", Some("opens")),
+        ("ses", "reject_event", None),
+        ("ses", "rendering_failure_event", None),
+        ("ses", "send_event", None),
+    ];
+    let file = |platform: &str, name: &str| -> String {
+        let folder = if platform == "ses" {
+            "amazon_ses"
+        } else {
+            platform
+        };
+        let entries = std::fs::read_dir(dir.join(folder).join("anymail/extracted")).unwrap();
+        let found = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|f| {
+                !f.contains("Legacy")
+                    && f.split('.').nth(1) == Some(&format!("test_{name}"))
+                    && !f.ends_with(".metadata.json")
+            })
+            .unwrap_or_else(|| panic!("{platform} {name}"));
+        format!("{folder}/anymail/extracted/{found}")
+    };
+    for (platform, name, expect) in cases {
+        let payload = read(&file(platform, name));
+        let translated = match platform {
+            "sendgrid" => sendgrid::translate(&payload),
+            "mailgun" => mailgun::translate(&payload),
+            "postmark" => postmark::translate(&payload),
+            "sparkpost" => sparkpost::translate(&payload),
+            "mandrill" => mandrill::translate(&[("mandrill_events".into(), payload.to_string())]),
+            "ses" => ses::translate(&json!({"MessageId": "m-1", "Message": payload.to_string()})),
+            _ => unreachable!(),
+        }
+        .unwrap_or_else(|e| panic!("{platform} {name}: {e}"));
+        let first = &translated[0];
+        assert_eq!(metric(first).as_deref(), expect, "{platform} {name}");
+        assert!(!first.id.is_empty(), "{platform} {name}: an id");
+        let Some(a) = &first.activity else { continue };
+        match expect.unwrap() {
+            "clicks" => assert!(
+                a["url"].as_str().is_some_and(|u| u.starts_with("http")),
+                "{platform} {name}: {a:?}"
+            ),
+            "bounces" => {
+                assert!(
+                    matches!(a["bounce_type"].as_str(), Some("hard" | "soft")),
+                    "{platform} {name}"
+                );
+                assert!(a.contains_key("bounce_reason"), "{platform} {name}: {a:?}");
+            }
+            _ => {}
+        }
+        // The hard bounces of the fixtures carry the enhanced status 5.1.1.
+        if name.contains("permanent")
+            || name == "hard_bounce_event"
+            || (name == "bounce_event" && platform != "postmark")
+        {
+            assert_eq!(a["bounce_type"], "hard", "{platform} {name}");
+            assert_eq!(a["bounce_code"], "5.1.1", "{platform} {name}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! `max_age_secs` and a token seen before are refused. Sender metadata (`v:` variables) is in
 //! `event-data.user-variables`.
 
-use super::{activity, digest, Malformed, Refused, Translated};
+use super::{digest, to, Malformed, Refused, Translated};
 use crate::config::secret::Secret;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -140,64 +140,37 @@ pub fn translate(body: &Value) -> Result<Vec<Translated>, Malformed> {
         .map(str::to_owned);
     let ua = e["client-info"]["user-agent"].clone();
     let status = &e["delivery-status"];
+    let t = timestamp;
     let activity = match kind {
-        "opened" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", timestamp.clone()),
-            ("user_agent", ua),
-        ])),
+        "opened" => Some(to::open(t, ua, Value::Null)),
         "clicked" => {
             let url = e["url"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `url`"))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", timestamp.clone()),
-                ("url", json!(url)),
-                ("user_agent", ua),
-            ]))
+            Some(to::click(t, url, ua))
         }
         "failed" => {
-            let hard = e["severity"].as_str() == Some("permanent");
             let message = status["message"]
                 .as_str()
                 .filter(|m| !m.is_empty())
                 .or_else(|| status["description"].as_str())
                 .unwrap_or("");
-            let code = enhanced(message).unwrap_or_else(|| {
+            let code = super::enhanced_status(message).unwrap_or_else(|| {
                 status["code"]
                     .as_i64()
                     .map(|c| c.to_string())
                     .unwrap_or_default()
             });
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", timestamp.clone()),
-                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-                ("bounce_code", json!(code)),
-                ("bounce_reason", json!(message.lines().next().unwrap_or(""))),
-            ]))
+            Some(to::bounce(
+                t,
+                e["severity"].as_str() == Some("permanent"),
+                json!(code),
+                json!(message.lines().next().unwrap_or("")),
+            ))
         }
-        "complained" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", timestamp.clone()),
-        ])),
-        "unsubscribed" => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", timestamp.clone()),
-        ])),
+        "complained" => Some(to::plain("complaints", t)),
+        "unsubscribed" => Some(to::plain("unsubscribes", t)),
         _ => None,
     };
     Ok(vec![Translated { id, key, activity }])
-}
-
-/// The enhanced status code (`5.1.1`) at the start of an SMTP answer's text.
-fn enhanced(text: &str) -> Option<String> {
-    let first = text.split_whitespace().next()?;
-    let parts: Vec<&str> = first.split('.').collect();
-    (parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
-    .then(|| first.to_owned())
 }

@@ -4,7 +4,7 @@
 //! with an unsigned `HEAD` and a test POST of `mandrill_events=[]` signed with the key
 //! `test-webhook`. Sender metadata is `msg.metadata`.
 
-use super::{activity, digest, Malformed, Refused, Translated};
+use super::{digest, to, Malformed, Refused, Translated};
 use crate::config::secret::Secret;
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
@@ -111,58 +111,30 @@ fn one(index: usize, e: &Value) -> Result<Translated, Malformed> {
     let msg = &e["msg"];
     let key = msg["metadata"]["pegabridge"].as_str().map(str::to_owned);
     let ua = e["user_agent"].clone();
+    let t = json!(timestamp);
     let activity = match kind {
-        "open" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", json!(timestamp)),
-            ("user_agent", ua),
-        ])),
+        "open" => Some(to::open(t, ua, Value::Null)),
         "click" => {
             let url = e["url"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `url`"))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", json!(timestamp)),
-                ("url", json!(url)),
-                ("user_agent", ua),
-            ]))
+            Some(to::click(t, url, ua))
         }
         "hard_bounce" | "soft_bounce" => {
-            let diag = msg["diag"].as_str().unwrap_or("");
-            let text = diag.trim_start_matches("smtp;");
-            let code = text
-                .split_whitespace()
-                .find(|w| {
-                    w.split('.').count() == 3
-                        && w.split('.')
-                            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-                })
-                .map(str::to_owned)
-                .unwrap_or_default();
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", json!(timestamp)),
-                (
-                    "bounce_type",
-                    json!(if kind == "hard_bounce" {
-                        "hard"
-                    } else {
-                        "soft"
-                    }),
-                ),
-                ("bounce_code", json!(code)),
-                ("bounce_reason", json!(text)),
-            ]))
+            let text = msg["diag"]
+                .as_str()
+                .unwrap_or("")
+                .trim_start_matches("smtp;");
+            let code = super::enhanced_status(text).unwrap_or_default();
+            Some(to::bounce(
+                t,
+                kind == "hard_bounce",
+                json!(code),
+                json!(text),
+            ))
         }
-        "spam" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", json!(timestamp)),
-        ])),
-        "unsub" => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", json!(timestamp)),
-        ])),
+        "spam" => Some(to::plain("complaints", t)),
+        "unsub" => Some(to::plain("unsubscribes", t)),
         _ => None,
     };
     Ok(Translated { id, key, activity })

@@ -127,6 +127,63 @@ pub fn digest(event: &Value) -> String {
     hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The activities the platforms' events become (`timestamp` Unix seconds, or null for the
+/// time of receipt; null fields are left out).
+pub mod to {
+    use serde_json::{json, Map, Value};
+
+    pub fn open(
+        timestamp: Value,
+        user_agent: Value,
+        machine_generated: Value,
+    ) -> Map<String, Value> {
+        super::activity(&[
+            ("metric", json!("opens")),
+            ("timestamp", timestamp),
+            ("user_agent", user_agent),
+            ("machine_generated", machine_generated),
+        ])
+    }
+
+    pub fn click(timestamp: Value, url: &str, user_agent: Value) -> Map<String, Value> {
+        super::activity(&[
+            ("metric", json!("clicks")),
+            ("timestamp", timestamp),
+            ("url", json!(url)),
+            ("user_agent", user_agent),
+        ])
+    }
+
+    pub fn bounce(timestamp: Value, hard: bool, code: Value, reason: Value) -> Map<String, Value> {
+        super::activity(&[
+            ("metric", json!("bounces")),
+            ("timestamp", timestamp),
+            ("bounce_type", json!(if hard { "hard" } else { "soft" })),
+            ("bounce_code", code),
+            ("bounce_reason", reason),
+        ])
+    }
+
+    /// A metric with no fields of its own (`complaints`, `unsubscribes`).
+    pub fn plain(metric: &str, timestamp: Value) -> Map<String, Value> {
+        super::activity(&[("metric", json!(metric)), ("timestamp", timestamp)])
+    }
+}
+
+/// The enhanced status code (RFC 3463, `5.1.1`) in an SMTP answer's text, if any.
+pub fn enhanced_status(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == ':' || c == ',' || c == ';')
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_owned)
+}
+
 /// An activity object from `(key, value)` pairs, leaving out nulls.
 pub fn activity(fields: &[(&str, Value)]) -> Map<String, Value> {
     fields

@@ -1,7 +1,7 @@
 //! Postmark's webhooks: one JSON object per request, by `RecordType`; Postmark does not sign,
 //! so the webhook URL carries Basic auth (`[events.postmark]`). Sender metadata is `Metadata`.
 
-use super::{activity, digest, Malformed, Translated};
+use super::{digest, to, Malformed, Translated};
 use serde_json::{json, Value};
 
 use super::unix_time as unix;
@@ -61,63 +61,39 @@ pub fn translate(e: &Value) -> Result<Vec<Translated>, Malformed> {
         .unwrap_or_else(|| digest(e));
     let key = e["Metadata"]["pegabridge"].as_str().map(str::to_owned);
     let ua = e["UserAgent"].clone();
+    let t = json!(timestamp);
     let activity = match kind {
-        "Open" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", json!(timestamp)),
-            ("user_agent", ua),
-        ])),
+        "Open" => Some(to::open(t, ua, Value::Null)),
         "Click" => {
             let url = e["OriginalLink"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `OriginalLink`"))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", json!(timestamp)),
-                ("url", json!(url)),
-                ("user_agent", ua),
-            ]))
+            Some(to::click(t, url, ua))
         }
         // A reply asking to unsubscribe, as Postmark classifies it.
-        "Bounce" if e["Type"].as_str() == Some("Unsubscribe") => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", json!(timestamp)),
-        ])),
-        "Bounce" => {
-            // Postmark's classification: HardBounce (and BadEmailAddress, ManuallyDeactivated)
-            // is hard; the others (SoftBounce, Transient, DnsError, ...) are soft.
-            let hard = matches!(
+        "Bounce" if e["Type"].as_str() == Some("Unsubscribe") => Some(to::plain("unsubscribes", t)),
+        // Postmark's classification: HardBounce (and BadEmailAddress, ManuallyDeactivated)
+        // is hard; the others (SoftBounce, Transient, DnsError, ...) are soft.
+        "Bounce" => Some(to::bounce(
+            t,
+            matches!(
                 e["Type"].as_str(),
                 Some("HardBounce" | "BadEmailAddress" | "ManuallyDeactivated")
-            );
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", json!(timestamp)),
-                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-                (
-                    "bounce_code",
-                    json!(e["TypeCode"]
-                        .as_i64()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default()),
-                ),
-                ("bounce_reason", e["Description"].clone()),
-            ]))
-        }
-        "SpamComplaint" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", json!(timestamp)),
-        ])),
+            ),
+            json!(e["TypeCode"]
+                .as_i64()
+                .map(|c| c.to_string())
+                .unwrap_or_default()),
+            e["Description"].clone(),
+        )),
+        "SpamComplaint" => Some(to::plain("complaints", t)),
         // A subscription change made by the recipient (not the suppression after a hard
         // bounce or a complaint, which is already counted).
         "SubscriptionChange"
             if e["SuppressSending"].as_bool() == Some(true)
                 && e["SuppressionReason"].as_str() == Some("ManualSuppression") =>
         {
-            Some(activity(&[
-                ("metric", json!("unsubscribes")),
-                ("timestamp", json!(timestamp)),
-            ]))
+            Some(to::plain("unsubscribes", t))
         }
         _ => None,
     };

@@ -4,7 +4,7 @@
 //! configured as base64 DER SubjectPublicKeyInfo. Sender metadata (`custom_args`) comes back as
 //! top-level keys of each event.
 
-use super::{activity, digest, Malformed, Refused, Translated};
+use super::{digest, to, Malformed, Refused, Translated};
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -90,44 +90,25 @@ fn one(index: usize, e: &Value) -> Result<Translated, Malformed> {
         .map_or_else(|| digest(e), str::to_owned);
     let key = e["pegabridge"].as_str().map(str::to_owned);
     let ua = e["useragent"].clone();
+    let t = json!(timestamp);
     let activity = match kind {
-        "open" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", json!(timestamp)),
-            ("user_agent", ua),
-            // SendGrid's own flag (Apple Mail Privacy Protection and the like).
-            ("machine_generated", e["sg_machine_open"].clone()),
-        ])),
+        // SendGrid's own flag (Apple Mail Privacy Protection and the like).
+        "open" => Some(to::open(t, ua, e["sg_machine_open"].clone())),
         "click" => {
             let url = e["url"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `url`"))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", json!(timestamp)),
-                ("url", json!(url)),
-                ("user_agent", ua),
-            ]))
+            Some(to::click(t, url, ua))
         }
-        "bounce" => {
-            // `type`: "bounce" (the address does not take mail) or "blocked" (refused for now).
-            let hard = e["type"].as_str() != Some("blocked");
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", json!(timestamp)),
-                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-                ("bounce_code", e["status"].clone()),
-                ("bounce_reason", e["reason"].clone()),
-            ]))
-        }
-        "spamreport" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", json!(timestamp)),
-        ])),
-        "unsubscribe" | "group_unsubscribe" => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", json!(timestamp)),
-        ])),
+        // `type`: "bounce" (the address does not take mail) or "blocked" (refused for now).
+        "bounce" => Some(to::bounce(
+            t,
+            e["type"].as_str() != Some("blocked"),
+            e["status"].clone(),
+            e["reason"].clone(),
+        )),
+        "spamreport" => Some(to::plain("complaints", t)),
+        "unsubscribe" | "group_unsubscribe" => Some(to::plain("unsubscribes", t)),
         // processed, delivered, deferred, dropped (the suppression after a bounce or an
         // unsubscribe, which is already counted): acknowledged, not forwarded.
         _ => None,

@@ -5,13 +5,13 @@
 //! those only. The SES event is a JSON string in `Message`; sender metadata is the message
 //! tag `pegabridge` (`mail.tags`).
 
-use super::{activity, Malformed, Refused, Translated};
+use super::{to, Malformed, Refused, Translated};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -138,15 +138,8 @@ impl Certificates {
         if let Some(k) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
             return Ok(k.clone());
         }
-        let pem = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Refused(e.to_string()))?
-            .get(url)
-            .send()
+        let pem = get(url)
             .await
-            .and_then(|r| r.error_for_status())
             .map_err(|e| Refused(format!("fetching the signing certificate: {e}")))?
             .text()
             .await
@@ -181,17 +174,22 @@ pub async fn confirm(m: &Value) -> Result<(), Refused> {
             "SubscribeURL `{url}` is not an AWS SNS URL"
         )));
     }
+    get(url)
+        .await
+        .map_err(|e| Refused(format!("confirming the subscription: {e}")))?;
+    Ok(())
+}
+
+/// A GET of an AWS SNS URL: bounded in time, no redirects followed.
+async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Refused(e.to_string()))?
+        .build()?
         .get(url)
         .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| Refused(format!("confirming the subscription: {e}")))?;
-    Ok(())
+        .await?
+        .error_for_status()
 }
 
 /// The SES event of a verified notification.
@@ -217,42 +215,36 @@ pub fn translate(m: &Value) -> Result<Vec<Translated>, Malformed> {
             .unwrap_or(Value::Null)
     };
     let activity = match kind {
-        "Open" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", at(&e["open"]["timestamp"])),
-            ("user_agent", e["open"]["userAgent"].clone()),
-        ])),
+        "Open" => Some(to::open(
+            at(&e["open"]["timestamp"]),
+            e["open"]["userAgent"].clone(),
+            Value::Null,
+        )),
         "Click" => {
             let url = e["click"]["link"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `click.link`".into()))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", at(&e["click"]["timestamp"])),
-                ("url", json!(url)),
-                ("user_agent", e["click"]["userAgent"].clone()),
-            ]))
+            Some(to::click(
+                at(&e["click"]["timestamp"]),
+                url,
+                e["click"]["userAgent"].clone(),
+            ))
         }
         "Bounce" => {
             let b = &e["bounce"];
-            let hard = b["bounceType"].as_str() == Some("Permanent");
             let r = &b["bouncedRecipients"][0];
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", at(&b["timestamp"])),
-                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-                ("bounce_code", r["status"].clone()),
-                ("bounce_reason", r["diagnosticCode"].clone()),
-            ]))
+            Some(to::bounce(
+                at(&b["timestamp"]),
+                b["bounceType"].as_str() == Some("Permanent"),
+                r["status"].clone(),
+                r["diagnosticCode"].clone(),
+            ))
         }
-        "Complaint" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", at(&e["complaint"]["timestamp"])),
-        ])),
-        "Subscription" => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", at(&e["subscription"]["timestamp"])),
-        ])),
+        "Complaint" => Some(to::plain("complaints", at(&e["complaint"]["timestamp"]))),
+        "Subscription" => Some(to::plain(
+            "unsubscribes",
+            at(&e["subscription"]["timestamp"]),
+        )),
         _ => None,
     };
     Ok(vec![Translated { id, key, activity }])

@@ -2,7 +2,7 @@
 //! SparkPost does not sign, so the webhook URL carries Basic auth (`[events.sparkpost]`).
 //! Sender metadata is `rcpt_meta`. An empty `{"msys": {}}` is SparkPost's test ping.
 
-use super::{activity, digest, Malformed, Translated};
+use super::{digest, to, Malformed, Translated};
 use serde_json::{json, Value};
 
 /// The events of a request body.
@@ -45,58 +45,37 @@ fn one(index: usize, batch: &Value) -> Result<Translated, Malformed> {
         .map_or_else(|| digest(e), str::to_owned);
     let key = e["rcpt_meta"]["pegabridge"].as_str().map(str::to_owned);
     let ua = e["user_agent"].clone();
+    let t = timestamp;
     let activity = match kind {
-        "open" | "initial_open" | "amp_open" | "amp_initial_open" => Some(activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", timestamp.clone()),
-            ("user_agent", ua),
-        ])),
+        "open" | "initial_open" | "amp_open" | "amp_initial_open" => {
+            Some(to::open(t, ua, Value::Null))
+        }
         "click" | "amp_click" => {
             let url = e["target_link_url"]
                 .as_str()
                 .ok_or_else(|| bad("a click needs `target_link_url`"))?;
-            Some(activity(&[
-                ("metric", json!("clicks")),
-                ("timestamp", timestamp.clone()),
-                ("url", json!(url)),
-                ("user_agent", ua),
-            ]))
+            Some(to::click(t, url, ua))
         }
         "bounce" | "out_of_band" => {
             // SparkPost's bounce classes: 10 (invalid recipient), 30 (no RCPT) and 90
             // (unsubscribe) are hard; the others are soft or blocks.
             let class = e["bounce_class"].as_str().unwrap_or("");
-            let hard = matches!(class, "10" | "30" | "90");
             let reason = e["raw_reason"]
                 .as_str()
                 .or(e["reason"].as_str())
                 .unwrap_or("");
-            let code = reason
-                .split_whitespace()
-                .find(|w| {
-                    w.split('.').count() == 3
-                        && w.split('.')
-                            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-                })
-                .map(str::to_owned)
+            let code = super::enhanced_status(reason)
                 .or_else(|| e["error_code"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            Some(activity(&[
-                ("metric", json!("bounces")),
-                ("timestamp", timestamp.clone()),
-                ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-                ("bounce_code", json!(code)),
-                ("bounce_reason", json!(reason)),
-            ]))
+            Some(to::bounce(
+                t,
+                matches!(class, "10" | "30" | "90"),
+                json!(code),
+                json!(reason),
+            ))
         }
-        "spam_complaint" => Some(activity(&[
-            ("metric", json!("complaints")),
-            ("timestamp", timestamp.clone()),
-        ])),
-        "list_unsubscribe" | "link_unsubscribe" => Some(activity(&[
-            ("metric", json!("unsubscribes")),
-            ("timestamp", timestamp.clone()),
-        ])),
+        "spam_complaint" => Some(to::plain("complaints", t)),
+        "list_unsubscribe" | "link_unsubscribe" => Some(to::plain("unsubscribes", t)),
         _ => None,
     };
     Ok(Translated { id, key, activity })

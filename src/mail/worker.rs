@@ -209,19 +209,7 @@ impl MailWorker {
     }
 }
 
-/// The enhanced status code (RFC 3463, `5.1.1`) in an SMTP answer's text, if any.
-fn enhanced(text: &str) -> Option<String> {
-    text.split(|c: char| c.is_whitespace() || c == ':' || c == ',')
-        .find(|w| {
-            let parts: Vec<&str> = w.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(str::to_owned)
-}
+use crate::events::enhanced_status as enhanced;
 
 #[cfg(test)]
 mod tests {

@@ -618,14 +618,8 @@ fn rss_of_serve(dir: &std::path::Path, port: u16) -> f64 {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(5));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let mb = common::rss_mb(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
-    kb / 1024.0
+    mb
 }

@@ -8,6 +8,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use pegabridge::config::Settings;
 use pegabridge::http::Application;
@@ -225,14 +227,8 @@ async fn queued_rss(client: &reqwest::Client) -> f64 {
     assert!(res.status().is_success(), "{}", res.status());
     // Rounds against the dead relay meanwhile.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let mb = common::rss_mb(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
-    kb / 1024.0
+    mb
 }

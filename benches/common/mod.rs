@@ -54,3 +54,15 @@ pub fn fill_sqlite(db: &Path, payload: &str, n: usize) {
     }
     conn.execute_batch("COMMIT").unwrap();
 }
+
+/// The resident size of process `pid`, in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}

@@ -166,13 +166,22 @@ impl MailSettings {
 impl DkimSettings {
     /// The signing key, read and checked.
     pub fn key(&self) -> Result<lettre::message::dkim::DkimSigningKey, String> {
-        use lettre::message::dkim::{DkimSigningAlgorithm, DkimSigningKey};
-        let text = std::fs::read_to_string(&self.key_file).map_err(|e| {
+        self.signing_key(&self.read()?)
+    }
+
+    /// The key file's text.
+    pub fn read(&self) -> Result<String, String> {
+        std::fs::read_to_string(&self.key_file).map_err(|e| {
             format!(
                 "mail.dkim.key_file: cannot read {}: {e}",
                 self.key_file.display()
             )
-        })?;
+        })
+    }
+
+    /// The signing key in `text` (the key file's).
+    pub fn signing_key(&self, text: &str) -> Result<lettre::message::dkim::DkimSigningKey, String> {
+        use lettre::message::dkim::{DkimSigningAlgorithm, DkimSigningKey};
         let algorithm = match self.algorithm {
             DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
             DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,

@@ -30,6 +30,9 @@ pub struct Metrics {
     pauses: IntCounter,
     deferred: IntCounter,
     unmatched: prometheus::IntCounterVec,
+    /// The reason shown by `last_decrease` (an index into `Decrease::ALL`, or none yet): the
+    /// labels are set only when it changes, not on every POST.
+    shown_decrease: std::sync::atomic::AtomicUsize,
 }
 
 impl Metrics {
@@ -129,6 +132,7 @@ impl Metrics {
                 registry.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            shown_decrease: std::sync::atomic::AtomicUsize::new(usize::MAX),
             latency,
             registry,
         }
@@ -148,7 +152,15 @@ impl Metrics {
         if let Some(rtt) = s.rtt {
             self.rtt.set(rtt.as_secs_f64());
         }
-        if let Some(last) = s.last_decrease {
+        let shown = s
+            .last_decrease
+            .and_then(|last| Decrease::ALL.iter().position(|r| *r == last))
+            .unwrap_or(usize::MAX);
+        let changed = self
+            .shown_decrease
+            .swap(shown, std::sync::atomic::Ordering::Relaxed)
+            != shown;
+        if let (Some(last), true) = (s.last_decrease, changed) {
             for reason in Decrease::ALL {
                 self.last_decrease
                     .with_label_values(&[reason.as_str()])

@@ -67,17 +67,8 @@ impl EventsSettings {
             if s.topics.is_empty() {
                 problems.push("events.ses.topics: name the SNS topics to accept".into());
             }
-            if let Some(f) = &s.certificate_file {
-                match std::fs::read_to_string(f) {
-                    Ok(pem) => {
-                        if let Err(e) = ses::certificate_key(&pem) {
-                            problems.push(format!("events.ses.certificate_file: {e}"));
-                        }
-                    }
-                    Err(e) => {
-                        problems.push(format!("events.ses.certificate_file: {}: {e}", f.display()))
-                    }
-                }
+            if let Err(e) = ses::Certificates::new(Some(s)) {
+                problems.push(e);
             }
         }
         if let Some(m) = &self.mandrill {

@@ -118,24 +118,50 @@ pub fn verify_signature(m: &Value, key: &RsaPublicKey) -> Result<(), Refused> {
 
 /// Signing certificates fetched, by URL (bounded).
 #[derive(Debug, Default)]
-pub struct Certificates(Mutex<HashMap<String, RsaPublicKey>>);
+pub struct Certificates {
+    /// The key of `certificate_file`, read once at start-up.
+    pinned: Option<RsaPublicKey>,
+    fetched: Mutex<HashMap<String, RsaPublicKey>>,
+}
 
 impl Certificates {
+    /// The certificates for `settings`: its pinned one read and parsed now.
+    pub fn new(settings: Option<&Settings>) -> Result<Self, String> {
+        let pinned = match settings.and_then(|s| s.certificate_file.as_ref()) {
+            Some(file) => {
+                let pem = std::fs::read_to_string(file)
+                    .map_err(|e| format!("events.ses.certificate_file: {}: {e}", file.display()))?;
+                Some(
+                    certificate_key(&pem)
+                        .map_err(|e| format!("events.ses.certificate_file: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            pinned,
+            fetched: Mutex::default(),
+        })
+    }
+
     /// The key to check `m` with: the pinned one, or the certificate at its
     /// `SigningCertURL` (an AWS SNS URL only), fetched once.
-    pub async fn key(&self, settings: &Settings, m: &Value) -> Result<RsaPublicKey, Refused> {
+    pub async fn key(&self, m: &Value) -> Result<RsaPublicKey, Refused> {
         let url = m["SigningCertURL"].as_str().unwrap_or("");
         if !aws_sns_url(url, ".pem") {
             return Err(Refused(format!(
                 "SigningCertURL `{url}` is not an AWS SNS certificate"
             )));
         }
-        if let Some(file) = &settings.certificate_file {
-            let pem = std::fs::read_to_string(file)
-                .map_err(|e| Refused(format!("events.ses.certificate_file: {e}")))?;
-            return certificate_key(&pem).map_err(Refused);
+        if let Some(pinned) = &self.pinned {
+            return Ok(pinned.clone());
         }
-        if let Some(k) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
+        if let Some(k) = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(url)
+        {
             return Ok(k.clone());
         }
         let pem = get(url)
@@ -145,7 +171,7 @@ impl Certificates {
             .await
             .map_err(|e| Refused(e.to_string()))?;
         let key = certificate_key(&pem).map_err(Refused)?;
-        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= 64 {
             cache.clear();
         }

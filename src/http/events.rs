@@ -115,7 +115,7 @@ async fn receive(
             let key = state
                 .events
                 .sns_certificates
-                .key(settings, &m)
+                .key(&m)
                 .await
                 .map_err(refused)?;
             events::ses::verify_signature(&m, &key).map_err(refused)?;

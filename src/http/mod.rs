@@ -206,7 +206,10 @@ impl Application {
                 },
                 settings: settings.events.clone(),
                 mailgun_tokens: Default::default(),
-                sns_certificates: Default::default(),
+                sns_certificates: crate::events::ses::Certificates::new(
+                    settings.events.ses.as_ref(),
+                )
+                .map_err(anyhow::Error::msg)?,
             },
         }));
         let router = Router::new()

@@ -78,8 +78,10 @@ impl Composer {
         let dkim = match &settings.dkim {
             None => None,
             Some(d) => {
+                // Read once; lettre's key is not Clone, so it is made twice from the text.
+                let text = d.read().map_err(anyhow::Error::msg)?;
                 let config = |names: &[&'static str]| -> anyhow::Result<DkimConfig> {
-                    let key = d.key().map_err(anyhow::Error::msg)?;
+                    let key = d.signing_key(&text).map_err(anyhow::Error::msg)?;
                     let headers = names
                         .iter()
                         .map(|h| HeaderName::new_from_ascii_str(h))

@@ -32,7 +32,7 @@ pub enum SendOutcome {
     GaveUp { code: String, reason: String },
 }
 
-/// The SQL that claims due sends (both backends): leased for `?1`/`$1` ms, due by `?2`/`$2`,
-/// at most `?3`/`$3`; with the personal broadcast's email, event and mapping.
+/// The columns of a claimed send, over `sends s JOIN personal_broadcasts p JOIN broadcasts b`
+/// (both backends), in the order of [`ClaimedSend`]'s fields.
 pub(crate) const CLAIMED_COLUMNS: &str =
     "s.id, s.uuid, s.broadcast_id, s.customer_id, p.email, b.mapping, p.event, s.attempts";

@@ -42,8 +42,12 @@ impl Drop for Smtp {
 
 impl Smtp {
     pub fn start(extra: &[&str]) -> Smtp {
+        Smtp::start_on(crate::processes::free_port(), extra)
+    }
+
+    /// A server on `port`.
+    pub fn start_on(port: u16, extra: &[&str]) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
-        let port = crate::processes::free_port();
         let mut child = Command::new("python3")
             .arg(root().join("tests/mail/smtp_server.py"))
             .args(["--port", &port.to_string(), "--dir"])
@@ -71,6 +75,14 @@ impl Smtp {
         files.sort();
         files
     }
+}
+
+/// The message to `to` among `mail`, parsed and checked.
+fn mail_to(mail: &[PathBuf], to: &str) -> Value {
+    mail.iter()
+        .map(|m| check(m))
+        .find(|m| m["headers"]["To"] == to)
+        .unwrap_or_else(|| panic!("no mail to {to}"))
 }
 
 /// The message parsed and checked.
@@ -327,11 +339,7 @@ async fn a_trigger_is_mailed_and_its_broadcasts_event_follows_the_relays_accepta
         assert_eq!(mail.len(), 2);
         let events = crate::pega::wait_for_events(&pega, 2).await;
         assert_eq!(events.len(), 2, "{events:?}");
-        let to_ann = mail
-            .iter()
-            .map(|m| check(m))
-            .find(|m| m["headers"]["To"] == "ann@example.com")
-            .expect("Ann's mail");
+        let to_ann = mail_to(&mail, "ann@example.com");
         assert_eq!(to_ann["dkim"], true);
         let id = format!("<{}@mail.example>", ann["uuid"].as_str().unwrap());
         assert_eq!(
@@ -420,11 +428,7 @@ async fn opens_clicks_and_a_one_click_unsubscribe_come_back_through_signed_links
         let answer: Value = app.trigger_offer().await;
         let ann = &answer["recipients"][0];
         let mail = wait_for_mail(&smtp, 2).await;
-        let m = mail
-            .iter()
-            .map(|m| check(m))
-            .find(|m| m["headers"]["To"] == "ann@example.com")
-            .unwrap();
+        let m = mail_to(&mail, "ann@example.com");
         assert_eq!(m["dkim"], true);
         let signed = m["dkim_signature"].as_str().unwrap().to_ascii_lowercase();
         assert!(signed.contains("list-unsubscribe:list-unsubscribe-post"), "{signed}");
@@ -553,25 +557,7 @@ async fn mail_queued_while_the_relay_is_down_is_sent_once_it_is_back() {
         }
         assert_eq!(pega.mock.event_count(), 0, "no broadcasts event before acceptance");
         // The relay comes up on that port: both are sent, and reported.
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/mail/smtp_server.py"))
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let smtp = Smtp {
-            port,
-            dir,
-            child: {
-                let mut line = String::new();
-                std::io::BufReader::new(child.stdout.take().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                child
-            },
-        };
+        let smtp = Smtp::start_on(port, &[]);
         assert_eq!(wait_for_mail(&smtp, 2).await.len(), 2);
         let events = crate::pega::wait_for_events(&pega, 2).await;
         assert!(events.iter().all(|e| e["metric"] == "broadcasts"), "{events:?}");
@@ -709,11 +695,7 @@ async fn through_a_platforms_relay_the_metadata_header_carries_the_pegabridge_ke
             answer["broadcast_id"], answer["recipients"][0]["customer_id"]
         );
         let mail = wait_for_mail(&smtp, 2).await;
-        let m = mail
-            .iter()
-            .map(|m| check(m))
-            .find(|m| m["headers"]["To"] == "ann@example.com")
-            .unwrap();
+        let m = mail_to(&mail, "ann@example.com");
         assert_eq!(
             m["headers"][header],
             expect.replace("KEY", &key),

@@ -223,7 +223,7 @@ async fn sendgrid_events_are_verified_translated_joined_and_recorded_once() {
 }
 
 #[tokio::test]
-async fn sendgrids_official_signed_body_is_accepted_and_unmatched() {
+async fn sendgrids_official_signed_body_is_accepted_and_its_dropped_event_ignored() {
     let v = fixture("sendgrid/derived/vectors.json");
     let pega = start_pega().await;
     let extra = format!(

@@ -17,6 +17,7 @@ pub mod http;
 pub mod mail;
 pub mod mapping;
 pub mod mock;
+pub mod outbox;
 pub mod recording;
 pub mod store;
 pub mod template;

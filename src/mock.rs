@@ -337,7 +337,7 @@ fn authorized(mock: &MockPega, headers: &HeaderMap) -> bool {
         .unwrap_or("");
     match mock.auth.as_ref() {
         MockAuth::Basic { username, password } => {
-            crate::http::extract::basic_matches(headers, username, password)
+            crate::config::secret::basic_matches(headers, username, password)
         }
         MockAuth::Oauth2 { .. } => presented.strip_prefix("Bearer ").is_some_and(|t| {
             let inner = mock.inner.lock().expect("not poisoned");

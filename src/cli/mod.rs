@@ -5,7 +5,6 @@
 
 mod ops;
 
-pub use ops::parse_since;
 
 /// `println!` for command output: a closed pipe (`pegabridge preview | head`) ends the
 /// command quietly instead of panicking.

@@ -3,6 +3,7 @@
 //! errors that name the file and the key.
 
 mod env;
+pub mod events;
 pub mod mail;
 pub mod pega;
 pub mod secret;
@@ -61,7 +62,7 @@ pub struct Settings {
     pub tracking: Option<mail::TrackingSettings>,
     /// Mail platforms' event webhooks (`[events.sendgrid]`, `[events.mailgun]`, ...).
     #[serde(default)]
-    pub events: crate::events::EventsSettings,
+    pub events: events::EventsSettings,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -132,7 +133,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        let limits = crate::mapping::apply::TriggerLimits::default();
+        let limits = TriggerLimits::default();
         Self {
             listen: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
@@ -149,8 +150,8 @@ impl Default for ServerSettings {
 
 impl ServerSettings {
     /// What one trigger may expand to.
-    pub fn trigger_limits(&self) -> crate::mapping::apply::TriggerLimits {
-        crate::mapping::apply::TriggerLimits {
+    pub fn trigger_limits(&self) -> TriggerLimits {
+        TriggerLimits {
             max_recipients: self.max_recipients,
             max_options_bytes: self.max_options_bytes,
             max_trigger_options_bytes: self.max_trigger_options_bytes,
@@ -404,4 +405,25 @@ pub(crate) fn describe(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What one trigger may expand to (`[server]` limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerLimits {
+    /// `server.max_recipients`.
+    pub max_recipients: usize,
+    /// `server.max_options_bytes`: manual options of one recipient, as JSON.
+    pub max_options_bytes: usize,
+    /// `server.max_trigger_options_bytes`: manual options of all recipients together.
+    pub max_trigger_options_bytes: usize,
+}
+
+impl Default for TriggerLimits {
+    fn default() -> Self {
+        Self {
+            max_recipients: 100_000,
+            max_options_bytes: 16 * 1024,
+            max_trigger_options_bytes: 32 * 1024 * 1024,
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Secrets (tokens, passwords): never printed by `Debug` or `Display`, compared in constant time.
 
+use axum::http;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -35,6 +36,31 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// Whether `Authorization: Basic` carries this user name and password (both compared, always,
+/// in constant time: no early exit on a wrong user name).
+pub fn basic_matches(headers: &http::HeaderMap, username: &str, password: &Secret) -> bool {
+    use base64::Engine;
+    presented(headers, "Basic ")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+        .is_some_and(|(u, p)| {
+            constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
+        })
+}
+
+/// The credentials after `scheme` in the `Authorization` header.
+pub fn presented<'h>(headers: &'h http::HeaderMap, scheme: &str) -> Option<&'h str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(scheme))
 }
 
 #[cfg(test)]

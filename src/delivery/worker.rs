@@ -12,7 +12,7 @@ use super::status::{panic_message, DeliveryStatus, WorkerState};
 use crate::config::pega::{Format, PegaSettings};
 use crate::event::Metric;
 use crate::store::handoff::{self, Leased};
-use crate::store::outbox::now_ms;
+use crate::outbox::now_ms;
 use crate::store::Storage;
 use crate::store::{Attempt, Claimed, Completion, Outcome};
 use futures::{FutureExt, StreamExt};

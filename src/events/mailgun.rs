@@ -4,28 +4,14 @@
 //! `max_age_secs` and a token seen before are refused. Sender metadata (`v:` variables) is in
 //! `event-data.user-variables`.
 
+use crate::config::events::MailgunSettings as Settings;
 use super::{digest, to, Malformed, Refused, Translated};
-use crate::config::secret::Secret;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// `[events.mailgun]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub signing_key: Secret,
-    /// The oldest signature timestamp taken, in seconds.
-    #[serde(default = "default_age")]
-    pub max_age_secs: i64,
-}
-
-fn default_age() -> i64 {
-    300
-}
 
 /// Tokens seen within the age window (a replayed request is refused).
 #[derive(Debug, Default)]

@@ -4,24 +4,15 @@
 //! with an unsigned `HEAD` and a test POST of `mandrill_events=[]` signed with the key
 //! `test-webhook`. Sender metadata is `msg.metadata`.
 
+use crate::config::events::MandrillSettings as Settings;
 use super::{digest, to, Malformed, Refused, Translated};
-use crate::config::secret::Secret;
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha1::Sha1;
 
-/// `[events.mandrill]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub key: Secret,
-    /// The exact URL Mandrill posts to (a trailing slash matters).
-    pub url: String,
-}
 
 pub const SIGNATURE: &str = "X-Mandrill-Signature";
 

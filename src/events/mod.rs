@@ -18,67 +18,7 @@ pub fn unix_time(text: &str) -> Option<i64> {
     postmark::time_of(text)
 }
 
-use crate::config::secret::Secret;
-use serde::Deserialize;
 use serde_json::{Map, Value};
-
-/// `[events.*]`.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsSettings {
-    pub sendgrid: Option<sendgrid::Settings>,
-    pub mailgun: Option<mailgun::Settings>,
-    pub postmark: Option<BasicSettings>,
-    pub sparkpost: Option<BasicSettings>,
-    pub mandrill: Option<mandrill::Settings>,
-    pub ses: Option<ses::Settings>,
-}
-
-/// Basic auth in the webhook URL (platforms that do not sign).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicSettings {
-    pub username: String,
-    pub password: Secret,
-}
-
-impl EventsSettings {
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Some(s) = &self.sendgrid {
-            if let Err(e) = s.key() {
-                problems.push(e);
-            }
-        }
-        if let Some(m) = &self.mailgun {
-            if m.signing_key.expose().is_empty() {
-                problems.push("events.mailgun.signing_key: required".into());
-            }
-        }
-        for (name, basic) in [("postmark", &self.postmark), ("sparkpost", &self.sparkpost)] {
-            if basic
-                .as_ref()
-                .is_some_and(|b| b.password.expose().len() < 12)
-            {
-                problems.push(format!("events.{name}.password: at least 12 characters"));
-            }
-        }
-        if let Some(s) = &self.ses {
-            if s.topics.is_empty() {
-                problems.push("events.ses.topics: name the SNS topics to accept".into());
-            }
-            if let Err(e) = ses::Certificates::new(Some(s)) {
-                problems.push(e);
-            }
-        }
-        if let Some(m) = &self.mandrill {
-            if url::Url::parse(&m.url).is_err() {
-                problems.push(format!("events.mandrill.url: `{}` is not a URL", m.url));
-            }
-        }
-        problems
-    }
-}
 
 /// A request that fails its platform's check: 401, nothing recorded.
 #[derive(Debug, thiserror::Error)]

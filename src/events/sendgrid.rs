@@ -10,27 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// `[events.sendgrid]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// The Signed Event Webhook's verification key (base64 DER).
-    pub public_key: String,
-}
-
-impl Settings {
-    pub fn key(&self) -> Result<VerifyingKey, String> {
-        let der = STANDARD
-            .decode(self.public_key.trim())
-            .map_err(|_| "events.sendgrid.public_key: not base64".to_owned())?;
-        VerifyingKey::from_public_key_der(&der)
-            .map_err(|_| "events.sendgrid.public_key: not a P-256 public key (base64 DER)".into())
-    }
-}
 
 pub const SIGNATURE: &str = "X-Twilio-Email-Event-Webhook-Signature";
 pub const TIMESTAMP: &str = "X-Twilio-Email-Event-Webhook-Timestamp";

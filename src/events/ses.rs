@@ -5,39 +5,17 @@
 //! those only. The SES event is a JSON string in `Message`; sender metadata is the message
 //! tag `pegabridge` (`mail.tags`).
 
+use crate::config::events::{certificate_key, SesSettings as Settings};
 use super::{to, Malformed, Refused, Translated};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
-use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
-use x509_cert::der::{DecodePem, Encode};
 
-/// `[events.ses]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Only these SNS topics are accepted.
-    pub topics: Vec<String>,
-    /// Pin the signing certificate (PEM) instead of fetching it.
-    pub certificate_file: Option<PathBuf>,
-}
 
-/// The RSA key of a signing certificate (PEM).
-pub fn certificate_key(pem: &str) -> Result<RsaPublicKey, String> {
-    let cert = x509_cert::Certificate::from_pem(pem.as_bytes())
-        .map_err(|e| format!("not a PEM certificate: {e}"))?;
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(|e| e.to_string())?;
-    RsaPublicKey::from_public_key_der(&spki).map_err(|e| format!("not an RSA key: {e}"))
-}
+
 
 /// Whether `url` is an SNS endpoint of AWS (`https://sns.<region>.amazonaws.com/...`).
 pub fn aws_sns_url(url: &str, path_suffix: &str) -> bool {
@@ -127,15 +105,8 @@ pub struct Certificates {
 impl Certificates {
     /// The certificates for `settings`: its pinned one read and parsed now.
     pub fn new(settings: Option<&Settings>) -> Result<Self, String> {
-        let pinned = match settings.and_then(|s| s.certificate_file.as_ref()) {
-            Some(file) => {
-                let pem = std::fs::read_to_string(file)
-                    .map_err(|e| format!("events.ses.certificate_file: {}: {e}", file.display()))?;
-                Some(
-                    certificate_key(&pem)
-                        .map_err(|e| format!("events.ses.certificate_file: {e}"))?,
-                )
-            }
+        let pinned = match settings {
+            Some(s) => crate::config::events::pinned_certificate(s)?,
             None => None,
         };
         Ok(Self {

@@ -143,7 +143,7 @@ pub(super) async fn replay(
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let since = crate::cli::parse_since(&text, crate::event::now())
+            let since = crate::outbox::parse_since(&text, crate::event::now())
                 .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?;
             Replay::Since { since, status }
         }

@@ -82,7 +82,7 @@ async fn receive(
                 .postmark
                 .as_ref()
                 .ok_or_else(not_configured)?;
-            if !super::extract::basic_matches(&headers, &basic.username, &basic.password) {
+            if !crate::config::secret::basic_matches(&headers, &basic.username, &basic.password) {
                 return Err(ApiError::Unauthorized {
                     challenge: "Basic realm=\"pegabridge\"",
                 });
@@ -96,7 +96,7 @@ async fn receive(
                 .sparkpost
                 .as_ref()
                 .ok_or_else(not_configured)?;
-            if !super::extract::basic_matches(&headers, &basic.username, &basic.password) {
+            if !crate::config::secret::basic_matches(&headers, &basic.username, &basic.password) {
                 return Err(ApiError::Unauthorized {
                     challenge: "Basic realm=\"pegabridge\"",
                 });

@@ -2,12 +2,11 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::secret::{constant_time_eq, Secret};
+use crate::config::secret::{basic_matches, presented, Secret};
 use crate::mapping::{Mapping, TriggerAuth};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
-use base64::Engine;
 use std::sync::Arc;
 
 /// The mapping called `name`, or 404.
@@ -30,22 +29,6 @@ pub fn authorize(auth: &TriggerAuth, headers: &HeaderMap) -> Result<(), ApiError
     }
 }
 
-/// Whether `Authorization: Basic` carries this user name and password (both compared, always,
-/// in constant time: no early exit on a wrong user name).
-pub(crate) fn basic_matches(headers: &HeaderMap, username: &str, password: &Secret) -> bool {
-    presented(headers, "Basic ")
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|d| String::from_utf8(d).ok())
-        .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-        .is_some_and(|(u, p)| {
-            constant_time_eq(username.as_bytes(), u.as_bytes()) & password.matches(p.as_bytes())
-        })
-}
-
 /// Checks `Authorization: Bearer TOKEN` (constant time).
 pub fn require_bearer(token: &Secret, headers: &HeaderMap) -> Result<(), ApiError> {
     presented(headers, "Bearer ")
@@ -54,14 +37,6 @@ pub fn require_bearer(token: &Secret, headers: &HeaderMap) -> Result<(), ApiErro
         .ok_or(ApiError::Unauthorized {
             challenge: "Bearer realm=\"pegabridge\"",
         })
-}
-
-/// The credentials after `scheme` in the `Authorization` header.
-fn presented<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(scheme))
 }
 
 /// The body as JSON: 413 over the limit, 415 when not declared JSON, 400 when malformed.

@@ -73,7 +73,7 @@ pub struct Shared {
 
 /// What `POST /events/{platform}` checks requests with.
 pub struct EventsState {
-    pub settings: crate::events::EventsSettings,
+    pub settings: crate::config::events::EventsSettings,
     /// SendGrid's verification key, parsed.
     pub sendgrid: Option<p256::ecdsa::VerifyingKey>,
     /// Mailgun tokens seen recently.

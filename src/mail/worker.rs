@@ -9,7 +9,7 @@ use crate::config::mail::MailSettings;
 use crate::config::pega::RetrySettings;
 use crate::delivery::schedule::backoff;
 use crate::mapping::Mappings;
-use crate::store::outbox::now_ms;
+use crate::outbox::now_ms;
 use crate::store::{ClaimedSend, SendOutcome, Storage};
 use futures::StreamExt;
 use serde_json::{Map, Value};

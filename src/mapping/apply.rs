@@ -1,6 +1,7 @@
 //! Applying a mapping to a trigger: one personal broadcast per recipient, or every failing
 //! field at once.
 
+pub use crate::config::TriggerLimits;
 use super::Mapping;
 use crate::template::Variable;
 use serde::Serialize;
@@ -30,27 +31,6 @@ pub struct FieldError {
     pub path: String,
     /// What is wrong.
     pub message: String,
-}
-
-/// What one trigger may expand to (`[server]` limits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TriggerLimits {
-    /// `server.max_recipients`.
-    pub max_recipients: usize,
-    /// `server.max_options_bytes`: manual options of one recipient, as JSON.
-    pub max_options_bytes: usize,
-    /// `server.max_trigger_options_bytes`: manual options of all recipients together.
-    pub max_trigger_options_bytes: usize,
-}
-
-impl Default for TriggerLimits {
-    fn default() -> Self {
-        Self {
-            max_recipients: 100_000,
-            max_options_bytes: 16 * 1024,
-            max_trigger_options_bytes: 32 * 1024 * 1024,
-        }
-    }
 }
 
 /// Why a trigger cannot be applied.

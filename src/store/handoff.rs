@@ -9,7 +9,7 @@
 //! A hand-off is bounded (`capacity` events waiting or in a round); beyond it, and while
 //! delivery is paused, events are committed due and claimed as usual.
 
-use super::outbox::{Claimed, Status};
+use crate::outbox::{Claimed, Status};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 

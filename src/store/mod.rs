@@ -3,21 +3,18 @@
 //! SQLite (the default) and PostgreSQL (several instances on one database). Everything that
 //! must not be lost is committed before the HTTP answer.
 
-pub mod error;
 pub mod handoff;
-pub mod outbox;
 pub mod postgres;
-pub mod sends;
+pub(crate) mod sql;
 pub mod sqlite;
-pub mod tx;
 
-pub use error::StoreError;
-pub use handoff::{Handoff, Queue};
-pub use outbox::{
-    Attempt, Claimed, Completion, Delivery, Done, OutboxStats, Outcome, Purge, Replay, Status,
+pub use crate::outbox::error;
+pub use crate::outbox::{
+    Attempt, Claimed, ClaimedSend, Completion, Delivery, Done, OutboxStats, Outcome, Purge,
+    Replay, SendOutcome, Status, StoreError,
 };
+pub use handoff::{Handoff, Queue};
 pub use postgres::PgStore;
-pub use sends::{ClaimedSend, SendOutcome};
 pub use sqlite::SqliteStore;
 
 use crate::activity::Activity;

@@ -25,7 +25,7 @@ fn fixture(path: &str) -> Value {
 fn sendgrids_official_vectors_verify_and_altered_ones_do_not() {
     let v = fixture("sendgrid/derived/vectors.json");
     let key = |b64: &str| {
-        sendgrid::Settings {
+        pegabridge::config::events::SendgridSettings {
             public_key: b64.to_owned(),
         }
         .key()
@@ -453,7 +453,7 @@ fn the_official_sns_messages_verify_with_their_pinned_certificate_and_altered_on
         root().join("tests/esp/amazon_ses/derived/sns_cert_7ff5318490ec183fbaddaa2a969abfda.pem"),
     )
     .unwrap();
-    let key = ses::certificate_key(&pem).unwrap();
+    let key = pegabridge::config::events::certificate_key(&pem).unwrap();
     let messages = fixture("amazon_ses/derived/sns_signed_notifications.json");
     let mut versions = std::collections::HashSet::new();
     for m in messages.as_array().unwrap() {

@@ -9,7 +9,7 @@ mod tx;
 
 use crate::activity::Activity;
 use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
-use crate::store::error::{Result, StoreError};
+use crate::outbox::error::{Result, StoreError};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
     SendOutcome, Status,
@@ -139,7 +139,7 @@ impl crate::store::Store for PgStore {
     }
 
     async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>> {
-        let now = crate::store::outbox::now_ms();
+        let now = crate::outbox::now_ms();
         let lease_until = now + lease_secs as i64 * 1000;
         let sql = format!(
             "WITH claimed AS (
@@ -150,7 +150,7 @@ impl crate::store::Store for PgStore {
                             LIMIT $3 FOR UPDATE SKIP LOCKED)
                RETURNING *)
              SELECT {} FROM claimed s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id",
-            crate::store::sends::CLAIMED_COLUMNS
+            crate::store::sql::CLAIMED_COLUMNS
         );
         let rows = sqlx::query(&sql)
             .bind(lease_until)

@@ -2,8 +2,9 @@
 //! never work on the same row at once and a dead instance's rows return when its lease ends.
 
 use super::PgStore;
-use crate::store::error::{Result, StoreError};
-use crate::store::outbox::{now_ms, DONE};
+use crate::outbox::error::{Result, StoreError};
+use crate::outbox::now_ms;
+use crate::store::sql::DONE;
 use crate::store::{Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -45,7 +46,7 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
     })
 }
 
-use crate::store::outbox::PAYLOAD;
+use crate::store::sql::PAYLOAD;
 
 impl PgStore {
     /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an
@@ -312,7 +313,7 @@ impl PgStore {
                 stats.set(status, n);
             }
         }
-        let oldest: Option<i64> = sqlx::query_scalar(crate::store::outbox::OLDEST_OPEN)
+        let oldest: Option<i64> = sqlx::query_scalar(crate::store::sql::OLDEST_OPEN)
             .fetch_one(&self.pool)
             .await?;
         stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));

@@ -5,9 +5,9 @@
 use super::CHANNEL;
 use crate::event::Common;
 use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
-use crate::store::error::Result;
-use crate::store::outbox::now_ms;
-use crate::store::tx::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
+use crate::outbox::error::Result;
+use crate::outbox::now_ms;
+use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 use crate::store::{Claimed, Queue};
 use sqlx::{PgConnection, Row};
 

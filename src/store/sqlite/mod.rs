@@ -38,7 +38,7 @@ mod tx;
 use crate::activity::Activity;
 use crate::event::Common;
 use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
-use crate::store::error::{Result, StoreError};
+use crate::outbox::error::{Result, StoreError};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
     SendOutcome, Status,
@@ -337,7 +337,7 @@ impl crate::store::Store for SqliteStore {
 
     async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>> {
         self.call(move |c| {
-            let now = crate::store::outbox::now_ms();
+            let now = crate::outbox::now_ms();
             let lease_until = now + lease_secs as i64 * 1000;
             // Sends of an instance that died first, then new ones by due time.
             let ids: Vec<i64> = c
@@ -354,7 +354,7 @@ impl crate::store::Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {} FROM sends s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id WHERE s.id = ?1",
-                crate::store::sends::CLAIMED_COLUMNS
+                crate::store::sql::CLAIMED_COLUMNS
             ))?;
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {

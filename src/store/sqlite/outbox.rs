@@ -2,12 +2,12 @@
 //! worker with a lease, completed with a record of every attempt.
 
 use super::{Conn, SqliteStore};
-use crate::store::error::Result;
-use crate::store::outbox::{
-    now_ms, Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status, DONE,
-    OLDEST_OPEN,
+use crate::outbox::error::Result;
+use crate::outbox::{
+    now_ms, Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
 };
-use crate::store::tx::NewEvent;
+use crate::recording::port::NewEvent;
+use crate::store::sql::{DONE, OLDEST_OPEN};
 use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -19,7 +19,7 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> Result<Queue> {
     })
 }
 
-pub(super) use crate::store::outbox::PAYLOAD;
+pub(super) use crate::store::sql::PAYLOAD;
 
 /// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
 /// is an activity's `metric_id`. Returns that id, and the event if leased, for the hand-off.

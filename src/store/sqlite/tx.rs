@@ -4,8 +4,8 @@
 use super::Conn;
 use crate::event::Common;
 use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
-use crate::store::error::Result;
-use crate::store::tx::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
+use crate::outbox::error::Result;
+use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 use crate::store::{Claimed, Queue};
 use rusqlite::{params, OptionalExtension};
 
@@ -215,7 +215,7 @@ impl Tx for SqliteTx<'_> {
         broadcast_id: i64,
         customer_id: i64,
     ) -> Result<()> {
-        let ms = crate::store::outbox::now_ms();
+        let ms = crate::outbox::now_ms();
         self.c
             .prepare_cached(
                 "INSERT INTO sends (uuid, broadcast_id, customer_id, status, next_attempt_at, created_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",

@@ -1,10 +1,10 @@
-//! The reads and writes of one transaction, as each backend runs them: SQL and nothing else.
-//! What to read and write, and what it means, is decided once in [`crate::recording`].
+//! The port of [`crate::recording`]: the reads and writes of one transaction, which each
+//! backend of [`crate::store`] implements with SQL and nothing else. What to read and write,
+//! and what it means, is decided once in [`crate::recording`].
 
-use super::error::Result;
-use super::outbox::Claimed;
+use super::{ActivityAnswer, RecipientAnswer, RecipientStatus};
 use crate::event::Common;
-use crate::recording::{ActivityAnswer, RecipientAnswer, RecipientStatus};
+use crate::outbox::{Claimed, Result};
 
 /// A customer as stored: its id and what decides whether it may be mailed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,7 +88,8 @@ impl CountChange {
 
 /// One transaction's operations. Each backend implements it over its connection; SQLite's
 /// never wait (its futures are ready at once), PostgreSQL's are its round trips.
-pub(crate) trait Tx {
+#[allow(async_fn_in_trait)] // used only here, by the two backends
+pub trait Tx {
     /// The stored answer of the trigger with this idempotency key.
     async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>>;
     /// Keeps a trigger's answer for its idempotency key.

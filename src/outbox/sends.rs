@@ -31,8 +31,3 @@ pub enum SendOutcome {
     /// Retries exhausted: a soft bounce.
     GaveUp { code: String, reason: String },
 }
-
-/// The columns of a claimed send, over `sends s JOIN personal_broadcasts p JOIN broadcasts b`
-/// (both backends), in the order of [`ClaimedSend`]'s fields.
-pub(crate) const CLAIMED_COLUMNS: &str =
-    "s.id, s.uuid, s.broadcast_id, s.customer_id, p.email, b.mapping, p.event, s.attempts";

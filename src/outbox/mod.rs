@@ -1,5 +1,14 @@
-//! The outbox's shapes, shared by the backends: what the worker claims and records, and what
-//! operators see.
+//! The outbox's vocabulary, below everything that uses it: what the worker claims and
+//! records, the statuses operators see and ask for (`--since` included), the mail worker's
+//! sends, and the store's typed error. No SQL here: each backend has its own.
+
+pub mod error;
+pub mod sends;
+pub mod since;
+
+pub use error::{Result, StoreError};
+pub use sends::{ClaimedSend, SendOutcome};
+pub use since::parse_since;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -246,17 +255,6 @@ impl Purge {
         }
     }
 }
-
-/// The SQL condition that keeps a replay to events that are done.
-pub(crate) const DONE: &str = "status IN ('dead', 'filtered', 'delivered')";
-
-/// An outbox row's event, as an expression over `outbox`: its row in `outbox_payloads`, or,
-/// for a `broadcasts` event, the event of its personal broadcast (stored once, there).
-pub(crate) const PAYLOAD: &str = "COALESCE((SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), (SELECT event FROM personal_broadcasts b WHERE b.uuid = outbox.uuid))";
-
-/// The creation time of the oldest event not yet done (through `outbox_open_age`).
-pub(crate) const OLDEST_OPEN: &str =
-    "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')";
 
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -8,9 +8,10 @@
 
 use crate::activity::{Activity, Counts, Detail};
 use crate::event::{now, Common, Metric};
-use crate::store::error::{Result, StoreError};
-use crate::store::tx::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
-use crate::store::Claimed;
+use crate::outbox::{Claimed, ClaimedSend, Result, SendOutcome, StoreError};
+pub use port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
+
+pub mod port;
 use serde::{Deserialize, Serialize};
 
 /// A personal broadcast to record.
@@ -296,9 +297,8 @@ pub(crate) async fn activities(
 /// customer's mailability follows); a retry waits. Returns the events leased to this process.
 pub(crate) async fn send_outcomes(
     tx: &mut impl Tx,
-    outcomes: &[(crate::store::ClaimedSend, crate::store::SendOutcome)],
+    outcomes: &[(ClaimedSend, SendOutcome)],
 ) -> Result<Vec<Claimed>> {
-    use crate::store::SendOutcome;
     let mut leased = Vec::new();
     for (send, outcome) in outcomes {
         match outcome {

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod event;
 pub mod events;
 pub mod http;
+pub mod intake;
 pub mod mail;
 pub mod mapping;
 pub mod mock;

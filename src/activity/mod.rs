@@ -9,35 +9,54 @@ use crate::mapping::apply::FieldError;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-/// An activity as the caller sends it.
-#[derive(Debug, Deserialize)]
+/// An activity as a source hands it in, before it is checked and enriched: the body of
+/// `POST /activities` (deserialized), or built directly by the other sources (tracked links,
+/// platform events), with no JSON in between. [`Raw::check`] makes it an [`Activity`].
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ActivityIn {
-    id: Option<String>,
-    metric: String,
-    broadcast_id: i64,
-    customer_id: i64,
-    timestamp: Option<i64>,
-    user_agent: Option<String>,
-    os: Option<String>,
-    browser: Option<String>,
-    machine_generated: Option<bool>,
-    link_id: Option<i64>,
-    url: Option<String>,
-    alt: Option<String>,
-    tags: Option<Vec<Value>>,
-    google_source: Option<String>,
-    google_medium: Option<String>,
-    google_term: Option<String>,
-    google_content: Option<String>,
-    google_campaign: Option<String>,
-    bounce_type: Option<String>,
-    bounce_code: Option<String>,
-    bounce_reason: Option<String>,
-    conversion_name: Option<String>,
-    value: Option<Number>,
-    currency: Option<String>,
-    order_id: Option<String>,
+pub struct Raw {
+    pub id: Option<String>,
+    pub metric: String,
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+    pub timestamp: Option<i64>,
+    pub user_agent: Option<String>,
+    pub os: Option<String>,
+    pub browser: Option<String>,
+    pub machine_generated: Option<bool>,
+    pub link_id: Option<i64>,
+    pub url: Option<String>,
+    pub alt: Option<String>,
+    pub tags: Option<Vec<Value>>,
+    pub google_source: Option<String>,
+    pub google_medium: Option<String>,
+    pub google_term: Option<String>,
+    pub google_content: Option<String>,
+    pub google_campaign: Option<String>,
+    pub bounce_type: Option<String>,
+    pub bounce_code: Option<String>,
+    pub bounce_reason: Option<String>,
+    pub conversion_name: Option<String>,
+    pub value: Option<Number>,
+    pub currency: Option<String>,
+    pub order_id: Option<String>,
+}
+
+impl Raw {
+    /// A raw activity of `metric` for a personal broadcast (the other fields empty).
+    pub fn new(metric: Metric, broadcast_id: i64, customer_id: i64) -> Self {
+        Self {
+            metric: metric.as_str().to_owned(),
+            broadcast_id,
+            customer_id,
+            ..Self::default()
+        }
+    }
+
+    /// Checks and enriches it; a problem names its field.
+    pub fn check(self) -> Result<Activity, (&'static str, String)> {
+        check(self)
+    }
 }
 
 /// What an activity adds to the common part.
@@ -130,7 +149,7 @@ pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
             errors.push(error(i, "", "an activity must be a JSON object".into()));
             continue;
         }
-        match serde_path_to_error::deserialize::<_, ActivityIn>(item) {
+        match serde_path_to_error::deserialize::<_, Raw>(item) {
             Ok(raw) => match check(raw) {
                 Ok(a) => activities.push(a),
                 Err((field, message)) => errors.push(error(i, field, message)),
@@ -155,7 +174,8 @@ pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
     }
 }
 
-fn error(index: usize, field: &str, message: String) -> FieldError {
+/// A problem of the activity at `index`, for the caller.
+pub fn error(index: usize, field: &str, message: String) -> FieldError {
     FieldError {
         field: field.to_owned(),
         path: if field.is_empty() {
@@ -174,7 +194,7 @@ pub const EARLIEST_TIMESTAMP: i64 = 946_684_800;
 /// How far in the future a timestamp may be (clocks differ): one day.
 const FUTURE_SLACK_SECS: i64 = 86_400;
 
-fn check(a: ActivityIn) -> Result<Activity, (&'static str, String)> {
+fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
     let metric = match Metric::parse(&a.metric) {
         Some(Metric::Broadcasts) => {
             return Err((

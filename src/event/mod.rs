@@ -78,3 +78,28 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+/// The key that joins a mail platform's event to its personal broadcast: the `pegabridge`
+/// metadata value `"{broadcast_id}-{customer_id}"` each message carries through its relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JoinKey {
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+}
+
+impl JoinKey {
+    /// The key of a metadata value, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (b, c) = text.trim().split_once('-')?;
+        Some(Self {
+            broadcast_id: b.parse().ok()?,
+            customer_id: c.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for JoinKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.broadcast_id, self.customer_id)
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod mailgun;
 pub mod mandrill;
+pub mod platform;
 pub mod postmark;
 pub mod sendgrid;
 pub mod ses;
@@ -18,7 +19,7 @@ pub fn unix_time(text: &str) -> Option<i64> {
     postmark::time_of(text)
 }
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A request that fails its platform's check: 401, nothing recorded.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +41,9 @@ pub struct Translated {
     pub id: String,
     /// The `pegabridge` metadata value, if the event carries one.
     pub key: Option<String>,
-    /// The activity (`POST /activities` shape, without `broadcast_id`, `customer_id`, `id`);
-    /// `None` for an event the seed has no metric for (processed, delivered, deferred).
-    pub activity: Option<Map<String, Value>>,
-}
-
-/// `(broadcast_id, customer_id)` of a `pegabridge` key.
-pub fn join(key: &str) -> Option<(i64, i64)> {
-    let (b, c) = key.trim().split_once('-')?;
-    Some((b.parse().ok()?, c.parse().ok()?))
+    /// The activity, without its personal broadcast and id (set when joined); `None` for an
+    /// event the seed has no metric for (processed, delivered, deferred).
+    pub activity: Option<crate::activity::Raw>,
 }
 
 /// A digest of an event without an id of its own.
@@ -59,45 +54,58 @@ pub fn digest(event: &Value) -> String {
 }
 
 /// The activities the platforms' events become (`timestamp` Unix seconds, or null for the
-/// time of receipt; null fields are left out).
+/// time of receipt; null fields are left out): typed values, joined to their personal
+/// broadcast by the route ([`Translated::key`]).
 pub mod to {
-    use serde_json::{json, Map, Value};
+    use crate::activity::Raw;
+    use crate::event::Metric;
+    use serde_json::Value;
 
-    pub fn open(
-        timestamp: Value,
-        user_agent: Value,
-        machine_generated: Value,
-    ) -> Map<String, Value> {
-        super::activity(&[
-            ("metric", json!("opens")),
-            ("timestamp", timestamp),
-            ("user_agent", user_agent),
-            ("machine_generated", machine_generated),
-        ])
+    /// A JSON value as text: a string as it is, null as nothing, anything else as JSON.
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
     }
 
-    pub fn click(timestamp: Value, url: &str, user_agent: Value) -> Map<String, Value> {
-        super::activity(&[
-            ("metric", json!("clicks")),
-            ("timestamp", timestamp),
-            ("url", json!(url)),
-            ("user_agent", user_agent),
-        ])
+    fn raw(metric: Metric, timestamp: &Value) -> Raw {
+        Raw {
+            timestamp: timestamp.as_i64(),
+            ..Raw::new(metric, 0, 0)
+        }
     }
 
-    pub fn bounce(timestamp: Value, hard: bool, code: Value, reason: Value) -> Map<String, Value> {
-        super::activity(&[
-            ("metric", json!("bounces")),
-            ("timestamp", timestamp),
-            ("bounce_type", json!(if hard { "hard" } else { "soft" })),
-            ("bounce_code", code),
-            ("bounce_reason", reason),
-        ])
+    pub fn open(timestamp: Value, user_agent: Value, machine_generated: Value) -> Raw {
+        Raw {
+            user_agent: text(&user_agent),
+            machine_generated: machine_generated.as_bool(),
+            ..raw(Metric::Opens, &timestamp)
+        }
+    }
+
+    pub fn click(timestamp: Value, url: &str, user_agent: Value) -> Raw {
+        Raw {
+            url: Some(url.to_owned()),
+            user_agent: text(&user_agent),
+            ..raw(Metric::Clicks, &timestamp)
+        }
+    }
+
+    pub fn bounce(timestamp: Value, hard: bool, code: Value, reason: Value) -> Raw {
+        Raw {
+            bounce_type: Some(if hard { "hard" } else { "soft" }.to_owned()),
+            bounce_code: text(&code),
+            bounce_reason: text(&reason),
+            ..raw(Metric::Bounces, &timestamp)
+        }
     }
 
     /// A metric with no fields of its own (`complaints`, `unsubscribes`).
-    pub fn plain(metric: &str, timestamp: Value) -> Map<String, Value> {
-        super::activity(&[("metric", json!(metric)), ("timestamp", timestamp)])
+    pub fn plain(metric: &str, timestamp: Value) -> Raw {
+        let metric = Metric::parse(metric).expect("a metric of the seed");
+        raw(metric, &timestamp)
     }
 }
 
@@ -115,21 +123,16 @@ pub fn enhanced_status(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// An activity object from `(key, value)` pairs, leaving out nulls.
-pub fn activity(fields: &[(&str, Value)]) -> Map<String, Value> {
-    fields
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::event::JoinKey;
+
     #[test]
     fn the_join_key_names_a_broadcast_and_a_customer() {
-        assert_eq!(super::join("12-345"), Some((12, 345)));
-        assert_eq!(super::join("12"), None);
-        assert_eq!(super::join("a-b"), None);
+        let key = JoinKey::parse("12-345").unwrap();
+        assert_eq!((key.broadcast_id, key.customer_id), (12, 345));
+        assert_eq!(key.to_string(), "12-345");
+        assert_eq!(JoinKey::parse("12"), None);
+        assert_eq!(JoinKey::parse("a-b"), None);
     }
 }

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::extract::{json_body, require_bearer};
 use super::AppState;
-use crate::recording::ActivityAnswer;
+use crate::intake::{ActivityAnswer, ActivityOutcome, Unknown};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -44,16 +44,17 @@ pub(super) async fn receive(
     require_bearer(token, &headers)?;
     let activities =
         crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::InvalidActivity)?;
-    let agents: Vec<String> = activities
-        .iter()
-        .filter_map(|a| a.user_agent().map(str::to_owned))
+    // All or nothing: an unknown personal broadcast is the caller's mistake (422).
+    let outcomes = (state.intake.record(activities, Unknown::Refuse).await)
+        .map_err(ApiError::store)?;
+    let answers: Vec<ActivityAnswer> = outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            ActivityOutcome::Answered(a) => Some(a),
+            ActivityOutcome::UnknownBroadcast => None,
+        })
         .collect();
-    let answers = (state.store.record_activities(activities).await).map_err(ApiError::store)?;
-    tracing::info!(activities = answers.len(), "activities accepted");
-    // Committed: their user agents may be kept for the next reads.
-    for ua in &agents {
-        crate::activity::enrich::remember(ua);
-    }
+    tracing::debug!(activities = answers.len(), "activities accepted");
     Ok((
         StatusCode::ACCEPTED,
         Json(Answer {

@@ -68,18 +68,9 @@ pub struct Shared {
     /// The tracked links' tokens (`[tracking]`).
     pub tracking: Option<crate::mail::tracking::Tokens>,
     /// Mail platforms' webhooks (`[events.*]`).
-    pub events: EventsState,
-}
-
-/// What `POST /events/{platform}` checks requests with.
-pub struct EventsState {
-    pub settings: crate::config::events::EventsSettings,
-    /// SendGrid's verification key, parsed.
-    pub sendgrid: Option<p256::ecdsa::VerifyingKey>,
-    /// Mailgun tokens seen recently.
-    pub mailgun_tokens: crate::events::mailgun::Tokens,
-    /// SNS signing certificates fetched.
-    pub sns_certificates: crate::events::ses::Certificates,
+    pub platforms: crate::events::platform::Platforms,
+    /// Where every source's activities go.
+    pub intake: crate::intake::Intake,
 }
 
 /// A built, bound server.
@@ -199,18 +190,9 @@ impl Application {
                 .tracking
                 .as_ref()
                 .map(crate::mail::tracking::Tokens::new),
-            events: EventsState {
-                sendgrid: match &settings.events.sendgrid {
-                    Some(s) => Some(s.key().map_err(anyhow::Error::msg)?),
-                    None => None,
-                },
-                settings: settings.events.clone(),
-                mailgun_tokens: Default::default(),
-                sns_certificates: crate::events::ses::Certificates::new(
-                    settings.events.ses.as_ref(),
-                )
+            platforms: crate::events::platform::Platforms::new(&settings.events)
                 .map_err(anyhow::Error::msg)?,
-            },
+            intake: crate::intake::Intake::new(retained.clone()),
         }));
         let router = Router::new()
             .merge(webhooks::router())

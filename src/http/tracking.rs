@@ -13,7 +13,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::{json, Value};
+use crate::activity::Raw;
+use crate::event::Metric;
+use crate::intake::{Intake, Unknown};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -49,14 +51,10 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
-/// Records one activity as `POST /activities` would (parsed and enriched the same way).
-async fn record(state: &AppState, activity: Value) -> Result<(), ApiError> {
-    let activities = crate::activity::parse(activity).map_err(ApiError::InvalidActivity)?;
-    state
-        .store
-        .record_activities(activities)
-        .await
-        .map_err(ApiError::store)?;
+/// Records one activity through the intake (checked and enriched as `POST /activities`).
+async fn record(state: &AppState, activity: Raw) -> Result<(), ApiError> {
+    let activities = Intake::check(vec![activity]).map_err(ApiError::InvalidActivity)?;
+    (state.intake.record(activities, Unknown::Refuse).await).map_err(ApiError::store)?;
     Ok(())
 }
 
@@ -75,9 +73,13 @@ async fn click(
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
-    let activity = json!({"metric": "clicks", "broadcast_id": broadcast_id,
-        "customer_id": customer_id, "url": url, "link_id": link_id, "alt": alt,
-        "user_agent": user_agent(&headers)});
+    let activity = Raw {
+        url: Some(url.clone()),
+        link_id: Some(link_id),
+        alt: Some(alt),
+        user_agent: Some(user_agent(&headers)),
+        ..Raw::new(Metric::Clicks, broadcast_id, customer_id)
+    };
     // The reader gets where the link goes even when the click cannot be recorded now.
     if let Err(e) = record(&state, activity).await {
         tracing::warn!(error = ?e, broadcast_id, customer_id, "a click could not be recorded");
@@ -97,8 +99,10 @@ async fn open(
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
-    let activity = json!({"metric": "opens", "broadcast_id": broadcast_id,
-        "customer_id": customer_id, "user_agent": user_agent(&headers)});
+    let activity = Raw {
+        user_agent: Some(user_agent(&headers)),
+        ..Raw::new(Metric::Opens, broadcast_id, customer_id)
+    };
     if let Err(e) = record(&state, activity).await {
         tracing::warn!(error = ?e, broadcast_id, customer_id, "an open could not be recorded");
     }
@@ -124,9 +128,12 @@ async fn unsubscribe(
         return Err(ApiError::NotFound("no such link".into()));
     };
     // One per personal broadcast: a second POST (a client retrying) records nothing more.
-    let activity = json!({"metric": "unsubscribes", "broadcast_id": broadcast_id,
-        "customer_id": customer_id,
-        "id": format!("pegabridge-unsubscribe:{broadcast_id}-{customer_id}")});
+    let activity = Raw {
+        id: Some(format!(
+            "pegabridge-unsubscribe:{broadcast_id}-{customer_id}"
+        )),
+        ..Raw::new(Metric::Unsubscribes, broadcast_id, customer_id)
+    };
     record(&state, activity).await?;
     Ok(Html("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head><body><p>You are unsubscribed. You will not receive these emails any more.</p></body></html>").into_response())
 }

@@ -25,7 +25,7 @@ pub struct Outgoing<'a> {
     pub tracking: Option<(&'a super::tracking::Tokens, (i64, i64))>,
     /// The `pegabridge` key (`"{broadcast_id}-{customer_id}"`) for the platform's metadata
     /// header (`[mail] platform`).
-    pub join_key: Option<String>,
+    pub join_key: Option<crate::event::JoinKey>,
 }
 
 /// Why a message could not be made.
@@ -174,7 +174,7 @@ impl Composer {
             .map_err(|e| ComposeError::Build(e.to_string()))?;
         if let (Some(platform), Some(key)) = (self.platform, &out.join_key) {
             for (name, value) in
-                platform_headers(platform, key, self.ses_configuration_set.as_deref())
+                platform_headers(platform, &key.to_string(), self.ses_configuration_set.as_deref())
             {
                 message.headers_mut().insert_raw(HeaderValue::new(
                     HeaderName::new_from_ascii(name)

@@ -177,7 +177,10 @@ impl MailWorker {
             manual_options: &options,
             unsubscribe,
             tracking,
-            join_key: Some(format!("{}-{}", ids.0, ids.1)),
+            join_key: Some(crate::event::JoinKey {
+                broadcast_id: ids.0,
+                customer_id: ids.1,
+            }),
         };
         self.composer
             .compose(&mapping, &outgoing)

@@ -222,34 +222,70 @@ pub(crate) async fn trigger(
 /// Bytes reserved for an event's JSON (events are about 1.5 KB).
 const PAYLOAD_CAPACITY: usize = 2048;
 
-/// Records the activities of one request and their events, all or nothing: an unknown
-/// personal broadcast fails them all ([`StoreError::UnknownBroadcast`]), found before
-/// anything is written. A resend of an activity with a known `id` is answered as before.
+/// What to do with an activity whose personal broadcast is unknown here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Fail the whole request ([`StoreError::UnknownBroadcast`]) before anything is written
+    /// (`POST /activities`: the caller made a mistake).
+    Refuse,
+    /// Answer it [`ActivityOutcome::UnknownBroadcast`] and record the others (a platform's
+    /// batch, which may carry events of mail sent by others on a shared account).
+    Skip,
+}
+
+/// What became of one activity of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivityOutcome {
+    /// Recorded (its answer says `queued`), or a resend of a known id (`duplicate`): the
+    /// answer given the first time.
+    Answered(ActivityAnswer),
+    /// Its personal broadcast is not known here: nothing recorded (with [`Unknown::Skip`]).
+    UnknownBroadcast,
+}
+
+impl ActivityOutcome {
+    /// The answer, when the activity was recorded or is a duplicate.
+    pub fn answer(&self) -> Option<&ActivityAnswer> {
+        match self {
+            ActivityOutcome::Answered(a) => Some(a),
+            ActivityOutcome::UnknownBroadcast => None,
+        }
+    }
+}
+
+/// Records a batch of activities and their events, one outcome per activity, in order. The
+/// personal broadcasts are looked up first (one indexed read each); an unknown one fails the
+/// batch before any write ([`Unknown::Refuse`]) or is answered as such ([`Unknown::Skip`]).
+/// A resend of an activity with a known `id` is answered as before. Linear in the batch.
 pub(crate) async fn activities(
     tx: &mut impl Tx,
     activities: &[Activity],
-) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
+    unknown: Unknown,
+) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
     let mut commons = Vec::with_capacity(activities.len());
     for (index, a) in activities.iter().enumerate() {
-        match tx.broadcast_event(a.broadcast_id, a.customer_id).await? {
-            Some(common) => commons.push(common),
-            None => {
-                return Err(StoreError::UnknownBroadcast {
-                    index,
-                    broadcast_id: a.broadcast_id,
-                    customer_id: a.customer_id,
-                })
-            }
+        let common = tx.broadcast_event(a.broadcast_id, a.customer_id).await?;
+        if common.is_none() && unknown == Unknown::Refuse {
+            return Err(StoreError::UnknownBroadcast {
+                index,
+                broadcast_id: a.broadcast_id,
+                customer_id: a.customer_id,
+            });
         }
+        commons.push(common);
     }
     let mut answers = Vec::with_capacity(activities.len());
     let mut leased = Vec::new();
     for (a, common) in activities.iter().zip(commons) {
+        let Some(common) = common else {
+            answers.push(ActivityOutcome::UnknownBroadcast);
+            continue;
+        };
         // Checked here, not with the broadcasts: an earlier activity of the same request may
         // have just recorded this id.
         if let Some(id) = &a.external_id {
             if let Some(earlier) = tx.earlier_activity(id).await? {
-                answers.push(earlier);
+                answers.push(ActivityOutcome::Answered(earlier));
                 continue;
             }
         }
@@ -282,11 +318,11 @@ pub(crate) async fn activities(
         };
         let (metric_id, lease) = tx.enqueue(new, payload).await?;
         leased.extend(lease);
-        answers.push(ActivityAnswer {
+        answers.push(ActivityOutcome::Answered(ActivityAnswer {
             uuid,
             metric_id,
             status: ActivityStatus::Queued,
-        });
+        }));
     }
     Ok((answers, leased))
 }
@@ -347,7 +383,7 @@ pub(crate) async fn send_outcomes(
                         reason: reason.clone(),
                     },
                 };
-                let (_, lease) = activities(tx, std::slice::from_ref(&bounce)).await?;
+                let (_, lease) = activities(tx, std::slice::from_ref(&bounce), Unknown::Refuse).await?;
                 leased.extend(lease);
             }
         }

@@ -18,7 +18,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::activity::Activity;
-use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
+use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use error::Result;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -50,12 +50,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         queue: Queue,
     ) -> Result<Vec<Claimed>>;
 
-    /// Records a request's activities and their events, all or nothing.
+    /// Records a batch of activities and their events in one transaction (see
+    /// [`crate::recording::activities`]).
     async fn record_activities(
         &self,
         activities: Vec<Activity>,
+        unknown: Unknown,
         queue: Queue,
-    ) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)>;
+    ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)>;
 
     /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
     /// leasing them for `lease_secs`. Nothing while delivery is paused.
@@ -198,9 +200,12 @@ impl Storage {
     pub async fn record_activities(
         &self,
         activities: Vec<Activity>,
-    ) -> Result<Vec<ActivityAnswer>> {
+        unknown: Unknown,
+    ) -> Result<Vec<ActivityOutcome>> {
         let (reservation, queue) = self.reserve(activities.len());
-        let (answers, leased) = self.backend.record_activities(activities, queue).await?;
+        let (answers, leased) = (self.backend)
+            .record_activities(activities, unknown, queue)
+            .await?;
         self.hand_over(reservation, leased);
         Ok(answers)
     }

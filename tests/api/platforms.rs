@@ -553,7 +553,7 @@ fn every_fixture_event_translates_to_its_metric() {
     let metric = |t: &Translated| {
         t.activity
             .as_ref()
-            .map(|a| a["metric"].as_str().unwrap().to_owned())
+            .map(|a| a.metric.clone())
     };
     let cases: Vec<(&str, &str, Option<&str>)> = vec![
         ("sendgrid", "bounce_event", Some("bounces")),
@@ -644,15 +644,15 @@ fn every_fixture_event_translates_to_its_metric() {
         let Some(a) = &first.activity else { continue };
         match expect.unwrap() {
             "clicks" => assert!(
-                a["url"].as_str().is_some_and(|u| u.starts_with("http")),
+                a.url.as_deref().is_some_and(|u| u.starts_with("http")),
                 "{platform} {name}: {a:?}"
             ),
             "bounces" => {
                 assert!(
-                    matches!(a["bounce_type"].as_str(), Some("hard" | "soft")),
+                    matches!(a.bounce_type.as_deref(), Some("hard" | "soft")),
                     "{platform} {name}"
                 );
-                assert!(a.contains_key("bounce_reason"), "{platform} {name}: {a:?}");
+                assert!(a.bounce_reason.is_some(), "{platform} {name}: {a:?}");
             }
             _ => {}
         }
@@ -661,8 +661,8 @@ fn every_fixture_event_translates_to_its_metric() {
             || name == "hard_bounce_event"
             || (name == "bounce_event" && platform != "postmark")
         {
-            assert_eq!(a["bounce_type"], "hard", "{platform} {name}");
-            assert_eq!(a["bounce_code"], "5.1.1", "{platform} {name}");
+            assert_eq!(a.bounce_type.as_deref(), Some("hard"), "{platform} {name}");
+            assert_eq!(a.bounce_code.as_deref(), Some("5.1.1"), "{platform} {name}");
         }
     }
 }

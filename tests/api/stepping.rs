@@ -324,7 +324,10 @@ async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmappe
             {"metric": "bounces", "broadcast_id": b, "customer_id": c, "bounce_type": "soft"},
         ]))
         .unwrap();
-        store.record_activities(activities).await.unwrap();
+        store
+            .record_activities(activities, pegabridge::intake::Unknown::Refuse)
+            .await
+            .unwrap();
         let step = worker.try_deliver_next().await.unwrap();
         assert_eq!((step.delivered, step.filtered), (2, 1), "{step:?}");
         let bodies = pega.mock.events();

@@ -8,7 +8,7 @@ mod outbox;
 mod tx;
 
 use crate::activity::Activity;
-use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
+use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::outbox::error::{Result, StoreError};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
@@ -187,11 +187,13 @@ impl crate::store::Store for PgStore {
     async fn record_activities(
         &self,
         activities: Vec<Activity>,
+        unknown: Unknown,
         queue: Queue,
-    ) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
+    ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
         transaction!(self, queue, |tx| crate::recording::activities(
             tx,
-            &activities
+            &activities,
+            unknown
         ))
     }
 

@@ -37,7 +37,7 @@ mod tx;
 
 use crate::activity::Activity;
 use crate::event::Common;
-use crate::recording::{ActivityAnswer, NewRecipient, TriggerAnswer};
+use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::outbox::error::{Result, StoreError};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
@@ -392,12 +392,13 @@ impl crate::store::Store for SqliteStore {
     async fn record_activities(
         &self,
         activities: Vec<Activity>,
+        unknown: Unknown,
         queue: Queue,
-    ) -> Result<(Vec<ActivityAnswer>, Vec<Claimed>)> {
+    ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
         self.call(move |c| {
             let queue = outbox::effective(c, queue)?;
             let mut tx = tx::SqliteTx { c, queue };
-            tx::run(crate::recording::activities(&mut tx, &activities))
+            tx::run(crate::recording::activities(&mut tx, &activities, unknown))
         })
         .await
     }

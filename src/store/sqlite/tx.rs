@@ -362,11 +362,11 @@ mod tests {
             },
         };
         let (answers, _) = store
-            .record_activities(vec![open], Queue::Due)
+            .record_activities(vec![open], crate::recording::Unknown::Refuse, Queue::Due)
             .await
             .unwrap();
         let payload = Store::pending_events(&store).await.unwrap().pop().unwrap();
-        assert_eq!(answers[0].status, ActivityStatus::Queued);
+        assert_eq!(answers[0].answer().unwrap().status, ActivityStatus::Queued);
         assert_eq!(payload["campaign_name"], "kept");
     }
 }

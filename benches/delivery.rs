@@ -23,8 +23,8 @@ mod common;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use common::{fill_sqlite, payload, receiver, receiver_with};
+use pegabridge::app::Application;
 use pegabridge::config::Settings;
-use pegabridge::http::Application;
 use pegabridge::mock::Behaviour;
 use pegabridge::mock::MockPega;
 use serde_json::{json, Value};

@@ -14,8 +14,8 @@ use common::receiver;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::EncodePublicKey;
+use pegabridge::app::Application;
 use pegabridge::config::Settings;
-use pegabridge::http::Application;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

@@ -11,8 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use pegabridge::app::Application;
 use pegabridge::config::Settings;
-use pegabridge::http::Application;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::sync::atomic::{AtomicUsize, Ordering};

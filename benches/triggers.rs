@@ -9,8 +9,8 @@
 //! Targets: >= 2,000 triggers/s, p99 <= 50 ms at 500/s, 1M customers within 20% of empty,
 //! >= 20,000 recipients/s.
 
+use pegabridge::app::Application;
 use pegabridge::config::Settings;
-use pegabridge::http::Application;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod app;
 pub mod broadcast;
 pub mod cli;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod mock;
 pub mod outbox;
 pub mod recording;
 pub mod store;
+pub mod tasks;
 pub mod template;

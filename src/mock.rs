@@ -210,44 +210,7 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     let now = Instant::now();
-    let (delay, fail, retry_after, limited) = {
-        let mut inner = mock.inner.lock().expect("not poisoned");
-        inner.requests += 1;
-        inner.request_times.push(now);
-        inner.in_flight += 1;
-        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-        inner.last_headers = headers.clone();
-        inner.last_version = Some(version);
-        let limited = match inner.behaviour.rate_limit {
-            None => false,
-            Some(rate) => {
-                let (start, count) = match inner.window {
-                    Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
-                        (start, count)
-                    }
-                    _ => (now, 0),
-                };
-                inner.window = Some((start, count + 1));
-                count >= rate
-            }
-        };
-        if limited {
-            inner.limited.push(now);
-        }
-        let b = &mut inner.behaviour;
-        let fail = if b.fail_next > 0 {
-            b.fail_next -= 1;
-            true
-        } else {
-            b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate
-        };
-        (
-            b.delay,
-            fail.then(|| b.fail_status.unwrap_or(503)),
-            b.retry_after,
-            limited,
-        )
-    };
+    let (delay, fail, retry_after, limited) = arrive(&mock, now, version, &headers);
     struct Leaving(MockPega);
     impl Drop for Leaving {
         fn drop(&mut self) {
@@ -301,6 +264,58 @@ async fn receive(
             return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
         }
     };
+    keep(&mock, events);
+    StatusCode::OK.into_response()
+}
+
+/// Counts a request as it arrives and decides what to do with it: (delay, failure status,
+/// Retry-After, rate-limited).
+fn arrive(
+    mock: &MockPega,
+    now: Instant,
+    version: axum::http::Version,
+    headers: &HeaderMap,
+) -> (Duration, Option<u16>, Option<u64>, bool) {
+    let mut inner = mock.inner.lock().expect("not poisoned");
+    inner.requests += 1;
+    inner.request_times.push(now);
+    inner.in_flight += 1;
+    inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+    inner.last_headers = headers.clone();
+    inner.last_version = Some(version);
+    let limited = match inner.behaviour.rate_limit {
+        None => false,
+        Some(rate) => {
+            let (start, count) = match inner.window {
+                Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
+                    (start, count)
+                }
+                _ => (now, 0),
+            };
+            inner.window = Some((start, count + 1));
+            count >= rate
+        }
+    };
+    if limited {
+        inner.limited.push(now);
+    }
+    let b = &mut inner.behaviour;
+    let fail = if b.fail_next > 0 {
+        b.fail_next -= 1;
+        true
+    } else {
+        b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate
+    };
+    (
+        b.delay,
+        fail.then(|| b.fail_status.unwrap_or(503)),
+        b.retry_after,
+        limited,
+    )
+}
+
+/// Keeps (and prints, when asked) the events of an accepted request.
+fn keep(mock: &MockPega, events: Vec<Value>) {
     let mut inner = mock.inner.lock().expect("not poisoned");
     for e in events {
         if inner.behaviour.print && inner.behaviour.capture_response {
@@ -327,7 +342,6 @@ async fn receive(
         inner.events.push(e);
         inner.arrivals.push(Instant::now());
     }
-    StatusCode::OK.into_response()
 }
 
 fn authorized(mock: &MockPega, headers: &HeaderMap) -> bool {

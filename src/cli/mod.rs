@@ -5,7 +5,6 @@
 
 mod ops;
 
-
 /// `println!` for command output: a closed pipe (`pegabridge preview | head`) ends the
 /// command quietly instead of panicking.
 macro_rules! out {
@@ -286,13 +285,13 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
 fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let app = crate::http::Application::build(&settings).await?;
+        let app = crate::app::Application::build(&settings).await?;
         tracing::info!(
             listen = settings.server.listen.as_str(),
             port = app.port(),
             "pegabridge listening"
         );
-        app.run_until_stopped(crate::http::shutdown_signal()).await
+        app.run_until_stopped(crate::app::shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,8 +5,8 @@ use super::out;
 use crate::config::secret::Secret;
 use crate::config::Settings;
 use crate::mock::{Behaviour, MockAuth, MockPega};
-use crate::store::Replay;
 use crate::outbox::parse_since;
+use crate::store::Replay;
 use crate::store::{Done, Status, Storage};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -182,7 +182,6 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
     })
 }
 
-
 /// Runs the stand-in until ctrl-c.
 pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
     let mock = MockPega::new(
@@ -216,12 +215,12 @@ pub fn mock_pega(args: MockArgs) -> anyhow::Result<ExitCode> {
             eprintln!("mock Pega listening on https://{}", listener.local_addr()?);
             let listener = crate::mock::TlsListener::new(listener, config)?;
             axum::serve(listener, mock.router())
-                .with_graceful_shutdown(crate::http::shutdown_signal())
+                .with_graceful_shutdown(crate::app::shutdown_signal())
                 .await?;
         } else {
             eprintln!("mock Pega listening on http://{}", listener.local_addr()?);
             axum::serve(listener, mock.router())
-                .with_graceful_shutdown(crate::http::shutdown_signal())
+                .with_graceful_shutdown(crate::app::shutdown_signal())
                 .await?;
         }
         Ok(ExitCode::SUCCESS)

@@ -24,6 +24,30 @@ const DRAIN_BYTES: usize = 64 * 1024;
 /// The largest token answer read.
 const TOKEN_BYTES: usize = 64 * 1024;
 
+/// Why a request got no answer, typed by what failed (the text names the cause chain, never
+/// a credential).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The attempt (a token fetch included) ran past `timeout_secs`.
+    #[error("{0}")]
+    Timeout(String),
+    /// The TLS handshake or session failed.
+    #[error("{0}")]
+    Tls(String),
+    /// The endpoint's name did not resolve.
+    #[error("{0}")]
+    Dns(String),
+    /// The connection was refused or could not be made.
+    #[error("{0}")]
+    Connect(String),
+    /// The OAuth2 token could not be had.
+    #[error("OAuth2 token endpoint: {0}")]
+    Token(String),
+    /// Anything else on the way (a reset connection, an unreadable answer).
+    #[error("{0}")]
+    Other(String),
+}
+
 /// The outcome of one POST.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -31,6 +55,8 @@ pub struct Sent {
     pub duration: Duration,
     /// The first KB of the answer, or why there was none (never a credential).
     pub detail: String,
+    /// Why there was no answer, when there was none.
+    pub failure: Option<ClientError>,
 }
 
 #[derive(Debug)]
@@ -119,11 +145,13 @@ impl PegaClient {
                 },
                 duration,
                 detail: answer.detail,
+                failure: None,
             },
             Err(cause) => Sent {
                 response: Response::Failed,
                 duration,
-                detail: cause,
+                detail: cause.to_string(),
+                failure: Some(cause),
             },
         }
     }
@@ -131,7 +159,7 @@ impl PegaClient {
     /// Reaches the endpoint without sending an event (`config check --connect`): an OAuth2
     /// token when configured, then a `HEAD` request; any HTTP answer proves the connection
     /// and the TLS handshake. Returns the answer's status.
-    pub async fn probe(&self) -> Result<u16, String> {
+    pub async fn probe(&self) -> Result<u16, ClientError> {
         self.within_timeout(async {
             let req = self.http.head(&self.endpoint).headers(self.headers.clone());
             let (req, _) = self.authorized(req).await?;
@@ -144,26 +172,32 @@ impl PegaClient {
     /// `attempt`, or why it did not finish within `timeout_secs`.
     async fn within_timeout<T>(
         &self,
-        attempt: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        attempt: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
         tokio::time::timeout(self.timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("timed out after {}", seconds(self.timeout))))
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout(format!(
+                    "timed out after {}",
+                    seconds(self.timeout)
+                )))
+            })
     }
 
     /// `req` with the configured credentials; with OAuth2 also the token it carries.
     async fn authorized(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> Result<(reqwest::RequestBuilder, Option<String>), String> {
+    ) -> Result<(reqwest::RequestBuilder, Option<String>), ClientError> {
         match &self.auth {
             Some(PegaAuth::Basic { username, password }) => {
                 Ok((req.basic_auth(username, Some(password.expose())), None))
             }
             Some(PegaAuth::Oauth2 { .. }) => {
                 let token = self.token().await?;
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .map_err(|_| "OAuth2 token: not usable in a header".to_owned())?;
+                let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    ClientError::Token("its token is not usable in a header".into())
+                })?;
                 value.set_sensitive(true);
                 Ok((req.header(AUTHORIZATION, value), Some(token)))
             }
@@ -171,7 +205,7 @@ impl PegaClient {
         }
     }
 
-    async fn attempt(&self, body: &[u8]) -> Result<Answer, String> {
+    async fn attempt(&self, body: &[u8]) -> Result<Answer, ClientError> {
         let answer = self.post(body).await?;
         if answer.code == 401 && matches!(self.auth, Some(PegaAuth::Oauth2 { .. })) {
             // The token may have been revoked or expired early: fetch a new one, once.
@@ -181,7 +215,7 @@ impl PegaClient {
         Ok(answer)
     }
 
-    async fn post(&self, body: &[u8]) -> Result<Answer, String> {
+    async fn post(&self, body: &[u8]) -> Result<Answer, ClientError> {
         let req = self
             .http
             .post(&self.endpoint)
@@ -222,7 +256,7 @@ impl PegaClient {
 
     /// A valid token: the cached one, or one fetched now (one fetch at a time; callers that
     /// waited for another's fetch use its token).
-    async fn token(&self) -> Result<String, String> {
+    async fn token(&self) -> Result<String, ClientError> {
         if let Some(t) = self.cached_token() {
             return Ok(t);
         }
@@ -233,7 +267,7 @@ impl PegaClient {
         let token = self
             .fetch_token()
             .await
-            .map_err(|e| format!("OAuth2 token endpoint: {e}"))?;
+            .map_err(|e| ClientError::Token(e.to_string()))?;
         let value = token.value.clone();
         *self.token.lock().expect("not poisoned") = Some(token);
         Ok(value)
@@ -255,7 +289,7 @@ impl PegaClient {
         }
     }
 
-    async fn fetch_token(&self) -> Result<Token, String> {
+    async fn fetch_token(&self) -> Result<Token, ClientError> {
         let Some(PegaAuth::Oauth2 {
             token_url,
             client_id,
@@ -263,7 +297,7 @@ impl PegaClient {
             scope,
         }) = &self.auth
         else {
-            return Err("not configured for OAuth2".into());
+            return Err(ClientError::Other("not configured for OAuth2".into()));
         };
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -283,7 +317,7 @@ impl PegaClient {
         let status = res.status();
         if !status.is_success() {
             let text = read_bounded(res, DETAIL_BYTES, DRAIN_BYTES).await;
-            return Err(format!("answered {status}: {text}"));
+            return Err(ClientError::Other(format!("answered {status}: {text}")));
         }
         let body = read_raw(res, TOKEN_BYTES).await?;
         #[derive(serde::Deserialize)]
@@ -292,7 +326,7 @@ impl PegaClient {
             expires_in: Option<u64>,
         }
         let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|e| format!("answered {status} without a token ({e})"))?;
+            .map_err(|e| ClientError::Other(format!("answered {status} without a token ({e})")))?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).min(u32::MAX.into()));
         Ok(Token {
             value: answer.access_token,
@@ -327,12 +361,14 @@ async fn read_bounded(mut res: reqwest::Response, keep: usize, drain: usize) -> 
 }
 
 /// The whole answer, refused beyond `limit` bytes.
-async fn read_raw(mut res: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+async fn read_raw(mut res: reqwest::Response, limit: usize) -> Result<Vec<u8>, ClientError> {
     let mut body = Vec::new();
     loop {
         match res.chunk().await {
             Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
-                return Err(format!("answer longer than {limit} bytes"));
+                return Err(ClientError::Other(format!(
+                    "answer longer than {limit} bytes"
+                )));
             }
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) => return Ok(body),
@@ -357,7 +393,7 @@ pub fn safe_text(bytes: &[u8]) -> String {
 /// `connect 10.0.0.5:443: connection refused`, `TLS: invalid peer certificate: UnknownIssuer`,
 /// `DNS: pega.example: failed to lookup address information: Name or service not known`. The
 /// URL is left out (it may carry credentials).
-pub fn explain(error: &reqwest::Error) -> String {
+pub fn explain(error: &reqwest::Error) -> ClientError {
     let mut causes: Vec<String> = Vec::new();
     let mut tls: Option<String> = None;
     let mut io_kind = None;
@@ -397,25 +433,25 @@ pub fn explain(error: &reqwest::Error) -> String {
     if tls.is_none() && innermost.starts_with("received fatal alert") {
         tls = Some(innermost.clone());
     }
-    let text = if let Some(tls) = tls {
-        format!("TLS: {tls}")
+    let safe = |text: String| safe_text(text.as_bytes());
+    if let Some(tls) = tls {
+        ClientError::Tls(safe(format!("TLS: {tls}")))
     } else if error.is_timeout() {
-        format!("timed out ({innermost})")
+        ClientError::Timeout(safe(format!("timed out ({innermost})")))
     } else if causes.iter().any(|c| c.starts_with("dns error")) {
-        format!("DNS: {host}: {innermost}")
+        ClientError::Dns(safe(format!("DNS: {host}: {innermost}")))
     } else if error.is_connect() {
         let reason = match io_kind {
             Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
             Some(std::io::ErrorKind::TimedOut) => "timed out".to_owned(),
             _ => innermost,
         };
-        format!("connect {host}:{port}: {reason}")
+        ClientError::Connect(safe(format!("connect {host}:{port}: {reason}")))
     } else {
         let mut chain = vec![message_without_url(error)];
         chain.extend(causes);
-        chain.join(": ")
-    };
-    safe_text(text.as_bytes())
+        ClientError::Other(safe(chain.join(": ")))
+    }
 }
 
 /// reqwest's own message without the URL (it may carry credentials).

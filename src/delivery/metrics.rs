@@ -30,6 +30,8 @@ pub struct Metrics {
     pauses: IntCounter,
     deferred: IntCounter,
     unmatched: prometheus::IntCounterVec,
+    /// Restarts of each supervised background task (see [`crate::app`]).
+    task_restarts: prometheus::IntCounterVec,
     /// The reason shown by `last_decrease` (an index into `Decrease::ALL`, or none yet): the
     /// labels are set only when it changes, not on every POST.
     shown_decrease: std::sync::atomic::AtomicUsize,
@@ -41,18 +43,17 @@ impl Metrics {
         let registry =
             Registry::new_custom(Some("pegabridge".into()), None).expect("a valid prefix");
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let counters = |name: &str, help: &str, label: &str| {
+            let c = prometheus::IntCounterVec::new(Opts::new(name, help), &[label]);
+            register(&registry, c.expect("valid metric"))
         };
         let latency = Histogram::with_opts(
             HistogramOpts::new(
@@ -62,11 +63,18 @@ impl Metrics {
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
             ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
+        );
+        let rtt = Gauge::new(
+            "delivery_rtt_seconds",
+            "Moving average of the endpoint's round trips",
+        );
+        let last_decrease = IntGaugeVec::new(
+            Opts::new(
+                "delivery_concurrency_last_decrease",
+                "1 for the reason the concurrency limit last went down",
+            ),
+            &["reason"],
+        );
         Self {
             delivered: counter("delivered_total", "Events delivered to Pega"),
             retried: counter("retried_total", "Event attempts that will be retried"),
@@ -87,27 +95,8 @@ impl Metrics {
                 "POSTs allowed in flight now (adaptive unless [pega] concurrency is set)",
             ),
             requests_in_flight: gauge("delivery_requests_in_flight", "POSTs in flight now"),
-            rtt: {
-                let g = Gauge::new(
-                    "delivery_rtt_seconds",
-                    "Moving average of the endpoint's round trips",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            last_decrease: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "delivery_concurrency_last_decrease",
-                        "1 for the reason the concurrency limit last went down",
-                    ),
-                    &["reason"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            rtt: register(&registry, rtt.expect("valid metric")),
+            last_decrease: register(&registry, last_decrease.expect("valid metric")),
             breaker: gauge(
                 "delivery_breaker_state",
                 "The endpoint's circuit breaker: 0 closed, 1 open, 2 half-open (probing)",
@@ -120,20 +109,18 @@ impl Metrics {
                 "delivery_deferred_total",
                 "Events not posted in their round because the endpoint was paused or down (no attempt counted)",
             ),
-            unmatched: {
-                let c = prometheus::IntCounterVec::new(
-                    Opts::new(
-                        "events_unmatched_total",
-                        "Mail platform events acknowledged without a known pegabridge key",
-                    ),
-                    &["platform"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            unmatched: counters(
+                "events_unmatched_total",
+                "Mail platform events acknowledged without a known pegabridge key",
+                "platform",
+            ),
+            task_restarts: counters(
+                "task_restarts_total",
+                "Times a background task panicked and was restarted",
+                "task",
+            ),
             shown_decrease: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            latency,
+            latency: register(&registry, latency.expect("valid metric")),
             registry,
         }
     }
@@ -197,13 +184,20 @@ impl Metrics {
         }
     }
 
-    /// Counts a restart of the delivery worker.
-    pub fn worker_restarted(&self) {
-        self.restarts.inc();
+    /// The restart counter of the supervised tasks.
+    pub fn task_restarts(&self) -> prometheus::IntCounterVec {
+        self.task_restarts.clone()
     }
 
     /// The text exposition, with the outbox gauges set from `stats`.
     pub fn render(&self, stats: &OutboxStats) -> String {
+        // `worker_restarts_total` (older than the per-task counter) follows the delivery task's.
+        {
+            static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one_at_a_time = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+            let delivery = self.task_restarts.with_label_values(&["delivery"]).get();
+            (self.restarts).inc_by(delivery.saturating_sub(self.restarts.get()));
+        }
         self.pending.set(stats.pending);
         self.inflight.set(stats.inflight);
         self.dead_now.set(stats.dead);
@@ -220,4 +214,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Registers `metric` in `registry` and returns it (names are unique by construction).
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }

@@ -7,8 +7,7 @@ pub mod client;
 pub mod concurrency;
 pub mod metrics;
 pub mod schedule;
-pub mod status;
+pub mod sink;
 mod worker;
 
-pub use status::{DeliveryStatus, WorkerState};
-pub use worker::{FaultHook, Step, Worker};
+pub use worker::{FaultHook, Inbox, Step, Worker};

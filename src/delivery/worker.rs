@@ -3,27 +3,40 @@
 //! when woken, when a retry may be due and while there is a backlog.
 
 use super::breaker::{Admit, BreakerState, Gate, Transition};
-use super::client::{PegaClient, Sent};
+use super::client::Sent;
 use super::concurrency::{Limiter, Signal};
 use super::metrics::Metrics;
 use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
-use super::status::{panic_message, DeliveryStatus, WorkerState};
+use super::sink::Sink;
 use crate::config::pega::{Format, PegaSettings};
 use crate::event::Metric;
-use crate::store::handoff::{self, Leased};
 use crate::outbox::now_ms;
+use crate::store::handoff::{self, Leased};
 use crate::store::Storage;
-use crate::store::{Attempt, Claimed, Completion, Outcome};
+use crate::store::{Attempt, AttemptOutcome, Claimed, Completion, Outcome};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How long a worker that panicked waits before it starts again.
-pub const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// What this process's requests hand the worker: the hand-off's receiving end, and the
+/// events taken from it but not yet posted. Kept across the worker's restarts.
+#[derive(Debug)]
+pub struct Inbox {
+    pub handed: handoff::Receiver,
+    pub waiting: Option<Leased>,
+}
+
+impl Inbox {
+    pub fn new(handed: handoff::Receiver) -> Self {
+        Self {
+            handed,
+            waiting: None,
+        }
+    }
+}
 
 /// Called at the start of every round: lets tests make the worker panic (fault injection).
 pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
@@ -70,7 +83,7 @@ impl Step {
 /// The delivery worker.
 pub struct Worker {
     store: Storage,
-    client: PegaClient,
+    sink: Box<dyn Sink>,
     settings: Arc<PegaSettings>,
     enabled: HashSet<Metric>,
     metrics: Arc<Metrics>,
@@ -86,7 +99,7 @@ impl Worker {
         settings: Arc<PegaSettings>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Self>> {
-        let Some(client) = PegaClient::new(&settings)? else {
+        let Some(sink) = super::sink::from_settings(&settings)? else {
             return Ok(None);
         };
         // With CDH's format, only the metrics with an outcome are sent.
@@ -105,7 +118,7 @@ impl Worker {
         metrics.concurrency(&limiter.snapshot());
         Ok(Some(Self {
             store,
-            client,
+            sink,
             settings,
             enabled,
             metrics,
@@ -151,6 +164,11 @@ impl Worker {
     /// The endpoint's circuit breaker state.
     pub fn breaker_state(&self) -> BreakerState {
         self.gate.state()
+    }
+
+    /// What the sink delivers to (never a credential).
+    pub fn sink_name(&self) -> String {
+        self.sink.describe()
     }
 
     /// The concurrency limit now.
@@ -218,60 +236,62 @@ impl Worker {
         Ok(step)
     }
 
-    /// Posts one batch; says how many of its events lapsed and what to record for the others.
-    ///
-    /// An event is posted only while its lease has time left for the POST (`timeout_secs`,
-    /// at most half the lease): one whose lease runs out first may be claimed and posted by
-    /// another worker, so it is left alone, to be claimed again itself.
-    ///
-    /// Before posting, it waits for a place under the concurrency limit and for the
-    /// endpoint's gate: a short pause (`Retry-After`) is waited out when every lease has time
-    /// for it; a longer one, or an open breaker (unless this batch is its probe), defers the
-    /// batch to when the endpoint may be posted to.
+    /// Delivers one batch through the sink, in phases: wait for a place under the limit and
+    /// the endpoint's gate ([`Worker::admit`]), leave out events whose lease has not time
+    /// enough left ([`Worker::live`]), deliver, and judge the answer ([`Worker::judge`]).
     async fn deliver(&self, batch: &[Claimed]) -> Posted {
-        let s = &self.settings;
-        let body = match self.body(batch) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "an event cannot be posted in the configured format: dead letter (fix the configuration, then replay it)");
-                return Posted::Sent {
-                    lapsed: 0,
-                    verdict: Verdict::Dead,
-                    outcome: Outcome {
-                        ids: batch.iter().map(|c| c.id).collect(),
-                        attempt: Some(Attempt {
-                            at_ms: now_ms(),
-                            http_status: None,
-                            duration_ms: 0,
-                            outcome: "dead".into(),
-                            detail: e.to_string(),
-                        }),
-                        completion: Completion::Dead,
-                    },
-                };
-            }
+        let (permit, probe) = match self.admit(batch).await {
+            Ok(admitted) => admitted,
+            Err(deferred) => return Posted::Deferred(deferred),
         };
-        let margin = (s.timeout_secs * 1000).min(s.lease_secs * 500) as i64;
+        let live = self.live(batch);
+        let lapsed = batch.len() - live.len();
+        if live.is_empty() {
+            if probe {
+                self.gate.cancel_probe();
+            }
+            return Posted::Lapsed(lapsed);
+        }
+        let at_ms = now_ms();
+        match self.sink.deliver(&live).await {
+            Ok(sent) => self.judge(&live, lapsed, at_ms, sent, permit, probe),
+            Err(unmappable) => {
+                if probe {
+                    self.gate.cancel_probe();
+                }
+                drop(permit);
+                dead_letter(&live, lapsed, &unmappable)
+            }
+        }
+    }
+
+    /// A place under the concurrency limit and the endpoint gate's leave, with whether this
+    /// batch is the breaker's probe. A short pause (`Retry-After`) is waited out when every
+    /// lease has time for it; a longer one, or an open breaker (unless this batch is its
+    /// probe), defers the batch to when the endpoint may be posted to (`Err`).
+    async fn admit(
+        &self,
+        batch: &[Claimed],
+    ) -> Result<(super::concurrency::Permit, bool), Outcome> {
         let permit = self.limiter.acquire().await;
-        let probe = loop {
+        loop {
             let now = tokio::time::Instant::now();
             match self.gate.admit(now) {
-                Admit::Go => break false,
+                Admit::Go => return Ok((permit, false)),
                 Admit::Probe => {
                     self.metrics.breaker(BreakerState::HalfOpen);
                     tracing::info!("probing the Pega endpoint");
-                    break true;
+                    return Ok((permit, true));
                 }
                 Admit::NotBefore(t) => {
                     let wait_ms = t.duration_since(now).as_millis() as i64;
                     let lease = batch.iter().map(|c| c.lease_until_ms).min().unwrap_or(0);
                     let closed = self.gate.state() == BreakerState::Closed;
-                    if closed && now_ms() + wait_ms < lease - margin {
+                    if closed && now_ms() + wait_ms < lease - self.margin_ms() {
                         tokio::time::sleep_until(t).await;
                         continue;
                     }
-                    drop(permit);
-                    return Posted::Deferred(Outcome {
+                    return Err(Outcome {
                         ids: batch.iter().map(|c| c.id).collect(),
                         attempt: None,
                         completion: Completion::Retry {
@@ -280,35 +300,43 @@ impl Worker {
                     });
                 }
             }
-        };
-        let now = now_ms();
-        let has_time = |c: &Claimed| c.lease_until_ms - now > margin;
-        let live: std::borrow::Cow<'_, [Claimed]> = if batch.iter().all(has_time) {
-            batch.into()
-        } else {
-            batch
-                .iter()
-                .filter(|c| has_time(c))
-                .cloned()
-                .collect::<Vec<_>>()
-                .into()
-        };
-        let lapsed = batch.len() - live.len();
-        if live.is_empty() {
-            if probe {
-                self.gate.cancel_probe();
-            }
-            return Posted::Lapsed(lapsed);
         }
-        let batch = &*live;
-        // Leases ran out for some: the body holds only the others.
-        let body = if lapsed > 0 {
-            self.body(batch).unwrap_or(body)
-        } else {
-            body
-        };
-        let at_ms = now_ms();
-        let sent: Sent = self.client.send(body.as_bytes()).await;
+    }
+
+    /// The time a lease must have left for a POST: `timeout_secs`, at most half the lease.
+    fn margin_ms(&self) -> i64 {
+        let s = &self.settings;
+        (s.timeout_secs * 1000).min(s.lease_secs * 500) as i64
+    }
+
+    /// The events of `batch` whose lease has time left for a POST: one whose lease runs out
+    /// first may be claimed and posted by another worker, so it is left alone, to be claimed
+    /// again itself.
+    fn live<'b>(&self, batch: &'b [Claimed]) -> std::borrow::Cow<'b, [Claimed]> {
+        let now = now_ms();
+        let margin = self.margin_ms();
+        let has_time = |c: &Claimed| c.lease_until_ms - now > margin;
+        if batch.iter().all(has_time) {
+            return batch.into();
+        }
+        batch
+            .iter()
+            .filter(|c| has_time(c))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// What a delivery's answer means for its events (and for the limiter and the gate).
+    fn judge(
+        &self,
+        batch: &[Claimed],
+        lapsed: usize,
+        at_ms: i64,
+        sent: Sent,
+        permit: super::concurrency::Permit,
+        probe: bool,
+    ) -> Posted {
         self.observe(&sent, permit, probe);
         let attempt_no = batch.iter().map(|c| c.attempts).max().unwrap_or(0) + 1;
         let verdict = verdict(
@@ -318,51 +346,28 @@ impl Worker {
             fastrand::f64(),
         );
         let (completion, outcome) = match &verdict {
-            Verdict::Delivered => (Completion::Delivered, "delivered"),
+            Verdict::Delivered => (Completion::Delivered, AttemptOutcome::Delivered),
             Verdict::Retry(after) => (
                 Completion::Retry {
                     next_at_ms: at_ms + after.as_millis() as i64,
                 },
-                "retry",
+                AttemptOutcome::Retry,
             ),
-            Verdict::Dead => (Completion::Dead, "dead"),
+            Verdict::Dead => (Completion::Dead, AttemptOutcome::Dead),
         };
         let http_status = match sent.response {
             Response::Status { code, .. } => Some(code),
             Response::Failed => None,
         };
         self.metrics.record(&verdict, batch, now_ms());
-        match &verdict {
-            Verdict::Delivered => {}
-            Verdict::Retry(after) if http_status == Some(429) => tracing::warn!(
-                events = batch.len(),
-                attempt = attempt_no,
-                retry_in_ms = after.as_millis() as u64,
-                "Pega is rate-limiting (429): retrying later"
-            ),
-            Verdict::Retry(after) => tracing::warn!(
-                events = batch.len(),
-                attempt = attempt_no,
-                status = http_status,
-                cause = sent.detail.as_str(),
-                retry_in_ms = after.as_millis() as u64,
-                "delivery failed: retrying"
-            ),
-            Verdict::Dead => tracing::error!(
-                events = batch.len(),
-                attempt = attempt_no,
-                status = http_status,
-                cause = sent.detail.as_str(),
-                "delivery failed: dead letter (replay it once the cause is fixed)"
-            ),
-        }
+        log_verdict(&verdict, batch, attempt_no, http_status, &sent.detail);
         let record = Outcome {
             ids: batch.iter().map(|c| c.id).collect(),
             attempt: Some(Attempt {
                 at_ms,
                 http_status,
                 duration_ms: sent.duration.as_millis() as i64,
-                outcome: outcome.into(),
+                outcome,
                 detail: sent.detail,
             }),
             completion,
@@ -420,62 +425,36 @@ impl Worker {
         }
     }
 
-    /// Delivers until `shutdown`: the events handed over by this process's requests as they
-    /// come, and events claimed from the store when woken (`wake`: events committed due, a
-    /// replay, a resume), every `poll_ms` (retries falling due, leases run out) and while
-    /// claims come back full. On shutdown, handed-over events not yet posted are made due
-    /// again for the next start.
+    /// Delivers until `stop`: the events handed over by this process's requests as they
+    /// come (`inbox`), and events claimed from the store when woken (`wake`: events committed
+    /// due, a replay, a resume), every `poll_ms` (retries falling due, leases run out) and
+    /// while claims come back full.
     ///
-    /// Supervised: a panic in a round is caught, logged and counted
-    /// (`pegabridge_worker_restarts_total`); `status` says `Restarting` (so `/health`
-    /// answers 503) for [`RESTART_DELAY`], then the loop starts again. The events of the
-    /// round that panicked stay leased and are claimed again when their lease runs out.
+    /// Supervised by [`crate::app`]: after a panic it is called again with the same inbox;
+    /// the events of the round that panicked stay leased and are claimed again when their
+    /// lease runs out. On shutdown, call [`Worker::release`].
     pub async fn run(
-        self,
-        wake: Arc<Notify>,
-        mut handed: handoff::Receiver,
-        shutdown: impl Future<Output = ()>,
-        status: Arc<DeliveryStatus>,
+        &self,
+        wake: &Notify,
+        inbox: &mut Inbox,
+        stop: tokio_util::sync::CancellationToken,
     ) {
-        tokio::pin!(shutdown);
-        let mut waiting: Option<Leased> = None;
-        loop {
-            status.set(WorkerState::Running);
-            let serving = self.serve(&wake, &mut handed, shutdown.as_mut(), &mut waiting);
-            match std::panic::AssertUnwindSafe(serving).catch_unwind().await {
-                Ok(()) => break,
-                Err(panic) => {
-                    let why = panic_message(&*panic);
-                    tracing::error!(
-                        panic = why.as_str(),
-                        restart_in_secs = RESTART_DELAY.as_secs(),
-                        "delivery worker panicked: restarting it"
-                    );
-                    self.metrics.worker_restarted();
-                    status.failed(why);
-                    tokio::select! {
-                        () = shutdown.as_mut() => break,
-                        () = tokio::time::sleep(RESTART_DELAY) => {}
-                    }
-                }
-            }
-        }
-        self.release(waiting, handed).await;
-        status.set(WorkerState::Stopped);
+        let Inbox { handed, waiting } = inbox;
+        self.serve(wake, handed, &stop, waiting).await;
     }
 
     async fn serve(
         &self,
         wake: &Notify,
         handed: &mut handoff::Receiver,
-        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+        stop: &tokio_util::sync::CancellationToken,
         waiting: &mut Option<Leased>,
     ) {
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         let mut claim = true;
         let mut last_claim = Instant::now();
         loop {
-            if shutdown.as_mut().now_or_never().is_some() {
+            if stop.is_cancelled() {
                 break;
             }
             if let Some(fault) = &self.fault {
@@ -484,7 +463,7 @@ impl Worker {
             // A paused endpoint, or an open breaker before its next probe: nothing to post.
             if let Some(t) = self.gate.not_before(tokio::time::Instant::now()) {
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep_until(t) => {}
                 }
                 claim = true;
@@ -529,7 +508,7 @@ impl Worker {
                 continue;
             }
             tokio::select! {
-                () = &mut shutdown => break,
+                () = stop.cancelled() => break,
                 next = handed.recv(), if !handed.is_closed() => *waiting = next,
                 () = wake.notified() => claim = true,
                 () = tokio::time::sleep(poll) => claim = true,
@@ -537,8 +516,13 @@ impl Worker {
         }
     }
 
-    /// Makes handed-over events that were not posted due again (no attempt counted).
-    async fn release(&self, waiting: Option<Leased>, mut handed: handoff::Receiver) {
+    /// On shutdown: makes handed-over events that were not posted due again (no attempt
+    /// counted).
+    pub async fn release(&self, inbox: Inbox) {
+        let Inbox {
+            waiting,
+            mut handed,
+        } = inbox;
         handed.close();
         let mut ids: Vec<i64> = Vec::new();
         for leased in waiting
@@ -566,30 +550,67 @@ impl Worker {
     }
 }
 
-impl Worker {
-    /// The body of a POST of `batch` in the configured format.
-    fn body(&self, batch: &[Claimed]) -> Result<String, super::capture::Unmappable> {
-        match self.settings.format {
-            Format::Seed => Ok(array(batch)),
-            // One event per POST (batch_size = 1 is checked with the settings).
-            Format::CaptureResponse => {
-                super::capture::body(&self.settings.capture_response, &batch[0].payload)
-            }
-        }
+/// A batch the sink cannot express (its format): a dead letter, fixed by the configuration
+/// and a replay.
+fn dead_letter(batch: &[Claimed], lapsed: usize, why: &super::capture::Unmappable) -> Posted {
+    tracing::error!(events = ?uuids(batch), error = %why, "an event cannot be posted in the configured format: dead letter (fix the configuration, then replay it)");
+    Posted::Sent {
+        lapsed,
+        verdict: Verdict::Dead,
+        outcome: Outcome {
+            ids: batch.iter().map(|c| c.id).collect(),
+            attempt: Some(Attempt {
+                at_ms: now_ms(),
+                http_status: None,
+                duration_ms: 0,
+                outcome: AttemptOutcome::Dead,
+                detail: why.to_string(),
+            }),
+            completion: Completion::Dead,
+        },
     }
 }
 
-/// The batch's events as one JSON array, as the seed's examples show.
-fn array(batch: &[Claimed]) -> String {
-    let size = batch.iter().map(|c| c.payload.len() + 1).sum::<usize>() + 1;
-    let mut body = String::with_capacity(size);
-    body.push('[');
-    for (i, c) in batch.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&c.payload);
+/// The uuids of a batch, for log lines (the first few).
+fn uuids(batch: &[Claimed]) -> Vec<&str> {
+    batch.iter().take(5).map(|c| c.uuid.as_str()).collect()
+}
+
+/// One log line for a failed delivery (none for a delivered one), naming its events.
+fn log_verdict(
+    verdict: &Verdict,
+    batch: &[Claimed],
+    attempt: u32,
+    status: Option<u16>,
+    cause: &str,
+) {
+    let events = uuids(batch);
+    let n = batch.len();
+    match verdict {
+        Verdict::Delivered => {}
+        Verdict::Retry(after) if status == Some(429) => tracing::warn!(
+            n,
+            ?events,
+            attempt,
+            retry_in_ms = after.as_millis() as u64,
+            "Pega is rate-limiting (429): retrying later"
+        ),
+        Verdict::Retry(after) => tracing::warn!(
+            n,
+            ?events,
+            attempt,
+            status,
+            cause,
+            retry_in_ms = after.as_millis() as u64,
+            "delivery failed: retrying"
+        ),
+        Verdict::Dead => tracing::error!(
+            n,
+            ?events,
+            attempt,
+            status,
+            cause,
+            "delivery failed: dead letter (replay it once the cause is fixed)"
+        ),
     }
-    body.push(']');
-    body
 }

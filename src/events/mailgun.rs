@@ -4,14 +4,13 @@
 //! `max_age_secs` and a token seen before are refused. Sender metadata (`v:` variables) is in
 //! `event-data.user-variables`.
 
-use crate::config::events::MailgunSettings as Settings;
 use super::{digest, to, Malformed, Refused, Translated};
+use crate::config::events::MailgunSettings as Settings;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Mutex;
-
 
 /// Tokens seen within the age window (a replayed request is refused).
 #[derive(Debug, Default)]

@@ -4,15 +4,14 @@
 //! with an unsigned `HEAD` and a test POST of `mandrill_events=[]` signed with the key
 //! `test-webhook`. Sender metadata is `msg.metadata`.
 
-use crate::config::events::MandrillSettings as Settings;
 use super::{digest, to, Malformed, Refused, Translated};
+use crate::config::events::MandrillSettings as Settings;
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha1::Sha1;
-
 
 pub const SIGNATURE: &str = "X-Mandrill-Signature";
 

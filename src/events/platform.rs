@@ -4,7 +4,9 @@
 //! [`Platforms`] registry is built once from `[events.*]`; `POST /events/{platform}` looks the
 //! platform up by name. A new platform is a new file and one line in [`Platforms::new`].
 
-use super::{mailgun, mandrill, postmark, sendgrid, ses, sparkpost, Malformed, Refused, Translated};
+use super::{
+    mailgun, mandrill, postmark, sendgrid, ses, sparkpost, Malformed, Refused, Translated,
+};
 use crate::config::events::{BasicSettings, EventsSettings};
 use crate::config::secret::basic_matches;
 use axum::http::HeaderMap;
@@ -112,7 +114,14 @@ impl Platforms {
 }
 
 /// The names of every platform pegabridge knows (configured or not).
-pub const KNOWN: [&str; 6] = ["mailgun", "mandrill", "postmark", "sendgrid", "ses", "sparkpost"];
+pub const KNOWN: [&str; 6] = [
+    "mailgun",
+    "mandrill",
+    "postmark",
+    "sendgrid",
+    "ses",
+    "sparkpost",
+];
 
 fn json(body: &[u8]) -> Result<Value, Rejected> {
     serde_json::from_slice(body).map_err(|e| Rejected::NotJson(e.to_string()))

@@ -12,7 +12,6 @@ use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde_json::{json, Value};
 
-
 pub const SIGNATURE: &str = "X-Twilio-Email-Event-Webhook-Signature";
 pub const TIMESTAMP: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
 

@@ -5,17 +5,14 @@
 //! those only. The SES event is a JSON string in `Message`; sender metadata is the message
 //! tag `pegabridge` (`mail.tags`).
 
-use crate::config::events::{certificate_key, SesSettings as Settings};
 use super::{to, Malformed, Refused, Translated};
+use crate::config::events::{certificate_key, SesSettings as Settings};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-
-
 
 /// Whether `url` is an SNS endpoint of AWS (`https://sns.<region>.amazonaws.com/...`).
 pub fn aws_sns_url(url: &str, path_suffix: &str) -> bool {

@@ -45,8 +45,8 @@ pub(super) async fn receive(
     let activities =
         crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::InvalidActivity)?;
     // All or nothing: an unknown personal broadcast is the caller's mistake (422).
-    let outcomes = (state.intake.record(activities, Unknown::Refuse).await)
-        .map_err(ApiError::store)?;
+    let outcomes =
+        (state.intake.record(activities, Unknown::Refuse).await).map_err(ApiError::store)?;
     let answers: Vec<ActivityAnswer> = outcomes
         .into_iter()
         .filter_map(|o| match o {

@@ -43,6 +43,8 @@ pub enum ApiError {
     Timeout(std::time::Duration),
     /// Delivery is not running (the worker is restarting or stopped).
     NotRunning(String),
+    /// Another background task (mail, retention) is not running.
+    TaskNotRunning(String),
     Internal(anyhow::Error),
 }
 
@@ -81,10 +83,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message, field, fields) = match self {
-            Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what, None, None),
-            Self::Conflict(why) => (StatusCode::CONFLICT, "conflict", why, None, None),
-            Self::BadSignature(why) => (StatusCode::UNAUTHORIZED, "bad_signature", why, None, None),
+        match self {
             Self::Unauthorized { challenge } => {
                 tracing::warn!("refused: missing or wrong credentials");
                 let mut r = error_body(
@@ -98,79 +97,87 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(challenge),
                 );
-                return r;
+                r
             }
+            Self::TooLarge(limit) => error_body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "limit_exceeded",
+                format!("{} ({})", limit.message, limit.path),
+                Some(&limit.field),
+                None,
+            ),
+            Self::Unprocessable(errors) => unprocessable("invalid_trigger", errors),
+            Self::InvalidActivity(errors) => unprocessable("invalid_activity", errors),
+            Self::Unstorable(e) => error_body(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unstorable_value",
+                format!("{} ({}): {}", e.field, e.path, e.message),
+                Some(&e.field),
+                Some(json!([e])),
+            ),
+            Self::Unavailable => retry_after(
+                "5",
+                "unavailable",
+                "the store cannot take the request now; retry later".into(),
+            ),
+            Self::Timeout(limit) => retry_after(
+                "1",
+                "timeout",
+                format!(
+                    "the request took longer than server.request_timeout_secs ({} s)",
+                    limit.as_secs()
+                ),
+            ),
+            plain => {
+                let (status, code, message, field) = plain.plain();
+                error_body(status, code, message, field, None)
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The status, code, message and field of an error whose answer is the plain body.
+    fn plain(self) -> (StatusCode, &'static str, String, Option<&'static str>) {
+        match self {
+            Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what, None),
+            Self::Conflict(why) => (StatusCode::CONFLICT, "conflict", why, None),
+            Self::BadSignature(why) => (StatusCode::UNAUTHORIZED, "bad_signature", why, None),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "the body must be JSON (Content-Type: application/json)".into(),
                 Some("Content-Type"),
-                None,
             ),
-            Self::BadRequest(msg) => (StatusCode::BAD_REQUEST, "malformed_json", msg, None, None),
+            Self::BadRequest(msg) => (StatusCode::BAD_REQUEST, "malformed_json", msg, None),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "the body is larger than server.body_limit".into(),
                 None,
-                None,
             ),
-            Self::TooLarge(limit) => {
-                return error_body(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "limit_exceeded",
-                    format!("{} ({})", limit.message, limit.path),
-                    Some(&limit.field),
-                    None,
-                )
-            }
-            Self::Unprocessable(errors) => return unprocessable("invalid_trigger", errors),
-            Self::InvalidActivity(errors) => return unprocessable("invalid_activity", errors),
-            Self::Unstorable(e) => {
-                return error_body(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unstorable_value",
-                    format!("{} ({}): {}", e.field, e.path, e.message),
-                    Some(&e.field),
-                    Some(json!([e])),
-                )
-            }
             Self::BadHeader { name, message } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_header",
                 message,
                 Some(name),
-                None,
             ),
-            Self::Unavailable => {
-                return retry_after(
-                    "5",
-                    "unavailable",
-                    "the store cannot take the request now; retry later".into(),
-                )
-            }
             Self::MethodNotAllowed(method) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} is not allowed on this route"),
                 None,
-                None,
             ),
-            Self::Timeout(limit) => {
-                return retry_after(
-                    "1",
-                    "timeout",
-                    format!(
-                        "the request took longer than server.request_timeout_secs ({} s)",
-                        limit.as_secs()
-                    ),
-                )
-            }
             Self::NotRunning(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "delivery_not_running",
                 why,
                 None,
+            ),
+            Self::TaskNotRunning(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "task_not_running",
+                why,
                 None,
             ),
             Self::Internal(e) => {
@@ -181,11 +188,10 @@ impl IntoResponse for ApiError {
                     "internal",
                     "internal error".into(),
                     None,
-                    None,
                 )
             }
-        };
-        error_body(status, code, message, field, fields)
+            other => unreachable!("answered with its own body: {other:?}"),
+        }
     }
 }
 

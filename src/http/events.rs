@@ -38,7 +38,11 @@ fn platform<'s>(
     })
 }
 
-async fn head(State(state): State<AppState>, Path(name): Path<String>) -> StatusCode {
+/// Mandrill's check of the webhook URL (unsigned): 200 where Mandrill is configured.
+#[utoipa::path(head, path = "/events/{platform}", tag = "events",
+    params(("platform" = String, Path, description = "mandrill (the others answer 404)")),
+    responses((status = 200, description = "The URL takes Mandrill's events"), (status = 404, description = "Not a configured platform that checks so")))]
+pub(super) async fn head(State(state): State<AppState>, Path(name): Path<String>) -> StatusCode {
     match state.platforms.get(&name) {
         Some(p) if p.answers_head() => StatusCode::OK,
         _ => StatusCode::NOT_FOUND,
@@ -80,7 +84,11 @@ pub(super) async fn receive(
     let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
     let payload = (platform.verify(&headers, &body, crate::event::now()).await)
         .map_err(|r| rejected(name, r))?;
-    if let Some(answer) = platform.confirm(&payload).await.map_err(|r| rejected(name, r))? {
+    if let Some(answer) = platform
+        .confirm(&payload)
+        .await
+        .map_err(|r| rejected(name, r))?
+    {
         return Ok(Json(answer));
     }
     let translated = platform.translate(&payload).map_err(malformed)?;

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::delivery::WorkerState;
+use crate::tasks::TaskState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,50 +23,67 @@ pub fn router() -> Router<AppState> {
         .route("/ready", get(ready))
 }
 
-/// The delivery worker's state as the answers name it: `Err` with the reason while it is not
-/// running; `paused` read from the store within `wait` (`None` if it did not answer).
+/// The delivery worker's state as the answers name it: `Err` with the reason while a
+/// supervised task is not running (restarting after a panic, or stopped); `paused` read from
+/// the store within `wait` (`None` if it did not answer).
 async fn delivery(
     state: &AppState,
     wait: Duration,
 ) -> Result<(&'static str, Option<bool>), ApiError> {
-    match state.delivery.state() {
-        WorkerState::NotConfigured => Ok(("not configured", None)),
-        WorkerState::Running => {
-            let paused = tokio::time::timeout(wait, state.store.is_paused())
-                .await
-                .ok()
-                .and_then(Result::ok);
-            Ok((
-                if paused == Some(true) {
-                    "paused"
+    for (name, status) in state.tasks.all() {
+        match status.state {
+            TaskState::Running => {}
+            TaskState::Restarting => {
+                let why = status.last_failure.unwrap_or_default();
+                let message =
+                    format!("{name} is not running: it panicked ({why}) and is restarting");
+                return Err(if name == "delivery" {
+                    ApiError::NotRunning(format!(
+                        "delivery is not running: the worker panicked ({why}) and is restarting"
+                    ))
                 } else {
-                    "running"
-                },
-                paused,
-            ))
+                    ApiError::TaskNotRunning(message)
+                });
+            }
+            TaskState::Stopped if name == "delivery" => {
+                return Err(ApiError::NotRunning("delivery is not running".into()))
+            }
+            TaskState::Stopped => {
+                return Err(ApiError::TaskNotRunning(format!("{name} is not running")))
+            }
         }
-        WorkerState::Restarting => {
-            let why = state.delivery.last_failure().unwrap_or_default();
-            Err(ApiError::NotRunning(format!(
-                "delivery is not running: the worker panicked ({why}) and is restarting"
-            )))
-        }
-        WorkerState::Stopped => Err(ApiError::NotRunning("delivery is not running".into())),
     }
+    if state.tasks.status("delivery").is_none() {
+        return Ok(("not configured", None));
+    }
+    let paused = tokio::time::timeout(wait, state.store.is_paused())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let shown = if paused == Some(true) {
+        "paused"
+    } else {
+        "running"
+    };
+    Ok((shown, paused))
 }
 
 /// 200 while the process serves and delivery runs (or is not configured), saying whether it
 /// is paused; 503 with the reason while the delivery worker is down.
 #[utoipa::path(get, path = "/health", tag = "meta",
     responses((status = 200, description = "Serving; delivery running, paused or not configured", body = Object),
-              (status = 503, description = "The delivery worker is down", body = crate::http::openapi::ErrorBody)))]
+              (status = 503, description = "A background task (delivery, mail, retention) is down", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (delivery, paused) = delivery(&state, PAUSED_TIMEOUT).await?;
+    let tasks: serde_json::Map<String, Value> = (state.tasks.all().into_iter())
+        .map(|(name, s)| (name.to_owned(), json!(s.state)))
+        .collect();
     Ok(Json(json!({
         "status": "ok",
         "mappings": state.mappings.len(),
         "delivery": delivery,
         "paused": paused,
+        "tasks": tasks,
     })))
 }
 

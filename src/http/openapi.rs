@@ -4,7 +4,7 @@
 
 use super::AppState;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -42,6 +42,12 @@ pub struct ErrorDetail {
         super::webhooks::trigger,
         super::webhooks::preview_trigger,
         super::activities::receive,
+        super::events::receive,
+        super::events::head,
+        super::tracking::click,
+        super::tracking::open,
+        super::tracking::unsubscribe_page,
+        super::tracking::unsubscribe,
         super::health::health,
         super::health::ready,
         super::admin::metrics,
@@ -73,11 +79,14 @@ impl Modify for Security {
     }
 }
 
-/// The description as JSON text (what `GET /openapi.json` serves).
-pub fn json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the description serializes")
+/// The description as JSON text (what `GET /openapi.json` serves), built once.
+pub fn json() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the description serializes")
+    })
 }
 
 /// The route.
@@ -88,6 +97,9 @@ pub fn router() -> Router<AppState> {
 /// This description.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 description", body = Object)))]
-async fn openapi_json() -> Json<serde_json::Value> {
-    Json(serde_json::to_value(ApiDoc::openapi()).expect("the description serializes"))
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json(),
+    )
 }

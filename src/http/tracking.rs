@@ -7,15 +7,15 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::activity::Raw;
+use crate::event::Metric;
+use crate::intake::{Intake, Unknown};
 use crate::mail::tracking::Target;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use crate::activity::Raw;
-use crate::event::Metric;
-use crate::intake::{Intake, Unknown};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,7 +58,11 @@ async fn record(state: &AppState, activity: Raw) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn click(
+/// A tracked link: records a click and redirects to the link's target.
+#[utoipa::path(get, path = "/t/c/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The link's signed token, as written into the sent message")),
+    responses((status = 302, description = "To the original link (the click is recorded)"), (status = 404, description = "Not a token of ours, altered, or no [tracking]", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn click(
     State(state): State<AppState>,
     Path(token): Path<String>,
     headers: HeaderMap,
@@ -87,7 +91,11 @@ async fn click(
     Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
 }
 
-async fn open(
+/// The open pixel: records an open and answers a 1x1 GIF.
+#[utoipa::path(get, path = "/t/o/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The pixel's signed token")),
+    responses((status = 200, description = "A 1x1 transparent GIF (the open is recorded)", content_type = "image/gif"), (status = 404, description = "Not a token of ours, altered, or no [tracking]", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn open(
     State(state): State<AppState>,
     Path(token): Path<String>,
     headers: HeaderMap,
@@ -116,7 +124,11 @@ async fn open(
         .into_response())
 }
 
-async fn unsubscribe(
+/// One-click unsubscribe (RFC 8058): records the unsubscribe once and suppresses the customer.
+#[utoipa::path(post, path = "/t/u/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The unsubscribe link's signed token")),
+    responses((status = 200, description = "Unsubscribed (a page saying so)", content_type = "text/html"), (status = 404, description = "Not a token of ours, altered, or no [tracking]", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn unsubscribe(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -138,7 +150,11 @@ async fn unsubscribe(
     Ok(Html("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head><body><p>You are unsubscribed. You will not receive these emails any more.</p></body></html>").into_response())
 }
 
-async fn unsubscribe_page(
+/// The unsubscribe page: a button that unsubscribes (the POST above).
+#[utoipa::path(get, path = "/t/u/{token}", tag = "tracking",
+    params(("token" = String, Path, description = "The unsubscribe link's signed token")),
+    responses((status = 200, description = "A page with an Unsubscribe button", content_type = "text/html"), (status = 404, description = "Not a token of ours, altered, or no [tracking]", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn unsubscribe_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -173,9 +173,11 @@ impl Composer {
             .multipart(body)
             .map_err(|e| ComposeError::Build(e.to_string()))?;
         if let (Some(platform), Some(key)) = (self.platform, &out.join_key) {
-            for (name, value) in
-                platform_headers(platform, &key.to_string(), self.ses_configuration_set.as_deref())
-            {
+            for (name, value) in platform_headers(
+                platform,
+                &key.to_string(),
+                self.ses_configuration_set.as_deref(),
+            ) {
                 message.headers_mut().insert_raw(HeaderValue::new(
                     HeaderName::new_from_ascii(name)
                         .map_err(|e| ComposeError::Build(e.to_string()))?,

@@ -13,8 +13,6 @@ use crate::outbox::now_ms;
 use crate::store::{ClaimedSend, SendOutcome, Storage};
 use futures::StreamExt;
 use serde_json::{Map, Value};
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -187,10 +185,10 @@ impl MailWorker {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends until `shutdown`: when woken (a trigger committed sends), every `poll` (retries
-    /// falling due), and straight away while rounds come back full.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Sends until `stop`: when woken (a trigger committed sends), every `poll` (retries
+    /// falling due), and straight away while rounds come back full. Supervised by
+    /// [`crate::app`]: after a panic it is called again.
+    pub async fn run(&self, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
         let poll = Duration::from_millis(500);
         loop {
             let busy = match self.try_send_next().await {
@@ -203,8 +201,11 @@ impl MailWorker {
             if busy {
                 continue;
             }
+            if stop.is_cancelled() {
+                break;
+            }
             tokio::select! {
-                () = &mut shutdown => break,
+                () = stop.cancelled() => break,
                 () = wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }

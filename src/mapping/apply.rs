@@ -1,8 +1,8 @@
 //! Applying a mapping to a trigger: one personal broadcast per recipient, or every failing
 //! field at once.
 
-pub use crate::config::TriggerLimits;
 use super::Mapping;
+pub use crate::config::TriggerLimits;
 use crate::template::Variable;
 use serde::Serialize;
 use serde_json::{Map, Value};

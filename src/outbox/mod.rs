@@ -205,8 +205,39 @@ pub struct Attempt {
     pub at_ms: i64,
     pub http_status: Option<u16>,
     pub duration_ms: i64,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub detail: String,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; tried again later.
+    Retry,
+    /// Failed for good: a dead letter.
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+
+    /// The outcome of a stored attempt (an unknown text, from a newer version, reads as a
+    /// retry: neither delivered nor final).
+    pub fn parse_stored(text: &str) -> Self {
+        match text {
+            "delivered" => AttemptOutcome::Delivered,
+            "dead" => AttemptOutcome::Dead,
+            _ => AttemptOutcome::Retry,
+        }
+    }
 }
 
 /// An outbox row, for operators.

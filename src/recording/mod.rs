@@ -383,7 +383,8 @@ pub(crate) async fn send_outcomes(
                         reason: reason.clone(),
                     },
                 };
-                let (_, lease) = activities(tx, std::slice::from_ref(&bounce), Unknown::Refuse).await?;
+                let (_, lease) =
+                    activities(tx, std::slice::from_ref(&bounce), Unknown::Refuse).await?;
                 leased.extend(lease);
             }
         }

@@ -10,8 +10,8 @@ pub mod sqlite;
 
 pub use crate::outbox::error;
 pub use crate::outbox::{
-    Attempt, Claimed, ClaimedSend, Completion, Delivery, Done, OutboxStats, Outcome, Purge,
-    Replay, SendOutcome, Status, StoreError,
+    Attempt, AttemptOutcome, Claimed, ClaimedSend, Completion, Delivery, Done, OutboxStats,
+    Outcome, Purge, Replay, SendOutcome, Status, StoreError,
 };
 pub use handoff::{Handoff, Queue};
 pub use postgres::PgStore;

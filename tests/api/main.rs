@@ -2,6 +2,7 @@ mod backend;
 mod helpers;
 mod server;
 
+mod architecture;
 mod check_cli;
 mod config;
 mod corpus;

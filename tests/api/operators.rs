@@ -51,10 +51,11 @@ async fn serve_logs_one_json_line_per_request_and_says_what_it_loaded() {
     let message = |m: &str| lines.iter().find(|l| l["message"] == m).cloned();
     let request = lines
         .iter()
-        .find(|l| l["message"] == "request" && l["request_id"] == "req-42")
+        .find(|l| l["message"] == "request" && l["span"]["request_id"] == "req-42")
         .unwrap_or_else(|| panic!("a request line: {lines:?}"));
     assert_eq!(request["status"], 404);
-    assert_eq!(request["method"], "GET");
+    assert_eq!(request["span"]["method"], "GET");
+    assert_eq!(request["span"]["route"], "(no route)");
     assert!(request["latency_ms"].is_number());
     let loaded = message("mappings loaded").expect("the mappings are named");
     assert_eq!(loaded["count"], 1);
@@ -209,7 +210,7 @@ async fn the_openapi_description_is_served_and_kept_current_in_the_repository() 
     let file = crate::helpers::root().join("docs/openapi.json");
     let current = pegabridge::http::openapi::json();
     if std::env::var("UPDATE_OPENAPI").is_ok() {
-        std::fs::write(&file, &current).unwrap();
+        std::fs::write(&file, current).unwrap();
     }
     let kept = std::fs::read_to_string(&file).unwrap_or_default();
     assert!(

@@ -550,11 +550,7 @@ fn every_fixture_event_translates_to_its_metric() {
     use pegabridge::events::{mailgun, mandrill, postmark, sendgrid, ses, sparkpost, Translated};
     let dir = root().join("tests/esp");
     let read = |p: &str| -> Value { fixture(p)["payload"].clone() };
-    let metric = |t: &Translated| {
-        t.activity
-            .as_ref()
-            .map(|a| a.metric.clone())
-    };
+    let metric = |t: &Translated| t.activity.as_ref().map(|a| a.metric.clone());
     let cases: Vec<(&str, &str, Option<&str>)> = vec![
         ("sendgrid", "bounce_event", Some("bounces")),
         ("sendgrid", "click_event", Some("clicks")),

@@ -1,8 +1,8 @@
 //! The server end to end: real HTTP on port 0, a temporary database of the backend under test
 //! (SQLite, and PostgreSQL when `PEGABRIDGE_TEST_POSTGRES_URL` names a server).
 
+use pegabridge::app::Application;
 use pegabridge::config::Settings;
-use pegabridge::http::Application;
 use pegabridge::store::Storage;
 use serde_json::{json, Value};
 

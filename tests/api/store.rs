@@ -2,9 +2,9 @@
 //! agree with the rows after every kind of change, and databases written by the previous
 //! schema keep working after its migration.
 
-use pegabridge::intake::Unknown;
 use crate::backend::{current, each_backend, fresh_database, Backend, Database};
 use pegabridge::event::Common;
+use pegabridge::intake::Unknown;
 use pegabridge::recording::{ActivityStatus, NewRecipient, RecipientStatus};
 use pegabridge::store::{Attempt, Completion, Done, Outcome, Purge, Replay, Status, Storage};
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ fn outcome(ids: Vec<i64>, completion: Completion) -> Outcome {
             at_ms: 0,
             http_status: Some(200),
             duration_ms: 1,
-            outcome: "test".into(),
+            outcome: pegabridge::store::AttemptOutcome::Retry,
             detail: String::new(),
         }),
         completion,
@@ -290,7 +290,10 @@ async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activi
         let mut new = open;
         new[0].external_id = Some("open-2".into());
         let recorded = store.record_activities(new, Unknown::Refuse).await.unwrap();
-        let recorded: Vec<_> = recorded.iter().filter_map(|o| o.answer().cloned()).collect();
+        let recorded: Vec<_> = recorded
+            .iter()
+            .filter_map(|o| o.answer().cloned())
+            .collect();
         assert_eq!(recorded[0].status, ActivityStatus::Queued);
         assert!(recorded[0].metric_id > first, "{}", recorded[0].metric_id);
         assert_counters_agree(&store, "after new work").await;

@@ -8,8 +8,8 @@ mod outbox;
 mod tx;
 
 use crate::activity::Activity;
-use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::outbox::error::{Result, StoreError};
+use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
     SendOutcome, Status,

@@ -5,7 +5,9 @@ use super::PgStore;
 use crate::outbox::error::{Result, StoreError};
 use crate::outbox::now_ms;
 use crate::store::sql::DONE;
-use crate::store::{Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status};
+use crate::store::{
+    Attempt, AttemptOutcome, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
+};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -113,7 +115,7 @@ impl PgStore {
             let (status, next_at, delivered_at) = o.completion.row();
             let attempt: Option<&Attempt> = o.attempt.as_ref();
             let error = attempt
-                .filter(|a| a.outcome != "delivered")
+                .filter(|a| a.outcome != AttemptOutcome::Delivered)
                 .map(|a| a.detail.clone());
             for id in &o.ids {
                 rows.id.push(*id);
@@ -127,7 +129,7 @@ impl PgStore {
                     attempts.at_ms.push(a.at_ms);
                     attempts.http_status.push(a.http_status.map(i32::from));
                     attempts.duration_ms.push(a.duration_ms);
-                    attempts.outcome.push(a.outcome.clone());
+                    attempts.outcome.push(a.outcome.as_str().to_owned());
                     attempts.detail.push(a.detail.clone());
                 }
             }
@@ -207,7 +209,7 @@ impl PgStore {
             at_ms: r.get(0),
             http_status: r.get::<Option<i32>, _>(1).map(|s| s as u16),
             duration_ms: r.get(2),
-            outcome: r.get(3),
+            outcome: AttemptOutcome::parse_stored(r.get::<&str, _>(3)),
             detail: r.get(4),
         })
         .collect();

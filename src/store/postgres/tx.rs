@@ -4,10 +4,10 @@
 
 use super::CHANNEL;
 use crate::event::Common;
-use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::outbox::error::Result;
 use crate::outbox::now_ms;
 use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
+use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::store::{Claimed, Queue};
 use sqlx::{PgConnection, Row};
 

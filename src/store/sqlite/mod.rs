@@ -37,8 +37,8 @@ mod tx;
 
 use crate::activity::Activity;
 use crate::event::Common;
-use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::outbox::error::{Result, StoreError};
+use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::store::{
     Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
     SendOutcome, Status,

@@ -4,7 +4,7 @@
 use super::{Conn, SqliteStore};
 use crate::outbox::error::Result;
 use crate::outbox::{
-    now_ms, Attempt, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
+    now_ms, Attempt, AttemptOutcome, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
 };
 use crate::recording::port::NewEvent;
 use crate::store::sql::{DONE, OLDEST_OPEN};
@@ -63,7 +63,7 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
     let (status, next_at, delivered_at) = outcome.completion.row();
     let attempt = outcome.attempt.as_ref();
     let error = attempt
-        .filter(|a| a.outcome != "delivered")
+        .filter(|a| a.outcome != AttemptOutcome::Delivered)
         .map(|a| a.detail.as_str());
     let bump = i64::from(attempt.is_some());
     let ids = serde_json::to_string(&outcome.ids)?;
@@ -90,7 +90,7 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
             a.at_ms,
             a.http_status,
             a.duration_ms,
-            a.outcome,
+            a.outcome.as_str(),
             a.detail
         ])?;
     }
@@ -195,7 +195,7 @@ impl SqliteStore {
                         at_ms: r.get(0)?,
                         http_status: r.get(1)?,
                         duration_ms: r.get(2)?,
-                        outcome: r.get(3)?,
+                        outcome: AttemptOutcome::parse_stored(&r.get::<_, String>(3)?),
                         detail: r.get(4)?,
                     })
                 })?

@@ -3,9 +3,9 @@
 
 use super::Conn;
 use crate::event::Common;
-use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::outbox::error::Result;
 use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
+use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::store::{Claimed, Queue};
 use rusqlite::{params, OptionalExtension};
 

@@ -1,0 +1,362 @@
+//! The composition root: [`Application::build`] assembles the parts, each of which builds
+//! itself from the settings (the store, the intake, the delivery worker and its sink, the
+//! mail worker, the HTTP router), and binds the listener (port 0 in tests);
+//! [`Application::run_until_stopped`] serves and runs every background task under
+//! [`crate::tasks::supervise`] until the shutdown signal, letting requests in flight finish.
+
+pub use crate::tasks::{supervise, Stop, Tasks};
+
+use crate::config::Settings;
+use crate::delivery::metrics::Metrics;
+use crate::delivery::{FaultHook, Inbox, Worker};
+use crate::http::{serve, AppState, Shared};
+use crate::intake::Intake;
+use crate::mail::MailWorker;
+use crate::mapping::Mappings;
+use crate::store::{Handoff, Storage};
+use anyhow::Context;
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// A built, bound server.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    grace: Duration,
+    limits: serve::Limits,
+    tasks: Arc<Tasks>,
+    delivery: Option<Delivery>,
+    mail: Option<Mail>,
+    retention: Retention,
+}
+
+/// The delivery worker, its inbox and what wakes it (with `[pega] endpoint`).
+struct Delivery {
+    worker: Worker,
+    inbox: Inbox,
+    wake: Arc<Notify>,
+}
+
+/// The mail worker and what wakes it (with `[mail]`).
+struct Mail {
+    worker: MailWorker,
+    wake: Arc<Notify>,
+}
+
+/// The retention task (`[store] retention_days`).
+struct Retention {
+    store: Storage,
+    days: u64,
+}
+
+impl Application {
+    /// Loads mappings, opens the store, builds the workers and binds `[server] listen`.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let mappings = load_mappings(settings)?;
+        let metrics = Arc::new(Metrics::new());
+        let tasks = Arc::new(Tasks::new(metrics.task_restarts()));
+        let store = Storage::open(settings).await?;
+        tracing::info!(store = settings.store_display(), "store opened");
+        if store.is_paused().await.unwrap_or(false) {
+            tracing::warn!("delivery is paused (pegabridge deliveries resume)");
+        }
+        let outbox = Arc::new(Notify::new());
+        let (store, delivery) = Delivery::build(settings, store, &metrics, &outbox).await?;
+        let store = store.with_sending(settings.mail.is_some());
+        let mail = Mail::build(settings, &store, &mappings)?;
+        for (name, present) in [
+            ("delivery", delivery.is_some()),
+            ("mail", mail.is_some()),
+            ("retention", settings.store.retention_days > 0),
+        ] {
+            if present {
+                tasks.register(name);
+            }
+        }
+        let state = AppState::new(Shared {
+            intake: Intake::new(store.clone()),
+            store: store.clone(),
+            mappings,
+            account: Arc::new(settings.account.clone()),
+            variables: settings.variables.clone().into(),
+            plan: settings.plan(),
+            activity_token: settings.activities.token.clone().map(Arc::new),
+            outbox,
+            admin_token: settings.admin.token.clone().map(Arc::new),
+            metrics,
+            tasks: tasks.clone(),
+            min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
+            mail: mail.as_ref().map(|m| m.wake.clone()),
+            tracking: settings
+                .tracking
+                .as_ref()
+                .map(crate::mail::tracking::Tokens::new),
+            platforms: crate::events::platform::Platforms::new(&settings.events)
+                .map_err(anyhow::Error::msg)?,
+        });
+        let router = crate::http::router(state, &settings.server);
+        let listener = TcpListener::bind(&settings.server.listen)
+            .await
+            .with_context(|| {
+                format!("server.listen: cannot listen on {}", settings.server.listen)
+            })?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            listener,
+            router,
+            port,
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            limits: serve::Limits::new(&settings.server),
+            tasks,
+            delivery,
+            mail,
+            retention: Retention {
+                store,
+                days: settings.store.retention_days,
+            },
+        })
+    }
+
+    /// Makes the delivery worker call `hook` at the start of every round (tests use it to
+    /// make the worker panic).
+    #[doc(hidden)]
+    pub fn set_delivery_fault_hook(&mut self, hook: FaultHook) {
+        if let Some(d) = &mut self.delivery {
+            d.worker.set_fault_hook(hook);
+        }
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves (and delivers) until `shutdown` completes; requests in flight and the delivery
+    /// round in progress then get `[server] shutdown_grace_secs` to finish before they are
+    /// dropped; the workers then finish their round. Nothing is lost either way: a request is
+    /// answered only after its commit, and an event whose delivery was cut short is claimed
+    /// again when its lease runs out.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = Stop::new();
+        let tasks = self.tasks.clone();
+        tasks.start_all();
+        let delivery = self
+            .delivery
+            .map(|d| tokio::spawn(d.run(tasks.clone(), stop.clone())));
+        let mail = self
+            .mail
+            .map(|m| tokio::spawn(m.run(tasks.clone(), stop.clone())));
+        let retention = tokio::spawn(self.retention.run(tasks.clone(), stop.clone()));
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = fired_tx.send(());
+        };
+        let serve = serve::serve(self.listener, self.router, self.limits, signal);
+        let grace_over = async {
+            if fired_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.grace).await;
+        };
+        tokio::select! {
+            () = serve => {},
+            () = grace_over => tracing::warn!("shutdown grace period over: dropping requests in flight"),
+        }
+        // The workers stop last: events handed over by the last requests are posted, or made
+        // due again for the next start.
+        stop.cancel();
+        let _ = retention.await;
+        for (what, task) in [("mail", mail), ("delivery", delivery)] {
+            let Some(task) = task else { continue };
+            if tokio::time::timeout(self.grace, task).await.is_err() {
+                tracing::warn!(
+                    task = what,
+                    "shutdown grace period over: leaving a round unfinished"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads every mapping (and its template), saying what was loaded and what looks wrong.
+fn load_mappings(settings: &Settings) -> anyhow::Result<Mappings> {
+    let loaded = Mappings::load_configured(settings)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    match &settings.source {
+        Some(file) => tracing::info!(config = %file.display(), "configuration read"),
+        None => tracing::warn!(
+            "no configuration file (no --config, no ./pegabridge.toml here): built-in defaults"
+        ),
+    }
+    let dir = settings.resolve(&settings.mappings.dir);
+    if loaded.mappings.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "no mappings loaded: every trigger will answer 404 (started from the wrong folder?)"
+        );
+    } else {
+        tracing::info!(
+            count = loaded.mappings.len(),
+            names = loaded.mappings.names().join(", "),
+            dir = %dir.display(),
+            "mappings loaded"
+        );
+    }
+    for weak in (settings.weak_tokens().into_iter()).chain(loaded.mappings.weak_credentials()) {
+        tracing::warn!("{weak}: set a secret before production");
+    }
+    Ok(loaded.mappings)
+}
+
+impl Delivery {
+    /// The worker for `[pega]` (none without an endpoint), and the store handing it the
+    /// events requests commit (see `store::handoff`), up to two rounds' worth.
+    async fn build(
+        settings: &Settings,
+        store: Storage,
+        metrics: &Arc<Metrics>,
+        wake: &Arc<Notify>,
+    ) -> anyhow::Result<(Storage, Option<Self>)> {
+        let pega = Arc::new(settings.pega.clone());
+        let Some(worker) = Worker::new(store.clone(), pega, metrics.clone())? else {
+            tracing::warn!("no [pega] endpoint: events wait in the outbox");
+            return Ok((store, None));
+        };
+        tracing::info!(sink = worker.sink_name(), "delivering to Pega");
+        store.listen(wake.clone()).await?;
+        let capacity = 2 * worker.round_limit();
+        let (handoff, handed) = Handoff::new(capacity, settings.pega.lease_secs, wake.clone());
+        let delivery = Self {
+            worker,
+            inbox: Inbox::new(handed),
+            wake: wake.clone(),
+        };
+        Ok((store.with_handoff(handoff), Some(delivery)))
+    }
+
+    /// Delivers under supervision until `stop`, then releases what was handed over.
+    async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
+        let Self {
+            worker,
+            inbox,
+            wake,
+        } = self;
+        // Kept across restarts: a panic drops the guard, not the inbox.
+        let inbox = tokio::sync::Mutex::new(inbox);
+        let (inbox_ref, worker_ref, wake_ref) = (&inbox, &worker, &wake);
+        supervise("delivery", tasks, stop, move |stop| async move {
+            let mut inbox = inbox_ref.lock().await;
+            worker_ref.run(wake_ref, &mut inbox, stop).await;
+        })
+        .await;
+        worker.release(inbox.into_inner()).await;
+    }
+}
+
+impl Mail {
+    fn build(
+        settings: &Settings,
+        store: &Storage,
+        mappings: &Mappings,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(mail) = &settings.mail else {
+            return Ok(None);
+        };
+        tracing::info!(relay = %format!("{}:{}", mail.host, mail.port), "sending the mail through the relay");
+        let worker = MailWorker::new(
+            store.clone(),
+            mail,
+            settings.tracking.as_ref(),
+            mappings.clone(),
+        )?;
+        Ok(Some(Self {
+            worker,
+            wake: Arc::new(Notify::new()),
+        }))
+    }
+
+    async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
+        let Self { worker, wake } = self;
+        supervise("mail", tasks, stop, |stop| worker.run(&wake, stop)).await;
+    }
+}
+
+/// How often the retention task looks for old delivered events.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Events removed per transaction (small: other writes wait for each).
+const RETENTION_BATCH: usize = 1000;
+
+impl Retention {
+    /// Removes delivered events older than `days` (none when 0), every [`RETENTION_EVERY`],
+    /// in batches of [`RETENTION_BATCH`], until `stop`.
+    async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
+        if self.days == 0 {
+            return;
+        }
+        supervise("retention", tasks, stop, |stop| self.retain(stop)).await;
+    }
+
+    async fn retain(&self, stop: Stop) {
+        let mut every = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let age = i64::try_from(self.days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+            let before = crate::event::now().saturating_sub(age);
+            let stopping = || stop.is_cancelled();
+            let purge = crate::store::Purge::Delivered;
+            match (self.store)
+                .purge_all(purge, before, RETENTION_BATCH, stopping)
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(
+                        removed,
+                        days = self.days,
+                        "retention: delivered events removed"
+                    )
+                }
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "retention: removing delivered events failed"
+                ),
+            }
+        }
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -15,14 +15,19 @@ fi
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/pegabridge"
 [ -x "$bin" ] || cargo build --quiet
 work="$(mktemp -d)"
-trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${pid:-0}" 2>/dev/null || true; wait "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r pegabridge.toml templates mappings "$work/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The internet-facing routes are configured too (tracking, a Basic-auth platform), so the
+# run reaches their handlers, not only their 404s. `exec`: $pid is serve itself, killed on exit.
 (
   cd "$work"
   PEGABRIDGE_SERVER__LISTEN="127.0.0.1:$port" PEGABRIDGE_TRIGGER_TOKEN=fuzz-token \
     PEGABRIDGE_ACTIVITIES__TOKEN=fuzz-token PEGABRIDGE_ADMIN__TOKEN=fuzz-token \
-    "$bin" serve >serve.log 2>&1
+    PEGABRIDGE_TRACKING__BASE_URL="http://127.0.0.1:$port" \
+    PEGABRIDGE_TRACKING__SECRET=fuzz-tracking-secret-of-at-least-32-chars \
+    PEGABRIDGE_EVENTS__POSTMARK__USERNAME=fuzz PEGABRIDGE_EVENTS__POSTMARK__PASSWORD=fuzz-password-1234 \
+    exec "$bin" serve >serve.log 2>&1
 ) &
 pid=$!
 for _ in $(seq 1 100); do

@@ -14,6 +14,7 @@
 //! the given setups (in flight/batch_size); `BENCH_BRIDGED_ONLY=1` runs only pegabridge's side
 //! (for profiling: no plain client, no ratio); `BENCH_THREADS=1` prints each thread's CPU per
 //! event.
+#![allow(clippy::too_many_lines)] // a bench reads best as its scenarios, whole
 
 mod common;
 

@@ -1,11 +1,26 @@
-//! Which backend a test runs on: every server test runs on SQLite, then on PostgreSQL when
-//! `PEGABRIDGE_TEST_POSTGRES_URL` names a server (each test with a fresh database of its own);
-//! without the variable the PostgreSQL run says it was skipped.
+//! Which backend a test runs on: every server test runs on SQLite, then on PostgreSQL (each
+//! test with a fresh database of its own) at `PEGABRIDGE_TEST_POSTGRES_URL`, by default this
+//! kind of machine's `postgres://postgres@127.0.0.1:5432/test`. A PostgreSQL that does not
+//! answer fails the test, naming what is missing; only `PEGABRIDGE_SKIP_POSTGRES=1` skips it
+//! (and says so).
 
 use std::future::Future;
 
-/// The variable naming the PostgreSQL server for tests (`.ci/run` sets it).
+/// The variable naming the PostgreSQL server for tests.
 pub const POSTGRES_URL: &str = "PEGABRIDGE_TEST_POSTGRES_URL";
+/// The server used when the variable is not set.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Set to 1 to skip the PostgreSQL runs.
+pub const SKIP_POSTGRES: &str = "PEGABRIDGE_SKIP_POSTGRES";
+
+/// The PostgreSQL server of the tests, or `None` (said on stderr) when skipped.
+pub fn postgres_url() -> Option<String> {
+    if std::env::var(SKIP_POSTGRES).is_ok_and(|v| v == "1") {
+        eprintln!("postgres: skipped ({SKIP_POSTGRES}=1)");
+        return None;
+    }
+    Some(std::env::var(POSTGRES_URL).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned()))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -29,11 +44,9 @@ where
     Fut: Future<Output = ()>,
 {
     BACKEND.scope(Backend::Sqlite, body()).await;
-    if std::env::var(POSTGRES_URL).is_ok() {
+    if postgres_url().is_some() {
         eprintln!("now on postgres");
         BACKEND.scope(Backend::Postgres, body()).await;
-    } else {
-        eprintln!("postgres: skipped ({POSTGRES_URL} is not set)");
     }
 }
 
@@ -49,7 +62,7 @@ pub async fn fresh_database() -> Option<Database> {
     if current() != Backend::Postgres {
         return None;
     }
-    let server = std::env::var(POSTGRES_URL).expect("checked by each_backend");
+    let server = postgres_url().expect("checked by each_backend");
     Some(create_database(&server).await)
 }
 
@@ -59,7 +72,11 @@ pub async fn create_database(server_url: &str) -> Database {
     let name = format!("pegabridge_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(server_url)
         .await
-        .expect("PostgreSQL answers");
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {server_url} does not answer ({e}): start it, name another with {POSTGRES_URL}, or set {SKIP_POSTGRES}=1 to skip the PostgreSQL runs"
+            )
+        });
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await

@@ -559,6 +559,11 @@ async fn a_replay_leaves_events_on_their_way_alone_so_replaying_twice_sends_once
         let (app, pega) = crate::pega::spawn_delivering("").await;
         let uuid = crate::pega::send_single(&app, 77).await;
         crate::pega::wait_for_events(&pega, 1).await;
+        // The receiver has it; the worker records the outcome a moment later: wait for the
+        // recorded outcome, not the receiver (a replay selects only what is recorded done).
+        let path = format!("/admin/deliveries/{uuid}");
+        app.admin_until(&path, |v| v["delivery"]["status"] == "delivered")
+            .await;
         app.admin_post("/admin/delivery/pause", &json!({})).await;
         let replay = |body: Value| {
             let app = &app;

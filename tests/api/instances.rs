@@ -1,8 +1,8 @@
 //! Scale-out: three `serve` processes on one PostgreSQL database, triggers and activities
 //! spread over them, one killed with SIGKILL halfway. Runs when
-//! `PEGABRIDGE_TEST_POSTGRES_URL` is set (`.ci/run` sets it); says skipped otherwise.
+//! PostgreSQL (see `backend::postgres_url`; `PEGABRIDGE_SKIP_POSTGRES=1` skips it and says so).
 
-use crate::backend::{create_database, POSTGRES_URL};
+use crate::backend::create_database;
 use crate::pega::{await_all, start_pega};
 use crate::processes::{free_port, project_dir, send_triggers, start, wait_healthy};
 use crate::server::ACTIVITY_TOKEN;
@@ -12,8 +12,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn three_instances_share_one_database_and_survive_losing_one() {
-    let Ok(server_url) = std::env::var(POSTGRES_URL) else {
-        eprintln!("postgres: skipped ({POSTGRES_URL} is not set)");
+    let Some(server_url) = crate::backend::postgres_url() else {
         return;
     };
     let database = create_database(&server_url).await;

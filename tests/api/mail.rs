@@ -1,8 +1,9 @@
 //! Sending through a real SMTP server process (aiosmtpd, `tests/mail/smtp_server.py`) on
 //! loopback: what arrives is parsed by Python's MIME parser and its DKIM signature verified
-//! by dkimpy (`tests/mail/check_mail.py`). Needs `python3 -m pip install aiosmtpd dkimpy`
-//! (`.ci/run` installs them and sets `PEGABRIDGE_REQUIRE_SMTP=1`, so there a missing server
-//! fails instead of skipping).
+//! by dkimpy (`tests/mail/check_mail.py`). Their Python is the machine's `python3` when it has
+//! aiosmtpd and dkimpy, else a virtual environment the tests make once under `target/` and
+//! install them into (pip). When neither works the tests fail naming what is missing; only
+//! `PEGABRIDGE_SKIP_SMTP=1` skips them (and says so).
 
 use crate::helpers::{pegabridge, root, stderr, stdout};
 use serde_json::Value;
@@ -10,20 +11,76 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// Whether the Python side is there; says so when it is not.
-fn smtp_tools() -> bool {
-    let ok = Command::new("python3")
+/// The packages the SMTP tests need, pinned.
+const PACKAGES: [&str; 2] = ["aiosmtpd==1.4.6", "dkimpy==1.1.8"];
+
+/// Whether `python` imports aiosmtpd and dkim.
+fn has_tools(python: &Path) -> bool {
+    Command::new(python)
         .args(["-c", "import aiosmtpd, dkim"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("PEGABRIDGE_REQUIRE_SMTP").is_none(),
-            "the SMTP test server is missing: python3 -m pip install aiosmtpd dkimpy"
-        );
-        eprintln!("smtp: skipped (python3 -m pip install aiosmtpd dkimpy)");
+        .is_ok_and(|s| s.success())
+}
+
+/// The Python that runs the SMTP server and the checks: `python3` if it has the packages,
+/// else a virtual environment under `target/` made once (per machine) with them.
+fn python() -> Result<PathBuf, String> {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let system = PathBuf::from("python3");
+            if has_tools(&system) {
+                return Ok(system);
+            }
+            let venv = root().join("target/smtp-test-venv");
+            let python = venv.join("bin/python");
+            if has_tools(&python) {
+                return Ok(python);
+            }
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .output()
+                .map_err(|e| format!("python3: {e}"))?;
+            if !made.status.success() {
+                return Err(format!(
+                    "python3 -m venv failed: {}",
+                    String::from_utf8_lossy(&made.stderr)
+                ));
+            }
+            let pip = Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(PACKAGES)
+                .output()
+                .map_err(|e| format!("pip: {e}"))?;
+            if !pip.status.success() || !has_tools(&python) {
+                return Err(format!(
+                    "pip install {} failed: {}",
+                    PACKAGES.join(" "),
+                    String::from_utf8_lossy(&pip.stderr)
+                ));
+            }
+            Ok(python)
+        })
+        .clone()
+}
+
+/// Whether the SMTP tests run: they fail when their tools cannot be had, unless
+/// `PEGABRIDGE_SKIP_SMTP=1` says to skip them.
+fn smtp_tools() -> bool {
+    if std::env::var("PEGABRIDGE_SKIP_SMTP").is_ok_and(|v| v == "1") {
+        eprintln!("smtp: skipped (PEGABRIDGE_SKIP_SMTP=1)");
+        return false;
     }
-    ok
+    if let Err(why) = python() {
+        panic!(
+            "the SMTP tests need python3 with aiosmtpd and dkimpy ({}), which could not be had: {why} (or set PEGABRIDGE_SKIP_SMTP=1 to skip them)",
+            PACKAGES.join(", ")
+        );
+    }
+    true
 }
 
 /// A running SMTP server, killed when dropped.
@@ -48,7 +105,7 @@ impl Smtp {
     /// A server on `port`.
     pub fn start_on(port: u16, extra: &[&str]) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python().expect("checked by smtp_tools"))
             .arg(root().join("tests/mail/smtp_server.py"))
             .args(["--port", &port.to_string(), "--dir"])
             .arg(dir.path())
@@ -87,7 +144,7 @@ fn mail_to(mail: &[PathBuf], to: &str) -> Value {
 
 /// The message parsed and checked.
 pub fn check(message: &Path) -> Value {
-    let out = Command::new("python3")
+    let out = Command::new(python().expect("checked by smtp_tools"))
         .arg(root().join("tests/mail/check_mail.py"))
         .arg(message)
         .arg(root().join("tests/mail/dkim-test.pub"))

@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_lines)] // long scenarios read better whole
 mod backend;
 mod helpers;
 mod server;

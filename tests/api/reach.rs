@@ -463,11 +463,7 @@ async fn health_says_whether_delivery_is_paused() {
 #[tokio::test]
 async fn postgresql_is_reached_over_tls_when_the_url_asks_for_it() {
     use sqlx::Connection;
-    let Ok(server) = std::env::var(crate::backend::POSTGRES_URL) else {
-        eprintln!(
-            "postgres: skipped ({} is not set)",
-            crate::backend::POSTGRES_URL
-        );
+    let Some(server) = crate::backend::postgres_url() else {
         return;
     };
     let database = crate::backend::create_database(&server).await;

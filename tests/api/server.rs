@@ -1,5 +1,5 @@
 //! The server end to end: real HTTP on port 0, a temporary database of the backend under test
-//! (SQLite, and PostgreSQL when `PEGABRIDGE_TEST_POSTGRES_URL` names a server).
+//! (SQLite, then PostgreSQL: see `backend`).
 
 use pegabridge::app::Application;
 use pegabridge::config::Settings;

@@ -49,7 +49,11 @@ fn signed(client: &reqwest::Client, base: &str, events: &[Value]) -> reqwest::Re
 fn opens(tag: &str, n: usize, unknown: usize, key: (i64, i64)) -> Vec<Value> {
     (0..n)
         .map(|j| {
-            let b = if j % 2 == 1 && j / 2 < unknown { key.0 + 1_000_000 } else { key.0 };
+            let b = if j % 2 == 1 && j / 2 < unknown {
+                key.0 + 1_000_000
+            } else {
+                key.0
+            };
             json!({"event": "open", "email": "ann@example.com", "timestamp": 1_700_000_000,
                 "sg_event_id": format!("{tag}-{j}"), "pegabridge": format!("{b}-{}", key.1)})
         })

@@ -62,7 +62,7 @@ impl Application {
         let tasks = Arc::new(Tasks::new(metrics.task_restarts()));
         let store = Storage::open(settings).await?;
         tracing::info!(store = settings.store_display(), "store opened");
-        if store.is_paused().await.unwrap_or(false) {
+        if store.outbox().is_paused().await.unwrap_or(false) {
             tracing::warn!("delivery is paused (pegabridge deliveries resume)");
         }
         let outbox = Arc::new(Notify::new());
@@ -235,7 +235,7 @@ impl Delivery {
             return Ok((store, None));
         };
         tracing::info!(sink = worker.sink_name(), "delivering to Pega");
-        store.listen(wake.clone()).await?;
+        store.backend().listen(wake.clone()).await?;
         let capacity = 2 * worker.round_limit();
         let (handoff, handed) = Handoff::new(capacity, settings.pega.lease_secs, wake.clone());
         let delivery = Self {

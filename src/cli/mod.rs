@@ -251,7 +251,9 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut ok = true;
         match crate::store::Storage::open(settings).await {
-            Ok(store) if store.ping().await => out!("store ok: {}", settings.store_display()),
+            Ok(store) if store.backend().ping().await => {
+                out!("store ok: {}", settings.store_display())
+            }
             Ok(_) => {
                 ok = false;
                 eprintln!("store: {} does not answer", settings.store_display());

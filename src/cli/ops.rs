@@ -110,7 +110,7 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
         match command {
             DeliveriesCommand::List { status, limit } => {
                 let status = status.map(|s| s.parse::<Status>()).transpose()?;
-                let rows = store.deliveries(status, limit).await?;
+                let rows = store.outbox().deliveries(status, limit).await?;
                 out!(
                     "{:<36}  {:<12}  {:<9}  {:>8}  last error",
                     "uuid",
@@ -131,7 +131,8 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 }
             }
             DeliveriesCommand::Show { uuid } => {
-                let Some((row, event, attempts)) = store.delivery(uuid.clone()).await? else {
+                let Some((row, event, attempts)) = store.outbox().delivery(uuid.clone()).await?
+                else {
                     eprintln!("no event with uuid {uuid}");
                     return Ok(ExitCode::from(1));
                 };
@@ -152,7 +153,7 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 };
                 out!(
                     "{} events will be delivered again",
-                    store.replay(which).await?
+                    store.outbox().replay(which).await?
                 );
             }
             DeliveriesCommand::Purge { status, before } => {
@@ -170,11 +171,11 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 out!("{removed} {status} events removed");
             }
             DeliveriesCommand::Pause => {
-                store.set_paused(true).await?;
+                store.outbox().set_paused(true).await?;
                 out!("delivery paused");
             }
             DeliveriesCommand::Resume => {
-                store.set_paused(false).await?;
+                store.outbox().set_paused(false).await?;
                 out!("delivery resumed");
             }
         }

@@ -68,7 +68,8 @@ struct Token {
 /// Posts events to the configured endpoint.
 pub struct PegaClient {
     http: reqwest::Client,
-    endpoint: String,
+    /// Parsed once, at start-up (not on every POST).
+    endpoint: reqwest::Url,
     timeout: Duration,
     auth: Option<PegaAuth>,
     headers: HeaderMap,
@@ -81,7 +82,10 @@ pub struct PegaClient {
 impl std::fmt::Debug for PegaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PegaClient")
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &crate::config::without_credentials(self.endpoint.as_str()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -90,9 +94,15 @@ impl PegaClient {
     /// Builds the client; `None` without an endpoint. The settings were validated when they
     /// were loaded (`PegaSettings::problems`); what is still wrong is an error here.
     pub fn new(settings: &PegaSettings) -> anyhow::Result<Option<Self>> {
-        let Some(endpoint) = settings.endpoint.clone() else {
+        let Some(endpoint) = settings.endpoint.as_deref() else {
             return Ok(None);
         };
+        let endpoint = reqwest::Url::parse(endpoint).map_err(|e| {
+            anyhow::anyhow!(
+                "pega.endpoint: `{}` is not a URL ({e})",
+                crate::config::without_credentials(endpoint)
+            )
+        })?;
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::try_from(name.as_str())?;
@@ -161,7 +171,10 @@ impl PegaClient {
     /// and the TLS handshake. Returns the answer's status.
     pub async fn probe(&self) -> Result<u16, ClientError> {
         self.within_timeout(async {
-            let req = self.http.head(&self.endpoint).headers(self.headers.clone());
+            let req = self
+                .http
+                .head(self.endpoint.clone())
+                .headers(self.headers.clone());
             let (req, _) = self.authorized(req).await?;
             let res = req.send().await.map_err(|e| explain(&e))?;
             Ok(res.status().as_u16())
@@ -218,7 +231,7 @@ impl PegaClient {
     async fn post(&self, body: &[u8]) -> Result<Answer, ClientError> {
         let req = self
             .http
-            .post(&self.endpoint)
+            .post(self.endpoint.clone())
             .headers(self.headers.clone())
             .body(body.to_vec());
         let (req, used_token) = self.authorized(req).await?;

@@ -156,6 +156,7 @@ impl Worker {
     pub async fn try_deliver_next(&self) -> anyhow::Result<Step> {
         let claimed = self
             .store
+            .outbox()
             .claim(self.round_size(), self.settings.lease_secs)
             .await?;
         self.deliver_round(claimed).await
@@ -183,7 +184,7 @@ impl Worker {
         let batch_size = s.batch_size.max(1);
         let (send, skip): (Vec<Claimed>, Vec<Claimed>) = events
             .into_iter()
-            .partition(|c| Metric::parse(&c.metric).is_some_and(|m| self.enabled.contains(&m)));
+            .partition(|c| self.enabled.contains(&c.metric));
         let mut step = Step {
             filtered: skip.len(),
             ..Step::default()
@@ -231,7 +232,7 @@ impl Worker {
             outcomes.push(outcome);
         }
         if !outcomes.is_empty() {
-            self.store.complete(outcomes).await?;
+            self.store.outbox().complete(outcomes).await?;
         }
         Ok(step)
     }
@@ -486,7 +487,12 @@ impl Worker {
             if claim && events.len() < limit {
                 let want = limit - events.len();
                 last_claim = Instant::now();
-                match self.store.claim(want, self.settings.lease_secs).await {
+                match self
+                    .store
+                    .outbox()
+                    .claim(want, self.settings.lease_secs)
+                    .await
+                {
                     Ok(claimed) => {
                         claim = claimed.len() == want;
                         events.extend(claimed);
@@ -541,7 +547,7 @@ impl Worker {
                 next_at_ms: now_ms(),
             },
         };
-        if let Err(e) = self.store.complete(vec![release]).await {
+        if let Err(e) = self.store.outbox().complete(vec![release]).await {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "could not release handed-over events: they are claimed again when their lease runs out"

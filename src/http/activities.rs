@@ -2,13 +2,11 @@
 //! the mail platform, committed with their events before the answer.
 
 use super::error::ApiError;
-use super::extract::{json_body, require_bearer};
+use super::extract::{ActivityCaller, JsonBody};
 use super::AppState;
 use crate::intake::{ActivityAnswer, ActivityOutcome, Unknown};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -32,18 +30,10 @@ pub(super) struct Answer {
     responses((status = 202, description = "Committed", body = Answer), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn receive(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    _: ActivityCaller,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Answer>), ApiError> {
-    let token = state
-        .activity_token
-        .as_ref()
-        .ok_or(ApiError::Unauthorized {
-            challenge: "Bearer realm=\"pegabridge\"",
-        })?;
-    require_bearer(token, &headers)?;
-    let activities =
-        crate::activity::parse(json_body(&headers, body)?).map_err(ApiError::InvalidActivity)?;
+    let activities = crate::activity::parse(body).map_err(ApiError::InvalidActivity)?;
     // All or nothing: an unknown personal broadcast is the caller's mistake (422).
     let outcomes =
         (state.intake.record(activities, Unknown::Refuse).await).map_err(ApiError::store)?;

@@ -1,13 +1,11 @@
 //! The operator API behind `[admin] token`: deliveries, replays, pausing; and `GET /metrics`.
 
 use super::error::ApiError;
-use super::extract::{json_body, require_bearer};
+use super::extract::{Admin, JsonBody};
 use super::AppState;
 use crate::store::Replay;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,19 +28,17 @@ pub fn router() -> Router<AppState> {
 /// The largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 16 * 1024;
 
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = state.admin_token.as_ref().ok_or(ApiError::Unauthorized {
-        challenge: "Bearer realm=\"pegabridge-admin\"",
-    })?;
-    require_bearer(token, headers)
-}
-
 /// Prometheus text.
 #[utoipa::path(get, path = "/metrics", tag = "admin",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
               (status = 503, description = "The store cannot answer now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let stats = state.store.outbox_stats().await.map_err(ApiError::store)?;
+    let stats = state
+        .store
+        .outbox()
+        .outbox_stats()
+        .await
+        .map_err(ApiError::store)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&stats),
@@ -62,10 +58,9 @@ struct ListQuery {
     responses((status = 200, description = "Events, newest first", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let q: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
     let status = match &q.status {
@@ -77,6 +72,7 @@ pub(super) async fn list(
     };
     let rows = state
         .store
+        .outbox()
         .deliveries(status, q.limit.unwrap_or(100).min(10_000))
         .await
         .map_err(ApiError::store)?;
@@ -89,12 +85,12 @@ pub(super) async fn list(
     responses((status = 200, description = "The event and every attempt", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such event", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     let found = state
         .store
+        .outbox()
         .delivery(uuid.clone())
         .await
         .map_err(ApiError::store)?;
@@ -122,12 +118,11 @@ struct ReplayBody {
               (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "A value that cannot be stored", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn replay(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    _: Admin,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
-    let body: ReplayBody = serde_json::from_value(json_body(&headers, body)?)
-        .map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
+    let body: ReplayBody =
+        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
     let done = match &body.status {
         Some(s) => Some(
             s.parse::<crate::store::Done>()
@@ -158,7 +153,12 @@ pub(super) async fn replay(
             ))
         }
     };
-    let n = state.store.replay(which).await.map_err(ApiError::store)?;
+    let n = state
+        .store
+        .outbox()
+        .replay(which)
+        .await
+        .map_err(ApiError::store)?;
     state.outbox.notify_one();
     Ok(Json(json!({ "replayed": n })))
 }
@@ -167,11 +167,11 @@ pub(super) async fn replay(
     responses((status = 200, description = "Paused", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn pause(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     state
         .store
+        .outbox()
         .set_paused(true)
         .await
         .map_err(ApiError::store)?;
@@ -182,11 +182,11 @@ pub(super) async fn pause(
     responses((status = 200, description = "Resumed", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn resume(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
     state
         .store
+        .outbox()
         .set_paused(false)
         .await
         .map_err(ApiError::store)?;

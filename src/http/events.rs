@@ -13,7 +13,7 @@ use crate::events::{Malformed, Translated};
 use crate::intake::{Intake, Tally, Unknown};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -49,6 +49,27 @@ pub(super) async fn head(State(state): State<AppState>, Path(name): Path<String>
     }
 }
 
+/// A configured platform whose credentials in headers (Basic auth) check out: 404 for an
+/// unknown platform, 401 for wrong credentials, both before the body is read.
+pub(super) struct Caller(&'static str);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let platform = platform(state, &name)?;
+        let name = platform.name();
+        (platform.check_headers(&parts.headers)).map_err(|r| rejected(name, r))?;
+        Ok(Self(name))
+    }
+}
+
 fn rejected(platform: &str, r: Rejected) -> ApiError {
     match r {
         Rejected::Unauthorized => ApiError::Unauthorized {
@@ -72,15 +93,11 @@ fn malformed(m: Malformed) -> ApiError {
     responses((status = 200, description = "Taken: what became of the events", body = EventsAnswer), (status = 400, description = "Not JSON, or a malformed event", body = crate::http::openapi::ErrorBody), (status = 401, description = "The platform's check failed", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such platform configured", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn receive(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Caller(name): Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let platform = platform(&state, &name)?;
-    let name = platform.name();
-    platform
-        .check_headers(&headers)
-        .map_err(|r| rejected(name, r))?;
+    let platform = self::platform(&state, name)?;
     let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
     let payload = (platform.verify(&headers, &body, crate::event::now()).await)
         .map_err(|r| rejected(name, r))?;

@@ -1,4 +1,6 @@
-//! Request parts the endpoints need: the mapping, authentication, a JSON body.
+//! Request parts the endpoints need, as extractors whose rejection is the API's own error:
+//! the callers' credentials ([`ActivityCaller`], [`Admin`], [`MappingCaller`]) are checked
+//! from the headers, before the body is read; the body comes last ([`JsonBody`]).
 
 use super::error::ApiError;
 use super::AppState;
@@ -6,15 +8,84 @@ use crate::config::secret::{basic_matches, presented, Secret};
 use crate::mapping::{Mapping, TriggerAuth};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use std::sync::Arc;
 
-/// The mapping called `name`, or 404.
+/// A caller of `POST /activities`: the `[activities]` token, checked before the body is read.
+pub struct ActivityCaller;
+
+impl FromRequestParts<AppState> for ActivityCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = state
+            .activity_token
+            .as_ref()
+            .ok_or(ApiError::Unauthorized {
+                challenge: "Bearer realm=\"pegabridge\"",
+            })?;
+        require_bearer(token, &parts.headers)?;
+        Ok(Self)
+    }
+}
+
+/// An operator: the `[admin]` token (no token configured: nobody).
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = state.admin_token.as_ref().ok_or(ApiError::Unauthorized {
+            challenge: "Bearer realm=\"pegabridge-admin\"",
+        })?;
+        require_bearer(token, &parts.headers)?;
+        Ok(Self)
+    }
+}
+
+/// The mapping of the path (`/webhooks/{mapping}`, `/preview/{mapping}`), its caller
+/// authorized by the mapping's credentials: 404 for an unknown mapping, 401 for wrong
+/// credentials, both before the body is read.
+pub struct MappingCaller {
+    pub name: String,
+    pub mapping: Arc<Mapping>,
+}
+
+impl FromRequestParts<AppState> for MappingCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let mapping = mapping(state, &name)?;
+        authorize(&mapping.file.auth, &parts.headers)?;
+        Ok(Self { name, mapping })
+    }
+}
+
+/// A JSON body: 413 over the limit, 415 when not declared JSON, 400 when malformed, 422 with
+/// what a backend cannot store. Read last, after the credentials.
+pub struct JsonBody(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await;
+        json_body(&headers, body).map(JsonBody)
+    }
+}
+
+/// The mapping called `name` (cut when quoted), or 404.
 pub fn mapping(state: &AppState, name: &str) -> Result<Arc<Mapping>, ApiError> {
-    state
-        .mappings
-        .get(name)
-        .ok_or_else(|| ApiError::NotFound(format!("no mapping named `{name}`")))
+    state.mappings.get(name).ok_or_else(|| {
+        ApiError::NotFound(format!("no mapping named `{}`", super::error::cut(name)))
+    })
 }
 
 /// Checks the `Authorization` header against the mapping's credentials (constant time).

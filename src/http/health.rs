@@ -56,7 +56,7 @@ async fn delivery(
     if state.tasks.status("delivery").is_none() {
         return Ok(("not configured", None));
     }
-    let paused = tokio::time::timeout(wait, state.store.is_paused())
+    let paused = tokio::time::timeout(wait, state.store.outbox().is_paused())
         .await
         .ok()
         .and_then(Result::ok);
@@ -93,7 +93,12 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
     responses((status = 200, description = "The store takes writes and delivery runs", body = Object),
               (status = 503, description = "The store takes no writes, or the delivery worker is down", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match tokio::time::timeout(STORE_TIMEOUT, state.store.writable(state.min_free_bytes)).await {
+    match tokio::time::timeout(
+        STORE_TIMEOUT,
+        state.store.backend().writable(state.min_free_bytes),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::activity::Raw;
 use crate::event::Metric;
 use crate::intake::{Intake, Unknown};
-use crate::mail::tracking::Target;
+use crate::mail::tracking::{Kind, Target};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -31,7 +31,7 @@ const PIXEL: &[u8] = &[
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-fn target(state: &AppState, kind: &str, token: &str) -> Result<Target, ApiError> {
+fn target(state: &AppState, kind: Kind, token: &str) -> Result<Target, ApiError> {
     let tokens = state
         .tracking
         .as_ref()
@@ -73,7 +73,7 @@ pub(super) async fn click(
         link_id,
         url,
         alt,
-    } = target(&state, "c", &token)?
+    } = target(&state, Kind::Click, &token)?
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
@@ -103,7 +103,7 @@ pub(super) async fn open(
     let Target::Open {
         broadcast_id,
         customer_id,
-    } = target(&state, "o", &token)?
+    } = target(&state, Kind::Open, &token)?
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
@@ -135,7 +135,7 @@ pub(super) async fn unsubscribe(
     let Target::Unsubscribe {
         broadcast_id,
         customer_id,
-    } = target(&state, "u", &token)?
+    } = target(&state, Kind::Unsubscribe, &token)?
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
@@ -158,6 +158,6 @@ pub(super) async fn unsubscribe_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    target(&state, "u", &token)?;
+    target(&state, Kind::Unsubscribe, &token)?;
     Ok(Html("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head><body><form method=\"post\"><p>Stop receiving these emails?</p><button type=\"submit\">Unsubscribe</button></form></body></html>").into_response())
 }

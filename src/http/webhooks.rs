@@ -1,13 +1,11 @@
 //! `POST /webhooks/{mapping}` (Pega's triggers) and `POST /preview/{mapping}`.
 
 use super::error::ApiError;
-use super::extract::{authorize, idempotency_key, json_body, mapping};
+use super::extract::{idempotency_key, JsonBody, MappingCaller};
 use super::AppState;
 use crate::broadcast::{accept, preview, Preview};
 use crate::recording::TriggerAnswer;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -29,14 +27,11 @@ pub fn router() -> Router<AppState> {
     responses((status = 202, description = "Committed", body = TriggerAnswer), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "Unknown mapping or route", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn trigger(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    MappingCaller { name, mapping }: MappingCaller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(trigger): JsonBody,
 ) -> Result<(StatusCode, Json<TriggerAnswer>), ApiError> {
-    let mapping = mapping(&state, &name)?;
-    authorize(&mapping.file.auth, &headers)?;
     let key = idempotency_key(&headers)?;
-    let trigger = json_body(&headers, body)?;
     let answer = accept(
         &state.store,
         &state.account,
@@ -74,17 +69,13 @@ struct PreviewQuery {
     responses((status = 200, description = "The preview", body = crate::broadcast::Preview), (status = 400, description = "Malformed JSON, query or header", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "Unknown mapping or route", body = crate::http::openapi::ErrorBody), (status = 405, description = "Method not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body or expansion over a limit", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Fields break the rules", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now, or the request timed out", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn preview_trigger(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    MappingCaller { mapping, .. }: MappingCaller,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(trigger): JsonBody,
 ) -> Result<Json<Preview>, ApiError> {
-    let mapping = mapping(&state, &name)?;
-    authorize(&mapping.file.auth, &headers)?;
     // Parsed only once the caller is known.
     let query: PreviewQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
-    let trigger = json_body(&headers, body)?;
     let p = preview(
         &state.account,
         &state.plan,

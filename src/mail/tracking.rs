@@ -11,6 +11,36 @@ use hmac::{Hmac, Mac};
 use lol_html::{element, text, HtmlRewriter, Settings};
 use sha2::Sha256;
 
+/// The kind of a tracked URL (`/t/c/`, `/t/o/`, `/t/u/`): a token is good only for its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Click,
+    Open,
+    Unsubscribe,
+}
+
+impl Kind {
+    /// Its segment of the URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Click => "c",
+            Kind::Open => "o",
+            Kind::Unsubscribe => "u",
+        }
+    }
+}
+
+impl Target {
+    /// The kind of URL that carries it.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Target::Click { .. } => Kind::Click,
+            Target::Open { .. } => Kind::Open,
+            Target::Unsubscribe { .. } => Kind::Unsubscribe,
+        }
+    }
+}
+
 /// What a token is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -93,16 +123,12 @@ impl Tokens {
 
     /// The URL of `target`.
     pub fn url(&self, target: &Target) -> String {
-        let kind = match target {
-            Target::Click { .. } => "c",
-            Target::Open { .. } => "o",
-            Target::Unsubscribe { .. } => "u",
-        };
+        let kind = target.kind().as_str();
         format!("{}/t/{kind}/{}", self.base, self.token(target))
     }
 
-    /// What `token` is for, if it is one of ours, unaltered, of `kind` (`c`, `o`, `u`).
-    pub fn check(&self, kind: &str, token: &str) -> Option<Target> {
+    /// What `token` is for, if it is one of ours, unaltered, of `kind`.
+    pub fn check(&self, kind: Kind, token: &str) -> Option<Target> {
         let (data, tag) = token.split_once('.')?;
         let data = URL_SAFE_NO_PAD.decode(data).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
@@ -117,18 +143,18 @@ impl Tokens {
         let id = |i: usize| v.get(i).and_then(serde_json::Value::as_i64);
         let text = |i: usize| v.get(i).and_then(|s| s.as_str()).map(str::to_owned);
         let found = match (v.first()?.as_str()?, kind) {
-            ("c", "c") => Target::Click {
+            ("c", Kind::Click) => Target::Click {
                 broadcast_id: id(1)?,
                 customer_id: id(2)?,
                 link_id: id(3)?,
                 url: text(4)?,
                 alt: text(5)?,
             },
-            ("o", "o") => Target::Open {
+            ("o", Kind::Open) => Target::Open {
                 broadcast_id: id(1)?,
                 customer_id: id(2)?,
             },
-            ("u", "u") => Target::Unsubscribe {
+            ("u", Kind::Unsubscribe) => Target::Unsubscribe {
                 broadcast_id: id(1)?,
                 customer_id: id(2)?,
             },
@@ -282,19 +308,23 @@ mod tests {
             alt: "See your offer".into(),
         };
         let token = t.token(&click);
-        assert_eq!(t.check("c", &token), Some(click));
-        assert_eq!(t.check("o", &token), None, "a click token is not an open");
+        assert_eq!(t.check(Kind::Click, &token), Some(click));
+        assert_eq!(
+            t.check(Kind::Open, &token),
+            None,
+            "a click token is not an open"
+        );
         let (data, tag) = token.split_once('.').unwrap();
         let mut forged = URL_SAFE_NO_PAD.decode(data).unwrap();
         forged[5] ^= 1;
         let forged = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(forged));
-        assert_eq!(t.check("c", &forged), None);
-        assert_eq!(t.check("c", "nonsense"), None);
+        assert_eq!(t.check(Kind::Click, &forged), None);
+        assert_eq!(t.check(Kind::Click, "nonsense"), None);
         let other = Tokens::new(&crate::config::mail::TrackingSettings {
             base_url: "https://mail.example".into(),
             secret: Secret::new("another secret, also more than 32 chars"),
         });
-        assert_eq!(other.check("c", &token), None, "another secret");
+        assert_eq!(other.check(Kind::Click, &token), None, "another secret");
     }
 
     #[test]
@@ -309,7 +339,7 @@ mod tests {
             .find(|s| s.starts_with("https://mail.example/t/c/"))
             .unwrap();
         let token = first.trim_start_matches("https://mail.example/t/c/");
-        match t.check("c", token).unwrap() {
+        match t.check(Kind::Click, token).unwrap() {
             Target::Click {
                 url, alt, link_id, ..
             } => {

@@ -77,6 +77,7 @@ impl MailWorker {
     pub async fn try_send_next(&self) -> anyhow::Result<SendStep> {
         let claimed = self
             .store
+            .backend()
             .claim_sends(self.sessions * ROUND_PER_SESSION, self.lease_secs)
             .await?;
         if claimed.is_empty() {

@@ -7,9 +7,10 @@ pub mod sends;
 pub mod since;
 
 pub use error::{Result, StoreError};
-pub use sends::{ClaimedSend, SendOutcome};
+pub use sends::{ClaimedSend, SendOutcome, SendStatus};
 pub use since::parse_since;
 
+use crate::event::Metric;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -139,7 +140,7 @@ fn system_ms() -> i64 {
 pub struct Claimed {
     pub id: i64,
     pub uuid: String,
-    pub metric: String,
+    pub metric: Metric,
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: u32,
@@ -148,14 +149,29 @@ pub struct Claimed {
     pub lease_until_ms: i64,
 }
 
+/// The metric of a stored outbox row (written by [`Metric::as_str`]).
+pub fn stored_metric(text: &str) -> Result<Metric> {
+    Metric::parse(text).ok_or_else(|| {
+        StoreError::Other(anyhow::anyhow!(
+            "an outbox row has the unknown metric `{text}`"
+        ))
+    })
+}
+
 impl Claimed {
     /// A row just queued, leased to this process: what the hand-off passes to the worker.
-    pub fn new_leased(id: i64, uuid: &str, metric: &str, payload: String, row: (i64, i64)) -> Self {
+    pub fn new_leased(
+        id: i64,
+        uuid: &str,
+        metric: Metric,
+        payload: String,
+        row: (i64, i64),
+    ) -> Self {
         let (created_ms, lease_until_ms) = row;
         Self {
             id,
             uuid: uuid.to_owned(),
-            metric: metric.to_owned(),
+            metric,
             payload,
             attempts: 0,
             created_ms,

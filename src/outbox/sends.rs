@@ -31,3 +31,31 @@ pub enum SendOutcome {
     /// Retries exhausted: a soft bounce.
     GaveUp { code: String, reason: String },
 }
+
+/// Where a send stands (the `sends.status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// Claimed by a mail worker, under a lease.
+    InFlight,
+    /// Accepted by the relay.
+    Sent,
+    /// Refused for good: a hard bounce.
+    Bounced,
+    /// Retries exhausted: a soft bounce.
+    Failed,
+}
+
+impl SendStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStatus::Pending => "pending",
+            SendStatus::InFlight => "inflight",
+            SendStatus::Sent => "sent",
+            SendStatus::Bounced => "bounced",
+            SendStatus::Failed => "failed",
+        }
+    }
+}

@@ -8,7 +8,7 @@
 
 use crate::activity::{Activity, Counts, Detail};
 use crate::event::{now, Common, Metric};
-use crate::outbox::{Claimed, ClaimedSend, Result, SendOutcome, StoreError};
+use crate::outbox::{Claimed, ClaimedSend, Result, SendOutcome, SendStatus, StoreError};
 pub use port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 
 pub mod port;
@@ -194,7 +194,7 @@ pub(crate) async fn trigger(
         } else if status == RecipientStatus::Queued {
             let new = NewEvent {
                 uuid: &uuid,
-                metric: Metric::Broadcasts.as_str(),
+                metric: Metric::Broadcasts,
                 external_id: None,
                 in_personal_broadcast: true,
             };
@@ -304,7 +304,7 @@ pub(crate) async fn activities(
         let uuid = crate::event::new_uuid();
         let new = NewEvent {
             uuid: &uuid,
-            metric: a.metric.as_str(),
+            metric: a.metric,
             external_id: a.external_id.as_deref(),
             in_personal_broadcast: false,
         };
@@ -352,21 +352,25 @@ pub(crate) async fn send_outcomes(
                     .await?;
                 let new = NewEvent {
                     uuid: &send.uuid,
-                    metric: Metric::Broadcasts.as_str(),
+                    metric: Metric::Broadcasts,
                     external_id: None,
                     in_personal_broadcast: true,
                 };
                 let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
                 leased.extend(lease);
-                tx.mark_send(send.id, "sent", None, None).await?;
+                tx.mark_send(send.id, SendStatus::Sent, None, None).await?;
             }
             SendOutcome::Retry { next_at_ms, error } => {
-                tx.mark_send(send.id, "pending", Some(*next_at_ms), Some(error))
+                tx.mark_send(send.id, SendStatus::Pending, Some(*next_at_ms), Some(error))
                     .await?;
             }
             SendOutcome::Bounced { code, reason } | SendOutcome::GaveUp { code, reason } => {
                 let hard = matches!(outcome, SendOutcome::Bounced { .. });
-                let status = if hard { "bounced" } else { "failed" };
+                let status = if hard {
+                    SendStatus::Bounced
+                } else {
+                    SendStatus::Failed
+                };
                 tx.mark_send(send.id, status, None, Some(&format!("{code} {reason}")))
                     .await?;
                 let bounce = Activity {

@@ -3,8 +3,8 @@
 //! and what it means, is decided once in [`crate::recording`].
 
 use super::{ActivityAnswer, RecipientAnswer, RecipientStatus};
-use crate::event::Common;
-use crate::outbox::{Claimed, Result};
+use crate::event::{Common, Metric};
+use crate::outbox::{Claimed, Result, SendStatus};
 
 /// A customer as stored: its id and what decides whether it may be mailed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +41,7 @@ pub struct PersonalRow<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct NewEvent<'a> {
     pub uuid: &'a str,
-    pub metric: &'a str,
+    pub metric: Metric,
     /// The caller's id of the activity that made it (a resend is then a no-op).
     pub external_id: Option<&'a str>,
     /// Its payload is the event of its personal broadcast (a `broadcasts` event), stored
@@ -124,7 +124,7 @@ pub trait Tx {
     async fn mark_send(
         &mut self,
         id: i64,
-        status: &str,
+        status: SendStatus,
         next_at_ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<()>;

@@ -121,7 +121,7 @@ mod tests {
         Claimed {
             id,
             uuid: format!("u{id}"),
-            metric: "opens".into(),
+            metric: crate::event::Metric::Opens,
             payload: "{}".into(),
             attempts: 0,
             created_ms: 0,

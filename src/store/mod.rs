@@ -23,10 +23,48 @@ use error::Result;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// What every backend does (as atuin's `Database`): record triggers and activities through
-/// [`crate::recording`], and run the outbox. Errors are typed ([`StoreError`]).
+/// The outbox's side of a backend: claims, outcomes, and what operators see and do.
+/// Each backend implements it in its `outbox.rs`.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait OutboxStore: Send + Sync + std::fmt::Debug {
+    /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
+    /// leasing them for `lease_secs`. Nothing while delivery is paused.
+    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>>;
+
+    /// Records a delivery round's outcomes.
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()>;
+
+    /// Events with `status` (all when `None`), newest first.
+    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>>;
+
+    /// One event: its row, its payload and its attempts.
+    async fn delivery(
+        &self,
+        uuid: String,
+    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>>;
+
+    /// Removes up to `limit` events of `which` created before `before` (Unix seconds), with
+    /// their attempts; returns how many.
+    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize>;
+
+    /// Makes finished events due again with a fresh schedule; returns how many.
+    async fn replay(&self, which: Replay) -> Result<usize>;
+
+    async fn set_paused(&self, paused: bool) -> Result<()>;
+    async fn is_paused(&self) -> Result<bool>;
+
+    /// The outbox's counts for `/metrics`, from counters kept with every change (no scan).
+    async fn outbox_stats(&self) -> Result<OutboxStats>;
+
+    /// The events waiting in the outbox, oldest first (for operators and tests).
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>>;
+}
+
+/// What every backend does (as atuin's `Database`): record triggers, activities and sends
+/// through [`crate::recording`], and run the outbox ([`OutboxStore`]). Errors are typed
+/// ([`StoreError`]).
+#[async_trait::async_trait]
+pub trait Store: OutboxStore {
     /// Records a trigger's broadcast, personal broadcasts and events (one transaction), its
     /// new events queued to `queue`; returns the answer and the events leased to this process.
     async fn record_trigger(
@@ -59,38 +97,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         queue: Queue,
     ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)>;
 
-    /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
-    /// leasing them for `lease_secs`. Nothing while delivery is paused.
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>>;
-
-    /// Records a delivery round's outcomes.
-    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()>;
-
-    /// Events with `status` (all when `None`), newest first.
-    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>>;
-
-    /// One event: its row, its payload and its attempts.
-    async fn delivery(
-        &self,
-        uuid: String,
-    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>>;
-
-    /// Removes up to `limit` events of `which` created before `before` (Unix seconds), with
-    /// their attempts; returns how many.
-    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize>;
-
-    /// Makes finished events due again with a fresh schedule; returns how many.
-    async fn replay(&self, which: Replay) -> Result<usize>;
-
-    async fn set_paused(&self, paused: bool) -> Result<()>;
-    async fn is_paused(&self) -> Result<bool>;
-
-    /// The outbox's counts for `/metrics`, from counters kept with every change (no scan).
-    async fn outbox_stats(&self) -> Result<OutboxStats>;
-
-    /// The events waiting in the outbox, oldest first (for operators and tests).
-    async fn pending_events(&self) -> Result<Vec<serde_json::Value>>;
-
     /// Whether the database takes a write (`/ready`); on SQLite also at least
     /// `min_free_bytes` free where the database file is.
     async fn writable(&self, min_free_bytes: u64) -> Result<()>;
@@ -115,15 +121,17 @@ pub struct Storage {
     sending: bool,
 }
 
-impl std::ops::Deref for Storage {
-    type Target = dyn Store + 'static;
-
-    fn deref(&self) -> &(dyn Store + 'static) {
+impl Storage {
+    /// The backend's outbox: claims, outcomes, listings, replays, the pause flag.
+    pub fn outbox(&self) -> &dyn OutboxStore {
         &*self.backend
     }
-}
 
-impl Storage {
+    /// The backend itself (readiness, `LISTEN`, sends).
+    pub fn backend(&self) -> &dyn Store {
+        &*self.backend
+    }
+
     /// Opens the store at `url`: SQLite with its `synchronous` setting, or PostgreSQL with a
     /// pool of `pool_size` connections. Runs the migrations.
     pub async fn connect(url: &str, synchronous: &str, pool_size: u32) -> anyhow::Result<Self> {

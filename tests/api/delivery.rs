@@ -320,6 +320,7 @@ async fn events_waiting_for_the_worker_at_shutdown_are_released_for_the_next_sta
             let store = store.clone();
             async move {
                 store
+                    .outbox()
                     .deliveries(Some(status.parse().unwrap()), 1000)
                     .await
                     .unwrap()

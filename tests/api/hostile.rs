@@ -667,12 +667,23 @@ async fn finished_events_can_be_removed_and_recent_ones_are_kept() {
         let week_ago = pegabridge::event::now() - 7 * 86_400;
         use pegabridge::store::Purge;
         assert_eq!(
-            store.purge(Purge::Delivered, week_ago, 1000).await.unwrap(),
+            store
+                .outbox()
+                .purge(Purge::Delivered, week_ago, 1000)
+                .await
+                .unwrap(),
             0,
             "retention keeps recent events"
         );
         let now = pegabridge::event::now() + 1;
-        assert_eq!(store.purge(Purge::Delivered, now, 1000).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .outbox()
+                .purge(Purge::Delivered, now, 1000)
+                .await
+                .unwrap(),
+            1
+        );
         let res = app
             .client
             .get(app.url(&format!("/admin/deliveries/{delivered}")))
@@ -698,4 +709,55 @@ async fn finished_events_can_be_removed_and_recent_ones_are_kept() {
         assert!(shown["deliveries"].as_array().unwrap().is_empty(), "{dead}");
     })
     .await;
+}
+
+/// Sends a request's head announcing a body of `length` bytes, then no body at all, and reads
+/// the answer's status line.
+async fn head_only(app: &TestApp, path: &str, auth: &str, length: usize) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(host(app)).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn credentials_are_checked_before_the_body_is_read() {
+    // The request timeout is short: a server that waited for the body that never comes would
+    // answer 503 (timeout) instead of 401.
+    let postmark = "[events.postmark]\nusername = \"pm\"\npassword = \"postmark-secret-1\"\n";
+    let (app, _) = spawn_app_with("request_timeout_secs = 2", postmark).await;
+    for path in [
+        "/activities",
+        "/webhooks/offer",
+        "/preview/offer",
+        "/admin/deliveries/replay",
+        "/events/postmark",
+    ] {
+        let wrong = "Authorization: Bearer wrong\r\n";
+        let status = head_only(&app, path, wrong, 900_000).await;
+        assert!(status.starts_with("HTTP/1.1 401"), "{path}: {status}");
+        let status = head_only(&app, path, "", 900_000).await;
+        assert!(
+            status.starts_with("HTTP/1.1 401"),
+            "{path} without credentials: {status}"
+        );
+    }
+    // An unknown mapping or platform answers 404 the same way, before the body.
+    let status = head_only(&app, "/webhooks/nope", "", 900_000).await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let status = head_only(&app, "/events/sendgrid", "", 900_000).await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    // With the right credentials the body is read (and its absence times out): the check
+    // above is about the credentials, not a server that never reads bodies.
+    let right = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
+    let status = head_only(&app, "/admin/deliveries/replay", &right, 10).await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
 }

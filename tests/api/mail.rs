@@ -51,7 +51,13 @@ fn python() -> Result<PathBuf, String> {
                 ));
             }
             let pip = Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
                 .args(PACKAGES)
                 .output()
                 .map_err(|e| format!("pip: {e}"))?;

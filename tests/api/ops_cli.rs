@@ -59,7 +59,7 @@ async fn deliveries_can_be_listed_shown_replayed_and_paused_from_the_command_lin
             .unwrap();
         assert!(stdout(&paused).contains("delivery paused"));
         assert!(app.admin_get("/admin/deliveries").await["deliveries"].is_array());
-        assert!(app.store().await.is_paused().await.unwrap());
+        assert!(app.store().await.outbox().is_paused().await.unwrap());
     })
     .await;
 }

@@ -83,7 +83,7 @@ pub async fn settled(app: &TestApp) {
     let store = app.store().await;
     let start = Instant::now();
     loop {
-        let stats = store.outbox_stats().await.unwrap();
+        let stats = store.outbox().outbox_stats().await.unwrap();
         if stats.pending + stats.inflight == 0 {
             return;
         }

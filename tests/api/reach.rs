@@ -478,7 +478,7 @@ async fn postgresql_is_reached_over_tls_when_the_url_asks_for_it() {
         }
         Err(e) => panic!("the store opens over TLS: {e:#}"),
     };
-    assert!(store.ping().await);
+    assert!(store.backend().ping().await);
     // ...and a connection made the same way is encrypted.
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let (ssl,): (bool,) =

@@ -207,6 +207,7 @@ impl TestApp {
         Storage::connect(&self.store_url, "normal", 2)
             .await
             .unwrap()
+            .outbox()
             .pending_events()
             .await
             .unwrap()

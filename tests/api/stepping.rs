@@ -98,7 +98,7 @@ async fn a_refused_post_is_retried_in_the_next_round_then_delivered() {
         let second = worker.try_deliver_next().await.unwrap();
         assert_eq!(second.delivered, 1, "{second:?}");
         assert_eq!(pega.mock.event_count(), 1);
-        let row = &store.deliveries(None, 10).await.unwrap()[0];
+        let row = &store.outbox().deliveries(None, 10).await.unwrap()[0];
         assert_eq!(row.attempts, 2);
     })
     .await;
@@ -126,11 +126,27 @@ async fn exhausted_retries_make_a_dead_letter_that_a_replay_sends_once() {
         );
         assert!(worker.try_deliver_next().await.unwrap().is_empty());
         // Replayed twice before the worker runs: sent once.
-        assert_eq!(store.replay(Replay::Status(Done::Dead)).await.unwrap(), 1);
-        assert_eq!(store.replay(Replay::Status(Done::Dead)).await.unwrap(), 0);
-        let uuid = store.deliveries(None, 1).await.unwrap()[0].uuid.clone();
         assert_eq!(
-            store.replay(Replay::Uuid(uuid)).await.unwrap(),
+            store
+                .outbox()
+                .replay(Replay::Status(Done::Dead))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .outbox()
+                .replay(Replay::Status(Done::Dead))
+                .await
+                .unwrap(),
+            0
+        );
+        let uuid = store.outbox().deliveries(None, 1).await.unwrap()[0]
+            .uuid
+            .clone();
+        assert_eq!(
+            store.outbox().replay(Replay::Uuid(uuid)).await.unwrap(),
             0,
             "pending"
         );
@@ -157,7 +173,7 @@ async fn metrics_outside_the_activity_list_are_filtered_in_their_round() {
             }
         );
         assert_eq!(pega.mock.requests(), 0);
-        assert_eq!(store.outbox_stats().await.unwrap().filtered, 2);
+        assert_eq!(store.outbox().outbox_stats().await.unwrap().filtered, 2);
     })
     .await;
 }
@@ -169,10 +185,10 @@ async fn paused_delivery_claims_nothing_until_resumed() {
         let pega = start_pega().await;
         let (worker, _config) = worker(&store, &pega, "");
         queue(&store, 3).await;
-        store.set_paused(true).await.unwrap();
+        store.outbox().set_paused(true).await.unwrap();
         assert!(worker.try_deliver_next().await.unwrap().is_empty());
         assert_eq!(pega.mock.requests(), 0);
-        store.set_paused(false).await.unwrap();
+        store.outbox().set_paused(false).await.unwrap();
         assert_eq!(worker.try_deliver_next().await.unwrap().delivered, 3);
     })
     .await;
@@ -196,7 +212,7 @@ async fn a_retry_after_pauses_every_post_to_the_endpoint_not_only_the_refused_on
         later().await;
         assert!(worker.try_deliver_next().await.unwrap().is_empty());
         assert_eq!(pega.mock.requests(), 1);
-        let deferred = store.deliveries(None, 10).await.unwrap();
+        let deferred = store.outbox().deliveries(None, 10).await.unwrap();
         assert!(
             deferred.iter().filter(|d| d.attempts == 0).count() == 2,
             "deferring counts no attempt: {deferred:?}"

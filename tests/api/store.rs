@@ -47,7 +47,7 @@ fn recipient(n: usize) -> NewRecipient {
 /// The statuses as the rows have them.
 async fn counted(store: &Storage) -> HashMap<Status, i64> {
     let mut counts = HashMap::new();
-    for d in store.deliveries(None, 100_000).await.unwrap() {
+    for d in store.outbox().deliveries(None, 100_000).await.unwrap() {
         *counts.entry(d.status).or_insert(0) += 1;
     }
     counts
@@ -56,7 +56,7 @@ async fn counted(store: &Storage) -> HashMap<Status, i64> {
 /// The counters `/metrics` reads agree with the rows.
 async fn assert_counters_agree(store: &Storage, step: &str) {
     let rows = counted(store).await;
-    let stats = store.outbox_stats().await.unwrap();
+    let stats = store.outbox().outbox_stats().await.unwrap();
     let from_counters = [
         (Status::Pending, stats.pending),
         (Status::Inflight, stats.inflight),
@@ -97,12 +97,13 @@ async fn the_counters_follow_every_change_of_status() {
             .await
             .unwrap();
         assert_counters_agree(&store, "queued").await;
-        assert_eq!(store.outbox_stats().await.unwrap().pending, 10);
+        assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 10);
 
-        let claimed = store.claim(8, 60).await.unwrap();
+        let claimed = store.outbox().claim(8, 60).await.unwrap();
         assert_counters_agree(&store, "claimed").await;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         store
+            .outbox()
             .complete(vec![
                 outcome(ids[0..3].to_vec(), Completion::Delivered),
                 outcome(ids[3..5].to_vec(), Completion::Dead),
@@ -112,13 +113,20 @@ async fn the_counters_follow_every_change_of_status() {
             .await
             .unwrap();
         assert_counters_agree(&store, "completed").await;
-        let stats = store.outbox_stats().await.unwrap();
+        let stats = store.outbox().outbox_stats().await.unwrap();
         assert_eq!(
             (stats.delivered, stats.dead, stats.filtered, stats.pending),
             (3, 2, 1, 4)
         );
 
-        assert_eq!(store.replay(Replay::Status(Done::Dead)).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .outbox()
+                .replay(Replay::Status(Done::Dead))
+                .await
+                .unwrap(),
+            2
+        );
         assert_counters_agree(&store, "replayed").await;
         let far = pegabridge::event::now() + 10;
         assert_eq!(
@@ -129,7 +137,7 @@ async fn the_counters_follow_every_change_of_status() {
             3
         );
         assert_counters_agree(&store, "purged").await;
-        assert_eq!(store.outbox_stats().await.unwrap().delivered, 0);
+        assert_eq!(store.outbox().outbox_stats().await.unwrap().delivered, 0);
     })
     .await;
 }
@@ -259,7 +267,7 @@ async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activi
 
         // The counters start from the rows there were.
         assert_counters_agree(&store, "migrated").await;
-        let stats = store.outbox_stats().await.unwrap();
+        let stats = store.outbox().outbox_stats().await.unwrap();
         assert_eq!((stats.pending, stats.delivered), (1, 1));
         // The customer is found again by its CustomerID.
         let answer = store

@@ -10,10 +10,7 @@ mod tx;
 use crate::activity::Activity;
 use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
-use crate::store::{
-    Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
-    SendOutcome, Status,
-};
+use crate::store::{Claimed, ClaimedSend, Queue, SendOutcome};
 use anyhow::Context;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -42,41 +39,6 @@ impl PgStore {
             .await
             .context("running migrations")?;
         Ok(Self { pool })
-    }
-
-    /// Whether the database answers.
-    /// A small committed write (the readiness probe's time in `flags`). The free space is the
-    /// database server's concern, not checked here.
-    pub async fn writable(&self, _min_free_bytes: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO flags (name, value) VALUES ('ready_probe', extract(epoch from now())::bigint::text) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
-    /// Wakes `notify` whenever any instance commits events, until the process ends.
-    pub async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        tokio::spawn(async move {
-            loop {
-                match listener.recv().await {
-                    Ok(_) => notify.notify_one(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-        Ok(())
     }
 }
 
@@ -197,58 +159,36 @@ impl crate::store::Store for PgStore {
         ))
     }
 
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
-        PgStore::claim(self, limit, lease_secs).await
+    /// Whether the database answers.
+    /// A small committed write (the readiness probe's time in `flags`). The free space is the
+    /// database server's concern, not checked here.
+    async fn writable(&self, _min_free_bytes: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO flags (name, value) VALUES ('ready_probe', extract(epoch from now())::bigint::text) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
-
-    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
-        PgStore::complete(self, outcomes).await
-    }
-
-    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
-        PgStore::deliveries(self, status, limit).await
-    }
-
-    async fn delivery(
-        &self,
-        uuid: String,
-    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        PgStore::delivery(self, uuid).await
-    }
-
-    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
-        PgStore::purge(self, which, before, limit).await
-    }
-
-    async fn replay(&self, which: Replay) -> Result<usize> {
-        PgStore::replay(self, which).await
-    }
-
-    async fn set_paused(&self, paused: bool) -> Result<()> {
-        PgStore::set_paused(self, paused).await
-    }
-
-    async fn is_paused(&self) -> Result<bool> {
-        PgStore::is_paused(self).await
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats> {
-        PgStore::outbox_stats(self).await
-    }
-
-    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
-        PgStore::pending_events(self).await
-    }
-
-    async fn writable(&self, min_free_bytes: u64) -> Result<()> {
-        PgStore::writable(self, min_free_bytes).await
-    }
-
+    /// Whether the database answers.
     async fn ping(&self) -> bool {
-        PgStore::ping(self).await
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
-
+    /// Wakes `notify` whenever any instance commits events, until the process ends.
     async fn listen(&self, notify: Arc<Notify>) -> Result<()> {
-        PgStore::listen(self, notify).await
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => notify.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }

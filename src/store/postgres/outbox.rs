@@ -50,11 +50,12 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
 
 use crate::store::sql::PAYLOAD;
 
-impl PgStore {
+#[async_trait::async_trait]
+impl crate::store::OutboxStore for PgStore {
     /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an
     /// instance that died first, then new work by due time, each through its partial index,
     /// skipping rows other instances are claiming.
-    pub async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let lease = (now + lease_secs as i64 * 1000, now);
         let mut claimed = self
@@ -74,41 +75,9 @@ impl PgStore {
         Ok(claimed)
     }
 
-    async fn claim_where(
-        &self,
-        filter: &str,
-        (lease_until, now): (i64, i64),
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        let sql = format!(
-            "UPDATE outbox SET status = 'inflight', lease_until = $1
-             WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
-               AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(lease_until)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Claimed {
-                id: r.get(0),
-                uuid: r.get(1),
-                metric: r.get(2),
-                payload: r.get(3),
-                attempts: r.get::<i32, _>(4) as u32,
-                created_ms: r.get(5),
-                lease_until_ms: r.get(6),
-            })
-            .collect())
-    }
-
     /// Records the outcomes of a delivery round: two set-based statements, whatever the
     /// number of events (one round trip each).
-    pub async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         let mut rows = Rows::default();
         let mut attempts = AttemptRows::default();
         for o in &outcomes {
@@ -172,7 +141,7 @@ impl PgStore {
     }
 
     /// Events by status (all when `None`), newest first.
-    pub async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
+    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM outbox WHERE ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
         );
@@ -185,7 +154,7 @@ impl PgStore {
     }
 
     /// One event: its row, its payload and its attempts.
-    pub async fn delivery(
+    async fn delivery(
         &self,
         uuid: String,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
@@ -223,7 +192,7 @@ impl PgStore {
 
     /// Removes up to `limit` finished events older than `before` and their attempts, in one
     /// transaction.
-    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
+    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "SELECT id FROM outbox WHERE {} AND created_at < $1 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -249,7 +218,7 @@ impl PgStore {
     }
 
     /// Makes the selected events due again with a fresh schedule; returns how many.
-    pub async fn replay(&self, which: Replay) -> Result<usize> {
+    async fn replay(&self, which: Replay) -> Result<usize> {
         let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = 0, lease_until = 0";
         let now = now_ms();
         let done = match which {
@@ -287,7 +256,7 @@ impl PgStore {
     }
 
     /// Pauses or resumes delivery for every instance.
-    pub async fn set_paused(&self, paused: bool) -> Result<()> {
+    async fn set_paused(&self, paused: bool) -> Result<()> {
         sqlx::query(
             "INSERT INTO flags (name, value) VALUES ('paused', $1) ON CONFLICT (name) DO UPDATE SET value = $1",
         )
@@ -298,13 +267,13 @@ impl PgStore {
     }
 
     /// Whether delivery is paused.
-    pub async fn is_paused(&self) -> Result<bool> {
+    async fn is_paused(&self) -> Result<bool> {
         paused(&self.pool).await
     }
 
     /// The counts by status (kept by triggers, in shards) and the age of the oldest
     /// undelivered event (through its index): no scan, however big the outbox.
-    pub async fn outbox_stats(&self) -> Result<OutboxStats> {
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
         let mut stats = OutboxStats::default();
         let rows = sqlx::query("SELECT status, sum(n)::bigint FROM outbox_counts GROUP BY status")
             .fetch_all(&self.pool)
@@ -323,13 +292,48 @@ impl PgStore {
     }
 
     /// The events waiting in the outbox, oldest first.
-    pub async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
         let rows: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT {PAYLOAD} FROM outbox WHERE status = 'pending' ORDER BY id"
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|p| Ok(serde_json::from_str(p)?)).collect()
+    }
+}
+
+impl PgStore {
+    async fn claim_where(
+        &self,
+        filter: &str,
+        (lease_until, now): (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let sql = format!(
+            "UPDATE outbox SET status = 'inflight', lease_until = $1
+             WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
+               AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.get(0),
+                    uuid: r.get(1),
+                    metric: crate::outbox::stored_metric(r.get::<&str, _>(2))?,
+                    payload: r.get(3),
+                    attempts: r.get::<i32, _>(4) as u32,
+                    created_ms: r.get(5),
+                    lease_until_ms: r.get(6),
+                })
+            })
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@ use super::CHANNEL;
 use crate::event::Common;
 use crate::outbox::error::Result;
 use crate::outbox::now_ms;
+use crate::outbox::SendStatus;
 use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::store::{Claimed, Queue};
@@ -213,7 +214,7 @@ impl Tx for PgTx<'_> {
     async fn mark_send(
         &mut self,
         id: i64,
-        status: &str,
+        status: SendStatus,
         next_at_ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -221,7 +222,7 @@ impl Tx for PgTx<'_> {
             "UPDATE sends SET status = $2, next_attempt_at = COALESCE($3, next_attempt_at), last_error = COALESCE($4, last_error), attempts = attempts + 1, lease_until = 0 WHERE id = $1",
         )
         .bind(id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(next_at_ms)
         .bind(error)
         .execute(&mut *self.c)
@@ -240,7 +241,7 @@ impl Tx for PgTx<'_> {
             "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING id",
         )
         .bind(new.uuid)
-        .bind(new.metric)
+        .bind(new.metric.as_str())
         .bind(new.external_id)
         .bind(ms)
         .bind(ms / 1000)

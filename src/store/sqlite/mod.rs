@@ -39,10 +39,7 @@ use crate::activity::Activity;
 use crate::event::Common;
 use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
-use crate::store::{
-    Attempt, Claimed, ClaimedSend, Delivery, OutboxStats, Outcome, Purge, Queue, Replay,
-    SendOutcome, Status,
-};
+use crate::store::{Claimed, ClaimedSend, Queue, SendOutcome};
 use anyhow::Context;
 use rusqlite::Connection;
 use std::cell::{Cell, RefCell};
@@ -261,51 +258,6 @@ impl SqliteStore {
             None => self.call(move |c| f(c)).await,
         }
     }
-
-    /// At least `min_free_bytes` free on the database file's filesystem, then a small committed
-    /// write (the readiness probe's time in `flags`).
-    pub async fn writable(&self, min_free_bytes: u64) -> Result<()> {
-        self.call(move |c| {
-            if let Some((path, ..)) = &c.file {
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-                let stat = nix::sys::statvfs::statvfs(dir.unwrap_or(Path::new(".")))
-                    .map_err(|e| StoreError::Other(e.into()))?;
-                let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-                if free < min_free_bytes {
-                    return Err(StoreError::Unavailable(format!(
-                        "{free} bytes free where {} is, less than [store] min_free_mb",
-                        path.display()
-                    )));
-                }
-            }
-            c.execute(
-                "INSERT INTO flags (name, value) VALUES ('ready_probe', strftime('%s','now')) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                [],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        self.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .is_ok()
-    }
-
-    /// The events waiting in the outbox, oldest first (for operators and tests).
-    pub async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {} FROM outbox WHERE status = 'pending' ORDER BY id",
-                outbox::PAYLOAD
-            ))?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.map(|p| Ok(serde_json::from_str(&p?)?)).collect()
-        })
-        .await
-    }
 }
 
 #[async_trait::async_trait]
@@ -403,55 +355,36 @@ impl crate::store::Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
-        SqliteStore::claim(self, limit, lease_secs).await
-    }
-
-    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
-        SqliteStore::complete(self, outcomes).await
-    }
-
-    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
-        SqliteStore::deliveries(self, status, limit).await
-    }
-
-    async fn delivery(
-        &self,
-        uuid: String,
-    ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        SqliteStore::delivery(self, uuid).await
-    }
-
-    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
-        SqliteStore::purge(self, which, before, limit).await
-    }
-
-    async fn replay(&self, which: Replay) -> Result<usize> {
-        SqliteStore::replay(self, which).await
-    }
-
-    async fn set_paused(&self, paused: bool) -> Result<()> {
-        SqliteStore::set_paused(self, paused).await
-    }
-
-    async fn is_paused(&self) -> Result<bool> {
-        SqliteStore::is_paused(self).await
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats> {
-        SqliteStore::outbox_stats(self).await
-    }
-
-    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
-        SqliteStore::pending_events(self).await
-    }
-
+    /// At least `min_free_bytes` free on the database file's filesystem, then a small committed
+    /// write (the readiness probe's time in `flags`).
     async fn writable(&self, min_free_bytes: u64) -> Result<()> {
-        SqliteStore::writable(self, min_free_bytes).await
+        self.call(move |c| {
+            if let Some((path, ..)) = &c.file {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let stat = nix::sys::statvfs::statvfs(dir.unwrap_or(Path::new(".")))
+                    .map_err(|e| StoreError::Other(e.into()))?;
+                let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+                if free < min_free_bytes {
+                    return Err(StoreError::Unavailable(format!(
+                        "{free} bytes free where {} is, less than [store] min_free_mb",
+                        path.display()
+                    )));
+                }
+            }
+            c.execute(
+                "INSERT INTO flags (name, value) VALUES ('ready_probe', strftime('%s','now')) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
+    /// Whether the database answers.
     async fn ping(&self) -> bool {
-        SqliteStore::ping(self).await
+        self.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
     }
 
     async fn listen(&self, _notify: std::sync::Arc<tokio::sync::Notify>) -> Result<()> {
@@ -727,6 +660,7 @@ fn rollback(conn: &Conn) {
 #[cfg(test)]
 mod tests {
     use super::{Conn, Result, SqliteStore};
+    use crate::store::OutboxStore;
 
     /// A store on a new file (kept while the directory lives).
     pub(super) async fn store_in_a_file(synchronous: &str) -> (tempfile::TempDir, SqliteStore) {

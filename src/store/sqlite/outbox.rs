@@ -36,7 +36,7 @@ pub(super) fn enqueue(
     c.prepare_cached(
         "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![new.uuid, new.metric, new.external_id, ms, ms / 1000, status.as_str(), lease_until])?;
+    .execute(params![new.uuid, new.metric.as_str(), new.external_id, ms, ms / 1000, status.as_str(), lease_until])?;
     let id = c.last_insert_rowid();
     let payload = payload(id)?;
     if !new.in_personal_broadcast {
@@ -114,10 +114,11 @@ fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-impl SqliteStore {
+#[async_trait::async_trait]
+impl crate::store::OutboxStore for SqliteStore {
     /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
     /// reserving them for `lease_secs`. Nothing while delivery is paused.
-    pub async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         self.call(move |c| {
             if paused(c)? {
                 return Ok(Vec::new());
@@ -146,7 +147,7 @@ impl SqliteStore {
     }
 
     /// Records the outcomes of a delivery round, in one piece of work.
-    pub async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         self.call(move |c| {
             for outcome in &outcomes {
                 record_outcome(c, outcome)?;
@@ -157,7 +158,7 @@ impl SqliteStore {
     }
 
     /// Events by status (all when `None`), newest first.
-    pub async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
+    async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>> {
         self.read(move |c| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
@@ -171,7 +172,7 @@ impl SqliteStore {
     }
 
     /// One event: its row, its payload and its attempts.
-    pub async fn delivery(
+    async fn delivery(
         &self,
         uuid: String,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
@@ -207,7 +208,7 @@ impl SqliteStore {
 
     /// Removes up to `limit` finished events older than `before`, their payloads and
     /// attempts, in one transaction.
-    pub async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
+    async fn purge(&self, which: Purge, before: i64, limit: usize) -> Result<usize> {
         self.call(move |c| {
             let ids = format!(
                 "SELECT id FROM outbox WHERE {} AND created_at < ?1 ORDER BY created_at LIMIT ?2",
@@ -232,7 +233,7 @@ impl SqliteStore {
     }
 
     /// Makes the selected events due again with a fresh retry schedule; returns how many.
-    pub async fn replay(&self, which: Replay) -> Result<usize> {
+    async fn replay(&self, which: Replay) -> Result<usize> {
         self.call(move |c| {
             let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, attempts = 0, lease_until = 0";
             let now = now_ms();
@@ -255,7 +256,7 @@ impl SqliteStore {
     }
 
     /// Pauses or resumes delivery (claims return nothing while paused).
-    pub async fn set_paused(&self, paused: bool) -> Result<()> {
+    async fn set_paused(&self, paused: bool) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO flags (name, value) VALUES ('paused', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
@@ -268,13 +269,13 @@ impl SqliteStore {
     }
 
     /// Whether delivery is paused.
-    pub async fn is_paused(&self) -> Result<bool> {
+    async fn is_paused(&self) -> Result<bool> {
         self.call(paused).await
     }
 
     /// The counts by status (kept by triggers with every change) and the age of the oldest
     /// undelivered event (through its index): no scan, however big the outbox.
-    pub async fn outbox_stats(&self) -> Result<OutboxStats> {
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
         self.read(|c| {
             let mut stats = OutboxStats::default();
             let mut stmt = c.prepare_cached("SELECT status, n FROM outbox_counts")?;
@@ -288,6 +289,19 @@ impl SqliteStore {
             let oldest: Option<i64> = c.query_row(OLDEST_OPEN, [], |r| r.get(0))?;
             stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
             Ok(stats)
+        })
+        .await
+    }
+
+    /// The events waiting in the outbox, oldest first (for operators and tests).
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM outbox WHERE status = 'pending' ORDER BY id",
+                PAYLOAD
+            ))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|p| Ok(serde_json::from_str(&p?)?)).collect()
         })
         .await
     }
@@ -306,10 +320,14 @@ fn claim_where(
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {
+        let metric: String = r.get(2)?;
+        let metric = crate::outbox::stored_metric(&metric).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?;
         Ok(Claimed {
             id: r.get(0)?,
             uuid: r.get(1)?,
-            metric: r.get(2)?,
+            metric,
             payload: r.get(3)?,
             attempts: r.get(4)?,
             created_ms: r.get(5)?,

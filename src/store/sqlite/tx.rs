@@ -4,6 +4,7 @@
 use super::Conn;
 use crate::event::Common;
 use crate::outbox::error::Result;
+use crate::outbox::SendStatus;
 use crate::recording::port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, RecipientStatus};
 use crate::store::{Claimed, Queue};
@@ -246,7 +247,7 @@ impl Tx for SqliteTx<'_> {
     async fn mark_send(
         &mut self,
         id: i64,
-        status: &str,
+        status: SendStatus,
         next_at_ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -254,7 +255,7 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(
                 "UPDATE sends SET status = ?2, next_attempt_at = COALESCE(?3, next_attempt_at), last_error = COALESCE(?4, last_error), attempts = attempts + 1, lease_until = 0 WHERE id = ?1",
             )?
-            .execute(params![id, status, next_at_ms, error])?;
+            .execute(params![id, status.as_str(), next_at_ms, error])?;
         Ok(())
     }
 
@@ -365,7 +366,11 @@ mod tests {
             .record_activities(vec![open], crate::recording::Unknown::Refuse, Queue::Due)
             .await
             .unwrap();
-        let payload = Store::pending_events(&store).await.unwrap().pop().unwrap();
+        let payload = crate::store::OutboxStore::pending_events(&store)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
         assert_eq!(answers[0].answer().unwrap().status, ActivityStatus::Queued);
         assert_eq!(payload["campaign_name"], "kept");
     }

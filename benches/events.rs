@@ -31,7 +31,7 @@ const IN_FLIGHT: usize = 8;
 /// A SendGrid request of `events`, signed.
 fn signed(client: &reqwest::Client, base: &str, events: &[Value]) -> reqwest::RequestBuilder {
     let body = serde_json::to_vec(events).unwrap();
-    let ts = "1700000000";
+    let ts = pegabridge::event::now().to_string();
     let mut message = ts.as_bytes().to_vec();
     message.extend_from_slice(&body);
     let sig: Signature = key().sign(&message);
@@ -179,21 +179,7 @@ async fn main() {
             .map(|j| json!({"event": "open", "email": "ann@example.com", "timestamp": 1_700_000_000,
                 "sg_event_id": format!("ev-{i}-{j}"), "useragent": ua, "pegabridge": format!("{b}-{c}")}))
             .collect();
-        let body = serde_json::to_vec(&events).unwrap();
-        let ts = "1700000000";
-        let mut signed = ts.as_bytes().to_vec();
-        signed.extend_from_slice(&body);
-        let sig: Signature = key().sign(&signed);
-        platform.push(
-            client
-                .post(format!("{base}/events/sendgrid"))
-                .header(pegabridge::events::sendgrid::TIMESTAMP, ts)
-                .header(
-                    pegabridge::events::sendgrid::SIGNATURE,
-                    STANDARD.encode(sig.to_der().as_bytes()),
-                )
-                .body(body),
-        );
+        platform.push(signed(&client, &base, &events));
         let same: Vec<Value> = (0..PER_BATCH)
             .map(|j| {
                 json!({"id": format!("act-{i}-{j}"), "metric": "opens", "broadcast_id": b,

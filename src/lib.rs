@@ -20,6 +20,7 @@ pub mod mail;
 pub mod mapping;
 pub mod mock;
 pub mod outbox;
+pub mod quote;
 pub mod recording;
 pub mod store;
 pub mod tasks;

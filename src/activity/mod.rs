@@ -187,6 +187,22 @@ pub fn error(index: usize, field: &str, message: String) -> FieldError {
     }
 }
 
+/// The longest user agent kept (real ones are a few hundred bytes): a longer one is cut, so
+/// an activity cannot make every copy of its event (in the outbox, in memory on its way to
+/// Pega) as large as the request.
+pub const MAX_USER_AGENT_BYTES: usize = 1024;
+
+fn bounded_agent(mut ua: String) -> String {
+    if ua.len() > MAX_USER_AGENT_BYTES {
+        let mut end = MAX_USER_AGENT_BYTES;
+        while !ua.is_char_boundary(end) {
+            end -= 1;
+        }
+        ua.truncate(end);
+    }
+    ua
+}
+
 /// The earliest plausible timestamp: 2000-01-01 (an earlier one is a mistake, such as
 /// seconds since some other epoch).
 pub const EARLIEST_TIMESTAMP: i64 = 946_684_800;
@@ -203,7 +219,12 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
             ))
         }
         Some(m) => m,
-        None => return Err(("metric", format!("unknown metric `{}`", a.metric))),
+        None => {
+            return Err((
+                "metric",
+                format!("unknown metric `{}`", crate::quote::cut(&a.metric)),
+            ))
+        }
     };
     if let Some(ts) = a.timestamp {
         let latest = crate::event::now() + FUTURE_SLACK_SECS;
@@ -221,7 +242,7 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
             ));
         }
     }
-    let user_agent = a.user_agent.clone().unwrap_or_default();
+    let user_agent = bounded_agent(a.user_agent.clone().unwrap_or_default());
     let agent = enrich::agent(&user_agent);
     let os = a.os.clone().unwrap_or(agent.os);
     let browser = a.browser.clone().unwrap_or(agent.browser);
@@ -404,6 +425,18 @@ mod tests {
                 machine_generated: false
             }
         );
+    }
+
+    #[test]
+    fn a_huge_user_agent_is_cut_to_a_bound() {
+        let ua = "Mozilla/5.0 ".repeat(80_000);
+        let a = parse(
+            json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1, "user_agent": ua}),
+        )
+        .unwrap();
+        let kept = a[0].user_agent().unwrap();
+        assert_eq!(kept.len(), MAX_USER_AGENT_BYTES);
+        assert!(ua.starts_with(kept));
     }
 
     #[test]

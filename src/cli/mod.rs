@@ -263,13 +263,10 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
                 eprintln!("store: {}: {e:#}", settings.store_display());
             }
         }
-        match crate::delivery::client::PegaClient::new(&settings.pega)? {
+        match crate::delivery::sink::from_settings(&settings.pega)? {
             None => out!("pega: no endpoint configured"),
-            Some(client) => match client.probe().await {
-                Ok(status) => out!(
-                    "pega ok: {} answered HTTP {status} (no event sent)",
-                    settings.pega.endpoint.as_deref().unwrap_or_default()
-                ),
+            Some(sink) => match sink.probe().await {
+                Ok(answer) => out!("pega ok: {answer}"),
                 Err(cause) => {
                     ok = false;
                     eprintln!("pega: {cause}");

@@ -74,6 +74,10 @@ impl EventsSettings {
 pub struct SendgridSettings {
     /// The Signed Event Webhook's verification key (base64 DER).
     pub public_key: String,
+    /// The oldest signature timestamp taken, in seconds (a replayed request older than this
+    /// is refused); 0 turns the check off.
+    #[serde(default = "default_age")]
+    pub max_age_secs: i64,
 }
 
 impl SendgridSettings {

@@ -387,6 +387,30 @@ pub fn without_credentials(text: &str) -> String {
     }
 }
 
+/// A URL a server sent us (a redirect's `Location`), for messages: credentials, query and
+/// fragment removed (they may carry tokens).
+pub fn without_secrets(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let hidden = u.query().is_some() || u.fragment().is_some();
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut shown = u.to_string();
+            if hidden {
+                shown.push_str("?…");
+            }
+            shown
+        }
+        // A relative location: its query cut the same way.
+        Err(_) => match text.split_once(['?', '#']) {
+            Some((path, _)) => format!("{path}?…"),
+            None => text.to_owned(),
+        },
+    }
+}
+
 /// An empty token or one of the examples' placeholders.
 pub fn is_weak(token: &str) -> bool {
     token.trim().is_empty() || token.starts_with("change-me")

@@ -337,12 +337,14 @@ impl PegaSettings {
         let mut problems = Vec::new();
         if let Some(endpoint) = &self.endpoint {
             if let Err(e) = http_url(endpoint) {
-                problems.push(format!("pega.endpoint: `{endpoint}` {e}"));
+                let shown = crate::config::without_credentials(endpoint);
+                problems.push(format!("pega.endpoint: `{shown}` {e}"));
             }
         }
         if let Some(PegaAuth::Oauth2 { token_url, .. }) = &self.auth {
             if let Err(e) = http_url(token_url) {
-                problems.push(format!("pega.auth.token_url: `{token_url}` {e}"));
+                let shown = crate::config::without_credentials(token_url);
+                problems.push(format!("pega.auth.token_url: `{shown}` {e}"));
             }
         }
         if self.batch_size == 0 {

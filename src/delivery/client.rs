@@ -8,7 +8,6 @@
 
 use super::schedule::Response;
 use crate::config::pega::{PegaAuth, PegaSettings};
-use crate::config::without_credentials;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
@@ -246,7 +245,7 @@ impl PegaClient {
             let location = res
                 .headers()
                 .get(LOCATION)
-                .map(|v| without_credentials(&String::from_utf8_lossy(v.as_bytes())))
+                .map(|v| crate::config::without_secrets(&String::from_utf8_lossy(v.as_bytes())))
                 .unwrap_or_else(|| "(no Location)".into());
             format!(
                 "redirect not followed: {} to {location}; fix [pega] endpoint, then replay",
@@ -502,11 +501,18 @@ mod tests {
     }
 
     #[test]
-    fn locations_lose_their_credentials() {
+    fn locations_lose_their_credentials_and_query() {
+        use crate::config::{without_credentials, without_secrets};
         assert_eq!(
             without_credentials("https://u:p@other.example/x"),
             "https://other.example/x"
         );
         assert_eq!(without_credentials("/relative"), "/relative");
+        assert_eq!(
+            without_secrets("https://u:p@sso.example/login?token=s3cret#frag"),
+            "https://sso.example/login?…"
+        );
+        assert_eq!(without_secrets("/login?token=s3cret"), "/login?…");
+        assert_eq!(without_secrets("/plain"), "/plain");
     }
 }

@@ -76,7 +76,10 @@ impl Platforms {
     pub fn new(settings: &EventsSettings) -> Result<Self, String> {
         let mut all: Vec<Box<dyn Platform>> = Vec::new();
         if let Some(s) = &settings.sendgrid {
-            all.push(Box::new(Sendgrid { key: s.key()? }));
+            all.push(Box::new(Sendgrid {
+                key: s.key()?,
+                max_age_secs: s.max_age_secs,
+            }));
         }
         if let Some(s) = &settings.mailgun {
             all.push(Box::new(Mailgun {
@@ -136,6 +139,7 @@ fn json_of(payload: &Payload) -> &Value {
 
 struct Sendgrid {
     key: p256::ecdsa::VerifyingKey,
+    max_age_secs: i64,
 }
 
 #[async_trait::async_trait]
@@ -144,7 +148,13 @@ impl Platform for Sendgrid {
         "sendgrid"
     }
 
-    async fn verify(&self, headers: &HeaderMap, body: &[u8], _: i64) -> Result<Payload, Rejected> {
+    async fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Payload, Rejected> {
+        sendgrid::fresh(headers, now, self.max_age_secs)?;
         sendgrid::verify(&self.key, headers, body)?;
         Ok(Payload::Json(json(body)?))
     }

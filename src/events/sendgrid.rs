@@ -26,6 +26,30 @@ pub fn verify(key: &VerifyingKey, headers: &HeaderMap, body: &[u8]) -> Result<()
     verify_parts(key, header(SIGNATURE)?, header(TIMESTAMP)?, body)
 }
 
+/// Whether the request's signature timestamp is within `max_age_secs` of `now` (either way;
+/// 0 turns the check off): an old request replayed is refused before its signature is
+/// checked.
+pub fn fresh(headers: &HeaderMap, now: i64, max_age_secs: i64) -> Result<(), Refused> {
+    if max_age_secs <= 0 {
+        return Ok(());
+    }
+    let ts = headers
+        .get(TIMESTAMP)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Refused(format!("{TIMESTAMP} is missing")))?;
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| Refused(format!("{TIMESTAMP} is not Unix seconds")))?;
+    if (now - ts).abs() > max_age_secs {
+        return Err(Refused(format!(
+            "the signature's timestamp is {} s away from now, beyond events.sendgrid.max_age_secs ({max_age_secs})",
+            (now - ts).abs()
+        )));
+    }
+    Ok(())
+}
+
 /// The check itself, over the header values.
 pub fn verify_parts(
     key: &VerifyingKey,

@@ -7,6 +7,7 @@
 
 use super::{to, Malformed, Refused, Translated};
 use crate::config::events::{certificate_key, SesSettings as Settings};
+use crate::quote::cut;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
@@ -96,8 +97,26 @@ pub fn verify_signature(m: &Value, key: &RsaPublicKey) -> Result<(), Refused> {
 pub struct Certificates {
     /// The key of `certificate_file`, read once at start-up.
     pinned: Option<RsaPublicKey>,
-    fetched: Mutex<HashMap<String, RsaPublicKey>>,
+    /// Each URL's certificate, or why fetching it failed and when (bounded).
+    fetched: Mutex<HashMap<String, Fetched>>,
+    /// Held while a certificate is fetched: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// Fetches attempted (for tests and operators).
+    attempts: std::sync::atomic::AtomicUsize,
 }
+
+/// A fetched certificate's key, or a failure remembered for [`RETRY_FAILED`].
+#[derive(Debug, Clone)]
+enum Fetched {
+    Key(RsaPublicKey),
+    Failed(String, std::time::Instant),
+}
+
+/// How long a failed fetch is remembered: the URL is not fetched again before.
+const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most certificate URLs remembered.
+const MAX_REMEMBERED: usize = 64;
 
 impl Certificates {
     /// The certificates for `settings`: its pinned one read and parsed now.
@@ -108,44 +127,70 @@ impl Certificates {
         };
         Ok(Self {
             pinned,
-            fetched: Mutex::default(),
+            ..Self::default()
         })
     }
 
+    /// How many fetches were attempted.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What is remembered of `url`, if anything still counts.
+    fn remembered(&self, url: &str) -> Option<Result<RsaPublicKey, Refused>> {
+        let fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        match fetched.get(url)? {
+            Fetched::Key(k) => Some(Ok(k.clone())),
+            Fetched::Failed(why, at) if at.elapsed() < RETRY_FAILED => Some(Err(Refused(format!(
+                "fetching the signing certificate failed ({why}); not tried again for {} s",
+                RETRY_FAILED.as_secs()
+            )))),
+            Fetched::Failed(..) => None,
+        }
+    }
+
     /// The key to check `m` with: the pinned one, or the certificate at its
-    /// `SigningCertURL` (an AWS SNS URL only), fetched once.
+    /// `SigningCertURL` (an AWS SNS URL only), fetched once; a failed fetch is remembered, so
+    /// a URL is fetched at most once per [`RETRY_FAILED`], one fetch at a time.
     pub async fn key(&self, m: &Value) -> Result<RsaPublicKey, Refused> {
         let url = m["SigningCertURL"].as_str().unwrap_or("");
         if !aws_sns_url(url, ".pem") {
             return Err(Refused(format!(
-                "SigningCertURL `{url}` is not an AWS SNS certificate"
+                "SigningCertURL `{}` is not an AWS SNS certificate",
+                cut(url)
             )));
         }
         if let Some(pinned) = &self.pinned {
             return Ok(pinned.clone());
         }
-        if let Some(k) = self
-            .fetched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(url)
-        {
-            return Ok(k.clone());
+        if let Some(known) = self.remembered(url) {
+            return known;
         }
-        let pem = get(url)
-            .await
-            .map_err(|e| Refused(format!("fetching the signing certificate: {e}")))?
-            .text()
-            .await
-            .map_err(|e| Refused(e.to_string()))?;
-        let key = certificate_key(&pem).map_err(Refused)?;
+        let _one_at_a_time = self.fetching.lock().await;
+        if let Some(known) = self.remembered(url) {
+            return known;
+        }
+        (self.attempts).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = match fetch_key(url).await {
+            Ok(key) => Fetched::Key(key),
+            Err(why) => Fetched::Failed(why, std::time::Instant::now()),
+        };
         let mut cache = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= 64 {
+        if cache.len() >= MAX_REMEMBERED {
             cache.clear();
         }
-        cache.insert(url.to_owned(), key.clone());
-        Ok(key)
+        cache.insert(url.to_owned(), fetched);
+        drop(cache);
+        self.remembered(url).expect("just remembered")
     }
+}
+
+/// The key of the certificate at `url`.
+async fn fetch_key(url: &str) -> Result<RsaPublicKey, String> {
+    // Without the URL: it is the caller's (and may be long).
+    let res = get(url).await.map_err(|e| e.without_url().to_string())?;
+    let pem = res.text().await.map_err(|e| e.without_url().to_string())?;
+    certificate_key(&pem)
 }
 
 /// Whether `m`'s topic is configured.
@@ -155,7 +200,8 @@ pub fn topic_allowed(settings: &Settings, m: &Value) -> Result<(), Refused> {
         Ok(())
     } else {
         Err(Refused(format!(
-            "topic `{topic}` is not in events.ses.topics"
+            "topic `{}` is not in events.ses.topics",
+            cut(topic)
         )))
     }
 }
@@ -165,7 +211,8 @@ pub async fn confirm(m: &Value) -> Result<(), Refused> {
     let url = m["SubscribeURL"].as_str().unwrap_or("");
     if !aws_sns_url(url, "/") {
         return Err(Refused(format!(
-            "SubscribeURL `{url}` is not an AWS SNS URL"
+            "SubscribeURL `{}` is not an AWS SNS URL",
+            cut(url)
         )));
     }
     get(url)

@@ -94,8 +94,9 @@ pub(super) async fn show(
         .delivery(uuid.clone())
         .await
         .map_err(ApiError::store)?;
-    let (row, event, attempts) =
-        found.ok_or_else(|| ApiError::NotFound(format!("no event with uuid `{uuid}`")))?;
+    let (row, event, attempts) = found.ok_or_else(|| {
+        ApiError::NotFound(format!("no event with uuid `{}`", super::error::cut(&uuid)))
+    })?;
     Ok(Json(
         json!({"delivery": row, "event": event, "attempts": attempts}),
     ))

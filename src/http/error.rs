@@ -252,13 +252,4 @@ fn error_body(
     (status, Json(json!({ "error": error }))).into_response()
 }
 
-/// Most characters of a caller's value quoted back in an answer or a log line.
-pub const QUOTED_CHARS: usize = 64;
-
-/// A caller's value as quoted back: at most [`QUOTED_CHARS`] characters, `…` after a cut.
-pub fn cut(text: &str) -> String {
-    match text.char_indices().nth(QUOTED_CHARS) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
-}
+pub use crate::quote::cut;

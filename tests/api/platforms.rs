@@ -27,6 +27,7 @@ fn sendgrids_official_vectors_verify_and_altered_ones_do_not() {
     let key = |b64: &str| {
         pegabridge::config::events::SendgridSettings {
             public_key: b64.to_owned(),
+            max_age_secs: 300,
         }
         .key()
         .unwrap()
@@ -222,35 +223,54 @@ async fn sendgrid_events_are_verified_translated_joined_and_recorded_once() {
     .await;
 }
 
+/// The official signed body with its own (years old) headers.
+async fn post_official(app: &TestApp, v: &Value) -> reqwest::Response {
+    let body = std::fs::read(root().join("tests/esp/sendgrid/derived/single_body.bin")).unwrap();
+    let header = |name: &str| {
+        v["single"][format!("header_{name}")]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    reqwest::Client::new()
+        .post(format!("{}/events/sendgrid", app.address))
+        .header(sendgrid::SIGNATURE, header(sendgrid::SIGNATURE))
+        .header(sendgrid::TIMESTAMP, header(sendgrid::TIMESTAMP))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sendgrids_official_signed_body_is_accepted_and_its_dropped_event_ignored() {
     let v = fixture("sendgrid/derived/vectors.json");
     let pega = start_pega().await;
+    let key = v["single"]["public_key_b64_spki_der"].as_str().unwrap();
+    // By default a signature years old is a replay: refused before anything is recorded.
     let extra = format!(
-        "[events.sendgrid]\npublic_key = \"{}\"\n\n{}",
-        v["single"]["public_key_b64_spki_der"].as_str().unwrap(),
+        "[events.sendgrid]\npublic_key = \"{key}\"\n\n{}",
         pega_section(&pega, "")
     );
     let (app, _) = spawn_app_with("", &extra).await;
-    let body = std::fs::read(root().join("tests/esp/sendgrid/derived/single_body.bin")).unwrap();
-    let res = reqwest::Client::new()
-        .post(format!("{}/events/sendgrid", app.address))
-        .header(
-            sendgrid::SIGNATURE,
-            v["single"]["header_X-Twilio-Email-Event-Webhook-Signature"]
-                .as_str()
-                .unwrap(),
-        )
-        .header(
-            sendgrid::TIMESTAMP,
-            v["single"]["header_X-Twilio-Email-Event-Webhook-Timestamp"]
-                .as_str()
-                .unwrap(),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let res = post_official(&app, &v).await;
+    assert_eq!(res.status(), 401);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "bad_signature");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_age_secs"),
+        "{answer}"
+    );
+    // With the age check off, the official signature verifies.
+    let extra = format!(
+        "[events.sendgrid]\npublic_key = \"{key}\"\nmax_age_secs = 0\n\n{}",
+        pega_section(&pega, "")
+    );
+    let (app, _) = spawn_app_with("", &extra).await;
+    let res = post_official(&app, &v).await;
     assert_eq!(res.status(), 200);
     // A `dropped` event: acknowledged, nothing forwarded.
     let counts: Value = res.json().await.unwrap();
@@ -660,5 +680,56 @@ fn every_fixture_event_translates_to_its_metric() {
             assert_eq!(a.bounce_type.as_deref(), Some("hard"), "{platform} {name}");
             assert_eq!(a.bounce_code.as_deref(), Some("5.1.1"), "{platform} {name}");
         }
+    }
+}
+
+#[tokio::test]
+async fn an_sns_certificate_that_cannot_be_fetched_is_not_fetched_again_for_each_request() {
+    // No pinned certificate: the URL is fetched. This machine reaches no AWS host, so the
+    // fetch fails; the failure is remembered and the next requests are refused without one.
+    let certificates = pegabridge::events::ses::Certificates::new(None).unwrap();
+    let long_path = "a".repeat(100_000);
+    let m =
+        json!({"SigningCertURL": format!("https://sns.us-east-1.amazonaws.com/{long_path}.pem")});
+    for _ in 0..5 {
+        let refused = certificates.key(&m).await.unwrap_err().to_string();
+        assert!(refused.contains("signing certificate"), "{refused}");
+        assert!(
+            refused.len() < 1024,
+            "the caller's URL is not quoted whole: {} bytes",
+            refused.len()
+        );
+    }
+    assert_eq!(
+        certificates.attempts(),
+        1,
+        "fetched once, not once per request"
+    );
+    // A URL outside AWS's SNS hosts is never fetched, and is quoted cut short.
+    let elsewhere = json!({"SigningCertURL": format!("https://sns.example.com/{long_path}.pem")});
+    let refused = certificates.key(&elsewhere).await.unwrap_err().to_string();
+    assert!(refused.len() < 200, "{} bytes", refused.len());
+    assert_eq!(certificates.attempts(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_platform_request_quotes_the_callers_values_cut_short() {
+    let extra = "[events.ses]\ntopics = [\"arn:aws:sns:us-east-1:123456789012:pegabridge\"]\n";
+    let (app, _) = spawn_app_with("body_limit = 4194304", extra).await;
+    let huge = "x".repeat(900_000);
+    for m in [
+        json!({"Type": "Notification", "TopicArn": huge}),
+        json!({"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:123456789012:pegabridge",
+               "SigningCertURL": format!("https://evil.example/{huge}")}),
+    ] {
+        let res = reqwest::Client::new()
+            .post(format!("{}/events/ses", app.address))
+            .body(m.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let text = res.text().await.unwrap();
+        assert!(text.len() < 1024, "a bounded answer: {} bytes", text.len());
     }
 }

@@ -226,7 +226,10 @@ async fn oauth2_tokens_come_from_a_token_endpoint_over_tls() {
 async fn redirects_are_dead_letters_and_nothing_reaches_the_other_host() {
     for status in [301u16, 302, 303, 307, 308] {
         let other = start_pega().await;
-        let location = format!("{}/elsewhere", other.url.replace("http://", "http://u:p@"));
+        let location = format!(
+            "{}/elsewhere?token=s3cret-token",
+            other.url.replace("http://", "http://u:p@")
+        );
         let redirecting = serve(Router::new().fallback(move || {
             let location = location.clone();
             async move {
@@ -263,6 +266,7 @@ async fn redirects_are_dead_letters_and_nothing_reaches_the_other_host() {
             "names the Location: {d}"
         );
         assert!(!d.contains("u:p@"), "no credentials of the Location: {d}");
+        assert!(!d.contains("s3cret-token"), "no query of the Location: {d}");
         assert_eq!(
             other.mock.requests(),
             0,

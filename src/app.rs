@@ -340,16 +340,27 @@ impl Retention {
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
+/// Resolves on ctrl-c, SIGTERM or SIGHUP (a closed terminal or a service manager's reload:
+/// pegabridge drains and stops; its settings are read at start-up only).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => tokio::select! {
+                _ = term.recv() => {},
+                _ = hup.recv() => {},
+            },
+            (Ok(mut term), Err(_)) => {
+                term.recv().await;
+            }
+            _ => std::future::pending::<()>().await,
         }
     };
     #[cfg(not(unix))]

@@ -6,6 +6,9 @@
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
+/// The `User-Agent` of every request pegabridge makes.
+pub const USER_AGENT: &str = concat!("pegabridge/", env!("CARGO_PKG_VERSION"));
+
 pub mod activity;
 pub mod app;
 pub mod broadcast;

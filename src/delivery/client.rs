@@ -121,6 +121,7 @@ impl PegaClient {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
             .pool_max_idle_per_host(settings.max_in_flight())
+            .user_agent(crate::USER_AGENT)
             .https_only(false);
         for root in tls.roots {
             builder = builder.add_root_certificate(root);

@@ -224,6 +224,7 @@ pub async fn confirm(m: &Value) -> Result<(), Refused> {
 /// A GET of an AWS SNS URL: bounded in time, no redirects followed.
 async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
     reqwest::Client::builder()
+        .user_agent(crate::USER_AGENT)
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()?

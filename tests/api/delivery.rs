@@ -44,6 +44,12 @@ async fn a_trigger_reaches_pega_as_a_broadcasts_event_with_its_manual_options() 
             pega.mock.last_header("x-source").as_deref(),
             Some("pegabridge")
         );
+        assert_eq!(
+            pega.mock.last_header("user-agent").as_deref(),
+            Some(pegabridge::USER_AGENT),
+            "every POST says who sends it"
+        );
+        assert!(pegabridge::USER_AGENT.starts_with("pegabridge/0."));
     })
     .await;
 }

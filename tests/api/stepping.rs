@@ -90,6 +90,11 @@ async fn a_refused_post_is_retried_in_the_next_round_then_delivered() {
         let first = worker.try_deliver_next().await.unwrap();
         assert_eq!((first.retried, first.delivered), (1, 0), "{first:?}");
         assert_eq!(pega.mock.event_count(), 0);
+        let row = &store.outbox().deliveries(None, 10).await.unwrap()[0];
+        assert!(
+            row.last_error.is_some(),
+            "the failure is shown while it stands"
+        );
         assert!(
             worker.try_deliver_next().await.unwrap().is_empty(),
             "not due before its delay"
@@ -100,6 +105,7 @@ async fn a_refused_post_is_retried_in_the_next_round_then_delivered() {
         assert_eq!(pega.mock.event_count(), 1);
         let row = &store.outbox().deliveries(None, 10).await.unwrap()[0];
         assert_eq!(row.attempts, 2);
+        assert_eq!(row.last_error, None, "delivered: no \"last error\" left");
     })
     .await;
 }

@@ -311,7 +311,8 @@ async fn a_request_still_in_flight_after_the_grace_period_does_not_hold_up_shutd
     let mut slow = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
         .unwrap();
-    let head = "POST /webhooks/offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    // Authorized, so its body is read (an unauthorized one is answered 401 at once).
+    let head = format!("POST /webhooks/offer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{");
     slow.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     app.shutdown.take().unwrap().send(()).unwrap();

@@ -108,7 +108,8 @@ impl crate::store::OutboxStore for PgStore {
             "UPDATE outbox o SET status = u.status,
                  next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
                  delivered_at = COALESCE(u.delivered_at, o.delivered_at),
-                 last_error = COALESCE(u.error, o.last_error),
+                 last_error = CASE WHEN u.status = 'delivered' THEN NULL
+                                   ELSE COALESCE(u.error, o.last_error) END,
                  attempts = o.attempts + u.bump, lease_until = 0
              FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[])
                   AS u(id, status, next_at, delivered_at, error, bump)

@@ -69,7 +69,8 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
     let ids = serde_json::to_string(&outcome.ids)?;
     c.prepare_cached(
         "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-         delivered_at = COALESCE(?3, delivered_at), last_error = COALESCE(?4, last_error),
+         delivered_at = COALESCE(?3, delivered_at),
+         last_error = CASE WHEN ?1 = 'delivered' THEN NULL ELSE COALESCE(?4, last_error) END,
          attempts = attempts + ?5, lease_until = 0 WHERE id IN (SELECT value FROM json_each(?6))",
     )?
     .execute(params![

@@ -38,7 +38,9 @@ async fn main() {
         let name = format!("pegabridge_bench_{}", uuid::Uuid::new_v4().simple());
         admin(&server, &format!("CREATE DATABASE {name}")).await;
         let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
-        let store = PgStore::connect(&url, 2).await.unwrap();
+        let store = PgStore::connect(&url, 2, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
         drop(store);
         fill_postgres(&url, &payload).await;
         let rate = deliver(&pega, &pega_url, dir.path(), &url, n).await;

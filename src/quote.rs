@@ -13,6 +13,22 @@ pub fn cut(text: &str) -> String {
     }
 }
 
+/// An error and its causes in one line, each new text once (wrappers that repeat their
+/// source's text, `Connection error: Connection error: ...`, are said once).
+pub fn cut_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.retain(|p| !text.contains(p.as_str()));
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

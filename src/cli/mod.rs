@@ -147,10 +147,14 @@ pub enum Format {
 pub enum ConfigCommand {
     /// Load and validate the configuration exactly as `serve` does; report every problem.
     Check {
-        /// Also open the store and reach the Pega endpoint (TLS handshake, an OAuth2 token, a
-        /// HEAD request), without sending an event.
+        /// Also reach the store (without creating or migrating it) and the Pega endpoint (TLS
+        /// handshake, an OAuth2 token, a HEAD request), without sending an event.
         #[arg(long)]
         connect: bool,
+        /// Check the built-in defaults when no configuration file is found (otherwise that is
+        /// an error: the check would say nothing about the file `serve` will read).
+        #[arg(long)]
+        allow_defaults: bool,
     },
 }
 
@@ -207,7 +211,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prepare(args) => prepare(&settings, args),
         Command::Check(args) => check(&settings, args),
-        Command::Config(ConfigCommand::Check { connect }) => config_check(&settings, connect),
+        Command::Config(ConfigCommand::Check {
+            connect,
+            allow_defaults,
+        }) => config_check(&settings, connect, allow_defaults),
         Command::Serve => serve(settings),
         Command::Preview(args) => preview(&settings, args),
         Command::SendTest(args) => send_test(&settings, args),
@@ -216,7 +223,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn config_check(settings: &Settings, connect: bool) -> anyhow::Result<ExitCode> {
+fn config_check(
+    settings: &Settings,
+    connect: bool,
+    allow_defaults: bool,
+) -> anyhow::Result<ExitCode> {
+    match &settings.source {
+        Some(file) => {
+            let shown = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+            out!("configuration file: {}", shown.display())
+        }
+        None if allow_defaults => out!("configuration file: none (built-in defaults)"),
+        None => {
+            eprintln!("no configuration file: give --config FILE, run where pegabridge.toml is, or pass --allow-defaults to check the built-in defaults");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let loaded = crate::mapping::Mappings::load_configured(settings)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -250,14 +272,8 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let mut ok = true;
-        match crate::store::Storage::open(settings).await {
-            Ok(store) if store.backend().ping().await => {
-                out!("store ok: {}", settings.store_display())
-            }
-            Ok(_) => {
-                ok = false;
-                eprintln!("store: {} does not answer", settings.store_display());
-            }
+        match crate::store::Storage::check(settings).await {
+            Ok(found) => out!("store ok: {found}"),
             Err(e) => {
                 ok = false;
                 eprintln!("store: {}: {e:#}", settings.store_display());

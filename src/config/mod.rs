@@ -209,6 +209,9 @@ impl StoreSettings {
         if self.pool_size == 0 {
             problems.push("store.pool_size: must be at least 1".into());
         }
+        if self.connect_timeout_secs == 0 {
+            problems.push("store.connect_timeout_secs: must be at least 1".into());
+        }
         problems
     }
 }
@@ -224,6 +227,9 @@ pub struct StoreSettings {
     pub synchronous: String,
     /// PostgreSQL connections per instance.
     pub pool_size: u32,
+    /// PostgreSQL: how long connecting may take before the cause is named (refused, unknown
+    /// host, no answer).
+    pub connect_timeout_secs: u64,
     /// SQLite: `/ready` fails when the database's filesystem has less free space than this (in
     /// MiB): SQLite may still commit small writes into its journal's old space, so a failed
     /// write alone comes too late.
@@ -239,6 +245,7 @@ impl Default for StoreSettings {
             url: "sqlite://pegabridge.db".into(),
             synchronous: "full".into(),
             pool_size: 10,
+            connect_timeout_secs: 5,
             min_free_mb: 64,
             retention_days: 7,
         }

@@ -109,6 +109,10 @@ pub trait Store: OutboxStore {
     async fn listen(&self, notify: Arc<Notify>) -> Result<()>;
 }
 
+/// How long connecting to a database server may take by default (`[store]
+/// connect_timeout_secs`).
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The store the configuration names (`sqlite://...` or `postgres://...`), with this
 /// process's hand-off to its worker (cheap to clone).
 #[derive(Debug, Clone)]
@@ -135,9 +139,20 @@ impl Storage {
     /// Opens the store at `url`: SQLite with its `synchronous` setting, or PostgreSQL with a
     /// pool of `pool_size` connections. Runs the migrations.
     pub async fn connect(url: &str, synchronous: &str, pool_size: u32) -> anyhow::Result<Self> {
+        Self::connect_within(url, synchronous, pool_size, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// [`Storage::connect`], naming why a database server cannot be reached within
+    /// `timeout`.
+    pub async fn connect_within(
+        url: &str,
+        synchronous: &str,
+        pool_size: u32,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let backend: Arc<dyn Store> =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Arc::new(PgStore::connect(url, pool_size).await?)
+                Arc::new(PgStore::connect(url, pool_size, timeout).await?)
             } else {
                 Arc::new(SqliteStore::connect(url, synchronous).await?)
             };
@@ -164,7 +179,26 @@ impl Storage {
     /// Opens the store `[store]` names.
     pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<Self> {
         let store = &settings.store;
-        Self::connect(&settings.store_url(), &store.synchronous, store.pool_size).await
+        let timeout = std::time::Duration::from_secs(store.connect_timeout_secs);
+        Self::connect_within(
+            &settings.store_url(),
+            &store.synchronous,
+            store.pool_size,
+            timeout,
+        )
+        .await
+    }
+
+    /// `config check --connect`: reaches the store `[store]` names without creating or
+    /// migrating anything; says what it found.
+    pub async fn check(settings: &crate::config::Settings) -> anyhow::Result<String> {
+        let url = settings.store_url();
+        let timeout = std::time::Duration::from_secs(settings.store.connect_timeout_secs);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::check(&url, timeout).await
+        } else {
+            sqlite::check(&url)
+        }
     }
 
     /// This store, handing the events it commits to this process's worker through `handoff`.

@@ -97,7 +97,7 @@ fn a_mapping_with_an_unknown_key_or_missing_template_is_named_by_config_check() 
     )
     .unwrap();
     fs::write(mappings.join("lost.toml"), &offer).unwrap();
-    let out = pegabridge(tmp.path(), &["config", "check"]);
+    let out = pegabridge(tmp.path(), &["config", "check", "--allow-defaults"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(

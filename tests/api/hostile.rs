@@ -148,7 +148,7 @@ fn a_template_path_outside_the_templates_folder_is_refused() {
             format!("template = \"{template}\"\nsubject = \"s\"\ncampaign_id = 1\ncampaign_name = \"c\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"c\"\nbroadcast_event_type = \"SINGLEMAIL\"\nsub_type = \"SINGLEMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\nemail = \"e\"\n"),
         )
         .unwrap();
-        let out = pegabridge(tmp.path(), &["config", "check"]);
+        let out = pegabridge(tmp.path(), &["config", "check", "--allow-defaults"]);
         assert_eq!(out.status.code(), Some(2), "{template}");
         let err = stderr(&out);
         assert!(err.contains("key `template`"), "{err}");

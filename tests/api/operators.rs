@@ -220,3 +220,80 @@ async fn the_openapi_description_is_served_and_kept_current_in_the_repository() 
     let kept: Value = serde_json::from_str(&kept).unwrap();
     assert_eq!(kept, served);
 }
+
+#[test]
+fn config_check_names_the_file_it_read_and_fails_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pegabridge(dir.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no configuration file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = pegabridge(dir.path(), &["config", "check", "--allow-defaults"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("built-in defaults"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        "[server]\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = pegabridge(dir.path(), &["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "configuration file: {}",
+            std::fs::canonicalize(dir.path().join("pegabridge.toml"))
+                .unwrap()
+                .display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn config_check_connect_checks_the_store_without_creating_or_migrating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_connect(dir.path(), "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("does not exist yet"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !dir.path().join("c.db").exists(),
+        "config check created the database"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgresql_is_named_with_its_cause_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        format!("[store]\nurl = \"postgres://pegabridge:s3cret-pw@127.0.0.1:{port}/db\"\n"),
+    )
+    .unwrap();
+    let dir = dir.path().to_owned();
+    let out =
+        tokio::task::spawn_blocking(move || pegabridge(&dir, &["config", "check", "--connect"]))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("PostgreSQL at postgres://"), "{err}");
+    assert!(
+        err.to_lowercase().contains("refused"),
+        "the cause is named: {err}"
+    );
+    assert!(!err.contains("s3cret-pw"), "no password: {err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+}

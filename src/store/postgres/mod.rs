@@ -12,9 +12,11 @@ use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
 use crate::store::{Claimed, ClaimedSend, Queue, SendOutcome};
 use anyhow::Context;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The channel committed events are announced on.
@@ -27,11 +29,15 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects with a pool of `pool_size` and runs the migrations.
-    pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<Self> {
+    /// Connects with a pool of `pool_size` and runs the migrations. A server that cannot be
+    /// reached is named with its cause within `timeout` (refused, unknown host, wrong
+    /// password), not after the pool's long wait.
+    pub async fn connect(url: &str, pool_size: u32, timeout: Duration) -> anyhow::Result<Self> {
+        let options = first_connection(url, timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
-            .connect(url)
+            .acquire_timeout(timeout.max(Duration::from_secs(5)))
+            .connect_with(options)
             .await
             .context("connecting to PostgreSQL (store.url)")?;
         sqlx::migrate!("migrations/postgres")
@@ -40,6 +46,52 @@ impl PgStore {
             .context("running migrations")?;
         Ok(Self { pool })
     }
+}
+
+/// The options of `url`, once one connection was made with them within `timeout`.
+async fn first_connection(url: &str, timeout: Duration) -> anyhow::Result<PgConnectOptions> {
+    use sqlx::{ConnectOptions, Connection};
+    let options: PgConnectOptions = url.parse().context("store.url: not a PostgreSQL URL")?;
+    let shown = crate::config::without_credentials(url);
+    let where_ = format!("PostgreSQL at {shown}");
+    match tokio::time::timeout(timeout, options.connect()).await {
+        Err(_) => anyhow::bail!(
+            "{where_}: no answer within {} s (store.connect_timeout_secs): is it running, and reachable from here?",
+            timeout.as_secs()
+        ),
+        Ok(Err(e)) => anyhow::bail!("{where_}: {}", crate::quote::cut_chain(&e)),
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+        }
+    }
+    Ok(options)
+}
+
+/// `config check --connect`: connects without migrating and says how far its schema is.
+pub async fn check(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    use sqlx::{ConnectOptions, Connection};
+    let options = first_connection(url, timeout).await?;
+    let mut c = options.connect().await?;
+    let latest = sqlx::migrate!("migrations/postgres").iter().count();
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut c)
+    .await?;
+    let applied: i64 = if applied == 0 {
+        0
+    } else {
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut c)
+            .await?
+    };
+    let _ = c.close().await;
+    let shown = crate::config::without_credentials(url);
+    Ok(if (applied as usize) < latest {
+        format!("{shown}: {applied} of {latest} migrations applied (serve applies the rest)")
+    } else {
+        format!("{shown}: {applied} of {latest} migrations applied")
+    })
 }
 
 /// Attempts of a transaction that loses a race on a unique key to another instance.

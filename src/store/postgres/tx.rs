@@ -314,9 +314,13 @@ mod tests {
             .await
             .unwrap();
         let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-        let store = crate::store::PgStore::connect(&format!("{base}/{name}"), 2)
-            .await
-            .unwrap();
+        let store = crate::store::PgStore::connect(
+            &format!("{base}/{name}"),
+            2,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let mut c = store.pool.acquire().await.unwrap();
         sqlx::query("SET enable_seqscan = off")
             .execute(&mut *c)

@@ -447,6 +447,45 @@ impl Inner {
     }
 }
 
+/// `config check --connect`: what the database at `url` is, without creating or migrating
+/// it (a file that is not there yet is created by `serve`, in a folder that must exist).
+pub fn check(url: &str) -> anyhow::Result<String> {
+    let path = file_of(url)?;
+    let latest = migrate::MIGRATIONS.len();
+    if path.as_os_str() == ":memory:" {
+        return Ok("in memory".into());
+    }
+    if !path.exists() {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+        return Ok(format!(
+            "{} does not exist yet: serve creates it (schema version {latest})",
+            path.display()
+        ));
+    }
+    let conn = open_reader(&path)?;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        version <= latest,
+        "{} is at schema version {version}, newer than this pegabridge ({latest})",
+        path.display()
+    );
+    Ok(if version < latest {
+        format!(
+            "{} at schema version {version}: serve migrates it to {latest}",
+            path.display()
+        )
+    } else {
+        format!("{} at schema version {version}", path.display())
+    })
+}
+
 /// The file of a `sqlite://` URL (`:memory:` stays in memory).
 fn file_of(url: &str) -> anyhow::Result<PathBuf> {
     let rest = url

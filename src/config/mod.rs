@@ -423,19 +423,91 @@ pub fn is_weak(token: &str) -> bool {
     token.trim().is_empty() || token.starts_with("change-me")
 }
 
-/// Every error figment found, one per line, each naming key and file.
+/// Every error figment found, one per line, each naming key and file; an unknown key also
+/// its line in the file and the closest valid key.
 pub(crate) fn describe(error: figment::Error) -> String {
     error
         .into_iter()
-        .map(|e| {
-            let mut line = e.to_string();
-            if !e.path.is_empty() && !line.contains(&e.path.join(".")) {
-                line.push_str(&format!(" (key `{}`)", e.path.join(".")));
+        .map(|e| match &e.kind {
+            figment::error::Kind::UnknownField(field, expected) => unknown_key(&e, field, expected),
+            _ => {
+                let mut line = e.to_string();
+                if !e.path.is_empty() && !line.contains(&e.path.join(".")) {
+                    line.push_str(&format!(" (key `{}`)", e.path.join(".")));
+                }
+                line
             }
-            line
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `FILE:LINE: unknown key `a.b`; did you mean `c`?` (the line when the key is in a file).
+fn unknown_key(e: &figment::Error, field: &str, expected: &[&str]) -> String {
+    let table: Vec<&str> = e.path.iter().map(String::as_str).collect();
+    let table = table.strip_suffix(&[field]).unwrap_or(&table);
+    let key = table
+        .iter()
+        .chain([&field])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".");
+    let file = e.metadata.as_ref().and_then(|m| match &m.source {
+        Some(figment::Source::File(path)) => Some(path.clone()),
+        _ => None,
+    });
+    let place = match &file {
+        Some(path) => match line_of(path, table, field) {
+            Some(n) => format!("{}:{n}", path.display()),
+            None => path.display().to_string(),
+        },
+        None => "environment".to_owned(),
+    };
+    let closest = expected
+        .iter()
+        .map(|k| (strsim::levenshtein(field, k), *k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min();
+    let hint = match closest {
+        Some((_, k)) => format!("; did you mean `{k}`?"),
+        None if expected.is_empty() => String::new(),
+        None => format!("; the keys here are {}", expected.join(", ")),
+    };
+    format!("{place}: unknown key `{key}`{hint}")
+}
+
+/// The line (1-based) of `key` in the table `table` of the TOML file at `path`.
+fn line_of(path: &Path, table: &[&str], key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let wanted = table.join(".");
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_owned();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        // `a.b = 1` inside `[x]` is key `b` of table `x.a`.
+        let (prefix, last) = match k.rsplit_once('.') {
+            Some((p, l)) => (
+                format!("{current}.{p}").trim_start_matches('.').to_owned(),
+                l,
+            ),
+            None => (current.clone(), k),
+        };
+        if last == key && prefix == wanted {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// What one trigger may expand to (`[server]` limits).

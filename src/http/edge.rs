@@ -72,16 +72,10 @@ pub fn wrap(routes: Router<AppState>, timeout: Duration) -> Router<AppState> {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, NewId))
         // Outermost: a caller's id that is not acceptable is replaced by a new one.
-        .layer(axum::middleware::map_request(
-            |mut req: Request| async move {
-                if req
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .is_some_and(|v| !acceptable(v))
-                {
-                    req.headers_mut().remove(&REQUEST_ID);
-                }
-                req
-            },
-        ))
+        .layer(tower::util::MapRequestLayer::new(|mut req: Request| {
+            if (req.headers().get(&REQUEST_ID)).is_some_and(|v| !acceptable(v)) {
+                req.headers_mut().remove(&REQUEST_ID);
+            }
+            req
+        }))
 }

@@ -75,9 +75,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = req.headers().clone();
+        let declared_json = is_json(req.headers());
         let body = Bytes::from_request(req, state).await;
-        json_body(&headers, body).map(JsonBody)
+        parse_json(declared_json, body).map(JsonBody)
     }
 }
 
@@ -110,22 +110,26 @@ pub fn require_bearer(token: &Secret, headers: &HeaderMap) -> Result<(), ApiErro
         })
 }
 
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
+}
+
 /// The body as JSON: 413 over the limit, 415 when not declared JSON, 400 when malformed.
-pub fn json_body(
-    headers: &HeaderMap,
+fn parse_json(
+    declared_json: bool,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<serde_json::Value, ApiError> {
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         _ => ApiError::BadRequest(r.body_text()),
     })?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
-    if !is_json {
+    if !declared_json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let value: serde_json::Value = serde_json::from_slice(&body)

@@ -20,6 +20,27 @@ fn an_unknown_key_is_an_error_naming_the_file_and_the_key() {
 }
 
 #[test]
+fn an_unknown_key_names_its_line_and_the_closest_valid_key() {
+    let out = config_check("[server]\nlisten = \"127.0.0.1:8080\"\n\n[pega]\nendpoint = \"http://127.0.0.1:9/x\"\ntimeout_sec = 5\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pegabridge.toml:6: unknown key `pega.timeout_sec`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `timeout_secs`?"), "{err}");
+    assert!(!err.contains("default.pega"), "no profile name: {err}");
+    // A key nothing is close to lists the table's keys instead.
+    let out = config_check("[store]\nzzzzzzzzzzzz = 1\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("pegabridge.toml:2: unknown key `store.zzzzzzzzzzzz`"),
+        "{err}"
+    );
+    assert!(err.contains("the keys here are url, synchronous"), "{err}");
+}
+
+#[test]
 fn configured_variables_and_expression_are_what_prepare_writes() {
     let tmp = tempfile::tempdir().unwrap();
     fs::write(

@@ -207,7 +207,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         out!("{}", String::from_utf8_lossy(&script).trim_end());
         return Ok(ExitCode::SUCCESS);
     }
-    let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
+    // The operator's commands read only `[store]`: the server's other secrets need not be in
+    // their environment.
+    let only: Option<&'static [&'static str]> = match cli.command {
+        Command::Deliveries(_) => Some(&["store"]),
+        _ => None,
+    };
+    let settings =
+        Settings::load_only(cli.config.as_deref(), only).context("loading configuration")?;
     match cli.command {
         Command::Prepare(args) => prepare(&settings, args),
         Command::Check(args) => check(&settings, args),

@@ -13,7 +13,26 @@ impl<P: Provider> Provider for ExpandEnv<P> {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
+        Only(&self.0, None).data()
+    }
+}
+
+/// Like [`ExpandEnv`], keeping only the top-level tables named (a command that needs only
+/// `[store]` does not need the other sections' secrets in its environment); all when `None`.
+pub struct Only<'a, P>(pub &'a P, pub Option<&'static [&'static str]>);
+
+impl<P: Provider> Provider for Only<'_, P> {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, Error> {
         let mut data = self.0.data()?;
+        if let Some(keep) = self.1 {
+            for dict in data.values_mut() {
+                dict.retain(|key, _| keep.contains(&key.as_str()));
+            }
+        }
         for dict in data.values_mut() {
             for (key, value) in dict.iter_mut() {
                 expand_value(value, key).map_err(Error::from)?;

@@ -267,6 +267,15 @@ impl Settings {
     /// Loads `path`, or `./pegabridge.toml` when it exists, or the built-in defaults; then
     /// applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_only(path, None)
+    }
+
+    /// [`Settings::load`] keeping only the top-level tables named in `only` (the others are
+    /// their defaults, and their `${VAR}`s need not be set); all when `None`.
+    pub fn load_only(
+        path: Option<&Path>,
+        only: Option<&'static [&'static str]>,
+    ) -> Result<Self, ConfigError> {
         let file = match path {
             Some(p) if !p.is_file() => return Err(ConfigError::Missing(p.to_owned())),
             Some(p) => Some(p.to_owned()),
@@ -274,12 +283,12 @@ impl Settings {
         };
         let mut figment = Figment::new();
         if let Some(file) = &file {
-            figment = figment.merge(env::ExpandEnv(Toml::file_exact(file)));
+            figment = figment.merge(env::Only(&Toml::file_exact(file), only));
         }
         let overrides = Env::prefixed("PEGABRIDGE_")
             .filter(|key| key.as_str().contains("__"))
             .split("__");
-        figment = figment.merge(env::ExpandEnv(overrides));
+        figment = figment.merge(env::Only(&overrides, only));
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;

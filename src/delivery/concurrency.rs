@@ -32,18 +32,31 @@ pub enum Decrease {
     TooManyRequests,
     Unavailable,
     RequestTimeout,
+    /// No answer within `timeout_secs`.
     Timeout,
+    /// No answer: the TLS handshake or session failed.
+    Tls,
+    /// No answer: the endpoint's name did not resolve.
+    Dns,
+    /// No answer: the connection was refused or could not be made.
+    Refused,
+    /// No answer, for another reason (a reset connection).
+    Failed,
     RoundTripRise,
     /// The endpoint came back after the circuit breaker opened: start again from the minimum.
     Recovered,
 }
 
 impl Decrease {
-    pub const ALL: [Decrease; 6] = [
+    pub const ALL: [Decrease; 10] = [
         Decrease::TooManyRequests,
         Decrease::Unavailable,
         Decrease::RequestTimeout,
         Decrease::Timeout,
+        Decrease::Tls,
+        Decrease::Dns,
+        Decrease::Refused,
+        Decrease::Failed,
         Decrease::RoundTripRise,
         Decrease::Recovered,
     ];
@@ -54,6 +67,10 @@ impl Decrease {
             Decrease::Unavailable => "503",
             Decrease::RequestTimeout => "408",
             Decrease::Timeout => "timeout",
+            Decrease::Tls => "tls",
+            Decrease::Dns => "dns",
+            Decrease::Refused => "refused",
+            Decrease::Failed => "failed",
             Decrease::RoundTripRise => "rtt",
             Decrease::Recovered => "recovered",
         }
@@ -79,6 +96,18 @@ impl Signal {
             Some(_) => Signal::Fine,
             None => Signal::Backpressure(Decrease::Timeout),
         }
+    }
+
+    /// The signal of a POST without an answer, by what failed.
+    pub fn of_failure(failure: &super::client::ClientError) -> Signal {
+        use super::client::ClientError;
+        Signal::Backpressure(match failure {
+            ClientError::Timeout(_) => Decrease::Timeout,
+            ClientError::Tls(_) => Decrease::Tls,
+            ClientError::Dns(_) => Decrease::Dns,
+            ClientError::Connect(_) => Decrease::Refused,
+            ClientError::Token(_) | ClientError::Other(_) => Decrease::Failed,
+        })
     }
 }
 
@@ -315,6 +344,26 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_post_without_an_answer_is_named_by_what_failed() {
+        use crate::delivery::client::ClientError;
+        for (failure, reason) in [
+            (ClientError::Tls("TLS: UnknownIssuer".into()), "tls"),
+            (ClientError::Dns("DNS: pega.example".into()), "dns"),
+            (ClientError::Connect("connection refused".into()), "refused"),
+            (
+                ClientError::Timeout("timed out after 5 s".into()),
+                "timeout",
+            ),
+            (ClientError::Other("connection reset".into()), "failed"),
+        ] {
+            let Signal::Backpressure(d) = Signal::of_failure(&failure) else {
+                panic!("{failure}: backpressure")
+            };
+            assert_eq!(d.as_str(), reason, "{failure}");
+        }
+    }
 
     /// Feeds `limiter` one window: `n` POSTs of `rtt` with `signal`, the limit in use.
     fn window(l: &Limiter, at: &mut Instant, rtt: Duration, signal: Signal) {

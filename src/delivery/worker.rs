@@ -386,7 +386,10 @@ impl Worker {
             Response::Status { code, retry_after } => (Some(code), retry_after),
             Response::Failed => (None, None),
         };
-        permit.done(Signal::of(code));
+        permit.done(match &sent.failure {
+            Some(failure) => Signal::of_failure(failure),
+            None => Signal::of(code),
+        });
         self.metrics.concurrency(&self.limiter.snapshot());
         let failed = code.is_none_or(|c| c == 408 || c >= 500);
         let pause = match code {

@@ -131,3 +131,24 @@ fn mock_pega_checks_credentials_and_the_contract_and_prints_each_event() {
     );
     assert!(line.contains("opens"), "{line}");
 }
+
+#[test]
+fn deliveries_commands_need_only_the_store_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server's secrets come from its environment; an operator's shell lacks them.
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        "[store]\nurl = \"sqlite://ops.db\"\n[activities]\ntoken = \"${PEGABRIDGE_TEST_UNSET_SECRET}\"\n[pega]\nendpoint = \"http://127.0.0.1:9/x\"\n[pega.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"${PEGABRIDGE_TEST_UNSET_PASSWORD}\"\n",
+    )
+    .unwrap();
+    let out = crate::helpers::pegabridge(dir.path(), &["deliveries", "list"]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    // The server itself still needs them, and says which.
+    let out = crate::helpers::pegabridge(dir.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        crate::helpers::stderr(&out).contains("PEGABRIDGE_TEST_UNSET_SECRET"),
+        "{}",
+        crate::helpers::stderr(&out)
+    );
+}

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the command ran and found problems (a template failed or lacks a
 //! field); 2 the command could not run (bad arguments or configuration).
 
+mod init;
 mod ops;
 
 /// `println!` for command output: a closed pipe (`pegabridge preview | head`) ends the
@@ -54,6 +55,8 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Report templates that lack a field or carry a stale default (exit 1 if any).
     Check(CheckArgs),
+    /// Write a starter configuration, mapping, template and example trigger (fresh tokens).
+    Init(init::InitArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -199,6 +202,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::MockPega(args) = cli.command {
         return ops::mock_pega(args);
     }
+    if let Command::Init(args) = cli.command {
+        return init::init(args);
+    }
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
         let mut command = Cli::command();
@@ -226,7 +232,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preview(args) => preview(&settings, args),
         Command::SendTest(args) => send_test(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
-        Command::MockPega(_) | Command::Completions { .. } => unreachable!("handled above"),
+        Command::MockPega(_) | Command::Completions { .. } | Command::Init(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -41,6 +41,10 @@ impl Inbox {
 /// Called at the start of every round: lets tests make the worker panic (fault injection).
 pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
 
+/// The first wait before recording a round's outcomes again, and the longest.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
 /// between two store calls.
 const ROUND_BATCHES: usize = 8;
@@ -232,9 +236,43 @@ impl Worker {
             outcomes.push(outcome);
         }
         if !outcomes.is_empty() {
-            self.store.outbox().complete(outcomes).await?;
+            self.record(outcomes).await?;
         }
         Ok(step)
+    }
+
+    /// Records a round's outcomes. The POSTs are done: when the store cannot take the record
+    /// now (a database restarting, a full disk), the recording is retried, not the POSTs, so
+    /// a store hiccup sends nothing twice. Gives up only when the leases have run out (other
+    /// workers may then have claimed the events) or on an error that retrying cannot fix.
+    async fn record(&self, outcomes: Vec<Outcome>) -> Result<(), crate::store::StoreError> {
+        let started = tokio::time::Instant::now();
+        let lease = Duration::from_secs(self.settings.lease_secs);
+        let mut delay = RECORD_RETRY_FIRST;
+        let mut warned = false;
+        loop {
+            match self.store.outbox().complete(outcomes.clone()).await {
+                Ok(()) => {
+                    if warned {
+                        tracing::info!("delivery outcomes recorded after the store came back");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_unavailable() && started.elapsed() + delay < lease => {
+                    if !warned {
+                        tracing::warn!(
+                            error = %e,
+                            events = outcomes.iter().map(|o| o.ids.len()).sum::<usize>(),
+                            "recording delivery outcomes failed: retrying the recording (not the POSTs)"
+                        );
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECORD_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Delivers one batch through the sink, in phases: wait for a place under the limit and

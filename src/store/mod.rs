@@ -163,6 +163,16 @@ impl Storage {
         })
     }
 
+    /// A store over `backend` (a backend of one's own: tests wrap a real one to inject
+    /// faults).
+    pub fn over(backend: Arc<dyn Store>) -> Self {
+        Self {
+            backend,
+            handoff: None,
+            sending: false,
+        }
+    }
+
     /// This store, queuing a send for every mailable recipient of a trigger.
     pub fn with_sending(self, sending: bool) -> Self {
         Self { sending, ..self }

@@ -297,3 +297,76 @@ async fn an_unreachable_postgresql_is_named_with_its_cause_at_once() {
     assert!(!err.contains("s3cret-pw"), "no password: {err}");
     assert!(!err.contains("pool timed out"), "{err}");
 }
+
+#[tokio::test]
+async fn init_writes_a_starter_folder_that_serves_at_once_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pegabridge(dir.path(), &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in [
+        "pegabridge.toml",
+        "mappings/offer.toml",
+        "mappings/example-trigger.json",
+        "templates/offer.html",
+    ] {
+        let path = dir.path().join(f);
+        assert!(path.is_file(), "{f}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by its owner only");
+    }
+    let config = std::fs::read_to_string(dir.path().join("pegabridge.toml")).unwrap();
+    assert!(
+        !config.contains("change-me"),
+        "fresh tokens, not the examples'"
+    );
+    // What it wrote passes the check serve runs, and serve takes a trigger with it.
+    let out = pegabridge(dir.path(), &["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("set a secret"), "{}", stderr(&out));
+    let mapping = std::fs::read_to_string(dir.path().join("mappings/offer.toml")).unwrap();
+    let token = mapping
+        .split(":-")
+        .nth(1)
+        .and_then(|t| t.split('}').next())
+        .unwrap()
+        .to_owned();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        config.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("PEGABRIDGE_TRIGGER_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let trigger = std::fs::read(dir.path().join("mappings/example-trigger.json")).unwrap();
+    let res = client
+        .post(format!("{base}/webhooks/offer"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(trigger)
+        .send()
+        .await
+        .unwrap();
+    serve.kill().unwrap();
+    let _ = serve.wait();
+    assert_eq!(res.status(), 202);
+    // A second init changes nothing.
+    let before = std::fs::read(dir.path().join("mappings/offer.toml")).unwrap();
+    let out = pegabridge(dir.path(), &["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already there"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("mappings/offer.toml")).unwrap(),
+        before
+    );
+}

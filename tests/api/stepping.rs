@@ -370,3 +370,168 @@ async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmappe
     })
     .await;
 }
+
+/// A real store whose outbox refuses to record the next `fail` rounds' outcomes (a database
+/// restarting, a full disk): everything else goes to the real one.
+#[derive(Debug)]
+struct Hiccup {
+    real: Storage,
+    fail: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl pegabridge::store::OutboxStore for Hiccup {
+    async fn claim(
+        &self,
+        limit: usize,
+        lease_secs: u64,
+    ) -> Result<Vec<pegabridge::store::Claimed>, StoreError> {
+        self.real.outbox().claim(limit, lease_secs).await
+    }
+    async fn complete(&self, outcomes: Vec<pegabridge::store::Outcome>) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::unavailable("the database is restarting"));
+        }
+        self.real.outbox().complete(outcomes).await
+    }
+    async fn deliveries(
+        &self,
+        status: Option<pegabridge::store::Status>,
+        limit: usize,
+    ) -> Result<Vec<pegabridge::store::Delivery>, StoreError> {
+        self.real.outbox().deliveries(status, limit).await
+    }
+    async fn delivery(
+        &self,
+        uuid: String,
+    ) -> Result<
+        Option<(
+            pegabridge::store::Delivery,
+            serde_json::Value,
+            Vec<pegabridge::store::Attempt>,
+        )>,
+        StoreError,
+    > {
+        self.real.outbox().delivery(uuid).await
+    }
+    async fn purge(
+        &self,
+        which: pegabridge::store::Purge,
+        before: i64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.real.outbox().purge(which, before, limit).await
+    }
+    async fn replay(&self, which: Replay) -> Result<usize, StoreError> {
+        self.real.outbox().replay(which).await
+    }
+    async fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        self.real.outbox().set_paused(paused).await
+    }
+    async fn is_paused(&self) -> Result<bool, StoreError> {
+        self.real.outbox().is_paused().await
+    }
+    async fn outbox_stats(&self) -> Result<pegabridge::store::OutboxStats, StoreError> {
+        self.real.outbox().outbox_stats().await
+    }
+    async fn pending_events(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.real.outbox().pending_events().await
+    }
+}
+
+#[async_trait::async_trait]
+impl pegabridge::store::Store for Hiccup {
+    async fn record_trigger(
+        &self,
+        mapping: String,
+        key: Option<String>,
+        recipients: Vec<NewRecipient>,
+        queue: pegabridge::store::Queue,
+        sending: bool,
+    ) -> Result<
+        (
+            pegabridge::recording::TriggerAnswer,
+            Vec<pegabridge::store::Claimed>,
+        ),
+        StoreError,
+    > {
+        self.real
+            .backend()
+            .record_trigger(mapping, key, recipients, queue, sending)
+            .await
+    }
+    async fn claim_sends(
+        &self,
+        limit: usize,
+        lease_secs: u64,
+    ) -> Result<Vec<pegabridge::store::ClaimedSend>, StoreError> {
+        self.real.backend().claim_sends(limit, lease_secs).await
+    }
+    async fn complete_sends(
+        &self,
+        outcomes: Vec<(
+            pegabridge::store::ClaimedSend,
+            pegabridge::store::SendOutcome,
+        )>,
+        queue: pegabridge::store::Queue,
+    ) -> Result<Vec<pegabridge::store::Claimed>, StoreError> {
+        self.real.backend().complete_sends(outcomes, queue).await
+    }
+    async fn record_activities(
+        &self,
+        activities: Vec<pegabridge::activity::Activity>,
+        unknown: pegabridge::intake::Unknown,
+        queue: pegabridge::store::Queue,
+    ) -> Result<
+        (
+            Vec<pegabridge::intake::ActivityOutcome>,
+            Vec<pegabridge::store::Claimed>,
+        ),
+        StoreError,
+    > {
+        self.real
+            .backend()
+            .record_activities(activities, unknown, queue)
+            .await
+    }
+    async fn writable(&self, min_free_bytes: u64) -> Result<(), StoreError> {
+        self.real.backend().writable(min_free_bytes).await
+    }
+    async fn ping(&self) -> bool {
+        self.real.backend().ping().await
+    }
+    async fn listen(&self, notify: Arc<tokio::sync::Notify>) -> Result<(), StoreError> {
+        self.real.backend().listen(notify).await
+    }
+}
+
+use pegabridge::store::StoreError;
+
+#[tokio::test]
+async fn a_store_hiccup_while_recording_outcomes_retries_the_recording_not_the_post() {
+    each_backend(|| async {
+        let (real, _dir, _db) = open_store().await;
+        let hiccup = Arc::new(Hiccup {
+            real: real.clone(),
+            fail: std::sync::atomic::AtomicUsize::new(2),
+        });
+        let store = Storage::over(hiccup.clone());
+        let pega = start_pega().await;
+        let (worker, _config) = worker(&store, &pega, "concurrency = 2");
+        queue(&real, 3).await;
+        // The POST goes through; recording its outcome fails twice, then is retried through.
+        let step = worker.try_deliver_next().await.unwrap();
+        assert_eq!(step.delivered, 3, "{step:?}");
+        assert_eq!(hiccup.fail.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(pega.mock.event_count(), 3);
+        // Recorded: nothing is claimed again, even once every lease has run out.
+        later_by(3600).await;
+        assert!(worker.try_deliver_next().await.unwrap().is_empty());
+        assert_eq!(pega.mock.event_count(), 3, "no duplicate");
+        let stats = real.outbox().outbox_stats().await.unwrap();
+        assert_eq!((stats.delivered, stats.pending, stats.inflight), (3, 0, 0));
+    })
+    .await;
+}

@@ -98,6 +98,7 @@ impl Application {
                 .map(crate::mail::tracking::Tokens::new),
             platforms: crate::events::platform::Platforms::new(&settings.events)
                 .map_err(anyhow::Error::msg)?,
+            unverified: crate::http::Unverified::new(&settings.server),
         });
         let router = crate::http::router(state, &settings.server);
         let listener = TcpListener::bind(&settings.server.listen)

@@ -129,6 +129,12 @@ pub struct ServerSettings {
     pub max_options_bytes: usize,
     /// Bytes of manual options all recipients of one trigger may carry together.
     pub max_trigger_options_bytes: usize,
+    /// Requests whose sender is known only once their body is read (mail platforms that sign
+    /// the body: SendGrid, Mailgun, Mandrill, SES): how many may be read at once (more are
+    /// answered 503 at once)...
+    pub max_unverified_bodies: usize,
+    /// ...and how long the body of one may take to arrive, in seconds (408 after it).
+    pub unverified_body_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -144,6 +150,8 @@ impl Default for ServerSettings {
             max_recipients: limits.max_recipients,
             max_options_bytes: limits.max_options_bytes,
             max_trigger_options_bytes: limits.max_trigger_options_bytes,
+            max_unverified_bodies: 64,
+            unverified_body_secs: 10,
         }
     }
 }
@@ -178,6 +186,11 @@ impl ServerSettings {
                 "server.max_trigger_options_bytes",
                 self.max_trigger_options_bytes as u64,
             ),
+            (
+                "server.max_unverified_bodies",
+                self.max_unverified_bodies as u64,
+            ),
+            ("server.unverified_body_secs", self.unverified_body_secs),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));

@@ -48,6 +48,13 @@ pub trait Platform: Send + Sync {
         Ok(())
     }
 
+    /// Whether [`Platform::check_headers`] alone proves the sender (Basic auth); otherwise the
+    /// sender is known only once the body is read and verified, and reading it is bounded
+    /// more tightly.
+    fn sender_in_headers(&self) -> bool {
+        false
+    }
+
     /// Checks the request as the platform specifies; `now` is Unix seconds.
     async fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64)
         -> Result<Payload, Rejected>;
@@ -212,6 +219,10 @@ impl Basic {
 impl Platform for Basic {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn sender_in_headers(&self) -> bool {
+        true
     }
 
     fn check_headers(&self, headers: &HeaderMap) -> Result<(), Rejected> {

@@ -45,6 +45,10 @@ pub enum ApiError {
     NotRunning(String),
     /// Another background task (mail, retention) is not running.
     TaskNotRunning(String),
+    /// Too many requests of a kind at once (503 with `Retry-After`).
+    Busy(String),
+    /// A request body that did not arrive in time (408).
+    BodyTimeout(std::time::Duration),
     Internal(anyhow::Error),
 }
 
@@ -120,6 +124,7 @@ impl IntoResponse for ApiError {
                 "unavailable",
                 "the store cannot take the request now; retry later".into(),
             ),
+            Self::Busy(why) => retry_after("1", "busy", why),
             Self::Timeout(limit) => retry_after(
                 "1",
                 "timeout",
@@ -172,6 +177,15 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "delivery_not_running",
                 why,
+                None,
+            ),
+            Self::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s (server.unverified_body_secs)",
+                    limit.as_secs()
+                ),
                 None,
             ),
             Self::TaskNotRunning(why) => (

@@ -12,7 +12,6 @@ use crate::events::platform::Rejected;
 use crate::events::{Malformed, Translated};
 use crate::intake::{Intake, Tally, Unknown};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -95,10 +94,15 @@ pub(super) async fn receive(
     State(state): State<AppState>,
     Caller(name): Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let platform = self::platform(&state, name)?;
-    let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
+    let body = if platform.sender_in_headers() {
+        let limit = state.unverified.body_limit;
+        (axum::body::to_bytes(body, limit).await).map_err(|_| ApiError::PayloadTooLarge)?
+    } else {
+        read_unverified(&state.unverified, body).await?
+    };
     let payload = (platform.verify(&headers, &body, crate::event::now()).await)
         .map_err(|r| rejected(name, r))?;
     if let Some(answer) = platform
@@ -110,6 +114,26 @@ pub(super) async fn receive(
     }
     let translated = platform.translate(&payload).map_err(malformed)?;
     record(&state.intake, &state, name, translated).await
+}
+
+/// The body of a request whose sender is known only once it is read: at most
+/// `max_unverified_bodies` at once (503 beyond), under the body limit (413), arriving within
+/// `unverified_body_secs` (408), so unknown senders cannot hold many connections or much
+/// memory.
+async fn read_unverified(
+    unverified: &crate::http::Unverified,
+    body: axum::body::Body,
+) -> Result<Bytes, ApiError> {
+    let _permit = unverified
+        .permits
+        .try_acquire()
+        .map_err(|_| ApiError::Busy("too many platform requests are being read at once".into()))?;
+    let read = axum::body::to_bytes(body, unverified.body_limit);
+    match tokio::time::timeout(unverified.deadline, read).await {
+        Err(_) => Err(ApiError::BodyTimeout(unverified.deadline)),
+        Ok(Err(_)) => Err(ApiError::PayloadTooLarge),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// The answer to a platform's request.

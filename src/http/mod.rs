@@ -75,6 +75,25 @@ pub struct Shared {
     pub platforms: crate::events::platform::Platforms,
     /// Where every source's activities go.
     pub intake: crate::intake::Intake,
+    /// Bodies read before their sender is known (see [`ServerSettings::max_unverified_bodies`]).
+    pub unverified: Unverified,
+}
+
+/// The bound on requests whose sender is known only from their body.
+pub struct Unverified {
+    pub permits: tokio::sync::Semaphore,
+    pub deadline: Duration,
+    pub body_limit: usize,
+}
+
+impl Unverified {
+    pub fn new(server: &ServerSettings) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(server.max_unverified_bodies.max(1)),
+            deadline: Duration::from_secs(server.unverified_body_secs.max(1)),
+            body_limit: server.body_limit,
+        }
+    }
 }
 
 /// Every route, under the edge's layers.

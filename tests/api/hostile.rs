@@ -845,3 +845,47 @@ async fn sighup_drains_and_stops_the_server_like_sigterm() {
     // Stopped by its own hand (exit 0), not killed by the signal.
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[tokio::test]
+async fn bodies_read_before_their_sender_is_known_are_few_at_once_and_quick() {
+    // SendGrid signs the body: its sender is known only once the body is read.
+    let key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g==";
+    let (app, _) = spawn_app_with(
+        "max_unverified_bodies = 4\nunverified_body_secs = 1\nrequest_timeout_secs = 30",
+        &format!("[events.sendgrid]\npublic_key = \"{key}\"\n"),
+    )
+    .await;
+    // Four slow senders hold every place...
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(host(&app)).await.unwrap();
+        tcp.write_all(
+            b"POST /events/sendgrid HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n[",
+        )
+        .await
+        .unwrap();
+        slow.push(tcp);
+    }
+    // (Each is being read once its request reached the handler: the fifth waits for that.)
+    let mut busy = None;
+    for _ in 0..200 {
+        let status = head_only(&app, "/events/sendgrid", "", 500_000).await;
+        if status.starts_with("HTTP/1.1 503") {
+            busy = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        busy.is_some(),
+        "a fifth unverified body is refused at once while four are read"
+    );
+    // ...while everything else is served.
+    assert_eq!(app.get("/health").await.unwrap().status(), 200);
+    // A slow body is cut off after unverified_body_secs: 408, not the request timeout.
+    let mut buf = vec![0u8; 1024];
+    let n = slow[0].read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+}

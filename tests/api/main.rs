@@ -16,6 +16,7 @@ mod hostile;
 mod instances;
 mod mail;
 mod operators;
+mod outages;
 mod ops_cli;
 mod pega;
 mod placement;

@@ -161,6 +161,17 @@ pub enum ConfigCommand {
     },
 }
 
+/// Libraries whose debug and trace logs carry what goes over the wire.
+const WIRE_LOGGERS: [&str; 7] = [
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+    "sqlx",
+    "tower_http",
+];
+
 /// Starts `tracing` on stderr.
 pub fn init_logging(cli: &Cli) {
     let serving = matches!(cli.command, Command::Serve | Command::MockPega(_));
@@ -169,8 +180,18 @@ pub fn init_logging(cli: &Cli) {
         (0, true) | (1, _) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The HTTP, TLS and database libraries log headers and bodies (mail content, personal
+    // data, credentials) at debug and trace: they stay at info whatever RUST_LOG says, unless
+    // PEGABRIDGE_LOG_WIRE=1 asks for them (for debugging a connection, never in production).
+    if std::env::var("PEGABRIDGE_LOG_WIRE").map_or(true, |v| v != "1") {
+        for quiet in WIRE_LOGGERS {
+            if let Ok(d) = format!("{quiet}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

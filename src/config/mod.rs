@@ -129,6 +129,9 @@ pub struct ServerSettings {
     pub max_options_bytes: usize,
     /// Bytes of manual options all recipients of one trigger may carry together.
     pub max_trigger_options_bytes: usize,
+    /// ...and at most this many times the trigger's own size (1 MiB at least): a value copied
+    /// into every recipient counts once per copy.
+    pub max_trigger_expansion: usize,
     /// Requests whose sender is known only once their body is read (mail platforms that sign
     /// the body: SendGrid, Mailgun, Mandrill, SES): how many may be read at once (more are
     /// answered 503 at once)...
@@ -150,6 +153,7 @@ impl Default for ServerSettings {
             max_recipients: limits.max_recipients,
             max_options_bytes: limits.max_options_bytes,
             max_trigger_options_bytes: limits.max_trigger_options_bytes,
+            max_trigger_expansion: limits.max_trigger_expansion,
             max_unverified_bodies: 64,
             unverified_body_secs: 10,
         }
@@ -163,6 +167,7 @@ impl ServerSettings {
             max_recipients: self.max_recipients,
             max_options_bytes: self.max_options_bytes,
             max_trigger_options_bytes: self.max_trigger_options_bytes,
+            max_trigger_expansion: self.max_trigger_expansion,
         }
     }
 
@@ -185,6 +190,10 @@ impl ServerSettings {
             (
                 "server.max_trigger_options_bytes",
                 self.max_trigger_options_bytes as u64,
+            ),
+            (
+                "server.max_trigger_expansion",
+                self.max_trigger_expansion as u64,
             ),
             (
                 "server.max_unverified_bodies",
@@ -541,6 +550,10 @@ pub struct TriggerLimits {
     pub max_options_bytes: usize,
     /// `server.max_trigger_options_bytes`: manual options of all recipients together.
     pub max_trigger_options_bytes: usize,
+    /// `server.max_trigger_expansion`: manual options of all recipients together, at most this
+    /// many times the trigger's own size (or 1 MiB, if more): a value copied into every
+    /// recipient counts once per copy, so a small trigger cannot make a large write.
+    pub max_trigger_expansion: usize,
 }
 
 impl Default for TriggerLimits {
@@ -549,6 +562,7 @@ impl Default for TriggerLimits {
             max_recipients: 100_000,
             max_options_bytes: 16 * 1024,
             max_trigger_options_bytes: 32 * 1024 * 1024,
+            max_trigger_expansion: 16,
         }
     }
 }

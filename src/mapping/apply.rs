@@ -95,6 +95,10 @@ pub fn apply(
     }
     let mut recipients = Vec::new();
     let mut total_bytes = 0usize;
+    // The expansion bound: the trigger's size times the allowed factor, 1 MiB at least.
+    let expansion_budget = json_len(trigger)
+        .saturating_mul(limits.max_trigger_expansion)
+        .max(MIN_EXPANSION_BUDGET);
     for (item, prefix) in elements {
         let element = item.map(|v| (v, prefix.as_str()));
         match recipient(mapping, configured, trigger, element, warnings) {
@@ -121,6 +125,16 @@ pub fn apply(
                         ),
                     }));
                 }
+                if total_bytes > expansion_budget {
+                    return Err(ApplyError::TooLarge(FieldError {
+                        field: "server.max_trigger_expansion".into(),
+                        path: prefix,
+                        message: format!(
+                            "the recipients' manual options exceed {} times the trigger's size (server.max_trigger_expansion): a value copied into every recipient counts once per copy",
+                            limits.max_trigger_expansion
+                        ),
+                    }));
+                }
                 recipients.push(r);
             }
             Err(mut e) => errors.append(&mut e),
@@ -134,6 +148,9 @@ pub fn apply(
 }
 
 /// The length of a value's JSON text, without writing it.
+/// The expansion budget of a small trigger (see `server.max_trigger_expansion`).
+const MIN_EXPANSION_BUDGET: usize = 1024 * 1024;
+
 fn json_len(v: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {

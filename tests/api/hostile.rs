@@ -889,3 +889,29 @@ async fn bodies_read_before_their_sender_is_known_are_few_at_once_and_quick() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_small_trigger_cannot_expand_into_a_large_write() {
+    let (app, _) = spawn_app_with("body_limit = 1048576", "").await;
+    // An 8 KB trigger-wide value (within server.max_options_bytes) copied into 400 recipients:
+    // a 40 KB trigger that would write 3.2 MB of manual options.
+    let customers: Vec<Value> = (0..400)
+        .map(|i| json!({"Email": format!("c{i}@x.nl"), "CustomerID": format!("c{i}"), "InteractionID": format!("{i}")}))
+        .collect();
+    let body = json!({"FirstName": "y".repeat(8_000), "Offer": {"UniqueOfferId": "O"}, "Customers": customers});
+    let res = app.post("/webhooks/offer", &body).await;
+    let (status, code) = status_and_code(res).await;
+    assert_eq!((status, code), (413, json!("limit_exceeded")));
+    let res = app.post("/webhooks/offer", &body).await;
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["field"], "server.max_trigger_expansion",
+        "{answer}"
+    );
+    assert!(app.outbox().await.is_empty(), "nothing half-written");
+    // The same recipients with a small trigger-wide value are taken.
+    let body =
+        json!({"FirstName": "Ann", "Offer": {"UniqueOfferId": "O"}, "Customers": customers[..400]});
+    let res = app.post("/webhooks/offer", &body).await;
+    assert_eq!(res.status(), 202);
+}

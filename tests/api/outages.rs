@@ -29,10 +29,24 @@ impl PrivatePostgres {
             .expect("initdb");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        as_postgres(&["chown", "-R", "postgres", &dir.path().display().to_string()], true);
+        as_postgres(
+            &["chown", "-R", "postgres", &dir.path().display().to_string()],
+            true,
+        );
         let data = dir.path().join("data");
         let initdb = bin.join("initdb").display().to_string();
-        as_postgres(&[&initdb, "-D", &data.display().to_string(), "-A", "trust", "-U", "postgres"], false);
+        as_postgres(
+            &[
+                &initdb,
+                "-D",
+                &data.display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+            false,
+        );
         let pg = Self { dir, bin, port };
         pg.ctl(&["start", "-w"]);
         pg
@@ -69,7 +83,10 @@ fn as_postgres(args: &[&str], as_root: bool) {
     let out = if as_root {
         Command::new(args[0]).args(&args[1..]).output()
     } else {
-        Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output()
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
     }
     .unwrap();
     assert!(
@@ -128,7 +145,11 @@ async fn postgresql_restarted_under_load_loses_nothing_and_sends_nothing_twice()
         "fault PostgreSQL restart: {} acknowledged events, {missing} missing, {duplicates} duplicates",
         expected.len()
     );
-    assert!(expected.len() > 300, "load went through: {}", expected.len());
+    assert!(
+        expected.len() > 300,
+        "load went through: {}",
+        expected.len()
+    );
     assert_eq!(missing, 0, "every acknowledged event reaches Pega");
     assert_eq!(duplicates, 0, "a restarted database makes no duplicate");
 }
@@ -180,7 +201,11 @@ async fn a_full_disk_under_load_loses_nothing_and_sends_nothing_twice() {
     let refused = 2000 - acked.len();
     // With room again, the store takes writes again.
     let after = send_triggers(&client, std::slice::from_ref(&base), 2000..2100).await;
-    assert_eq!(after.len(), 100, "every trigger after the disk was freed is acknowledged");
+    assert_eq!(
+        after.len(),
+        100,
+        "every trigger after the disk was freed is acknowledged"
+    );
     acked.extend(after);
     let expected: HashSet<String> = acked.iter().map(|(u, _, _)| u.clone()).collect();
     let (missing, duplicates) = await_all(&pega, &expected).await;
@@ -190,7 +215,11 @@ async fn a_full_disk_under_load_loses_nothing_and_sends_nothing_twice() {
         "fault full disk: {} acknowledged events ({refused} refused while full), {missing} missing, {duplicates} duplicates",
         expected.len()
     );
-    assert!(expected.len() > 100, "load went through: {}", expected.len());
+    assert!(
+        expected.len() > 100,
+        "load went through: {}",
+        expected.len()
+    );
     assert_eq!(missing, 0, "every acknowledged event reaches Pega");
     assert_eq!(duplicates, 0, "a full disk makes no duplicate");
 }

@@ -31,6 +31,36 @@ pub fn cut_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug)]
+    struct Wrapper(String, Option<Box<Wrapper>>);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_text_once() {
+        // A wrapper that repeats its source's text, over another that adds nothing.
+        let inner = Wrapper("connection refused (os error 111)".into(), None);
+        let middle = Wrapper(
+            "Connection error: connection refused (os error 111)".into(),
+            Some(Box::new(inner)),
+        );
+        let outer = Wrapper("Connection error".into(), Some(Box::new(middle)));
+        assert_eq!(
+            super::cut_chain(&outer),
+            "Connection error: connection refused (os error 111)"
+        );
+    }
+
     #[test]
     fn long_values_are_cut_short_ones_kept() {
         assert_eq!(super::cut("short"), "short");

@@ -74,7 +74,8 @@ fn refusal(e: &lettre::transport::smtp::Error) -> Refusal {
         let text = c.to_string();
         text.parse::<u16>().unwrap_or(0)
     });
-    let text = crate::delivery::client::safe_text(e.to_string().as_bytes());
+    // The whole cause chain, each text once (lettre repeats its source's text).
+    let text = crate::delivery::client::safe_text(crate::quote::cut_chain(e).as_bytes());
     match code {
         Some(code) if e.is_transient() => Refusal::Transient { code, text },
         Some(code) if e.is_permanent() => Refusal::Permanent { code, text },

@@ -227,3 +227,19 @@ fn delivery_settings_that_cannot_work_are_refused_naming_the_key() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn a_password_inside_the_endpoint_url_is_never_printed() {
+    let out = config_check("[pega]\nendpoint = \"ftp://pega:pw-s3cret-9@pega.example/x\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("pega.endpoint"), "{err}");
+    assert!(!err.contains("pw-s3cret-9"), "{err}");
+    // Nor when it is valid and serve reports where it delivers.
+    let out = crate::helpers::with_config(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[pega]\nendpoint = \"https://pega:pw-s3cret-9@pega.example/x\"\n",
+        &["config", "check"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("pw-s3cret-9") && !stderr(&out).contains("pw-s3cret-9"));
+}

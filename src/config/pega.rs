@@ -42,6 +42,10 @@ pub struct PegaSettings {
     pub headers: BTreeMap<String, Secret>,
     /// Extra trusted roots and a client certificate (`[pega.tls]`).
     pub tls: TlsSettings,
+    /// An event older than this (seconds since it was queued, or replayed) when it comes due
+    /// is not sent: it becomes a dead letter saying so (Pega's models stop listening after
+    /// the prediction's response timeout). None: events are sent however late.
+    pub max_event_age_secs: Option<u64>,
 }
 
 impl Default for PegaSettings {
@@ -63,6 +67,7 @@ impl Default for PegaSettings {
             auth: None,
             headers: BTreeMap::new(),
             tls: TlsSettings::default(),
+            max_event_age_secs: None,
         }
     }
 }
@@ -335,6 +340,12 @@ impl PegaSettings {
     /// Every problem of `[pega]`, each naming its key (empty when it can be used).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.max_event_age_secs == Some(0) {
+            problems.push(
+                "pega.max_event_age_secs: at least 1 (leave it out to send events however late)"
+                    .into(),
+            );
+        }
         if let Some(endpoint) = &self.endpoint {
             if let Err(e) = http_url(endpoint) {
                 let shown = crate::config::without_credentials(endpoint);

@@ -189,11 +189,16 @@ impl Worker {
         let (send, skip): (Vec<Claimed>, Vec<Claimed>) = events
             .into_iter()
             .partition(|c| self.enabled.contains(&c.metric));
+        let (send, stale) = self.split_stale(send);
         let mut step = Step {
             filtered: skip.len(),
+            dead: stale.len(),
             ..Step::default()
         };
         let mut outcomes = Vec::new();
+        if !stale.is_empty() {
+            outcomes.push(self.too_old(&stale));
+        }
         if !skip.is_empty() {
             outcomes.push(Outcome {
                 ids: skip.iter().map(|c| c.id).collect(),
@@ -239,6 +244,36 @@ impl Worker {
             self.record(outcomes).await?;
         }
         Ok(step)
+    }
+
+    /// The events still young enough to send, and those older than `max_event_age_secs`.
+    fn split_stale(&self, events: Vec<Claimed>) -> (Vec<Claimed>, Vec<Claimed>) {
+        let Some(age) = self.settings.max_event_age_secs else {
+            return (events, Vec::new());
+        };
+        let oldest = now_ms() - (age as i64).saturating_mul(1000);
+        events.into_iter().partition(|c| c.created_ms >= oldest)
+    }
+
+    /// Dead letters for events that came due too late to teach Pega anything.
+    fn too_old(&self, stale: &[Claimed]) -> Outcome {
+        let age = self.settings.max_event_age_secs.unwrap_or_default();
+        let detail = format!(
+            "older than [pega] max_event_age_secs ({age} s) when it came due: not sent (a replay sends it)"
+        );
+        tracing::warn!(n = stale.len(), events = ?uuids(stale), max_event_age_secs = age, "events too old to send: dead letters");
+        self.metrics.record(&Verdict::Dead, stale, now_ms());
+        Outcome {
+            ids: stale.iter().map(|c| c.id).collect(),
+            attempt: Some(Attempt {
+                at_ms: now_ms(),
+                http_status: None,
+                duration_ms: 0,
+                outcome: AttemptOutcome::Dead,
+                detail,
+            }),
+            completion: Completion::Dead,
+        }
     }
 
     /// Records a round's outcomes. The POSTs are done: when the store cannot take the record

@@ -535,3 +535,44 @@ async fn a_store_hiccup_while_recording_outcomes_retries_the_recording_not_the_p
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_event_older_than_max_event_age_is_a_dead_letter_and_a_replay_sends_it() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let pega = start_pega().await;
+        let (worker, _config) = worker(&store, &pega, "max_event_age_secs = 60");
+        pega.mock.control(|b| b.fail_next = 1);
+        queue(&store, 1).await;
+        // Refused once (Pega down), then due again only after the model stopped listening.
+        let first = worker.try_deliver_next().await.unwrap();
+        assert_eq!(first.retried, 1, "{first:?}");
+        later_by(120).await;
+        let late = worker.try_deliver_next().await.unwrap();
+        assert_eq!((late.dead, late.delivered), (1, 0), "{late:?}");
+        assert_eq!(pega.mock.event_count(), 0, "not sent late");
+        let row = &store.outbox().deliveries(None, 10).await.unwrap()[0];
+        assert_eq!(row.status, pegabridge::store::Status::Dead);
+        assert!(
+            row.last_error
+                .as_deref()
+                .unwrap()
+                .contains("max_event_age_secs (60 s)"),
+            "{:?}",
+            row.last_error
+        );
+        // An operator's replay sends it after all: its age counts from the replay.
+        assert_eq!(
+            store
+                .outbox()
+                .replay(Replay::Status(Done::Dead))
+                .await
+                .unwrap(),
+            1
+        );
+        let again = worker.try_deliver_next().await.unwrap();
+        assert_eq!(again.delivered, 1, "{again:?}");
+        assert_eq!(pega.mock.event_count(), 1);
+    })
+    .await;
+}

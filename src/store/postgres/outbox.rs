@@ -220,7 +220,7 @@ impl crate::store::OutboxStore for PgStore {
 
     /// Makes the selected events due again with a fresh schedule; returns how many.
     async fn replay(&self, which: Replay) -> Result<usize> {
-        let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, attempts = 0, lease_until = 0";
+        let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, created_ms = $1, attempts = 0, lease_until = 0";
         let now = now_ms();
         let done = match which {
             Replay::Uuid(u) => {

@@ -236,7 +236,7 @@ impl crate::store::OutboxStore for SqliteStore {
     /// Makes the selected events due again with a fresh retry schedule; returns how many.
     async fn replay(&self, which: Replay) -> Result<usize> {
         self.call(move |c| {
-            let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, attempts = 0, lease_until = 0";
+            let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, created_ms = ?1, attempts = 0, lease_until = 0";
             let now = now_ms();
             let n = match which {
                 Replay::Uuid(u) => {

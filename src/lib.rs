@@ -15,6 +15,7 @@ pub mod broadcast;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod engagement;
 pub mod event;
 pub mod events;
 pub mod http;

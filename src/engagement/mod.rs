@@ -1,0 +1,182 @@
+//! Whether an open or a click was a person: the evidence a tracked request (or an activity)
+//! carries, judged into a [`Verdict`] with its [`Reason`]. Pega's adaptive models learn from
+//! what pegabridge sends: an image proxy's fetch or a link scanner's visit must not arrive as
+//! an Impression or a Clicked of a person.
+//!
+//! Evidence, strongest first: the request's method (`HEAD`: link checkers) and prefetch
+//! headers; a user agent of a known image proxy, security scanner, headless browser or bot
+//! ([`agents`]); Apple Mail Privacy Protection, the bare `Mozilla/5.0` coming from an address
+//! of Apple's Private Relay egress list ([`relay`]).
+
+pub mod agents;
+pub mod client;
+pub mod relay;
+
+use std::net::IpAddr;
+
+/// Why an open or a click was judged a machine's, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Nothing says it was not a person.
+    Person,
+    /// A `HEAD` request (link checkers look before they fetch).
+    Head,
+    /// A prefetch (`Purpose: prefetch`, `Sec-Purpose: prefetch`).
+    Prefetch,
+    /// A mail provider's image proxy (Gmail, Yahoo) fetching for its user.
+    ImageProxy,
+    /// Apple Mail Privacy Protection: every image of every message, opened or not.
+    AppleMailPrivacy,
+    /// A security gateway or link scanner (Safe Links, Mimecast, Proofpoint, Barracuda...).
+    Scanner,
+    /// A headless browser.
+    Headless,
+    /// A crawler, bot or HTTP library.
+    Bot,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Person,
+        Reason::Head,
+        Reason::Prefetch,
+        Reason::ImageProxy,
+        Reason::AppleMailPrivacy,
+        Reason::Scanner,
+        Reason::Headless,
+        Reason::Bot,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Person => "person",
+            Reason::Head => "head",
+            Reason::Prefetch => "prefetch",
+            Reason::ImageProxy => "image_proxy",
+            Reason::AppleMailPrivacy => "apple_mail_privacy",
+            Reason::Scanner => "scanner",
+            Reason::Headless => "headless",
+            Reason::Bot => "bot",
+        }
+    }
+
+    /// Whether it names a machine.
+    pub fn is_machine(self) -> bool {
+        self != Reason::Person
+    }
+}
+
+/// What a request tells about who made it.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence<'a> {
+    /// A `HEAD` request.
+    pub head: bool,
+    /// A prefetch header was present.
+    pub prefetch: bool,
+    pub user_agent: &'a str,
+    /// The client's address (see [`client::ClientAddress`]), when known.
+    pub client: Option<IpAddr>,
+}
+
+/// The judgement: a machine's or a person's, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub machine: bool,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    pub fn of(reason: Reason) -> Self {
+        Self {
+            machine: reason.is_machine(),
+            reason,
+        }
+    }
+}
+
+/// Judges `evidence`; `relay` is Apple's Private Relay egress list, when configured.
+pub fn classify(evidence: &Evidence<'_>, relay: Option<&relay::Ranges>) -> Verdict {
+    if evidence.head {
+        return Verdict::of(Reason::Head);
+    }
+    if evidence.prefetch {
+        return Verdict::of(Reason::Prefetch);
+    }
+    if let Some(reason) = agents::machine(evidence.user_agent) {
+        return Verdict::of(reason);
+    }
+    if agents::is_bare_mozilla(evidence.user_agent) {
+        let from_relay = evidence
+            .client
+            .zip(relay)
+            .is_some_and(|(ip, ranges)| ranges.contains(ip));
+        if from_relay {
+            return Verdict::of(Reason::AppleMailPrivacy);
+        }
+    }
+    Verdict::of(Reason::Person)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_and_prefetch_headers_outrank_the_user_agent() {
+        let person = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)";
+        let head = Evidence {
+            head: true,
+            user_agent: person,
+            ..Evidence::default()
+        };
+        assert_eq!(classify(&head, None).reason, Reason::Head);
+        let prefetch = Evidence {
+            prefetch: true,
+            user_agent: person,
+            ..Evidence::default()
+        };
+        assert_eq!(classify(&prefetch, None).reason, Reason::Prefetch);
+        let get = Evidence {
+            user_agent: person,
+            ..Evidence::default()
+        };
+        assert_eq!(
+            classify(&get, None),
+            Verdict {
+                machine: false,
+                reason: Reason::Person
+            }
+        );
+    }
+
+    #[test]
+    fn the_bare_mozilla_is_apple_mail_privacy_only_from_apples_relay() {
+        let ranges = relay::Ranges::parse(
+            "172.224.226.0/27,GB,GB-EN,London,\n2a02:26f7:b3c0:4000::/64,DE,DE-BE,Berlin,\n",
+        )
+        .unwrap();
+        let from = |ip: &str| Evidence {
+            user_agent: "Mozilla/5.0",
+            client: Some(ip.parse().unwrap()),
+            ..Evidence::default()
+        };
+        assert_eq!(
+            classify(&from("172.224.226.9"), Some(&ranges)).reason,
+            Reason::AppleMailPrivacy
+        );
+        assert_eq!(
+            classify(&from("2a02:26f7:b3c0:4000::17"), Some(&ranges)).reason,
+            Reason::AppleMailPrivacy
+        );
+        assert_eq!(
+            classify(&from("203.0.113.9"), Some(&ranges)).reason,
+            Reason::Person
+        );
+        assert_eq!(
+            classify(&from("172.224.226.9"), None).reason,
+            Reason::Person,
+            "no list: no verdict on the address"
+        );
+    }
+}

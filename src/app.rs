@@ -79,7 +79,23 @@ impl Application {
             }
         }
         let state = AppState::new(Shared {
-            intake: Intake::new(store.clone()),
+            intake: Intake::new(store.clone())
+                .withholding_machines(
+                    settings.engagement.machine == crate::config::engagement::MachinePolicy::Drop,
+                )
+                .counting(metrics.clone()),
+            judge: crate::engagement::Judge {
+                trusted_proxies: settings.server.trusted_proxies.clone(),
+                relay: match &settings.engagement.apple_relay_ranges {
+                    Some(f) => Some(
+                        crate::engagement::relay::Watched::open(f).map_err(anyhow::Error::msg)?,
+                    ),
+                    None => None,
+                },
+                repeats: crate::engagement::Repeats::new(Duration::from_secs(
+                    settings.engagement.repeat_window_secs,
+                )),
+            },
             store: store.clone(),
             mappings,
             account: Arc::new(settings.account.clone()),

@@ -14,9 +14,20 @@ use crate::store::Storage;
 pub use crate::recording::{ActivityAnswer, ActivityOutcome, ActivityStatus, Unknown};
 
 /// The one door for activities (cheap to clone).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Intake {
     store: Storage,
+    /// Machines' opens and clicks are recorded `filtered` (`[engagement] machine = "drop"`).
+    withhold_machines: bool,
+    metrics: Option<std::sync::Arc<crate::delivery::metrics::Metrics>>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("withhold_machines", &self.withhold_machines)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a batch came to, counted.
@@ -46,7 +57,27 @@ impl Tally {
 
 impl Intake {
     pub fn new(store: Storage) -> Self {
-        Self { store }
+        Self {
+            store,
+            withhold_machines: false,
+            metrics: None,
+        }
+    }
+
+    /// This intake, recording machines' opens and clicks without sending them when `drop`.
+    pub fn withholding_machines(self, drop: bool) -> Self {
+        Self {
+            withhold_machines: drop,
+            ..self
+        }
+    }
+
+    /// This intake, counting opens and clicks in `pegabridge_engagement_total`.
+    pub fn counting(self, metrics: std::sync::Arc<crate::delivery::metrics::Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     /// Checks raw activities: all of them, or every problem with its index.
@@ -71,17 +102,44 @@ impl Intake {
     #[tracing::instrument(level = "debug", skip_all, fields(activities = activities.len()))]
     pub async fn record(
         &self,
-        activities: Vec<Activity>,
+        mut activities: Vec<Activity>,
         unknown: Unknown,
     ) -> Result<Vec<ActivityOutcome>, StoreError> {
         if activities.is_empty() {
             return Ok(Vec::new());
         }
+        if self.withhold_machines {
+            for a in &mut activities {
+                a.withheld = a.is_machine();
+            }
+        }
+        let judged: Vec<(crate::event::Metric, bool, &'static str)> = activities
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.detail,
+                    crate::activity::Detail::Open { .. } | crate::activity::Detail::Click(_)
+                )
+            })
+            .map(|a| {
+                let reason = a
+                    .machine_reason()
+                    .map_or(if a.is_machine() { "flagged" } else { "person" }, |r| {
+                        r.as_str()
+                    });
+                (a.metric, a.is_machine(), reason)
+            })
+            .collect();
         let agents: Vec<String> = activities
             .iter()
             .filter_map(|a| a.user_agent().map(str::to_owned))
             .collect();
         let outcomes = self.store.record_activities(activities, unknown).await?;
+        if let Some(m) = &self.metrics {
+            for (metric, machine, reason) in judged {
+                m.engagement(metric.as_str(), machine, reason);
+            }
+        }
         for ua in &agents {
             crate::activity::enrich::remember(ua);
         }

@@ -16,6 +16,8 @@ pub struct Agent {
     pub browser: String,
     /// A known proxy, scanner or crawler.
     pub machine: bool,
+    /// Which, when it is one.
+    pub reason: Option<crate::engagement::Reason>,
 }
 
 /// Most user agents [`agent`] keeps read.
@@ -60,10 +62,11 @@ pub fn remember(user_agent: &str) {
 
 /// Reads a user agent, with one parse.
 fn read_agent(user_agent: &str) -> Agent {
-    let machine_named = !user_agent.trim().is_empty() && MACHINE_NAMES.is_match(user_agent);
+    let named = crate::engagement::agents::machine(user_agent);
     let Some(r) = PARSER.parse(user_agent) else {
         return Agent {
-            machine: machine_named,
+            machine: named.is_some(),
+            reason: named,
             ..Agent::default()
         };
     };
@@ -80,45 +83,14 @@ fn read_agent(user_agent: &str) -> Agent {
     } else {
         known(r.os)
     };
+    let reason = named.or((r.category == "crawler").then_some(crate::engagement::Reason::Bot));
     Agent {
         os,
         browser: known(r.name),
-        machine: machine_named || r.category == "crawler",
+        machine: reason.is_some(),
+        reason,
     }
 }
-
-/// Image proxies and scanners that fetch mail content without a person: an open or click
-/// through them is machine generated.
-const MACHINES: &[&str] = &[
-    "googleimageproxy",
-    "yahoomailproxy",
-    "yahoo! slurp",
-    "apple mail privacy",
-    "mimecast",
-    "proofpoint",
-    "barracuda",
-    "symantec",
-    "messagelabs",
-    "trendmicro",
-    "forcepoint",
-    "safelinks",
-    "microsoft office existence discovery",
-    "bot",
-    "crawler",
-    "spider",
-    "python-requests",
-    "curl/",
-    "wget/",
-    "go-http-client",
-];
-
-/// [`MACHINES`], found in one pass, in any case.
-static MACHINE_NAMES: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
-    aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(MACHINES)
-        .expect("the machine names are valid patterns")
-});
 
 /// The Google Analytics fields of a URL: source, medium, term, content, campaign.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -40,6 +40,9 @@ pub struct Raw {
     pub value: Option<Number>,
     pub currency: Option<String>,
     pub order_id: Option<String>,
+    /// Why a source judged it a machine's (tracked requests); never from a caller's JSON.
+    #[serde(skip)]
+    pub machine_reason: Option<crate::engagement::Reason>,
 }
 
 impl Raw {
@@ -67,6 +70,8 @@ pub enum Detail {
         os: String,
         browser: String,
         machine_generated: bool,
+        /// Why it is a machine's, when known.
+        machine_reason: Option<crate::engagement::Reason>,
     },
     Click(Box<ClickDetail>),
     Bounce {
@@ -95,6 +100,8 @@ pub struct ClickDetail {
     pub alt: String,
     pub utm: enrich::Utm,
     pub tags: Vec<Value>,
+    pub machine_generated: bool,
+    pub machine_reason: Option<crate::engagement::Reason>,
 }
 
 /// A checked, enriched activity.
@@ -108,6 +115,9 @@ pub struct Activity {
     /// Unix seconds; now when not given.
     pub timestamp: Option<i64>,
     pub detail: Detail,
+    /// Recorded but not sent to Pega (a machine's open or click under
+    /// `[engagement] machine = "drop"`): its event is stored `filtered`.
+    pub withheld: bool,
 }
 
 /// The customer's counts after an activity (the seed's mailability fields).
@@ -119,6 +129,26 @@ pub struct Counts {
 }
 
 impl Activity {
+    /// Whether it is an open or a click judged a machine's.
+    pub fn is_machine(&self) -> bool {
+        match &self.detail {
+            Detail::Open {
+                machine_generated, ..
+            } => *machine_generated,
+            Detail::Click(c) => c.machine_generated,
+            _ => false,
+        }
+    }
+
+    /// Why it was judged a machine's, when it was.
+    pub fn machine_reason(&self) -> Option<crate::engagement::Reason> {
+        match &self.detail {
+            Detail::Open { machine_reason, .. } => *machine_reason,
+            Detail::Click(c) => c.machine_reason,
+            _ => None,
+        }
+    }
+
     /// The user agent the activity came with, if any.
     pub fn user_agent(&self) -> Option<&str> {
         match &self.detail {
@@ -210,6 +240,25 @@ pub const EARLIEST_TIMESTAMP: i64 = 946_684_800;
 /// How far in the future a timestamp may be (clocks differ): one day.
 const FUTURE_SLACK_SECS: i64 = 86_400;
 
+/// A timestamp from 2000 to a day from now, in seconds.
+fn plausible(ts: i64) -> Result<(), (&'static str, String)> {
+    let latest = crate::event::now() + FUTURE_SLACK_SECS;
+    if (EARLIEST_TIMESTAMP..=latest).contains(&ts) {
+        return Ok(());
+    }
+    let hint = if ts > 1_000_000_000_000 {
+        " (milliseconds? send Unix seconds)"
+    } else {
+        ""
+    };
+    Err((
+        "timestamp",
+        format!(
+            "{ts} is not a plausible Unix time in seconds (from {EARLIEST_TIMESTAMP} to a day from now){hint}"
+        ),
+    ))
+}
+
 fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
     let metric = match Metric::parse(&a.metric) {
         Some(Metric::Broadcasts) => {
@@ -227,28 +276,22 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
         }
     };
     if let Some(ts) = a.timestamp {
-        let latest = crate::event::now() + FUTURE_SLACK_SECS;
-        if !(EARLIEST_TIMESTAMP..=latest).contains(&ts) {
-            let hint = if ts > 1_000_000_000_000 {
-                " (milliseconds? send Unix seconds)"
-            } else {
-                ""
-            };
-            return Err((
-                "timestamp",
-                format!(
-                    "{ts} is not a plausible Unix time in seconds (from {EARLIEST_TIMESTAMP} to a day from now){hint}"
-                ),
-            ));
-        }
+        plausible(ts)?;
     }
     let user_agent = bounded_agent(a.user_agent.clone().unwrap_or_default());
     let agent = enrich::agent(&user_agent);
     let os = a.os.clone().unwrap_or(agent.os);
     let browser = a.browser.clone().unwrap_or(agent.browser);
+    // A source's verdict, else the caller's flag, else what the user agent says.
+    let (machine_generated, machine_reason) = match (a.machine_reason, a.machine_generated) {
+        (Some(r), _) => (r.is_machine(), r.is_machine().then_some(r)),
+        (None, Some(flag)) => (flag, None),
+        (None, None) => (agent.machine, agent.reason),
+    };
     let detail = match metric {
         Metric::Opens => Detail::Open {
-            machine_generated: a.machine_generated.unwrap_or(agent.machine),
+            machine_generated,
+            machine_reason,
             user_agent,
             os,
             browser,
@@ -275,6 +318,8 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
                 alt: a.alt.clone().unwrap_or_default(),
                 utm,
                 tags: a.tags.clone().unwrap_or_default(),
+                machine_generated,
+                machine_reason,
             }))
         }
         Metric::Bounces => {
@@ -310,6 +355,7 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
         customer_id: a.customer_id,
         timestamp: a.timestamp,
         detail,
+        withheld: false,
     })
 }
 
@@ -333,12 +379,14 @@ pub fn event(
             os,
             browser,
             machine_generated,
+            machine_reason,
         } => Event::Open(Open {
             common,
             user_agent: user_agent.clone(),
             os: os.clone(),
             browser: browser.clone(),
             machine_generated: *machine_generated,
+            machine_reason: machine_reason.map(|r| r.as_str().to_owned()),
         }),
         Detail::Click(c) => Event::Click(Click {
             common,
@@ -354,6 +402,8 @@ pub fn event(
             tags: c.tags.clone(),
             os: c.os.clone(),
             browser: c.browser.clone(),
+            machine_generated: c.machine_generated,
+            machine_reason: c.machine_reason.map(|r| r.as_str().to_owned()),
         }),
         Detail::Bounce { hard, code, reason } => Event::Bounce(Bounce {
             common,
@@ -422,7 +472,8 @@ mod tests {
                 user_agent: "GoogleImageProxy".into(),
                 os: "Plan 9".into(),
                 browser: String::new(),
-                machine_generated: false
+                machine_generated: false,
+                machine_reason: None,
             }
         );
     }

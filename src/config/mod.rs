@@ -2,6 +2,7 @@
 //! environment overrides; `${VAR}` in any string reads the environment. Unknown keys are
 //! errors that name the file and the key.
 
+pub mod engagement;
 mod env;
 pub mod events;
 pub mod mail;
@@ -63,6 +64,8 @@ pub struct Settings {
     /// Mail platforms' event webhooks (`[events.sendgrid]`, `[events.mailgun]`, ...).
     #[serde(default)]
     pub events: events::EventsSettings,
+    #[serde(default)]
+    pub engagement: engagement::EngagementSettings,
     /// Where relative paths are resolved from: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -112,6 +115,9 @@ impl Default for MappingSettings {
 pub struct ServerSettings {
     /// The address to listen on.
     pub listen: String,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` are believed (CIDRs); the client's
+    /// address is otherwise the socket's peer.
+    pub trusted_proxies: Vec<crate::engagement::client::Cidr>,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
     /// How long requests in flight may take to finish on shutdown, in seconds.
@@ -145,6 +151,7 @@ impl Default for ServerSettings {
         let limits = TriggerLimits::default();
         Self {
             listen: "127.0.0.1:8080".into(),
+            trusted_proxies: Vec::new(),
             body_limit: 1024 * 1024,
             shutdown_grace_secs: 10,
             header_timeout_secs: 10,
@@ -332,6 +339,11 @@ impl Settings {
         if let Some(mail) = &mut settings.mail {
             mail.resolve(&base);
         }
+        if let Some(f) = &mut settings.engagement.apple_relay_ranges {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -348,6 +360,7 @@ impl Settings {
             problems.extend(t.problems());
         }
         problems.extend(self.events.problems());
+        problems.extend(self.engagement.problems());
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

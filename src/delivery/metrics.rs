@@ -32,6 +32,8 @@ pub struct Metrics {
     unmatched: prometheus::IntCounterVec,
     /// Restarts of each supervised background task (see [`crate::app`]).
     task_restarts: prometheus::IntCounterVec,
+    /// Opens and clicks recorded, by metric, verdict (person, machine) and reason.
+    engagement: prometheus::IntCounterVec,
     /// The reason shown by `last_decrease` (an index into `Decrease::ALL`, or none yet): the
     /// labels are set only when it changes, not on every POST.
     shown_decrease: std::sync::atomic::AtomicUsize,
@@ -119,6 +121,17 @@ impl Metrics {
                 "Times a background task panicked and was restarted",
                 "task",
             ),
+            engagement: register(
+                &registry,
+                prometheus::IntCounterVec::new(
+                    Opts::new(
+                        "engagement_total",
+                        "Opens and clicks recorded, by metric, verdict and reason",
+                    ),
+                    &["metric", "verdict", "reason"],
+                )
+                .expect("valid metric"),
+            ),
             shown_decrease: std::sync::atomic::AtomicUsize::new(usize::MAX),
             latency: register(&registry, latency.expect("valid metric")),
             registry,
@@ -182,6 +195,14 @@ impl Metrics {
             Verdict::Retry(_) => self.retried.inc_by(n),
             Verdict::Dead => self.dead.inc_by(n),
         }
+    }
+
+    /// Counts a recorded open or click with its verdict.
+    pub fn engagement(&self, metric: &str, machine: bool, reason: &str) {
+        let verdict = if machine { "machine" } else { "person" };
+        self.engagement
+            .with_label_values(&[metric, verdict, reason])
+            .inc();
     }
 
     /// The restart counter of the supervised tasks.

@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 
 /// A network in CIDR notation (`10.0.0.0/8`, `::1/128`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cidr {
     first: u128,
     mask: u128,
@@ -57,6 +58,14 @@ fn wide(ip: IpAddr) -> (u128, u32) {
             Some(v4) => (u128::from(v4.to_ipv6_mapped()), 32),
             None => (u128::from(a), 128),
         },
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
     }
 }
 

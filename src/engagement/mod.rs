@@ -95,6 +95,67 @@ impl Verdict {
     }
 }
 
+/// What the tracked routes judge requests with (built once at start-up).
+#[derive(Debug)]
+pub struct Judge {
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<client::Cidr>,
+    /// Apple's Private Relay egress ranges, when configured.
+    pub relay: Option<relay::Watched>,
+    /// Repeated fetches seen recently.
+    pub repeats: Repeats,
+}
+
+impl Judge {
+    /// The verdict on `evidence` (its client's address already resolved).
+    pub fn judge(&self, evidence: &Evidence<'_>) -> Verdict {
+        let ranges = self.relay.as_ref().map(relay::Watched::ranges);
+        classify(evidence, ranges.as_deref())
+    }
+}
+
+/// Tracked fetches seen within a window, by (token, client): a repeat records nothing new.
+#[derive(Debug)]
+pub struct Repeats {
+    window: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<(u64, IpAddr), std::time::Instant>>,
+}
+
+/// Most fetches remembered (when full, the expired ones go, then all).
+const MAX_REMEMBERED: usize = 100_000;
+
+impl Repeats {
+    pub fn new(window: std::time::Duration) -> Self {
+        Self {
+            window,
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether `token` fetched by `client` was seen within the window; remembers it now.
+    pub fn is_repeat(&self, token: &str, client: IpAddr, now: std::time::Instant) -> bool {
+        use std::hash::{Hash, Hasher};
+        if self.window.is_zero() {
+            return false;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.hash(&mut h);
+        let key = (h.finish(), client);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_REMEMBERED {
+            let window = self.window;
+            seen.retain(|_, t| now.duration_since(*t) < window);
+            if seen.len() >= MAX_REMEMBERED {
+                seen.clear();
+            }
+        }
+        match seen.insert(key, now) {
+            Some(before) => now.duration_since(before) < self.window,
+            None => false,
+        }
+    }
+}
+
 /// Judges `evidence`; `relay` is Apple's Private Relay egress list, when configured.
 pub fn classify(evidence: &Evidence<'_>, relay: Option<&relay::Ranges>) -> Verdict {
     if evidence.head {
@@ -121,6 +182,24 @@ pub fn classify(evidence: &Evidence<'_>, relay: Option<&relay::Ranges>) -> Verdi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_repeated_by_the_same_client_within_the_window_is_a_repeat() {
+        let r = Repeats::new(std::time::Duration::from_secs(60));
+        let (a, b): (IpAddr, IpAddr) = (
+            "203.0.113.1".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+        );
+        let t0 = std::time::Instant::now();
+        assert!(!r.is_repeat("tok", a, t0));
+        assert!(r.is_repeat("tok", a, t0 + std::time::Duration::from_secs(1)));
+        assert!(!r.is_repeat("tok", b, t0), "another client");
+        assert!(!r.is_repeat("other", a, t0), "another link");
+        assert!(
+            !r.is_repeat("tok", a, t0 + std::time::Duration::from_secs(120)),
+            "after the window"
+        );
+    }
 
     #[test]
     fn the_method_and_prefetch_headers_outrank_the_user_agent() {

@@ -75,6 +75,8 @@ pub struct Shared {
     pub platforms: crate::events::platform::Platforms,
     /// Where every source's activities go.
     pub intake: crate::intake::Intake,
+    /// What tracked requests are judged with.
+    pub judge: crate::engagement::Judge,
     /// Bodies read before their sender is known (see [`ServerSettings::max_unverified_bodies`]).
     pub unverified: Unverified,
 }

@@ -51,6 +51,58 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
+/// Who fetched a tracked URL, as far as the request tells.
+struct Fetch<'r> {
+    client: std::net::IpAddr,
+    evidence: crate::engagement::Evidence<'r>,
+}
+
+impl<'r> Fetch<'r> {
+    fn of(
+        state: &AppState,
+        method: &axum::http::Method,
+        headers: &'r HeaderMap,
+        peer: Option<&crate::http::serve::Peer>,
+        ua: &'r str,
+    ) -> Self {
+        let peer = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0);
+        let client =
+            crate::engagement::client::client_address(peer, headers, &state.judge.trusted_proxies);
+        let prefetch = ["purpose", "sec-purpose", "x-moz", "x-purpose"]
+            .iter()
+            .any(|h| {
+                headers
+                    .get(*h)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| {
+                        v.to_ascii_lowercase().contains("prefetch")
+                            || v.eq_ignore_ascii_case("preview")
+                    })
+            });
+        Self {
+            client,
+            evidence: crate::engagement::Evidence {
+                head: method == axum::http::Method::HEAD,
+                prefetch,
+                user_agent: ua,
+                client: Some(client),
+            },
+        }
+    }
+
+    /// The raw activity's verdict fields, or `None` when it repeats a fetch just recorded.
+    fn judged(&self, state: &AppState, token: &str) -> Option<crate::engagement::Reason> {
+        if state
+            .judge
+            .repeats
+            .is_repeat(token, self.client, std::time::Instant::now())
+        {
+            return None;
+        }
+        Some(state.judge.judge(&self.evidence).reason)
+    }
+}
+
 /// Records one activity through the intake (checked and enriched as `POST /activities`).
 async fn record(state: &AppState, activity: Raw) -> Result<(), ApiError> {
     let activities = Intake::check(vec![activity]).map_err(ApiError::InvalidActivity)?;
@@ -65,6 +117,8 @@ async fn record(state: &AppState, activity: Raw) -> Result<(), ApiError> {
 pub(super) async fn click(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    method: axum::http::Method,
+    peer: Option<axum::Extension<crate::http::serve::Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Target::Click {
@@ -77,16 +131,22 @@ pub(super) async fn click(
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
-    let activity = Raw {
-        url: Some(url.clone()),
-        link_id: Some(link_id),
-        alt: Some(alt),
-        user_agent: Some(user_agent(&headers)),
-        ..Raw::new(Metric::Clicks, broadcast_id, customer_id)
-    };
-    // The reader gets where the link goes even when the click cannot be recorded now.
-    if let Err(e) = record(&state, activity).await {
-        tracing::warn!(error = ?e, broadcast_id, customer_id, "a click could not be recorded");
+    let ua = user_agent(&headers);
+    let fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
+    // A repeat by the same client records nothing new; the reader still gets where the link
+    // goes, even when the click cannot be recorded now.
+    if let Some(reason) = fetch.judged(&state, &token) {
+        let activity = Raw {
+            url: Some(url.clone()),
+            link_id: Some(link_id),
+            alt: Some(alt),
+            user_agent: Some(ua.clone()),
+            machine_reason: Some(reason),
+            ..Raw::new(Metric::Clicks, broadcast_id, customer_id)
+        };
+        if let Err(e) = record(&state, activity).await {
+            tracing::warn!(error = ?e, broadcast_id, customer_id, "a click could not be recorded");
+        }
     }
     Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
 }
@@ -98,6 +158,8 @@ pub(super) async fn click(
 pub(super) async fn open(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    method: axum::http::Method,
+    peer: Option<axum::Extension<crate::http::serve::Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Target::Open {
@@ -107,12 +169,17 @@ pub(super) async fn open(
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
-    let activity = Raw {
-        user_agent: Some(user_agent(&headers)),
-        ..Raw::new(Metric::Opens, broadcast_id, customer_id)
-    };
-    if let Err(e) = record(&state, activity).await {
-        tracing::warn!(error = ?e, broadcast_id, customer_id, "an open could not be recorded");
+    let ua = user_agent(&headers);
+    let fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
+    if let Some(reason) = fetch.judged(&state, &token) {
+        let activity = Raw {
+            user_agent: Some(ua.clone()),
+            machine_reason: Some(reason),
+            ..Raw::new(Metric::Opens, broadcast_id, customer_id)
+        };
+        if let Err(e) = record(&state, activity).await {
+            tracing::warn!(error = ?e, broadcast_id, customer_id, "an open could not be recorded");
+        }
     }
     Ok((
         [

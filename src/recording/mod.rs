@@ -197,6 +197,7 @@ pub(crate) async fn trigger(
                 metric: Metric::Broadcasts,
                 external_id: None,
                 in_personal_broadcast: true,
+                withheld: false,
             };
             let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
             leased.extend(lease);
@@ -307,6 +308,7 @@ pub(crate) async fn activities(
             metric: a.metric,
             external_id: a.external_id.as_deref(),
             in_personal_broadcast: false,
+            withheld: a.withheld,
         };
         let payload = |metric_id| {
             // Sized for a whole event up front: growing the buffer step by step cost a tenth
@@ -355,6 +357,7 @@ pub(crate) async fn send_outcomes(
                     metric: Metric::Broadcasts,
                     external_id: None,
                     in_personal_broadcast: true,
+                    withheld: false,
                 };
                 let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
                 leased.extend(lease);
@@ -386,6 +389,7 @@ pub(crate) async fn send_outcomes(
                         code: code.clone(),
                         reason: reason.clone(),
                     },
+                    withheld: false,
                 };
                 let (_, lease) =
                     activities(tx, std::slice::from_ref(&bounce), Unknown::Refuse).await?;

@@ -47,6 +47,8 @@ pub struct NewEvent<'a> {
     /// Its payload is the event of its personal broadcast (a `broadcasts` event), stored
     /// there once, not again in `outbox_payloads`.
     pub in_personal_broadcast: bool,
+    /// Recorded `filtered`: never sent (see `Activity::withheld`).
+    pub withheld: bool,
 }
 
 /// How an activity changes its customer's counts (the seed's mailability rules).

@@ -10,6 +10,7 @@ mod corpus;
 mod crash;
 mod delivery;
 mod edge_cases;
+mod engagement;
 mod faults;
 mod golden;
 mod hostile;

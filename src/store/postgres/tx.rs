@@ -236,7 +236,11 @@ impl Tx for PgTx<'_> {
         payload: impl FnOnce(i64) -> Result<String> + Send,
     ) -> Result<(i64, Option<Claimed>)> {
         let ms = now_ms();
-        let (status, lease_until) = self.queue.row(ms);
+        let (status, lease_until) = if new.withheld {
+            (crate::store::Status::Filtered, 0)
+        } else {
+            self.queue.row(ms)
+        };
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING id",
         )
@@ -256,6 +260,9 @@ impl Tx for PgTx<'_> {
                 .bind(&payload)
                 .execute(&mut *self.c)
                 .await?;
+        }
+        if new.withheld {
+            return Ok((id, None));
         }
         if self.queue == Queue::Due {
             self.announce = true;

@@ -30,7 +30,12 @@ pub(super) fn enqueue(
     queue: Queue,
 ) -> Result<(i64, Option<Claimed>)> {
     let ms = now_ms();
-    let (status, lease_until) = queue.row(ms);
+    let queue = if new.withheld { Queue::Due } else { queue };
+    let (status, lease_until) = if new.withheld {
+        (Status::Filtered, 0)
+    } else {
+        queue.row(ms)
+    };
     // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
     // table first, which cost a third of this insert.
     c.prepare_cached(

@@ -360,7 +360,9 @@ mod tests {
                 os: String::new(),
                 browser: String::new(),
                 machine_generated: false,
+                machine_reason: None,
             },
+            withheld: false,
         };
         let (answers, _) = store
             .record_activities(vec![open], crate::recording::Unknown::Refuse, Queue::Due)

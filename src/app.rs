@@ -80,9 +80,7 @@ impl Application {
         }
         let state = AppState::new(Shared {
             intake: Intake::new(store.clone())
-                .withholding_machines(
-                    settings.engagement.machine == crate::config::engagement::MachinePolicy::Drop,
-                )
+                .withholding_machines(withholds_machines(settings))
                 .counting(metrics.clone()),
             judge: crate::engagement::Judge {
                 trusted_proxies: settings.server.trusted_proxies.clone(),
@@ -203,6 +201,27 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The metrics whose machines' activities are recorded without being sent: all of them
+/// under `[engagement] machine = "drop"`; in CDH's format, those without an outcome
+/// configured for machines (a machine's open must not be an Impression, nor its click a
+/// Clicked).
+fn withholds_machines(settings: &Settings) -> Vec<crate::event::Metric> {
+    use crate::config::engagement::MachinePolicy;
+    use crate::config::pega::Format;
+    use crate::event::Metric;
+    let engaging = [Metric::Opens, Metric::Clicks, Metric::ShortLinks];
+    if settings.engagement.machine == MachinePolicy::Drop {
+        return engaging.to_vec();
+    }
+    if settings.pega.format != Format::CaptureResponse {
+        return Vec::new();
+    }
+    let capture = &settings.pega.capture_response;
+    (engaging.into_iter())
+        .filter(|m| crate::delivery::capture::machine_outcome(capture, *m).is_none())
+        .collect()
 }
 
 /// Loads every mapping (and its template), saying what was loaded and what looks wrong.

@@ -17,8 +17,9 @@ pub use crate::recording::{ActivityAnswer, ActivityOutcome, ActivityStatus, Unkn
 #[derive(Clone)]
 pub struct Intake {
     store: Storage,
-    /// Machines' opens and clicks are recorded `filtered` (`[engagement] machine = "drop"`).
-    withhold_machines: bool,
+    /// The metrics whose machines' activities are recorded `filtered`, not sent
+    /// (`[engagement] machine = "drop"`, or CDH's format without an outcome for them).
+    withhold_machines: Vec<crate::event::Metric>,
     metrics: Option<std::sync::Arc<crate::delivery::metrics::Metrics>>,
 }
 
@@ -59,15 +60,15 @@ impl Intake {
     pub fn new(store: Storage) -> Self {
         Self {
             store,
-            withhold_machines: false,
+            withhold_machines: Vec::new(),
             metrics: None,
         }
     }
 
-    /// This intake, recording machines' opens and clicks without sending them when `drop`.
-    pub fn withholding_machines(self, drop: bool) -> Self {
+    /// This intake, recording machines' activities of `metrics` without sending them.
+    pub fn withholding_machines(self, metrics: Vec<crate::event::Metric>) -> Self {
         Self {
-            withhold_machines: drop,
+            withhold_machines: metrics,
             ..self
         }
     }
@@ -108,10 +109,8 @@ impl Intake {
         if activities.is_empty() {
             return Ok(Vec::new());
         }
-        if self.withhold_machines {
-            for a in &mut activities {
-                a.withheld = a.is_machine();
-            }
+        for a in &mut activities {
+            a.withheld = a.is_machine() && self.withhold_machines.contains(&a.metric);
         }
         let judged: Vec<(crate::event::Metric, bool, &'static str)> = activities
             .iter()

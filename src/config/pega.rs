@@ -262,9 +262,12 @@ impl CaptureSettings {
             problems.extend(source.problems(key));
         }
         for metric in self.outcomes.keys() {
-            if Metric::parse(metric).is_none() {
+            let plain = metric.strip_prefix("machine_").unwrap_or(metric);
+            let machine_ok = !metric.starts_with("machine_")
+                || matches!(plain, "opens" | "clicks" | "short_links");
+            if Metric::parse(plain).is_none() || !machine_ok {
                 problems.push(format!(
-                    "pega.capture_response.outcomes.{metric}: not a metric"
+                    "pega.capture_response.outcomes.{metric}: not a metric (or machine_opens, machine_clicks, machine_short_links)"
                 ));
             }
         }

@@ -26,6 +26,14 @@ use serde_json::{json, Map, Value};
 #[error("capture-response: {0}")]
 pub struct Unmappable(String);
 
+/// The outcome configured for a machine's open or click of `metric`
+/// (`outcomes.machine_opens`, ...): none by default, so a machine's open is not an
+/// Impression and its click not a Clicked.
+pub fn machine_outcome(settings: &CaptureSettings, metric: Metric) -> Option<&str> {
+    let key = format!("machine_{}", metric.as_str());
+    settings.outcomes.get(&key).map(String::as_str)
+}
+
 /// The outcome configured for `metric`, if it is sent.
 pub fn outcome(settings: &CaptureSettings, metric: Metric) -> Option<&str> {
     settings.outcomes.get(metric.as_str()).map(String::as_str)
@@ -40,8 +48,13 @@ pub fn body(settings: &CaptureSettings, payload: &str) -> Result<String, Unmappa
         .and_then(Value::as_str)
         .and_then(Metric::parse)
         .ok_or_else(|| Unmappable("the event has no known metric".into()))?;
-    let outcome = outcome(settings, metric)
-        .ok_or_else(|| Unmappable(format!("no outcome is configured for {}", metric.as_str())))?;
+    let machine = event.get("machine_generated") == Some(&Value::Bool(true));
+    let outcome = if machine {
+        machine_outcome(settings, metric)
+    } else {
+        outcome(settings, metric)
+    }
+    .ok_or_else(|| Unmappable(format!("no outcome is configured for {}", metric.as_str())))?;
     let get = |key: &str, source: &Source| {
         resolve(source, &event).ok_or_else(|| Unmappable(format!("{key}: {}", source.describe())))
     };
@@ -138,6 +151,21 @@ mod tests {
                      "InteractionID": "-563481321460449721", "Rank": 1, "Outcome": "Impression",
                      "Channel": "Email", "Direction": "Outbound", "Treatment": "EmailT1"}]})
         );
+    }
+
+    #[test]
+    fn a_machines_open_is_no_impression_unless_an_outcome_is_configured_for_it() {
+        let mut settings = CaptureSettings::default();
+        let mut machine: Value = serde_json::from_str(&event("opens", json!("1"))).unwrap();
+        machine["machine_generated"] = json!(true);
+        let e = body(&settings, &machine.to_string()).unwrap_err();
+        assert!(e.to_string().contains("no outcome"), "{e}");
+        settings
+            .outcomes
+            .insert("machine_opens".into(), "MachineImpression".into());
+        let sent: Value =
+            serde_json::from_str(&body(&settings, &machine.to_string()).unwrap()).unwrap();
+        assert_eq!(sent["RankedResults"][0]["Outcome"], "MachineImpression");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Application {
     tasks: Arc<Tasks>,
     delivery: Option<Delivery>,
     mail: Option<Mail>,
+    /// The tracked fetches held for judging (`[engagement] hold_secs`).
+    held: Option<crate::mail::held::HeldWorker>,
     retention: Retention,
 }
 
@@ -78,22 +80,33 @@ impl Application {
                 tasks.register(name);
             }
         }
-        let state = AppState::new(Shared {
-            intake: Intake::new(store.clone())
-                .withholding_machines(withholds_machines(settings))
-                .counting(metrics.clone()),
-            judge: crate::engagement::Judge {
-                trusted_proxies: settings.server.trusted_proxies.clone(),
-                relay: match &settings.engagement.apple_relay_ranges {
-                    Some(f) => Some(
-                        crate::engagement::relay::Watched::open(f).map_err(anyhow::Error::msg)?,
-                    ),
-                    None => None,
-                },
-                repeats: crate::engagement::Repeats::new(Duration::from_secs(
-                    settings.engagement.repeat_window_secs,
-                )),
+        let judge = Arc::new(crate::engagement::Judge {
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            relay: match &settings.engagement.apple_relay_ranges {
+                Some(f) => {
+                    Some(crate::engagement::relay::Watched::open(f).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
             },
+            repeats: crate::engagement::Repeats::new(Duration::from_secs(
+                settings.engagement.repeat_window_secs,
+            )),
+            recent: crate::engagement::Bursts::default(),
+            too_soon_secs: settings.engagement.too_soon_secs as i64,
+        });
+        let intake = Intake::new(store.clone())
+            .withholding_machines(withholds_machines(settings))
+            .counting(metrics.clone());
+        let hold = Duration::from_secs(settings.engagement.hold_secs);
+        let held = (settings.tracking.is_some() && !hold.is_zero())
+            .then(|| crate::mail::held::channel(hold, intake.clone(), judge.clone()));
+        if held.is_some() {
+            tasks.register("engagement");
+        }
+        let state = AppState::new(Shared {
+            intake,
+            judge: judge.clone(),
+            held: held.as_ref().map(|(queue, _)| queue.clone()),
             store: store.clone(),
             mappings,
             account: Arc::new(settings.account.clone()),
@@ -130,6 +143,7 @@ impl Application {
             tasks,
             delivery,
             mail,
+            held: held.map(|(_, worker)| worker),
             retention: Retention {
                 store,
                 days: settings.store.retention_days,
@@ -169,6 +183,13 @@ impl Application {
         let mail = self
             .mail
             .map(|m| tokio::spawn(m.run(tasks.clone(), stop.clone())));
+        let held = self.held.map(|worker| {
+            let (tasks, stop) = (tasks.clone(), stop.clone());
+            tokio::spawn(async move {
+                let worker = &worker;
+                supervise("engagement", tasks, stop, move |stop| worker.run(stop)).await;
+            })
+        });
         let retention = tokio::spawn(self.retention.run(tasks.clone(), stop.clone()));
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -190,6 +211,10 @@ impl Application {
         // due again for the next start.
         stop.cancel();
         let _ = retention.await;
+        // Held tracked fetches are recorded before the delivery worker stops.
+        if let Some(held) = held {
+            let _ = tokio::time::timeout(self.grace, held).await;
+        }
         for (what, task) in [("mail", mail), ("delivery", delivery)] {
             let Some(task) = task else { continue };
             if tokio::time::timeout(self.grace, task).await.is_err() {

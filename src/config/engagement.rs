@@ -27,6 +27,13 @@ pub struct EngagementSettings {
     /// The same tracked link or pixel fetched again by the same client within this many
     /// seconds records nothing new (the redirect and the pixel still answer).
     pub repeat_window_secs: u64,
+    /// A fetch of a tracked link or pixel sooner than this after the message was sent is a
+    /// machine's (gateways scan mail on delivery); 0 turns it off.
+    pub too_soon_secs: u64,
+    /// Tracked fetches are judged this long after they arrive, so a scanner's burst over every
+    /// link is judged as a whole (the redirect and the pixel answer at once; the event keeps
+    /// the fetch's time). At most 10; 0 judges at once.
+    pub hold_secs: u64,
 }
 
 impl Default for EngagementSettings {
@@ -35,6 +42,8 @@ impl Default for EngagementSettings {
             apple_relay_ranges: None,
             machine: MachinePolicy::Flag,
             repeat_window_secs: 60,
+            too_soon_secs: 10,
+            hold_secs: 2,
         }
     }
 }
@@ -42,6 +51,12 @@ impl Default for EngagementSettings {
 impl EngagementSettings {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.hold_secs > 10 {
+            problems.push(format!(
+                "engagement.hold_secs: {} is more than 10 (events would wait long, and be lost with the process)",
+                self.hold_secs
+            ));
+        }
         if let Some(file) = &self.apple_relay_ranges {
             if let Err(e) = crate::engagement::relay::Watched::open(file) {
                 problems.push(e);

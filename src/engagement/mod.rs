@@ -34,10 +34,17 @@ pub enum Reason {
     Headless,
     /// A crawler, bot or HTTP library.
     Bot,
+    /// Fetched within seconds of the message being sent (`[engagement] too_soon_secs`):
+    /// security gateways open and follow everything on delivery.
+    TooSoon,
+    /// Several links of one message from one client within about a second.
+    Burst,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
+        Reason::TooSoon,
+        Reason::Burst,
         Reason::Person,
         Reason::Head,
         Reason::Prefetch,
@@ -58,6 +65,8 @@ impl Reason {
             Reason::Scanner => "scanner",
             Reason::Headless => "headless",
             Reason::Bot => "bot",
+            Reason::TooSoon => "too_soon",
+            Reason::Burst => "burst",
         }
     }
 
@@ -75,8 +84,12 @@ pub struct Evidence<'a> {
     /// A prefetch header was present.
     pub prefetch: bool,
     pub user_agent: &'a str,
-    /// The client's address (see [`client::ClientAddress`]), when known.
+    /// The client's address (see [`client::client_address`]), when known.
     pub client: Option<IpAddr>,
+    /// Seconds from the message being sent (its link made) to this fetch, when known.
+    pub since_sent: Option<i64>,
+    /// Fetches closer than this to the sending are a machine's.
+    pub too_soon_secs: i64,
 }
 
 /// The judgement: a machine's or a person's, and why.
@@ -104,6 +117,57 @@ pub struct Judge {
     pub relay: Option<relay::Watched>,
     /// Repeated fetches seen recently.
     pub repeats: Repeats,
+    /// Recent fetches, for bursts.
+    pub recent: Bursts,
+    /// `[engagement] too_soon_secs`.
+    pub too_soon_secs: i64,
+}
+
+/// Recent tracked fetches by message and client: several links of one message fetched by
+/// one client within [`BURST_WINDOW`] are a machine's (a scanner follows every link at once).
+#[derive(Debug, Default)]
+pub struct Bursts {
+    seen:
+        std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, (i64, i64), IpAddr, i64)>>,
+}
+
+/// How close fetches of one burst are.
+pub const BURST_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// Distinct links (the pixel counts as one) that make a burst.
+pub const BURST_LINKS: usize = 3;
+/// How long fetches are remembered for bursts.
+const BURST_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most fetches remembered.
+const BURST_MAX: usize = 100_000;
+
+impl Bursts {
+    /// Remembers a fetch of `link` (the pixel: -1) of personal broadcast `pb` by `client`.
+    pub fn saw(&self, at: std::time::Instant, pb: (i64, i64), client: IpAddr, link: i64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        while seen.front().is_some_and(|f| {
+            at.saturating_duration_since(f.0) > BURST_MEMORY || seen.len() >= BURST_MAX
+        }) {
+            seen.pop_front();
+        }
+        seen.push_back((at, pb, client, link));
+    }
+
+    /// Whether the fetch at `at` is part of a burst: [`BURST_LINKS`] distinct links of `pb`
+    /// from `client` within [`BURST_WINDOW`] of it, before or after.
+    pub fn is_burst(&self, at: std::time::Instant, pb: (i64, i64), client: IpAddr) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let near = |t: std::time::Instant| {
+            t.saturating_duration_since(at)
+                .max(at.saturating_duration_since(t))
+                <= BURST_WINDOW
+        };
+        let links: std::collections::HashSet<i64> = seen
+            .iter()
+            .filter(|f| f.1 == pb && f.2 == client && near(f.0))
+            .map(|f| f.3)
+            .collect();
+        links.len() >= BURST_LINKS
+    }
 }
 
 impl Judge {
@@ -167,6 +231,12 @@ pub fn classify(evidence: &Evidence<'_>, relay: Option<&relay::Ranges>) -> Verdi
     if let Some(reason) = agents::machine(evidence.user_agent) {
         return Verdict::of(reason);
     }
+    if evidence
+        .since_sent
+        .is_some_and(|s| s < evidence.too_soon_secs)
+    {
+        return Verdict::of(Reason::TooSoon);
+    }
     if agents::is_bare_mozilla(evidence.user_agent) {
         let from_relay = evidence
             .client
@@ -182,6 +252,46 @@ pub fn classify(evidence: &Evidence<'_>, relay: Option<&relay::Ranges>) -> Verdi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_links_of_one_message_from_one_client_within_a_second_are_a_burst() {
+        let b = Bursts::default();
+        let t0 = std::time::Instant::now();
+        let (scanner, person): (IpAddr, IpAddr) = (
+            "198.51.100.1".parse().unwrap(),
+            "203.0.113.1".parse().unwrap(),
+        );
+        let ms = std::time::Duration::from_millis;
+        for (i, link) in [1, 2, 3].into_iter().enumerate() {
+            b.saw(t0 + ms(100 * i as u64), (7, 1), scanner, link);
+        }
+        b.saw(t0, (7, 1), person, 1);
+        b.saw(t0 + ms(5000), (7, 1), person, 2);
+        b.saw(t0 + ms(9000), (7, 1), person, 3);
+        assert!(
+            b.is_burst(t0, (7, 1), scanner),
+            "judged with the fetches after it too"
+        );
+        assert!(
+            !b.is_burst(t0, (7, 1), person),
+            "a person's clicks seconds apart"
+        );
+        assert!(!b.is_burst(t0, (8, 1), scanner), "another message");
+    }
+
+    #[test]
+    fn a_fetch_soon_after_sending_is_a_machines() {
+        let e = |since| {
+            Evidence {
+            user_agent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            since_sent: Some(since),
+            too_soon_secs: 10,
+            ..Evidence::default()
+        }
+        };
+        assert_eq!(classify(&e(3), None).reason, Reason::TooSoon);
+        assert_eq!(classify(&e(600), None).reason, Reason::Person);
+    }
 
     #[test]
     fn a_fetch_repeated_by_the_same_client_within_the_window_is_a_repeat() {

@@ -76,7 +76,9 @@ pub struct Shared {
     /// Where every source's activities go.
     pub intake: crate::intake::Intake,
     /// What tracked requests are judged with.
-    pub judge: crate::engagement::Judge,
+    pub judge: Arc<crate::engagement::Judge>,
+    /// Where tracked fetches wait to be judged (`[engagement] hold_secs`; none: at once).
+    pub held: Option<crate::mail::held::HeldQueue>,
     /// Bodies read before their sender is known (see [`ServerSettings::max_unverified_bodies`]).
     pub unverified: Unverified,
 }

@@ -32,12 +32,21 @@ const PIXEL: &[u8] = &[
 ];
 
 fn target(state: &AppState, kind: Kind, token: &str) -> Result<Target, ApiError> {
+    target_issued(state, kind, token).map(|(t, _)| t)
+}
+
+/// The token's target and when it was made (Unix seconds), if it is one of ours.
+fn target_issued(
+    state: &AppState,
+    kind: Kind,
+    token: &str,
+) -> Result<(Target, Option<i64>), ApiError> {
     let tokens = state
         .tracking
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("no tracking is configured".into()))?;
     tokens
-        .check(kind, token)
+        .check_issued(kind, token)
         .ok_or_else(|| ApiError::NotFound("no such link".into()))
 }
 
@@ -86,20 +95,50 @@ impl<'r> Fetch<'r> {
                 prefetch,
                 user_agent: ua,
                 client: Some(client),
+                since_sent: None,
+                too_soon_secs: state.judge.too_soon_secs,
             },
         }
     }
 
-    /// The raw activity's verdict fields, or `None` when it repeats a fetch just recorded.
-    fn judged(&self, state: &AppState, token: &str) -> Option<crate::engagement::Reason> {
-        if state
-            .judge
-            .repeats
-            .is_repeat(token, self.client, std::time::Instant::now())
-        {
+    /// The verdict on a fetch of `link` (the pixel: -1) of personal broadcast `pb` through
+    /// a token made at `issued`, or `None` when it repeats a fetch just recorded.
+    fn judged(
+        &mut self,
+        state: &AppState,
+        token: &str,
+        pb: (i64, i64),
+        link: i64,
+        issued: Option<i64>,
+    ) -> Option<crate::engagement::Reason> {
+        let now = std::time::Instant::now();
+        state.judge.recent.saw(now, pb, self.client, link);
+        if state.judge.repeats.is_repeat(token, self.client, now) {
             return None;
         }
+        self.evidence.since_sent = issued.map(|t| crate::event::now() - t);
         Some(state.judge.judge(&self.evidence).reason)
+    }
+
+    /// Holds `raw` to be judged with the fetches around it, or judges and records it now.
+    async fn record(&self, state: &AppState, raw: Raw) {
+        use crate::mail::held::{finish, Held};
+        let held = Held {
+            raw,
+            at: tokio::time::Instant::now(),
+            client: self.client,
+        };
+        let now = match &state.held {
+            Some(queue) => match queue.hold(held) {
+                Ok(()) => return,
+                Err(full) => full,
+            },
+            None => held,
+        };
+        let (b, c) = (now.raw.broadcast_id, now.raw.customer_id);
+        if let Err(e) = record(state, finish(&state.judge, now)).await {
+            tracing::warn!(error = ?e, broadcast_id = b, customer_id = c, "a tracked fetch could not be recorded");
+        }
     }
 }
 
@@ -121,32 +160,33 @@ pub(super) async fn click(
     peer: Option<axum::Extension<crate::http::serve::Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (found, issued) = target_issued(&state, Kind::Click, &token)?;
     let Target::Click {
         broadcast_id,
         customer_id,
         link_id,
         url,
         alt,
-    } = target(&state, Kind::Click, &token)?
+    } = found
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
     let ua = user_agent(&headers);
-    let fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
+    let mut fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
     // A repeat by the same client records nothing new; the reader still gets where the link
     // goes, even when the click cannot be recorded now.
-    if let Some(reason) = fetch.judged(&state, &token) {
+    let pb = (broadcast_id, customer_id);
+    if let Some(reason) = fetch.judged(&state, &token, pb, link_id, issued) {
         let activity = Raw {
             url: Some(url.clone()),
             link_id: Some(link_id),
             alt: Some(alt),
             user_agent: Some(ua.clone()),
+            timestamp: Some(crate::event::now()),
             machine_reason: Some(reason),
             ..Raw::new(Metric::Clicks, broadcast_id, customer_id)
         };
-        if let Err(e) = record(&state, activity).await {
-            tracing::warn!(error = ?e, broadcast_id, customer_id, "a click could not be recorded");
-        }
+        fetch.record(&state, activity).await;
     }
     Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
 }
@@ -162,24 +202,25 @@ pub(super) async fn open(
     peer: Option<axum::Extension<crate::http::serve::Peer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (found, issued) = target_issued(&state, Kind::Open, &token)?;
     let Target::Open {
         broadcast_id,
         customer_id,
-    } = target(&state, Kind::Open, &token)?
+    } = found
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
     let ua = user_agent(&headers);
-    let fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
-    if let Some(reason) = fetch.judged(&state, &token) {
+    let mut fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
+    let pb = (broadcast_id, customer_id);
+    if let Some(reason) = fetch.judged(&state, &token, pb, -1, issued) {
         let activity = Raw {
             user_agent: Some(ua.clone()),
+            timestamp: Some(crate::event::now()),
             machine_reason: Some(reason),
             ..Raw::new(Metric::Opens, broadcast_id, customer_id)
         };
-        if let Err(e) = record(&state, activity).await {
-            tracing::warn!(error = ?e, broadcast_id, customer_id, "an open could not be recorded");
-        }
+        fetch.record(&state, activity).await;
     }
     Ok((
         [

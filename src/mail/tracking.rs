@@ -93,9 +93,10 @@ impl Tokens {
         mac.finalize().into_bytes()[..TAG].to_vec()
     }
 
-    /// The token of `target`.
+    /// The token of `target`, stamped with the time it is made (the message is sent right
+    /// after: a fetch seconds later is a scanner's, see `engagement`).
     pub fn token(&self, target: &Target) -> String {
-        let body = match target {
+        let mut body = match target {
             Target::Click {
                 broadcast_id,
                 customer_id,
@@ -112,6 +113,11 @@ impl Tokens {
                 customer_id,
             } => serde_json::json!(["u", broadcast_id, customer_id]),
         };
+        if let Some(items) = body.as_array_mut() {
+            if !matches!(target, Target::Unsubscribe { .. }) {
+                items.push(serde_json::json!(crate::event::now()));
+            }
+        }
         let data = body.to_string().into_bytes();
         let tag = self.mac(&data);
         format!(
@@ -129,6 +135,12 @@ impl Tokens {
 
     /// What `token` is for, if it is one of ours, unaltered, of `kind`.
     pub fn check(&self, kind: Kind, token: &str) -> Option<Target> {
+        self.check_issued(kind, token).map(|(target, _)| target)
+    }
+
+    /// [`Tokens::check`], with when the token was made (Unix seconds; tokens made before
+    /// pegabridge stamped them have none).
+    pub fn check_issued(&self, kind: Kind, token: &str) -> Option<(Target, Option<i64>)> {
         let (data, tag) = token.split_once('.')?;
         let data = URL_SAFE_NO_PAD.decode(data).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
@@ -160,7 +172,11 @@ impl Tokens {
             },
             _ => return None,
         };
-        Some(found)
+        let stamp = match found {
+            Target::Click { .. } => id(6),
+            _ => id(3),
+        };
+        Some((found, stamp))
     }
 }
 

@@ -20,13 +20,17 @@ const APPLE_SAMPLE: &str = "172.224.226.0/27,GB,GB-EN,London,\n172.224.226.32/27
 const APPLE_MAIL: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
 
 /// A server with tracking, the sample relay list and loopback as its trusted proxy.
-async fn app(policy: &str, dir: &std::path::Path) -> (TestApp, crate::pega::Pega, Tokens) {
+async fn app(
+    policy: &str,
+    more: &str,
+    dir: &std::path::Path,
+) -> (TestApp, crate::pega::Pega, Tokens) {
     let ranges = dir.join("egress-ip-ranges.csv");
     std::fs::write(&ranges, APPLE_SAMPLE).unwrap();
     let pega = start_pega().await;
     let base = "https://mail.example.com";
     let extra = format!(
-        "[tracking]\nbase_url = \"{base}\"\nsecret = \"{SECRET}\"\n[engagement]\napple_relay_ranges = \"{}\"\nmachine = \"{policy}\"\n\n{}",
+        "[tracking]\nbase_url = \"{base}\"\nsecret = \"{SECRET}\"\n[engagement]\napple_relay_ranges = \"{}\"\nmachine = \"{policy}\"\n{more}\n\n{}",
         ranges.display(),
         pega_section(&pega, "")
     );
@@ -151,7 +155,7 @@ async fn fetches(app: &TestApp, tokens: &Tokens) -> usize {
 async fn machines_opens_and_clicks_reach_pega_flagged_with_their_reason() {
     each_backend(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (app, pega, tokens) = app("flag", dir.path()).await;
+        let (app, pega, tokens) = app("flag", "hold_secs = 0\ntoo_soon_secs = 0", dir.path()).await;
         let broadcasts = fetches(&app, &tokens).await;
         // The trigger's broadcasts events and the five recorded opens and clicks.
         let events = wait_for_events(&pega, broadcasts + 5).await;
@@ -183,7 +187,7 @@ async fn machines_opens_and_clicks_reach_pega_flagged_with_their_reason() {
 async fn under_the_drop_policy_machines_are_recorded_and_counted_but_not_sent() {
     each_backend(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (app, pega, tokens) = app("drop", dir.path()).await;
+        let (app, pega, tokens) = app("drop", "hold_secs = 0\ntoo_soon_secs = 0", dir.path()).await;
         let broadcasts = fetches(&app, &tokens).await;
         // The broadcasts events and the person's open and click; the machines' three are kept
         // back, recorded `filtered`.
@@ -207,4 +211,91 @@ async fn under_the_drop_policy_machines_are_recorded_and_counted_but_not_sent() 
         assert_eq!(stats.filtered, 3, "recorded, not sent");
     })
     .await;
+}
+
+/// A personal broadcast of a fresh trigger: (broadcast_id, customer_id).
+async fn one_message(app: &TestApp) -> (i64, i64) {
+    let answer = app.trigger_offer().await;
+    (
+        answer["broadcast_id"].as_i64().unwrap(),
+        answer["recipients"][0]["customer_id"].as_i64().unwrap(),
+    )
+}
+
+fn link(tokens: &Tokens, (b, c): (i64, i64), link_id: i64) -> String {
+    path(
+        tokens,
+        &Target::Click {
+            broadcast_id: b,
+            customer_id: c,
+            link_id,
+            url: format!("https://shop.example/{link_id}"),
+            alt: String::new(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_scanners_burst_over_every_link_is_judged_as_a_whole_after_the_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, pega, tokens) = app("flag", "hold_secs = 1\ntoo_soon_secs = 0", dir.path()).await;
+    let pb = one_message(&app).await;
+    let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    // A sandbox with a browser's user agent follows the three links at once...
+    for l in 1..=3 {
+        let status = fetch(
+            &app,
+            reqwest::Method::GET,
+            &link(&tokens, pb, l),
+            browser,
+            "198.51.100.40",
+        )
+        .await;
+        assert_eq!(status, 302, "redirected at once, judged later");
+    }
+    // ...while a person clicks one of them.
+    fetch(
+        &app,
+        reqwest::Method::GET,
+        &link(&tokens, pb, 2),
+        APPLE_MAIL,
+        "203.0.113.7",
+    )
+    .await;
+    let broadcasts = 2;
+    let events = wait_for_events(&pega, broadcasts + 4).await;
+    settled(&app).await;
+    let s = |x: &str| Some(x.to_owned());
+    assert_eq!(
+        engagement(&events),
+        vec![
+            ("clicks".into(), false, None),
+            ("clicks".into(), true, s("burst")),
+            ("clicks".into(), true, s("burst")),
+            ("clicks".into(), true, s("burst")),
+        ],
+        "the first click of the burst too"
+    );
+}
+
+#[tokio::test]
+async fn a_fetch_within_seconds_of_sending_is_a_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, pega, tokens) = app("flag", "hold_secs = 0\ntoo_soon_secs = 3600", dir.path()).await;
+    let pb = one_message(&app).await;
+    // The link was made (the message sent) a moment ago.
+    fetch(
+        &app,
+        reqwest::Method::GET,
+        &link(&tokens, pb, 1),
+        APPLE_MAIL,
+        "203.0.113.8",
+    )
+    .await;
+    let events = wait_for_events(&pega, 3).await;
+    settled(&app).await;
+    assert_eq!(
+        engagement(&events),
+        vec![("clicks".into(), true, Some("too_soon".into()))]
+    );
 }

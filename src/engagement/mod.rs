@@ -127,9 +127,11 @@ pub struct Judge {
 /// one client within [`BURST_WINDOW`] are a machine's (a scanner follows every link at once).
 #[derive(Debug, Default)]
 pub struct Bursts {
-    seen:
-        std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, (i64, i64), IpAddr, i64)>>,
+    seen: std::sync::Mutex<std::collections::VecDeque<Seen>>,
 }
+
+/// A fetch remembered: when, of which personal broadcast, by which client, which link.
+type Seen = (std::time::Instant, (i64, i64), IpAddr, i64);
 
 /// How close fetches of one burst are.
 pub const BURST_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);

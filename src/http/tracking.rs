@@ -131,7 +131,7 @@ impl<'r> Fetch<'r> {
         let now = match &state.held {
             Some(queue) => match queue.hold(held) {
                 Ok(()) => return,
-                Err(full) => full,
+                Err(full) => *full,
             },
             None => held,
         };

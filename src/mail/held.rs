@@ -33,9 +33,11 @@ const CAPACITY: usize = 10_000;
 
 impl HeldQueue {
     /// Holds `held`; gives it back when the queue is full or stopped (record it now).
-    pub fn hold(&self, held: Held) -> Result<(), Held> {
+    pub fn hold(&self, held: Held) -> Result<(), Box<Held>> {
         self.0.try_send(held).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
+            mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => {
+                Box::new(h)
+            }
         })
     }
 }

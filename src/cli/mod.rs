@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the command ran and found problems (a template failed or lacks a
 //! field); 2 the command could not run (bad arguments or configuration).
 
+mod engagement;
 mod init;
 mod ops;
 
@@ -67,6 +68,9 @@ pub enum Command {
     /// Send one rendered message of a trigger to an address through `[mail]` (nothing is
     /// stored, no event is sent): for checking a template and the relay.
     SendTest(SendTestArgs),
+    /// Engagement data: `fetch-ranges` downloads Apple's Private Relay egress list.
+    #[command(subcommand)]
+    Engagement(engagement::EngagementCommand),
     /// Inspect, replay, pause and resume deliveries to Pega.
     #[command(subcommand)]
     Deliveries(ops::DeliveriesCommand),
@@ -238,6 +242,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // their environment.
     let only: Option<&'static [&'static str]> = match cli.command {
         Command::Deliveries(_) => Some(&["store"]),
+        Command::Engagement(_) => Some(&["engagement"]),
         _ => None,
     };
     let settings =
@@ -253,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preview(args) => preview(&settings, args),
         Command::SendTest(args) => send_test(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
+        Command::Engagement(command) => engagement::run(&settings, command),
         Command::MockPega(_) | Command::Completions { .. } | Command::Init(_) => {
             unreachable!("handled above")
         }

@@ -344,12 +344,14 @@ impl Settings {
                 *f = base.join(&*f);
             }
         }
-        settings.validate()?;
+        settings.validate(only.is_none())?;
         Ok(settings)
     }
 
-    /// Every problem of the loaded settings, all reported at once.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every problem of the loaded settings, all reported at once; `files` also reads the
+    /// files they name (an operator's command on a part of them, such as downloading the
+    /// relay list, does not need them yet).
+    fn validate(&self, files: bool) -> Result<(), ConfigError> {
         let mut problems = self.pega.problems();
         problems.extend(self.server.problems());
         problems.extend(self.store.problems());
@@ -360,7 +362,9 @@ impl Settings {
             problems.extend(t.problems());
         }
         problems.extend(self.events.problems());
-        problems.extend(self.engagement.problems());
+        if files {
+            problems.extend(self.engagement.problems());
+        }
         let mut seen = HashSet::new();
         for v in &self.variables {
             if !seen.insert(v.name.as_ref()) {

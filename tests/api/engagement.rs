@@ -299,3 +299,45 @@ async fn a_fetch_within_seconds_of_sending_is_a_machines() {
         vec![("clicks".into(), true, Some("too_soon".into()))]
     );
 }
+
+#[tokio::test]
+async fn fetch_ranges_downloads_the_list_to_the_configured_file_and_refuses_what_is_not_one() {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new()
+        .route("/egress-ip-ranges.csv", get(|| async { APPLE_SAMPLE }))
+        .route("/broken.csv", get(|| async { "<html>not a list</html>" }));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        "[engagement]\napple_relay_ranges = \"relay/ranges.csv\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("relay")).unwrap();
+    let run = |url: String| {
+        let dir = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            crate::helpers::pegabridge(&dir, &["engagement", "fetch-ranges", "--url", &url])
+        })
+    };
+    let out = run(format!("http://{addr}/egress-ip-ranges.csv"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let written = std::fs::read_to_string(dir.path().join("relay/ranges.csv")).unwrap();
+    assert_eq!(written, APPLE_SAMPLE);
+    // What is not the list leaves the file as it was.
+    let out = run(format!("http://{addr}/broken.csv")).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        crate::helpers::stderr(&out).contains("not the egress list"),
+        "{}",
+        crate::helpers::stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("relay/ranges.csv")).unwrap(),
+        APPLE_SAMPLE
+    );
+}

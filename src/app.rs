@@ -96,6 +96,9 @@ impl Application {
         });
         let intake = Intake::new(store.clone())
             .withholding_machines(withholds_machines(settings))
+            .first_opens_only(
+                settings.engagement.opens == crate::config::engagement::OpensPolicy::First,
+            )
             .counting(metrics.clone());
         let hold = Duration::from_secs(settings.engagement.hold_secs);
         let held = (settings.tracking.is_some() && !hold.is_zero())

@@ -20,6 +20,8 @@ pub struct Intake {
     /// The metrics whose machines' activities are recorded `filtered`, not sent
     /// (`[engagement] machine = "drop"`, or CDH's format without an outcome for them).
     withhold_machines: Vec<crate::event::Metric>,
+    /// Only a personal broadcast's first open by a person is sent (`[engagement] opens`).
+    first_opens_only: bool,
     metrics: Option<std::sync::Arc<crate::delivery::metrics::Metrics>>,
 }
 
@@ -61,6 +63,7 @@ impl Intake {
         Self {
             store,
             withhold_machines: Vec::new(),
+            first_opens_only: false,
             metrics: None,
         }
     }
@@ -69,6 +72,14 @@ impl Intake {
     pub fn withholding_machines(self, metrics: Vec<crate::event::Metric>) -> Self {
         Self {
             withhold_machines: metrics,
+            ..self
+        }
+    }
+
+    /// This intake, sending only each personal broadcast's first open by a person.
+    pub fn first_opens_only(self, first: bool) -> Self {
+        Self {
+            first_opens_only: first,
             ..self
         }
     }
@@ -111,6 +122,7 @@ impl Intake {
         }
         for a in &mut activities {
             a.withheld = a.is_machine() && self.withhold_machines.contains(&a.metric);
+            a.first_open_only = self.first_opens_only;
         }
         let judged: Vec<(crate::event::Metric, bool, &'static str)> = activities
             .iter()

@@ -118,6 +118,9 @@ pub struct Activity {
     /// Recorded but not sent to Pega (a machine's open or click under
     /// `[engagement] machine = "drop"`): its event is stored `filtered`.
     pub withheld: bool,
+    /// A person's open is sent only if it is the personal broadcast's first
+    /// (`[engagement] opens = "first"`); later ones are stored `filtered`.
+    pub first_open_only: bool,
 }
 
 /// The customer's counts after an activity (the seed's mailability fields).
@@ -356,6 +359,7 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
         timestamp: a.timestamp,
         detail,
         withheld: false,
+        first_open_only: false,
     })
 }
 

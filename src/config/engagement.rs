@@ -15,6 +15,17 @@ pub enum MachinePolicy {
     Drop,
 }
 
+/// Which of a personal broadcast's opens are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpensPolicy {
+    /// Every open (each is an Impression in CDH's format).
+    #[default]
+    All,
+    /// Only a personal broadcast's first open by a person; later ones are recorded, not sent.
+    First,
+}
+
 /// `[engagement]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +35,7 @@ pub struct EngagementSettings {
     /// Privacy Protection. Relative to the configuration file.
     pub apple_relay_ranges: Option<PathBuf>,
     pub machine: MachinePolicy,
+    pub opens: OpensPolicy,
     /// The same tracked link or pixel fetched again by the same client within this many
     /// seconds records nothing new (the redirect and the pixel still answer).
     pub repeat_window_secs: u64,
@@ -41,6 +53,7 @@ impl Default for EngagementSettings {
         Self {
             apple_relay_ranges: None,
             machine: MachinePolicy::Flag,
+            opens: OpensPolicy::All,
             repeat_window_secs: 60,
             too_soon_secs: 10,
             hold_secs: 2,

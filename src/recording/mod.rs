@@ -291,6 +291,11 @@ pub(crate) async fn activities(
             }
         }
         tx.change_counts(a.customer_id, count_change(a)).await?;
+        // Only the first person's open of a personal broadcast is sent, when so configured.
+        let repeated_open = a.first_open_only
+            && a.metric == Metric::Opens
+            && !a.is_machine()
+            && !tx.first_human_open(a.broadcast_id, a.customer_id).await?;
         let counts = if a.reports_counts() {
             let s = tx.standing(a.customer_id).await?;
             Counts {
@@ -308,7 +313,7 @@ pub(crate) async fn activities(
             metric: a.metric,
             external_id: a.external_id.as_deref(),
             in_personal_broadcast: false,
-            withheld: a.withheld,
+            withheld: a.withheld || repeated_open,
         };
         let payload = |metric_id| {
             // Sized for a whole event up front: growing the buffer step by step cost a tenth
@@ -390,6 +395,7 @@ pub(crate) async fn send_outcomes(
                         reason: reason.clone(),
                     },
                     withheld: false,
+                    first_open_only: false,
                 };
                 let (_, lease) =
                     activities(tx, std::slice::from_ref(&bounce), Unknown::Refuse).await?;

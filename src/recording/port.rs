@@ -111,6 +111,8 @@ pub trait Tx {
     /// The answer given to the activity with this caller's id, if it was recorded.
     async fn earlier_activity(&mut self, external_id: &str) -> Result<Option<ActivityAnswer>>;
     async fn change_counts(&mut self, customer_id: i64, change: CountChange) -> Result<()>;
+    /// Marks a person's open of a personal broadcast; whether it is the first.
+    async fn first_human_open(&mut self, broadcast_id: i64, customer_id: i64) -> Result<bool>;
     async fn standing(&mut self, customer_id: i64) -> Result<Standing>;
     /// Queues the send of a personal broadcast (`[mail]`).
     async fn enqueue_send(&mut self, uuid: &str, broadcast_id: i64, customer_id: i64)

@@ -341,3 +341,43 @@ async fn fetch_ranges_downloads_the_list_to_the_configured_file_and_refuses_what
         APPLE_SAMPLE
     );
 }
+
+#[tokio::test]
+async fn with_opens_first_only_a_personal_broadcasts_first_open_by_a_person_is_sent() {
+    each_backend(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, pega, tokens) = app(
+            "flag",
+            "hold_secs = 0\ntoo_soon_secs = 0\nopens = \"first\"\nrepeat_window_secs = 0",
+            dir.path(),
+        )
+        .await;
+        let (b, c) = one_message(&app).await;
+        let open = path(
+            &tokens,
+            &Target::Open {
+                broadcast_id: b,
+                customer_id: c,
+            },
+        );
+        use reqwest::Method;
+        // Apple's proxy first (a machine's: flagged, not the first person's open), then the
+        // person opens three times.
+        fetch(&app, Method::GET, &open, "Mozilla/5.0", "172.224.226.9").await;
+        for _ in 0..3 {
+            fetch(&app, Method::GET, &open, APPLE_MAIL, "203.0.113.9").await;
+        }
+        let events = wait_for_events(&pega, 4).await;
+        settled(&app).await;
+        assert_eq!(
+            engagement(&events),
+            vec![
+                ("opens".into(), false, None),
+                ("opens".into(), true, Some("apple_mail_privacy".into())),
+            ]
+        );
+        let stats = app.store().await.outbox().outbox_stats().await.unwrap();
+        assert_eq!(stats.filtered, 2, "the later opens are recorded, not sent");
+    })
+    .await;
+}

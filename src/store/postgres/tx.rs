@@ -126,6 +126,18 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn first_human_open(&mut self, broadcast_id: i64, customer_id: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE personal_broadcasts SET human_opened = TRUE WHERE broadcast_id = $1 AND customer_id = $2 AND NOT human_opened",
+        )
+        .bind(broadcast_id)
+        .bind(customer_id)
+        .execute(&mut *self.c)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
     async fn broadcast_event(
         &mut self,
         broadcast_id: i64,

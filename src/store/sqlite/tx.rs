@@ -152,6 +152,16 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn first_human_open(&mut self, broadcast_id: i64, customer_id: i64) -> Result<bool> {
+        let changed = self
+            .c
+            .prepare_cached(
+                "UPDATE personal_broadcasts SET human_opened = 1 WHERE broadcast_id = ?1 AND customer_id = ?2 AND human_opened = 0",
+            )?
+            .execute(params![broadcast_id, customer_id])?;
+        Ok(changed == 1)
+    }
+
     async fn broadcast_event(
         &mut self,
         broadcast_id: i64,
@@ -363,6 +373,7 @@ mod tests {
                 machine_reason: None,
             },
             withheld: false,
+            first_open_only: false,
         };
         let (answers, _) = store
             .record_activities(vec![open], crate::recording::Unknown::Refuse, Queue::Due)

@@ -79,7 +79,11 @@ async fn pixel_latency(hold_secs: u64, n: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::copy(root.join("mappings/offer.toml"), dir.path().join("mappings/offer.toml")).unwrap();
+    std::fs::copy(
+        root.join("mappings/offer.toml"),
+        dir.path().join("mappings/offer.toml"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("pegabridge.toml"),
         format!(
@@ -125,7 +129,10 @@ async fn pixel_latency(hold_secs: u64, n: usize) -> (f64, f64) {
         let res = client
             .get(&pixel)
             .header("user-agent", format!("Mozilla/5.0 (bench {i})"))
-            .header("x-forwarded-for", format!("203.0.{}.{}", i / 250, i % 250 + 1))
+            .header(
+                "x-forwarded-for",
+                format!("203.0.{}.{}", i / 250, i % 250 + 1),
+            )
             .send()
             .await
             .unwrap();
@@ -142,7 +149,11 @@ async fn pixel_latency(hold_secs: u64, n: usize) -> (f64, f64) {
         .zip(arrivals)
         .filter_map(|(e, at)| {
             let ua = e["user_agent"].as_str()?;
-            let i: usize = ua.strip_prefix("Mozilla/5.0 (bench ")?.strip_suffix(')')?.parse().ok()?;
+            let i: usize = ua
+                .strip_prefix("Mozilla/5.0 (bench ")?
+                .strip_suffix(')')?
+                .parse()
+                .ok()?;
             Some(at.duration_since(sent[i]).as_secs_f64() * 1000.0)
         })
         .collect();

@@ -767,3 +767,109 @@ async fn through_a_platforms_relay_the_metadata_header_carries_the_pegabridge_ke
         assert_eq!(m["dkim"], true, "{platform}");
     }
 }
+
+/// Truthful engagement through a real SMTP server: the links of the message as it arrived,
+/// fetched by a link checker, Apple's privacy proxy (through a trusted proxy) and the person.
+#[tokio::test]
+async fn a_sent_messages_links_reach_pega_judged_by_who_fetched_them() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let pega = crate::pega::start_pega().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ranges = dir.path().join("egress-ip-ranges.csv");
+    std::fs::write(&ranges, "172.224.226.0/27,GB,GB-EN,London,\n").unwrap();
+    let extra = format!(
+        "{}\n[tracking]\nbase_url = \"https://mail.example\"\nsecret = \"a tracking secret of more than 32 chars\"\n[engagement]\napple_relay_ranges = \"{}\"\nhold_secs = 1\ntoo_soon_secs = 0\n\n{}",
+        mail_section(smtp.port),
+        ranges.display(),
+        crate::pega::pega_section(&pega, "")
+    );
+    let (app, _) = crate::server::spawn_app_with("trusted_proxies = [\"127.0.0.1\"]", &extra).await;
+    app.trigger_offer().await;
+    let mail = wait_for_mail(&smtp, 2).await;
+    let m = mail_to(&mail, "ann@example.com");
+    let html = m["parts"][1]["content"].as_str().unwrap().to_owned();
+    let local = |url: &str| url.replace("https://mail.example", &app.address);
+    let urls: Vec<&str> = html
+        .split('"')
+        .filter(|s| s.starts_with("https://mail.example/t/"))
+        .collect();
+    let link = local(
+        urls.iter()
+            .find(|u| u.contains("/t/c/"))
+            .expect("a tracked link"),
+    );
+    let pixel = local(
+        urls.iter()
+            .find(|u| u.contains("/t/o/"))
+            .expect("the pixel"),
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let fetch = |method: reqwest::Method, url: String, ua: &'static str, from: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .request(method, url)
+                .header("user-agent", ua)
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    let person =
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)";
+    use reqwest::Method;
+    assert_eq!(
+        fetch(
+            Method::HEAD,
+            link.clone(),
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
+            "198.51.100.9"
+        )
+        .await,
+        302
+    );
+    assert_eq!(
+        fetch(Method::GET, pixel.clone(), "Mozilla/5.0", "172.224.226.3").await,
+        200
+    );
+    assert_eq!(
+        fetch(Method::GET, pixel.clone(), person, "203.0.113.44").await,
+        200
+    );
+    assert_eq!(
+        fetch(Method::GET, link.clone(), person, "203.0.113.44").await,
+        302
+    );
+    // Two broadcasts events, then the four fetches, judged after the hold.
+    let events = crate::pega::wait_for_events(&pega, 6).await;
+    crate::pega::settled(&app).await;
+    let mut seen: Vec<(String, bool, Option<String>)> = events
+        .iter()
+        .filter(|e| e["metric"] == "opens" || e["metric"] == "clicks")
+        .map(|e| {
+            (
+                e["metric"].as_str().unwrap().to_owned(),
+                e["machine_generated"].as_bool().unwrap(),
+                e["machine_reason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("clicks".into(), false, None),
+            ("clicks".into(), true, Some("head".into())),
+            ("opens".into(), false, None),
+            ("opens".into(), true, Some("apple_mail_privacy".into())),
+        ]
+    );
+}

@@ -1,6 +1,7 @@
 //! The edge's layers, tower-http's (as axum's `request-id` example): a request id (the
 //! caller's `X-Request-Id` when it is short visible ASCII, else a new UUID) set on the request
-//! and answered in `X-Request-Id`; a trace span per request carrying the id, method and route,
+//! and answered in `X-Request-Id`; a trace span per request carrying the id, method, route and
+//! the client's address (behind `[server] trusted_proxies`, the client they name),
 //! so every log line of the request names them; one log line per answer with its status and
 //! latency (WARN for a 5xx); and the request's time bound (`[server] request_timeout_secs`:
 //! 503 `timeout` after it).
@@ -40,15 +41,30 @@ fn acceptable(id: &HeaderValue) -> bool {
 }
 
 /// `routes` under the edge's layers.
-pub fn wrap(routes: Router<AppState>, timeout: Duration) -> Router<AppState> {
+pub fn wrap(
+    routes: Router<AppState>,
+    timeout: Duration,
+    trusted_proxies: Vec<crate::engagement::client::Cidr>,
+) -> Router<AppState> {
     let trace = TraceLayer::new_for_http()
-        .make_span_with(|req: &Request| {
+        .make_span_with(move |req: &Request| {
             let id = (req.headers().get(&REQUEST_ID))
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let route =
                 (req.extensions().get::<MatchedPath>()).map_or("(no route)", MatchedPath::as_str);
-            tracing::info_span!("request", request_id = id, method = %req.method(), route)
+            // The client's address: the peer, or behind a trusted proxy what it says.
+            let client = (req.extensions().get::<super::serve::Peer>()).map(|p| {
+                crate::engagement::client::client_address(p.0, req.headers(), &trusted_proxies)
+            });
+            match client {
+                Some(client) => tracing::info_span!(
+                    "request", request_id = id, method = %req.method(), route, %client
+                ),
+                None => {
+                    tracing::info_span!("request", request_id = id, method = %req.method(), route)
+                }
+            }
         })
         .on_request(())
         .on_response(|res: &Response, latency: Duration, _: &Span| {

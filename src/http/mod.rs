@@ -113,7 +113,8 @@ pub fn router(state: AppState, server: &ServerSettings) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(server.body_limit));
-    edge::wrap(routes, Duration::from_secs(server.request_timeout_secs)).with_state(state)
+    let timeout = Duration::from_secs(server.request_timeout_secs);
+    edge::wrap(routes, timeout, server.trusted_proxies.clone()).with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -56,6 +56,10 @@ async fn serve_logs_one_json_line_per_request_and_says_what_it_loaded() {
     assert_eq!(request["status"], 404);
     assert_eq!(request["span"]["method"], "GET");
     assert_eq!(request["span"]["route"], "(no route)");
+    assert_eq!(
+        request["span"]["client"], "127.0.0.1",
+        "the client's address"
+    );
     assert!(request["latency_ms"].is_number());
     let loaded = message("mappings loaded").expect("the mappings are named");
     assert_eq!(loaded["count"], 1);

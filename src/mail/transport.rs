@@ -1,84 +1,234 @@
-//! The SMTP relay: lettre's pooled transport, with at most `[mail] max_sessions` sends at
-//! once (lettre's pool bounds idle connections, not concurrency).
+//! The SMTP relay, command by command (lettre's connection), so every answer is known by the
+//! stage it came at: only a refusal at `RCPT` is about the recipient; a failure of the
+//! connection, TLS, `AUTH`, `MAIL FROM` or `DATA` is the sender's (a rotated password must not
+//! turn every customer into a hard bounce). Every stage is bounded by `[mail] timeout_secs`; at
+//! most `max_sessions` sends at once; sessions are kept for the next message (`RSET` between).
 
 use crate::config::mail::{MailSettings, SmtpTls};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::Message;
+use std::future::Future;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
+
+/// Where in the SMTP session an answer came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Connecting, the greeting, EHLO (and implicit TLS).
+    Connect,
+    Starttls,
+    Auth,
+    MailFrom,
+    Rcpt,
+    Data,
+    /// The end of the message's data (the relay's final answer).
+    Message,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Starttls => "starttls",
+            Stage::Auth => "auth",
+            Stage::MailFrom => "mail_from",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Message => "message",
+        }
+    }
+}
 
 /// Why the relay did not accept a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// A 4xx answer: try again later.
+    /// An answer at `RCPT`: about the recipient (a 5xx with an address status is a bounce).
     #[error("{code} {text}")]
-    Transient { code: u16, text: String },
-    /// A 5xx answer: the relay will not take it (for a recipient: a hard bounce).
-    #[error("{code} {text}")]
-    Permanent { code: u16, text: String },
-    /// No answer: the relay is down, unreachable, or the TLS handshake failed.
-    #[error("{0}")]
-    Unreachable(String),
+    Recipient { code: u16, text: String },
+    /// A failure of the session or the message: the sender's or the relay's problem, never
+    /// the recipient's. `code` is the relay's answer, if it gave one.
+    #[error("{} at {}", text, stage.as_str())]
+    Session {
+        stage: Stage,
+        code: Option<u16>,
+        text: String,
+    },
 }
 
 /// The relay of `[mail]` (cheap to share).
 pub struct Relay {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    tls: SmtpTls,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    hello: ClientId,
     sessions: Semaphore,
+    /// Sessions kept for the next message.
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    max_idle: usize,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure at `stage` from lettre's error.
+fn failed(stage: Stage, e: &lettre::transport::smtp::Error) -> Refusal {
+    let code = e.status().and_then(|c| c.to_string().parse::<u16>().ok());
+    // The whole cause chain, each text once (lettre repeats its source's text).
+    let text = crate::delivery::client::safe_text(crate::quote::cut_chain(e).as_bytes());
+    match (stage, code) {
+        (Stage::Rcpt, Some(code)) => Refusal::Recipient { code, text },
+        _ => Refusal::Session { stage, code, text },
     }
 }
 
 impl Relay {
     pub fn new(settings: &MailSettings) -> anyhow::Result<Self> {
-        let builder = match settings.tls {
-            SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)?
+        let credentials = match (&settings.username, &settings.password) {
+            (Some(user), Some(password)) => {
+                Some(Credentials::new(user.clone(), password.expose().to_owned()))
             }
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)?,
-            SmtpTls::None => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
-            }
+            _ => None,
         };
-        let mut builder = builder
-            .port(settings.port)
-            .timeout(Some(Duration::from_secs(settings.timeout_secs.max(1))))
-            .pool_config(PoolConfig::new().max_size(settings.max_sessions.max(1) as u32));
-        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
-            builder =
-                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
-        }
+        let sessions = settings.max_sessions.max(1);
         Ok(Self {
-            transport: builder.build(),
-            sessions: Semaphore::new(settings.max_sessions.max(1)),
+            host: settings.host.clone(),
+            port: settings.port,
+            tls: settings.tls,
+            credentials,
+            timeout: Duration::from_secs(settings.timeout_secs.max(1)),
+            hello: ClientId::default(),
+            sessions: Semaphore::new(sessions),
+            idle: Mutex::new(Vec::new()),
+            max_idle: sessions,
         })
+    }
+
+    /// Runs `step` within the timeout; a late or failed step is a refusal at `stage`.
+    async fn within<T>(
+        &self,
+        stage: Stage,
+        step: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, Refusal> {
+        match tokio::time::timeout(self.timeout, step).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(failed(stage, &e)),
+            Err(_) => Err(Refusal::Session {
+                stage,
+                code: None,
+                text: format!(
+                    "no answer within {} s ([mail] timeout_secs)",
+                    self.timeout.as_secs()
+                ),
+            }),
+        }
+    }
+
+    fn tls_parameters(&self) -> Result<TlsParameters, Refusal> {
+        TlsParameters::new(self.host.clone()).map_err(|e| failed(Stage::Connect, &e))
+    }
+
+    /// A new session: connected, greeted, encrypted as configured, authenticated.
+    async fn open(&self) -> Result<AsyncSmtpConnection, Refusal> {
+        let implicit = match self.tls {
+            SmtpTls::Tls => Some(self.tls_parameters()?),
+            _ => None,
+        };
+        let connect = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            implicit,
+            None,
+        );
+        let mut conn = self.within(Stage::Connect, connect).await?;
+        if self.tls == SmtpTls::Starttls {
+            let params = self.tls_parameters()?;
+            self.within(Stage::Starttls, conn.starttls(params, &self.hello))
+                .await?;
+        }
+        if let Some(credentials) = &self.credentials {
+            let mechanisms = [Mechanism::Plain, Mechanism::Login];
+            self.within(Stage::Auth, conn.auth(&mechanisms, credentials))
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// A kept session that still answers, or a new one.
+    async fn session(&self) -> Result<AsyncSmtpConnection, Refusal> {
+        loop {
+            let kept = self.idle.lock().await.pop();
+            let Some(mut conn) = kept else {
+                return self.open().await;
+            };
+            let alive = tokio::time::timeout(self.timeout, conn.test_connected()).await;
+            if alive.unwrap_or(false) {
+                return Ok(conn);
+            }
+        }
+    }
+
+    /// Keeps a session whose last command was answered, for the next message.
+    async fn keep(&self, mut conn: AsyncSmtpConnection) {
+        let reset = self.within(Stage::Data, conn.command(Rset)).await;
+        if reset.is_ok() && !conn.has_broken() {
+            let mut idle = self.idle.lock().await;
+            if idle.len() < self.max_idle {
+                idle.push(conn);
+            }
+        }
     }
 
     /// Sends `message`; `Ok` once the relay accepted it (250).
     pub async fn send(&self, message: &Message) -> Result<(), Refusal> {
         let _session = self.sessions.acquire().await.expect("never closed");
-        match self.transport.send(message.clone()).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(refusal(&e)),
+        let mut conn = self.session().await?;
+        let result = self.transaction(&mut conn, message).await;
+        match &result {
+            // The relay answered: the session is still good.
+            Ok(()) | Err(Refusal::Recipient { .. }) => self.keep(conn).await,
+            Err(Refusal::Session { .. }) => conn.abort().await,
         }
+        result
     }
-}
 
-fn refusal(e: &lettre::transport::smtp::Error) -> Refusal {
-    let code = e.status().map(|c| {
-        let text = c.to_string();
-        text.parse::<u16>().unwrap_or(0)
-    });
-    // The whole cause chain, each text once (lettre repeats its source's text).
-    let text = crate::delivery::client::safe_text(crate::quote::cut_chain(e).as_bytes());
-    match code {
-        Some(code) if e.is_transient() => Refusal::Transient { code, text },
-        Some(code) if e.is_permanent() => Refusal::Permanent { code, text },
-        _ => Refusal::Unreachable(text),
+    /// `MAIL FROM`, `RCPT TO`, `DATA` and the message, each known by its stage.
+    async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        message: &Message,
+    ) -> Result<(), Refusal> {
+        let envelope: &Envelope = message.envelope();
+        let body = message.formatted();
+        let mut options = Vec::new();
+        if !body.is_ascii() {
+            options.push(lettre::transport::smtp::extension::MailParameter::Body(
+                lettre::transport::smtp::extension::MailBodyParameter::EightBitMime,
+            ));
+        }
+        self.within(
+            Stage::MailFrom,
+            conn.command(Mail::new(envelope.from().cloned(), options)),
+        )
+        .await?;
+        for to in envelope.to() {
+            self.within(Stage::Rcpt, conn.command(Rcpt::new(to.clone(), vec![])))
+                .await?;
+        }
+        self.within(Stage::Data, conn.command(Data)).await?;
+        self.within(Stage::Message, conn.message(&body)).await?;
+        Ok(())
     }
 }

@@ -94,7 +94,7 @@ impl MailWorker {
                 SendOutcome::Accepted { .. } => step.sent += 1,
                 SendOutcome::Retry { .. } => step.retried += 1,
                 SendOutcome::Bounced { .. } => step.bounced += 1,
-                SendOutcome::GaveUp { .. } => step.failed += 1,
+                SendOutcome::GaveUp { .. } | SendOutcome::Dead { .. } => step.failed += 1,
             }
         }
         self.store.complete_sends(outcomes).await?;
@@ -108,21 +108,44 @@ impl MailWorker {
                 Ok(()) => SendOutcome::Accepted {
                     at: crate::event::now(),
                 },
-                Err(Refusal::Permanent { code, text }) => {
-                    tracing::warn!(uuid = %send.uuid, code, "the relay refused the recipient: hard bounce");
-                    SendOutcome::Bounced {
-                        code: enhanced(&text).unwrap_or_else(|| code.to_string()),
-                        reason: text,
-                    }
-                }
-                Err(Refusal::Transient { code, text }) => {
-                    let c = enhanced(&text).unwrap_or_else(|| code.to_string());
-                    self.again(&send, c, text)
-                }
-                Err(Refusal::Unreachable(why)) => self.again(&send, String::new(), why),
+                Err(refusal) => self.refused(&send, refusal),
             },
         };
         (send, outcome)
+    }
+
+    /// What a refusal makes of a send: only the recipient's own refusal is a bounce.
+    fn refused(&self, send: &ClaimedSend, refusal: Refusal) -> SendOutcome {
+        let code_of = |code: u16, text: &str| enhanced(text).unwrap_or_else(|| code.to_string());
+        match (meaning(&refusal), refusal) {
+            (Meaning::HardBounce, Refusal::Recipient { code, text }) => {
+                tracing::warn!(uuid = %send.uuid, code, "the relay refused the recipient: hard bounce");
+                SendOutcome::Bounced {
+                    code: code_of(code, &text),
+                    reason: text,
+                }
+            }
+            (Meaning::RecipientLater, Refusal::Recipient { code, text }) => {
+                self.again(send, code_of(code, &text), text)
+            }
+            (_, other) => self.sender_problem(send, other.to_string()),
+        }
+    }
+
+    /// A failure that is not the recipient's: retried on the schedule; once it runs out the
+    /// send is dead (no bounce, nobody suppressed).
+    fn sender_problem(&self, send: &ClaimedSend, why: String) -> SendOutcome {
+        let attempt = send.attempts + 1;
+        if attempt >= self.retry.max_attempts {
+            tracing::error!(uuid = %send.uuid, error = %why, "sending failed for good for a reason of the sender or the relay: dead send (no bounce)");
+            return SendOutcome::Dead { reason: why };
+        }
+        let delay = backoff(attempt, &self.retry, fastrand::f64());
+        tracing::warn!(uuid = %send.uuid, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed (the sender's or the relay's problem, not the recipient's): retrying");
+        SendOutcome::Retry {
+            next_at_ms: now_ms() + delay.as_millis() as i64,
+            error: why,
+        }
     }
 
     /// A retry on the schedule of `[mail.retry]`, or a soft bounce once it runs out.
@@ -216,8 +239,89 @@ impl MailWorker {
 
 use crate::events::enhanced_status as enhanced;
 
+/// What a refusal says about the recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    /// The recipient's address does not take mail: a hard bounce.
+    HardBounce,
+    /// The recipient's mailbox refuses for now (4xx, mailbox full): retried, a soft bounce
+    /// when retries run out.
+    RecipientLater,
+    /// Not about the recipient (the session, the sender, the content, policy): never a bounce.
+    NotTheRecipient,
+}
+
+/// RFC 3463: at `RCPT`, a permanent refusal with an address status (5.1.x) or a plain 550,
+/// 551 or 553 is a hard bounce; mailbox full (5.2.2, 552) and 4xx are the recipient's for now;
+/// anything else (5.7.x policy such as relaying denied, 5.3.x, 5.4.x, 5.5.x...) and every
+/// refusal at another stage is not about the recipient.
+pub fn meaning(refusal: &Refusal) -> Meaning {
+    let Refusal::Recipient { code, text } = refusal else {
+        return Meaning::NotTheRecipient;
+    };
+    if *code < 500 {
+        return Meaning::RecipientLater;
+    }
+    match enhanced(text).as_deref() {
+        Some(s) if s.starts_with("5.1.") => Meaning::HardBounce,
+        Some("5.2.2") => Meaning::RecipientLater,
+        Some(_) => Meaning::NotTheRecipient,
+        None => match code {
+            550 | 551 | 553 => Meaning::HardBounce,
+            552 => Meaning::RecipientLater,
+            _ => Meaning::NotTheRecipient,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_recipients_own_refusal_is_a_bounce() {
+        use super::{meaning, Meaning};
+        use crate::mail::transport::{Refusal, Stage};
+        let rcpt = |code: u16, text: &str| Refusal::Recipient {
+            code,
+            text: text.into(),
+        };
+        let session = |stage, code: u16, text: &str| Refusal::Session {
+            stage,
+            code: Some(code),
+            text: text.into(),
+        };
+        for (refusal, expected) in [
+            (
+                rcpt(550, "5.1.1 <bob@x.example>: no such user"),
+                Meaning::HardBounce,
+            ),
+            (rcpt(550, "mailbox unavailable"), Meaning::HardBounce),
+            (rcpt(552, "5.2.2 mailbox full"), Meaning::RecipientLater),
+            (rcpt(450, "4.2.0 greylisted"), Meaning::RecipientLater),
+            (
+                rcpt(554, "5.7.1 <bob@x.example>: Relay access denied"),
+                Meaning::NotTheRecipient,
+            ),
+            (
+                session(Stage::MailFrom, 550, "5.7.1 sender not allowed"),
+                Meaning::NotTheRecipient,
+            ),
+            (
+                session(Stage::Auth, 535, "5.7.8 authentication failed"),
+                Meaning::NotTheRecipient,
+            ),
+            (
+                session(Stage::Connect, 530, "5.7.0 must issue STARTTLS first"),
+                Meaning::NotTheRecipient,
+            ),
+            (
+                session(Stage::Message, 554, "5.6.0 content refused"),
+                Meaning::NotTheRecipient,
+            ),
+        ] {
+            assert_eq!(meaning(&refusal), expected, "{refusal}");
+        }
+    }
+
     #[test]
     fn the_enhanced_status_code_is_found_in_the_answer() {
         assert_eq!(

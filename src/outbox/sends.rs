@@ -28,8 +28,12 @@ pub enum SendOutcome {
     Retry { next_at_ms: i64, error: String },
     /// A 5xx refusal of the recipient: a hard bounce.
     Bounced { code: String, reason: String },
-    /// Retries exhausted: a soft bounce.
+    /// Retries exhausted on the recipient's temporary refusals: a soft bounce.
     GaveUp { code: String, reason: String },
+    /// Retries exhausted on the sender's or the relay's problem (connection, TLS, AUTH, the
+    /// sender refused, the content refused): no bounce, the customer untouched; the send is
+    /// dead with the relay's answer, to be replayed once fixed.
+    Dead { reason: String },
 }
 
 /// Where a send stands (the `sends.status` column).
@@ -45,6 +49,8 @@ pub enum SendStatus {
     Bounced,
     /// Retries exhausted: a soft bounce.
     Failed,
+    /// Not sent, for a reason of the sender or the relay (no bounce).
+    Dead,
 }
 
 impl SendStatus {
@@ -56,6 +62,7 @@ impl SendStatus {
             SendStatus::Sent => "sent",
             SendStatus::Bounced => "bounced",
             SendStatus::Failed => "failed",
+            SendStatus::Dead => "dead",
         }
     }
 }

@@ -368,6 +368,10 @@ pub(crate) async fn send_outcomes(
                 leased.extend(lease);
                 tx.mark_send(send.id, SendStatus::Sent, None, None).await?;
             }
+            SendOutcome::Dead { reason } => {
+                tx.mark_send(send.id, SendStatus::Dead, None, Some(reason))
+                    .await?;
+            }
             SendOutcome::Retry { next_at_ms, error } => {
                 tx.mark_send(send.id, SendStatus::Pending, Some(*next_at_ms), Some(error))
                     .await?;

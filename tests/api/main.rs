@@ -27,6 +27,7 @@ mod previews;
 mod processes;
 mod properties;
 mod reach;
+mod relay;
 mod stepping;
 mod store;
 mod triggers;

@@ -1,0 +1,212 @@
+//! A misbehaving SMTP relay written here (raw SMTP over TCP), failing at one stage of the
+//! session, against `serve`: only a recipient's own refusal at `RCPT` makes a bounce; the
+//! relay's and the sender's problems (AUTH, `MAIL FROM`, the content after `DATA`, silence)
+//! are retried, then dead, and nobody is bounced or suppressed.
+
+use crate::pega::{pega_section, settled, start_pega, wait_for_events};
+use crate::server::{spawn_app_with, TestApp};
+use serde_json::Value;
+use std::collections::HashSet;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// How the relay misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `535 5.7.8` to AUTH (a rotated password).
+    Auth,
+    /// `550 5.7.1` to `MAIL FROM` (the sender is not allowed).
+    MailFrom,
+    /// `554 5.6.0` after the data (the content is refused).
+    Content,
+    /// No answer after the data.
+    Silent,
+    /// `550 5.1.1` for recipients whose address starts with `nobody` (the only bounce).
+    NoSuchUser,
+}
+
+/// Starts the relay; returns its port.
+async fn relay(fault: Fault) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(session(tcp, fault));
+        }
+    });
+    port
+}
+
+async fn session(tcp: tokio::net::TcpStream, fault: Fault) {
+    let (read, mut write) = tcp.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let _ = write.write_all(b"220 relay.test ESMTP\r\n").await;
+    let mut in_data = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if in_data {
+            if line != "." {
+                continue;
+            }
+            in_data = false;
+            let answer: &[u8] = match fault {
+                Fault::Content => b"554 5.6.0 Message content refused\r\n",
+                Fault::Silent => continue,
+                _ => b"250 2.0.0 queued\r\n",
+            };
+            let _ = write.write_all(answer).await;
+            continue;
+        }
+        let upper = line.to_ascii_uppercase();
+        let answer: &[u8] = if upper.starts_with("EHLO") {
+            b"250-relay.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("AUTH") {
+            if fault == Fault::Auth {
+                b"535 5.7.8 Authentication credentials invalid\r\n"
+            } else {
+                b"235 2.7.0 Authentication successful\r\n"
+            }
+        } else if upper.starts_with("MAIL FROM") {
+            if fault == Fault::MailFrom {
+                b"550 5.7.1 Sender address rejected: not owned by user\r\n"
+            } else {
+                b"250 2.1.0 Ok\r\n"
+            }
+        } else if upper.starts_with("RCPT TO") {
+            if fault == Fault::NoSuchUser && upper.contains("<NOBODY") {
+                b"550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown\r\n"
+            } else {
+                b"250 2.1.5 Ok\r\n"
+            }
+        } else if upper.starts_with("DATA") {
+            in_data = true;
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        } else if upper.starts_with("QUIT") {
+            let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
+            return;
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        };
+        if write.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A server sending through the relay on `port` (quick retries, two attempts).
+async fn app(port: u16, pega: &crate::pega::Pega) -> TestApp {
+    let extra = format!(
+        "{}\n[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 2\njitter = 0.0\n\n{}",
+        crate::mail::mail_section_with(
+            port,
+            "username = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 1"
+        ),
+        pega_section(pega, "")
+    );
+    spawn_app_with("", &extra).await.0
+}
+
+/// The sends' statuses, until none is pending or in flight.
+async fn sends_settled(app: &TestApp) -> Vec<String> {
+    let store = app.store().await;
+    let url = app.store_url.clone();
+    for _ in 0..400 {
+        let statuses = statuses(&url).await;
+        if !statuses.is_empty() && statuses.iter().all(|s| s != "pending" && s != "inflight") {
+            return statuses;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    drop(store);
+    statuses(&url).await
+}
+
+async fn statuses(url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar("SELECT status FROM sends ORDER BY id")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let path = url.trim_start_matches("sqlite://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(path).unwrap();
+            let mut stmt = c.prepare("SELECT status FROM sends ORDER BY id").unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_relays_and_the_senders_problems_bounce_nobody_and_suppress_nobody() {
+    for fault in [Fault::Auth, Fault::MailFrom, Fault::Content, Fault::Silent] {
+        let port = relay(fault).await;
+        let pega = start_pega().await;
+        let app = app(port, &pega).await;
+        let first: Value = app.trigger_offer().await;
+        let statuses = sends_settled(&app).await;
+        assert!(
+            statuses.iter().all(|s| s == "dead"),
+            "{fault:?}: retried, then dead: {statuses:?}"
+        );
+        settled(&app).await;
+        let events = pega.mock.events();
+        assert!(
+            events.iter().all(|e| e["metric"] != "bounces"),
+            "{fault:?}: no bounce reaches Pega: {events:?}"
+        );
+        // Nobody was suppressed: the same customers are mailable for the next trigger.
+        let again: Value = app.trigger_offer().await;
+        let status: HashSet<&str> = again["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert!(
+            !status.contains("suppressed"),
+            "{fault:?}: {again} after {first}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_the_recipient_the_relay_refuses_at_rcpt_bounces() {
+    let port = relay(Fault::NoSuchUser).await;
+    let pega = start_pega().await;
+    let app = app(port, &pega).await;
+    let trigger = serde_json::json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": [
+        {"Email": "ann@example.com", "CustomerID": "A-1", "InteractionID": "1"},
+        {"Email": "nobody@example.net", "CustomerID": "N-1", "InteractionID": "2"}]});
+    let answer: Value = app
+        .post("/webhooks/offer", &trigger)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["recipients"].as_array().unwrap().len(),
+        2,
+        "{answer}"
+    );
+    let statuses = sends_settled(&app).await;
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["bounced", "sent"], "{statuses:?}");
+    // Ann's broadcasts event, and nobody's hard bounce with the relay's status.
+    let events = wait_for_events(&pega, 2).await;
+    settled(&app).await;
+    let bounce = events
+        .iter()
+        .find(|e| e["metric"] == "bounces")
+        .expect("a bounce");
+    assert_eq!(bounce["bounce_type"], "hard");
+    assert_eq!(bounce["bounce_code"], "5.1.1");
+    assert_eq!(bounce["customer_email_address"], "nobody@example.net");
+}

@@ -278,6 +278,9 @@ fn load_mappings(settings: &Settings) -> anyhow::Result<Mappings> {
             "mappings loaded"
         );
     }
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     for weak in (settings.weak_tokens().into_iter()).chain(loaded.mappings.weak_credentials()) {
         tracing::warn!("{weak}: set a secret before production");
     }

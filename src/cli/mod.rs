@@ -296,6 +296,9 @@ fn config_check(
         names.join(", "),
         loaded.mappings.len()
     );
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
     for weak in settings
         .weak_tokens()
         .into_iter()

@@ -32,7 +32,9 @@ pub struct MailSettings {
     /// The sender address (`From`), e.g. `offers@example.com`.
     pub from: String,
     pub reply_to: Option<String>,
-    /// The domain of every `Message-ID` (`<uuid@domain>`): one you control.
+    /// The domain of every `Message-ID` (`<uuid@domain>`): one you control; by default the
+    /// domain of `from`.
+    #[serde(default)]
     pub message_id_domain: String,
     /// SMTP sessions open at once, at most.
     #[serde(default = "default_sessions")]
@@ -105,8 +107,14 @@ pub struct DkimSettings {
 }
 
 impl MailSettings {
-    /// Relative key files are read from the configuration's folder.
+    /// Relative key files are read from the configuration's folder; an unset
+    /// `message_id_domain` is `from`'s domain.
     pub fn resolve(&mut self, base: &Path) {
+        if self.message_id_domain.trim().is_empty() {
+            if let Ok(from) = self.from.parse::<lettre::message::Mailbox>() {
+                self.message_id_domain = from.email.domain().to_owned();
+            }
+        }
         if let Some(d) = &mut self.dkim {
             if d.key_file.is_relative() {
                 d.key_file = base.join(&d.key_file);

@@ -400,6 +400,26 @@ impl Settings {
 
     /// Tokens that are empty or the examples' placeholders (`change-me...`): fine on a laptop,
     /// a hole in production. One line per token, naming its key.
+    /// Settings that work but lose something a user would expect: said by `config check` and
+    /// at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(t) = &self.tracking {
+            if t.base_url.starts_with("http://") {
+                warnings.push(format!(
+                    "tracking.base_url `{}` is http: mail clients offer one-click unsubscribe (RFC 8058) only for https links, so List-Unsubscribe-Post is left out",
+                    t.base_url
+                ));
+            }
+        }
+        if let Some(m) = &self.mail {
+            if m.reply_to.is_none() {
+                warnings.push("mail.reply_to is not set: replies go to mail.from, and List-Unsubscribe's mailto: target is mail.from".into());
+            }
+        }
+        warnings
+    }
+
     pub fn weak_tokens(&self) -> Vec<String> {
         let mut weak = Vec::new();
         for (key, token) in [

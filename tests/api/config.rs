@@ -243,3 +243,35 @@ fn a_password_inside_the_endpoint_url_is_never_printed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("pw-s3cret-9") && !stderr(&out).contains("pw-s3cret-9"));
 }
+
+#[test]
+fn the_message_id_domain_defaults_to_the_senders_domain() {
+    let out =
+        config_check("[mail]\nhost = \"relay.example\"\nfrom = \"Offers <offers@mail.example>\"\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let settings = {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pegabridge.toml");
+        fs::write(
+            &file,
+            "[mail]\nhost = \"relay.example\"\nfrom = \"Offers <offers@mail.example>\"\n",
+        )
+        .unwrap();
+        pegabridge::config::Settings::load(Some(&file)).unwrap()
+    };
+    assert_eq!(settings.mail.unwrap().message_id_domain, "mail.example");
+}
+
+#[test]
+fn config_check_warns_about_an_http_tracking_url_and_a_missing_reply_to() {
+    let out = config_check(
+        "[mail]\nhost = \"relay.example\"\nfrom = \"offers@mail.example\"\n[tracking]\nbase_url = \"http://mail.example\"\nsecret = \"a tracking secret of more than 32 chars\"\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: tracking.base_url") && err.contains("one-click"),
+        "{err}"
+    );
+    assert!(err.contains("warning: mail.reply_to is not set"), "{err}");
+}

@@ -117,11 +117,24 @@ impl FromStr for Done {
 /// when ahead of it, the system time first read advanced by tokio's monotonic clock. So a
 /// step back of the system clock does not make leases and retries wait longer, and tests can
 /// make retries due by advancing tokio's paused clock instead of sleeping.
+///
+/// The starting point is kept per thread: a runtime's clock (paused and advanced in tests)
+/// measures only from a start read on one of its own threads (a start read in another test's
+/// runtime, its clock advanced by an hour, made this one's advances invisible).
 pub fn now_ms() -> i64 {
-    use std::sync::OnceLock;
-    static START: OnceLock<(i64, tokio::time::Instant)> = OnceLock::new();
+    thread_local! {
+        static START: std::cell::Cell<Option<(i64, tokio::time::Instant)>> =
+            const { std::cell::Cell::new(None) };
+    }
     let system = system_ms();
-    let (at_ms, at) = *START.get_or_init(|| (system, tokio::time::Instant::now()));
+    let (at_ms, at) = START.with(|start| match start.get() {
+        Some(s) => s,
+        None => {
+            let s = (system, tokio::time::Instant::now());
+            start.set(Some(s));
+            s
+        }
+    });
     let monotonic = at_ms
         + tokio::time::Instant::now()
             .saturating_duration_since(at)

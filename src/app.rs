@@ -70,7 +70,13 @@ impl Application {
         let outbox = Arc::new(Notify::new());
         let (store, delivery) = Delivery::build(settings, store, &metrics, &outbox).await?;
         let store = store.with_sending(settings.mail.is_some());
-        let mail = Mail::build(settings, &store, &mappings)?;
+        let intake = Intake::new(store.clone())
+            .withholding_machines(withholds_machines(settings))
+            .first_opens_only(
+                settings.engagement.opens == crate::config::engagement::OpensPolicy::First,
+            )
+            .counting(metrics.clone());
+        let mail = Mail::build(settings, &store, &intake, &mappings)?;
         for (name, present) in [
             ("delivery", delivery.is_some()),
             ("mail", mail.is_some()),
@@ -94,12 +100,6 @@ impl Application {
             recent: crate::engagement::Bursts::default(),
             too_soon_secs: settings.engagement.too_soon_secs as i64,
         });
-        let intake = Intake::new(store.clone())
-            .withholding_machines(withholds_machines(settings))
-            .first_opens_only(
-                settings.engagement.opens == crate::config::engagement::OpensPolicy::First,
-            )
-            .counting(metrics.clone());
         let hold = Duration::from_secs(settings.engagement.hold_secs);
         let held = (settings.tracking.is_some() && !hold.is_zero())
             .then(|| crate::mail::held::channel(hold, intake.clone(), judge.clone()));
@@ -336,6 +336,7 @@ impl Mail {
     fn build(
         settings: &Settings,
         store: &Storage,
+        intake: &Intake,
         mappings: &Mappings,
     ) -> anyhow::Result<Option<Self>> {
         let Some(mail) = &settings.mail else {
@@ -344,6 +345,7 @@ impl Mail {
         tracing::info!(relay = %format!("{}:{}", mail.host, mail.port), "sending the mail through the relay");
         let worker = MailWorker::new(
             store.clone(),
+            intake.clone(),
             mail,
             settings.tracking.as_ref(),
             mappings.clone(),

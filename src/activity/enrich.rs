@@ -14,10 +14,15 @@ pub struct Agent {
     pub os: String,
     /// Browser ("Chrome"); empty when unknown.
     pub browser: String,
-    /// A known proxy, scanner or crawler.
-    pub machine: bool,
-    /// Which, when it is one.
+    /// Why it is a machine's (a known proxy, scanner or crawler), if it is.
     pub reason: Option<crate::engagement::Reason>,
+}
+
+impl Agent {
+    /// A known proxy, scanner or crawler.
+    pub fn machine(&self) -> bool {
+        self.reason.is_some()
+    }
 }
 
 /// Most user agents [`agent`] keeps read.
@@ -65,7 +70,6 @@ fn read_agent(user_agent: &str) -> Agent {
     let named = crate::engagement::agents::machine(user_agent);
     let Some(r) = PARSER.parse(user_agent) else {
         return Agent {
-            machine: named.is_some(),
             reason: named,
             ..Agent::default()
         };
@@ -87,7 +91,6 @@ fn read_agent(user_agent: &str) -> Agent {
     Agent {
         os,
         browser: known(r.name),
-        machine: reason.is_some(),
         reason,
     }
 }
@@ -132,7 +135,7 @@ mod tests {
     }
 
     fn machine_generated(user_agent: &str) -> bool {
-        agent(user_agent).machine
+        agent(user_agent).machine()
     }
 
     #[test]
@@ -158,7 +161,7 @@ mod tests {
             remember(&ua);
             assert_eq!(agent(&ua), read_agent(&ua));
             assert_eq!(agent(&ua).browser, "Chrome");
-            assert!(agent(proxy).machine && !agent(&ua).machine);
+            assert!(agent(proxy).machine() && !agent(&ua).machine());
         }
         assert!(AGENTS.lock().unwrap().len() <= CACHED_AGENTS);
         let long = format!("Mozilla/5.0 {}", "x".repeat(CACHED_AGENT_BYTES));

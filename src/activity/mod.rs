@@ -289,7 +289,7 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
     let (machine_generated, machine_reason) = match (a.machine_reason, a.machine_generated) {
         (Some(r), _) => (r.is_machine(), r.is_machine().then_some(r)),
         (None, Some(flag)) => (flag, None),
-        (None, None) => (agent.machine, agent.reason),
+        (None, None) => (agent.reason.is_some(), agent.reason),
     };
     let detail = match metric {
         Metric::Opens => Detail::Open {

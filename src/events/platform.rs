@@ -116,11 +116,6 @@ impl Platforms {
     pub fn get(&self, name: &str) -> Option<&dyn Platform> {
         self.0.get(name).map(|p| &**p)
     }
-
-    /// The names of the configured platforms.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.0.keys().copied().collect()
-    }
 }
 
 /// The names of every platform pegabridge knows (configured or not).

@@ -37,6 +37,8 @@ impl SendStep {
 /// The mail worker.
 pub struct MailWorker {
     store: Storage,
+    /// Where the sends' outcomes are recorded (a refused recipient's bounce among them).
+    intake: crate::intake::Intake,
     relay: Relay,
     composer: Composer,
     mappings: Mappings,
@@ -51,6 +53,7 @@ pub struct MailWorker {
 impl MailWorker {
     pub fn new(
         store: Storage,
+        intake: crate::intake::Intake,
         settings: &MailSettings,
         tracking: Option<&crate::config::mail::TrackingSettings>,
         mappings: Mappings,
@@ -64,6 +67,7 @@ impl MailWorker {
             tokens: tracking.map(super::tracking::Tokens::new),
             unsubscribe_mailbox: mailbox.email.to_string(),
             store,
+            intake,
             relay: Relay::new(settings)?,
             composer: Composer::new(settings)?,
             mappings,
@@ -97,7 +101,7 @@ impl MailWorker {
                 SendOutcome::GaveUp { .. } | SendOutcome::Dead { .. } => step.failed += 1,
             }
         }
-        self.store.complete_sends(outcomes).await?;
+        self.intake.send_outcomes(outcomes).await?;
         Ok(step)
     }
 

@@ -109,10 +109,6 @@ pub trait Store: OutboxStore {
     async fn listen(&self, notify: Arc<Notify>) -> Result<()>;
 }
 
-/// How long connecting to a database server may take by default (`[store]
-/// connect_timeout_secs`).
-pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// The store the configuration names (`sqlite://...` or `postgres://...`), with this
 /// process's hand-off to its worker (cheap to clone).
 #[derive(Debug, Clone)]
@@ -139,7 +135,10 @@ impl Storage {
     /// Opens the store at `url`: SQLite with its `synchronous` setting, or PostgreSQL with a
     /// pool of `pool_size` connections. Runs the migrations.
     pub async fn connect(url: &str, synchronous: &str, pool_size: u32) -> anyhow::Result<Self> {
-        Self::connect_within(url, synchronous, pool_size, DEFAULT_CONNECT_TIMEOUT).await
+        // `[store] connect_timeout_secs`'s default.
+        let secs = crate::config::StoreSettings::default().connect_timeout_secs;
+        let timeout = std::time::Duration::from_secs(secs);
+        Self::connect_within(url, synchronous, pool_size, timeout).await
     }
 
     /// [`Storage::connect`], naming why a database server cannot be reached within

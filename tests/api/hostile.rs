@@ -468,16 +468,13 @@ async fn a_full_disk_answers_503_and_ready_says_so() {
     let dir = project_dir();
     let disk = dir.path().join("disk");
     std::fs::create_dir_all(&disk).unwrap();
-    // A small filesystem of its own (root can mount a tmpfs; elsewhere the test says why not).
+    // A small filesystem of its own (root mounts a tmpfs, as this machine kind and CI run).
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(&disk)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("full disk: skipped (cannot mount a tmpfs here; needs root)");
-        return;
-    }
+    assert!(mounted, "mounting a tmpfs of the test's own (needs root)");
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -764,19 +761,10 @@ async fn credentials_are_checked_before_the_body_is_read() {
 
 #[tokio::test]
 async fn an_unauthenticated_flood_of_large_bodies_costs_bounded_memory_and_health_answers() {
-    use crate::processes::{free_port, project_dir, start, wait_healthy};
-    let dir = project_dir();
-    let port = free_port();
-    let config = dir.path().join("pegabridge.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://flood.db\"\n[activities]\ntoken = \"flood-activities-token\"\n"),
-    )
-    .unwrap();
-    let mut child = start(&config);
+    let (mut child, port, _dir) =
+        serve_process("[activities]\ntoken = \"flood-activities-token\"\n").await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    wait_healthy(&client, &base).await;
     let before = peak_kib(child.id());
     // 300 connections each sending almost 1 MB without credentials: each is answered 401 from
     // its headers; the bodies are not read into memory.
@@ -813,18 +801,7 @@ async fn an_unauthenticated_flood_of_large_bodies_costs_bounded_memory_and_healt
 
 #[tokio::test]
 async fn sighup_drains_and_stops_the_server_like_sigterm() {
-    use crate::processes::{free_port, project_dir, start, wait_healthy};
-    let dir = project_dir();
-    let port = free_port();
-    let config = dir.path().join("pegabridge.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://hup.db\"\n"),
-    )
-    .unwrap();
-    let mut child = start(&config);
-    let client = reqwest::Client::new();
-    wait_healthy(&client, &format!("http://127.0.0.1:{port}")).await;
+    let (mut child, _port, _dir) = serve_process("").await;
     let sent = std::process::Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
@@ -914,4 +891,23 @@ async fn a_small_trigger_cannot_expand_into_a_large_write() {
         json!({"FirstName": "Ann", "Offer": {"UniqueOfferId": "O"}, "Customers": customers[..400]});
     let res = app.post("/webhooks/offer", &body).await;
     assert_eq!(res.status(), 202);
+}
+
+/// `pegabridge serve` as a process on a free port over SQLite, with `more` configuration;
+/// healthy when returned (its folder lives as long as the returned guard).
+async fn serve_process(more: &str) -> (std::process::Child, u16, tempfile::TempDir) {
+    use crate::processes::{free_port, project_dir, start, wait_healthy};
+    let dir = project_dir();
+    let port = free_port();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://serve.db\"\n{more}"
+        ),
+    )
+    .unwrap();
+    let child = start(&config);
+    wait_healthy(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    (child, port, dir)
 }

@@ -18,6 +18,59 @@ pub enum SmtpTls {
     None,
 }
 
+/// `[mail] tls`: how the relay's connection is secured, and with which files.
+#[derive(Debug, Clone, Default)]
+pub struct MailTls {
+    pub mode: SmtpTls,
+    /// A private CA's roots and a client certificate (`[mail.tls] ca_file`, `client_cert`,
+    /// `client_key`), read at load like `[pega.tls]`'s.
+    pub files: super::tls::TlsSettings,
+}
+
+/// `[mail.tls]` as a table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailTlsTable {
+    #[serde(default)]
+    mode: SmtpTls,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for MailTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = MailTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#""starttls", "tls", "none" or a table with `mode`, `ca_file`, `client_cert`, `client_key`"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MailTls, E> {
+                use serde::de::IntoDeserializer;
+                let mode = SmtpTls::deserialize(v.into_deserializer())?;
+                Ok(MailTls {
+                    mode,
+                    files: super::tls::TlsSettings::default(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<MailTls, A::Error> {
+                let t =
+                    MailTlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(MailTls {
+                    mode: t.mode,
+                    files: super::tls::TlsSettings {
+                        ca_file: t.ca_file,
+                        client_cert: t.client_cert,
+                        client_key: t.client_key,
+                    },
+                })
+            }
+        }
+        d.deserialize_any(Form)
+    }
+}
+
 /// `[mail]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +78,10 @@ pub struct MailSettings {
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// `tls = "starttls" | "tls" | "none"`, or `[mail.tls]` with `mode` and the files of a
+    /// private CA (`ca_file`) and a client certificate (`client_cert`, `client_key`).
     #[serde(default)]
-    pub tls: SmtpTls,
+    pub tls: MailTls,
     pub username: Option<String>,
     pub password: Option<Secret>,
     /// The sender address (`From`), e.g. `offers@example.com`.
@@ -115,6 +170,7 @@ impl MailSettings {
                 self.message_id_domain = from.email.domain().to_owned();
             }
         }
+        self.tls.files.resolve(base);
         if let Some(d) = &mut self.dkim {
             if d.key_file.is_relative() {
                 d.key_file = base.join(&d.key_file);
@@ -155,6 +211,14 @@ impl MailSettings {
         }
         if self.username.is_some() != self.password.is_some() {
             problems.push("mail.username and mail.password go together".into());
+        }
+        if self.tls.mode == SmtpTls::None && self.password.is_some() {
+            problems.push(
+                "mail.tls: \"none\" would send mail.password in clear: use \"starttls\" or \"tls\" (a relay with a private CA: [mail.tls] ca_file)".into(),
+            );
+        }
+        if let Err(mut e) = self.tls.files.pem("mail.tls") {
+            problems.append(&mut e);
         }
         if let Some(d) = &self.dkim {
             if let Err(e) = d.key() {

@@ -1,13 +1,13 @@
-//! `[pega.tls]`: extra trusted roots (a private CA for on-premises Pega) and a client
-//! certificate for mutual TLS. Files are read and parsed when the configuration is loaded, so
-//! `config check` and `serve` refuse the same files, naming the key.
+//! `[pega.tls]` and `[mail.tls]`: extra trusted roots (a private CA for on-premises Pega or a
+//! relay) and a client certificate for mutual TLS. Files are read and parsed when the
+//! configuration is loaded, so `config check` and `serve` refuse the same files, naming the key.
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// `[pega.tls]`.
+/// `[pega.tls]` (and the files of `[mail.tls]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSettings {
@@ -55,62 +55,97 @@ impl TlsSettings {
 
     /// Reads and checks the files; every problem names its key (`pega.tls.ca_file`, ...).
     pub fn load(&self) -> Result<TlsMaterial, Vec<String>> {
+        let pem = self.pem("pega.tls")?;
         let mut problems = Vec::new();
         let mut roots = Vec::new();
-        if let Some(path) = &self.ca_file {
-            match certificates(path) {
-                Ok((_, ders)) => {
-                    for der in ders {
-                        match reqwest::Certificate::from_der(&der) {
-                            Ok(c) => roots.push(c),
-                            Err(e) => problems.push(format!(
-                                "pega.tls.ca_file: {}: not a usable certificate: {e}",
-                                path.display()
-                            )),
-                        }
-                    }
+        if let Some((path, ders)) = &pem.roots {
+            for der in ders {
+                match reqwest::Certificate::from_der(der) {
+                    Ok(c) => roots.push(c),
+                    Err(e) => problems.push(format!(
+                        "pega.tls.ca_file: {}: not a usable certificate: {e}",
+                        path.display()
+                    )),
                 }
-                Err(e) => problems.push(format!("pega.tls.ca_file: {e}")),
             }
         }
-        let identity = match (&self.client_cert, &self.client_key) {
-            (None, None) => None,
-            (Some(_), None) => {
-                problems.push("pega.tls.client_key: missing (client_cert is set)".into());
-                None
-            }
-            (None, Some(_)) => {
-                problems.push("pega.tls.client_cert: missing (client_key is set)".into());
-                None
-            }
-            (Some(cert), Some(key)) => match client_identity(cert, key) {
-                Ok(identity) => Some(identity),
-                Err(mut e) => {
-                    problems.append(&mut e);
-                    None
-                }
-            },
-        };
+        let identity = pem.identity.and_then(|(mut chain, key)| {
+            chain.push(b'\n');
+            chain.extend_from_slice(&key);
+            reqwest::Identity::from_pem(&chain)
+                .map_err(|e| problems.push(format!("pega.tls.client_key: not usable: {e}")))
+                .ok()
+        });
         if problems.is_empty() {
             Ok(TlsMaterial { roots, identity })
         } else {
             Err(problems)
         }
     }
+
+    /// The files read and checked as PEM; every problem names its key under `section`
+    /// (`mail.tls.ca_file`, ...).
+    pub fn pem(&self, section: &str) -> Result<PemFiles, Vec<String>> {
+        let mut problems = Vec::new();
+        let roots = match &self.ca_file {
+            None => None,
+            Some(path) => match certificates(path) {
+                Ok((_, ders)) => Some((path.clone(), ders)),
+                Err(e) => {
+                    problems.push(format!("{section}.ca_file: {e}"));
+                    None
+                }
+            },
+        };
+        let identity = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push(format!(
+                    "{section}.client_key: missing (client_cert is set)"
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(format!(
+                    "{section}.client_cert: missing (client_key is set)"
+                ));
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let chain = certificates(cert).map_err(|e| format!("{section}.client_cert: {e}"));
+                let key = private_key(key).map_err(|e| format!("{section}.client_key: {e}"));
+                match (chain, key) {
+                    (Ok((pem, _)), Ok(key)) => Some((pem, key)),
+                    (chain, key) => {
+                        problems.extend(chain.err().into_iter().chain(key.err()));
+                        None
+                    }
+                }
+            }
+        };
+        if problems.is_empty() {
+            Ok(PemFiles { roots, identity })
+        } else {
+            Err(problems)
+        }
+    }
 }
 
-/// The client certificate chain and its key as reqwest takes them (one PEM buffer).
-fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, Vec<String>> {
-    let chain = certificates(cert).map_err(|e| format!("pega.tls.client_cert: {e}"));
-    let key = private_key(key).map_err(|e| format!("pega.tls.client_key: {e}"));
-    let (mut pem, key) = match (chain, key) {
-        (Ok((pem, _)), Ok(key)) => (pem, key),
-        (chain, key) => return Err(chain.err().into_iter().chain(key.err()).collect()),
-    };
-    pem.push(b'\n');
-    pem.extend_from_slice(&key);
-    reqwest::Identity::from_pem(&pem)
-        .map_err(|e| vec![format!("pega.tls.client_key: not usable: {e}")])
+/// The files of a TLS section, read and checked.
+pub struct PemFiles {
+    /// The CA file and each certificate in it (DER).
+    pub roots: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
+    /// The client certificate chain and its private key, as PEM text.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for PemFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemFiles")
+            .field("roots", &self.roots.as_ref().map(|(p, d)| (p, d.len())))
+            .field("identity", &self.identity.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {

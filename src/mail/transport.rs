@@ -64,6 +64,9 @@ pub struct Relay {
     host: String,
     port: u16,
     tls: SmtpTls,
+    /// The TLS parameters (the relay's name, a private CA's roots, a client certificate),
+    /// made once.
+    tls_parameters: Option<TlsParameters>,
     credentials: Option<Credentials>,
     timeout: Duration,
     hello: ClientId,
@@ -80,6 +83,39 @@ impl std::fmt::Debug for Relay {
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
+}
+
+/// The relay's TLS parameters: Mozilla's roots and `[mail.tls] ca_file`'s, and the client
+/// certificate of `[mail.tls]`, if any.
+fn tls_parameters(settings: &MailSettings) -> anyhow::Result<TlsParameters> {
+    use lettre::transport::smtp::client::{Certificate, Identity};
+    let files = settings
+        .tls
+        .files
+        .pem("mail.tls")
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let mut builder = TlsParameters::builder(settings.host.clone());
+    if let Some((path, ders)) = files.roots {
+        for der in ders {
+            let cert = Certificate::from_der(der.to_vec()).map_err(|e| {
+                anyhow::anyhow!("mail.tls.ca_file: {}: not usable: {e}", path.display())
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((chain, key)) = files.identity {
+        // lettre's rustls `Identity::from_pem` takes the leaf certificate as DER (its chain is
+        // not sent: a relay must know the client's intermediate, if any).
+        use rustls_pki_types::pem::PemObject;
+        let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&chain)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| anyhow::anyhow!("mail.tls.client_cert: no certificate"))?;
+        let identity = Identity::from_pem(&leaf, &key)
+            .map_err(|e| anyhow::anyhow!("mail.tls.client_key: not usable: {e}"))?;
+        builder = builder.identify_with(identity);
+    }
+    Ok(builder.build_rustls()?)
 }
 
 /// A failure at `stage` from lettre's error.
@@ -102,10 +138,15 @@ impl Relay {
             _ => None,
         };
         let sessions = settings.max_sessions.max(1);
+        let tls_parameters = match settings.tls.mode {
+            SmtpTls::None => None,
+            SmtpTls::Starttls | SmtpTls::Tls => Some(tls_parameters(settings)?),
+        };
         Ok(Self {
             host: settings.host.clone(),
             port: settings.port,
-            tls: settings.tls,
+            tls: settings.tls.mode,
+            tls_parameters,
             credentials,
             timeout: Duration::from_secs(settings.timeout_secs.max(1)),
             hello: ClientId::default(),
@@ -136,7 +177,11 @@ impl Relay {
     }
 
     fn tls_parameters(&self) -> Result<TlsParameters, Refusal> {
-        TlsParameters::new(self.host.clone()).map_err(|e| failed(Stage::Connect, &e))
+        self.tls_parameters.clone().ok_or_else(|| Refusal::Session {
+            stage: Stage::Connect,
+            code: None,
+            text: "no TLS parameters".into(),
+        })
     }
 
     /// A new session: connected, greeted, encrypted as configured, authenticated.

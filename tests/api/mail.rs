@@ -873,3 +873,105 @@ async fn a_sent_messages_links_reach_pega_judged_by_who_fetched_them() {
         ]
     );
 }
+
+/// `[mail]` for an aiosmtpd relay on `port` with a password and TLS (`mode`), trusting the
+/// test CA when `trust`, presenting the client certificate when `client`.
+fn tls_section(
+    port: u16,
+    pki: &crate::reach::Pki,
+    mode: &str,
+    trust: bool,
+    client: bool,
+) -> String {
+    let mut s = format!(
+        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"relay-user\"\npassword = \"relay-secret-9\"\ntimeout_secs = 5\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\n[mail.tls]\nmode = \"{mode}\"\n"
+    );
+    if trust {
+        s.push_str(&format!("ca_file = {:?}\n", pki.path("ca.pem")));
+    }
+    if client {
+        s.push_str(&format!(
+            "client_cert = {:?}\nclient_key = {:?}\n",
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ));
+    }
+    s.push_str("[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 2\njitter = 0.0\n");
+    s
+}
+
+#[tokio::test]
+async fn a_relay_with_a_private_ca_takes_mail_over_starttls_and_implicit_tls_and_an_untrusted_one_bounces_nobody(
+) {
+    if !smtp_tools() {
+        return;
+    }
+    let pki = crate::reach::Pki::new();
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let ca = pki.path("ca.pem");
+    let files = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--auth".into(),
+            "relay-user:relay-secret-9".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let ca_arg = ca.display().to_string();
+    // STARTTLS (required by the relay) with a client certificate the relay requires; implicit
+    // TLS; each with the password, trusting the private CA.
+    for (args, mode, client) in [
+        (files(&["--client-ca", &ca_arg]), "starttls", true),
+        (files(&["--implicit-tls"]), "tls", false),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let smtp = Smtp::start(&args);
+        let pega = crate::pega::start_pega().await;
+        let extra = format!(
+            "{}\n{}",
+            tls_section(smtp.port, &pki, mode, true, client),
+            crate::pega::pega_section(&pega, "")
+        );
+        let (app, _) = crate::server::spawn_app_with("", &extra).await;
+        app.trigger_offer().await;
+        let mail = wait_for_mail(&smtp, 2).await;
+        assert_eq!(mail.len(), 2, "{mode}: both mailed");
+        let statuses = crate::relay::sends_settled(&app).await;
+        assert_eq!(statuses, ["sent", "sent"], "{mode}");
+    }
+    // The relay's certificate is not trusted (no ca_file): the sends end dead, nobody bounced.
+    let args = files(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let smtp = Smtp::start(&args);
+    let pega = crate::pega::start_pega().await;
+    let extra = format!(
+        "{}\n{}",
+        tls_section(smtp.port, &pki, "starttls", false, false),
+        crate::pega::pega_section(&pega, "")
+    );
+    let (app, _) = crate::server::spawn_app_with("", &extra).await;
+    app.trigger_offer().await;
+    let statuses = crate::relay::sends_settled(&app).await;
+    assert_eq!(statuses, ["dead", "dead"], "an untrusted relay");
+    assert!(smtp.messages().is_empty());
+    crate::pega::settled(&app).await;
+    assert!(pega.mock.events().iter().all(|e| e["metric"] != "bounces"));
+}
+
+#[test]
+fn plaintext_with_a_password_is_refused_at_load_naming_the_key() {
+    let dir = project(&mail_section_with(
+        2525,
+        "username = \"u\"\npassword = \"p\"",
+    ));
+    let out = pegabridge(dir.path(), &["config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("mail.tls"), "{err}");
+    assert!(!err.contains("\"p\""), "{err}");
+}

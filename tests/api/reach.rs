@@ -17,15 +17,15 @@ use std::time::Duration;
 
 /// A test PKI: a CA, a server certificate for 127.0.0.1 and a client certificate, all issued
 /// by the CA, written as PEM files.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
-    server_cert: String,
-    server_key: String,
-    ca_cert: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub ca_cert: String,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub fn new() -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         };
@@ -55,6 +55,8 @@ impl Pki {
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("client.pem"), client_cert).unwrap();
         std::fs::write(dir.path().join("client.key"), client_key).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), &server_key).unwrap();
         Self {
             dir,
             server_cert,
@@ -63,7 +65,8 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// `ca.pem`, `client.pem`, `client.key`, `server.pem`, `server.key`.
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 

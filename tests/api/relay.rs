@@ -1,9 +1,12 @@
 //! A misbehaving SMTP relay written here (raw SMTP over TCP), failing at one stage of the
 //! session, against `serve`: only a recipient's own refusal at `RCPT` makes a bounce; the
 //! relay's and the sender's problems (AUTH, `MAIL FROM`, the content after `DATA`, silence)
-//! are retried, then dead, and nobody is bounced or suppressed.
+//! are retried, then dead, and nobody is bounced or suppressed. The relay speaks implicit TLS
+//! with a certificate of the test's CA (`[mail.tls] ca_file`), as a relay taking a password
+//! must.
 
 use crate::pega::{pega_section, settled, start_pega, wait_for_events};
+use crate::reach::Pki;
 use crate::server::{spawn_app_with, TestApp};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -24,8 +27,12 @@ enum Fault {
     NoSuchUser,
 }
 
-/// Starts the relay; returns its port.
-async fn relay(fault: Fault) -> u16 {
+/// Starts the relay (implicit TLS with `pki`'s server certificate); returns its port.
+async fn relay(fault: Fault, pki: &Pki) -> u16 {
+    let config =
+        pegabridge::mock::tls_config(pki.server_cert.as_bytes(), pki.server_key.as_bytes(), None)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -33,14 +40,19 @@ async fn relay(fault: Fault) -> u16 {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(session(tcp, fault));
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    session(tls, fault).await;
+                }
+            });
         }
     });
     port
 }
 
-async fn session(tcp: tokio::net::TcpStream, fault: Fault) {
-    let (read, mut write) = tcp.into_split();
+async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, fault: Fault) {
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read).lines();
     let _ = write.write_all(b"220 relay.test ESMTP\r\n").await;
     let mut in_data = false;
@@ -94,21 +106,19 @@ async fn session(tcp: tokio::net::TcpStream, fault: Fault) {
     }
 }
 
-/// A server sending through the relay on `port` (quick retries, two attempts).
-async fn app(port: u16, pega: &crate::pega::Pega) -> TestApp {
+/// A server sending through the relay on `port` (quick retries, two attempts), trusting
+/// `pki`'s CA.
+async fn app(port: u16, pki: &Pki, pega: &crate::pega::Pega) -> TestApp {
     let extra = format!(
-        "{}\n[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 2\njitter = 0.0\n\n{}",
-        crate::mail::mail_section_with(
-            port,
-            "username = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 1"
-        ),
+        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 1\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\n[mail.tls]\nmode = \"tls\"\nca_file = {:?}\n[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 2\njitter = 0.0\n\n{}",
+        pki.path("ca.pem"),
         pega_section(pega, "")
     );
     spawn_app_with("", &extra).await.0
 }
 
 /// The sends' statuses, until none is pending or in flight.
-async fn sends_settled(app: &TestApp) -> Vec<String> {
+pub async fn sends_settled(app: &TestApp) -> Vec<String> {
     let store = app.store().await;
     let url = app.store_url.clone();
     for _ in 0..400 {
@@ -146,9 +156,10 @@ async fn statuses(url: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_relays_and_the_senders_problems_bounce_nobody_and_suppress_nobody() {
     for fault in [Fault::Auth, Fault::MailFrom, Fault::Content, Fault::Silent] {
-        let port = relay(fault).await;
+        let pki = Pki::new();
+        let port = relay(fault, &pki).await;
         let pega = start_pega().await;
-        let app = app(port, &pega).await;
+        let app = app(port, &pki, &pega).await;
         let first: Value = app.trigger_offer().await;
         let statuses = sends_settled(&app).await;
         assert!(
@@ -178,9 +189,10 @@ async fn the_relays_and_the_senders_problems_bounce_nobody_and_suppress_nobody()
 
 #[tokio::test]
 async fn only_the_recipient_the_relay_refuses_at_rcpt_bounces() {
-    let port = relay(Fault::NoSuchUser).await;
+    let pki = Pki::new();
+    let port = relay(Fault::NoSuchUser, &pki).await;
     let pega = start_pega().await;
-    let app = app(port, &pega).await;
+    let app = app(port, &pki, &pega).await;
     let trigger = serde_json::json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": [
         {"Email": "ann@example.com", "CustomerID": "A-1", "InteractionID": "1"},
         {"Email": "nobody@example.net", "CustomerID": "N-1", "InteractionID": "2"}]});

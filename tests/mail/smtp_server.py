@@ -6,6 +6,10 @@ envelope in NNNN.json). It can be told to refuse, as relays do:
   --reject ADDR    answer `550 5.1.1 no such user` for this recipient (repeatable)
   --discard        keep nothing: print `accepted N` after every 100 messages (a sink for
                    benchmarks)
+  --cert F --key F TLS with this certificate: STARTTLS (required), or with --implicit-tls
+                   TLS from the first byte
+  --client-ca F    require a client certificate issued by this CA
+  --auth USER:PASS require AUTH with these credentials (only over TLS)
 It prints `ready PORT` once it listens, then serves until killed.
 """
 
@@ -13,9 +17,11 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 class Handler:
@@ -57,9 +63,38 @@ def main():
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--reject", action="append", default=[])
     p.add_argument("--discard", action="store_true")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--client-ca")
+    p.add_argument("--auth")
     args = p.parse_args()
     handler = Handler(args.dir, args.fail_first, args.reject, args.discard)
-    controller = Controller(handler, hostname="127.0.0.1", port=args.port)
+    options = {}
+    if args.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.client_ca:
+            context.load_verify_locations(args.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        if args.implicit_tls:
+            options["ssl_context"] = context
+        else:
+            options["server_kwargs"] = {"tls_context": context, "require_starttls": True}
+    if args.auth:
+        user, password = args.auth.encode().split(b":", 1)
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = auth_data.login == user and auth_data.password == password
+            return AuthResult(success=ok)
+
+        server_kwargs = options.setdefault("server_kwargs", {})
+        server_kwargs["authenticator"] = authenticator
+        server_kwargs["auth_required"] = True
+        # aiosmtpd 1.4 knows only STARTTLS's encryption: with implicit TLS every byte is
+        # encrypted already, so it must not ask for more.
+        server_kwargs["auth_require_tls"] = not args.implicit_tls
+    controller = Controller(handler, hostname="127.0.0.1", port=args.port, **options)
     controller.start()
     print("ready %d" % args.port, flush=True)
     try:

@@ -48,6 +48,7 @@ struct Delivery {
 struct Mail {
     worker: MailWorker,
     wake: Arc<Notify>,
+    status: Arc<crate::mail::status::MailStatus>,
 }
 
 /// The retention task (`[store] retention_days`).
@@ -76,7 +77,7 @@ impl Application {
                 settings.engagement.opens == crate::config::engagement::OpensPolicy::First,
             )
             .counting(metrics.clone());
-        let mail = Mail::build(settings, &store, &intake, &mappings)?;
+        let mail = Mail::build(settings, &store, &intake, &mappings, &metrics)?;
         for (name, present) in [
             ("delivery", delivery.is_some()),
             ("mail", mail.is_some()),
@@ -122,6 +123,7 @@ impl Application {
             tasks: tasks.clone(),
             min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
             mail: mail.as_ref().map(|m| m.wake.clone()),
+            mail_status: mail.as_ref().map(|m| m.status.clone()),
             tracking: settings
                 .tracking
                 .as_ref()
@@ -338,10 +340,15 @@ impl Mail {
         store: &Storage,
         intake: &Intake,
         mappings: &Mappings,
+        metrics: &Metrics,
     ) -> anyhow::Result<Option<Self>> {
         let Some(mail) = &settings.mail else {
             return Ok(None);
         };
+        let status = Arc::new(crate::mail::status::MailStatus::new(
+            mail,
+            metrics.registry(),
+        ));
         tracing::info!(relay = %format!("{}:{}", mail.host, mail.port), "sending the mail through the relay");
         let worker = MailWorker::new(
             store.clone(),
@@ -349,15 +356,17 @@ impl Mail {
             mail,
             settings.tracking.as_ref(),
             mappings.clone(),
+            status.clone(),
         )?;
         Ok(Some(Self {
             worker,
             wake: Arc::new(Notify::new()),
+            status,
         }))
     }
 
     async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
-        let Self { worker, wake } = self;
+        let Self { worker, wake, .. } = self;
         supervise("mail", tasks, stop, |stop| worker.run(&wake, stop)).await;
     }
 }

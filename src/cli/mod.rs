@@ -74,6 +74,10 @@ pub enum Command {
     /// Inspect, replay, pause and resume deliveries to Pega.
     #[command(subcommand)]
     Deliveries(ops::DeliveriesCommand),
+    /// Inspect and replay the mail's sends (`[mail]`): a dead send (the sender's or the
+    /// relay's problem, fixed since) is sent again.
+    #[command(subcommand)]
+    Sends(ops::SendsCommand),
     /// A local stand-in for the Pega endpoint, to test a setup against.
     MockPega(ops::MockArgs),
     /// Shell completions: `pegabridge completions bash > /etc/bash_completion.d/pegabridge`.
@@ -241,7 +245,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The operator's commands read only `[store]`: the server's other secrets need not be in
     // their environment.
     let only: Option<&'static [&'static str]> = match cli.command {
-        Command::Deliveries(_) => Some(&["store"]),
+        Command::Deliveries(_) | Command::Sends(_) => Some(&["store"]),
         Command::Engagement(_) => Some(&["engagement"]),
         _ => None,
     };
@@ -258,6 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preview(args) => preview(&settings, args),
         Command::SendTest(args) => send_test(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
+        Command::Sends(command) => ops::sends(&settings, command),
         Command::Engagement(command) => engagement::run(&settings, command),
         Command::MockPega(_) | Command::Completions { .. } | Command::Init(_) => {
             unreachable!("handled above")

@@ -60,6 +60,91 @@ pub struct ReplayArgs {
     pub since: Option<String>,
 }
 
+/// `pegabridge sends ...`.
+#[derive(Debug, Subcommand)]
+pub enum SendsCommand {
+    /// Sends, newest first, with their last failure (the stage and the relay's answer).
+    List {
+        #[arg(long, value_parser = ["pending", "inflight", "sent", "bounced", "failed", "dead"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One send, by its personal broadcast's uuid.
+    Show { uuid: String },
+    /// Send dead sends again (fresh retry schedule): one, or every dead send (since TIME).
+    /// Bounced and failed sends are not: their customers got a bounce.
+    Replay {
+        #[arg(conflicts_with_all = ["dead", "since"], required_unless_present = "dead")]
+        uuid: Option<String>,
+        /// Every dead send.
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only sends created since TIME (Unix seconds, or an age such as 2h).
+        #[arg(long, requires = "dead")]
+        since: Option<String>,
+    },
+}
+
+/// Runs a `sends` command.
+pub fn sends(settings: &Settings, command: SendsCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = Storage::open(settings).await?;
+        eprintln!("store: {}", settings.store_display());
+        match command {
+            SendsCommand::List { status, limit } => {
+                let status = status
+                    .map(|s| s.parse::<crate::store::SendStatus>())
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let rows = store.backend().sends(status, limit).await?;
+                out!(
+                    "{:<36}  {:<8}  {:>8}  {:<32}  last error",
+                    "uuid",
+                    "status",
+                    "attempts",
+                    "to"
+                );
+                for r in rows {
+                    let error = r.last_error.unwrap_or_default().replace('\n', " ");
+                    let error: String = error.chars().take(80).collect();
+                    out!(
+                        "{:<36}  {:<8}  {:>8}  {:<32}  {error}",
+                        r.uuid,
+                        r.status.as_str(),
+                        r.attempts,
+                        r.email
+                    );
+                }
+            }
+            SendsCommand::Show { uuid } => {
+                let Some(row) = store.backend().send(uuid.clone()).await? else {
+                    eprintln!("no send with uuid {uuid}");
+                    return Ok(ExitCode::from(1));
+                };
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "send": row }))?
+                );
+            }
+            SendsCommand::Replay { uuid, since, .. } => {
+                let which = match uuid {
+                    Some(u) => crate::store::SendReplay::Uuid(u),
+                    None => crate::store::SendReplay::Dead {
+                        since: since
+                            .map(|t| parse_since(&t, crate::event::now()))
+                            .transpose()?,
+                    },
+                };
+                let n = store.backend().replay_sends(which).await?;
+                out!("{n} sends will be sent again");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `pegabridge mock-pega`.
 #[derive(Debug, Args)]
 pub struct MockArgs {

@@ -111,6 +111,21 @@ pub struct MailSettings {
     /// a soft bounce (`[mail.retry]`, the same keys as `[pega.retry]`).
     #[serde(default)]
     pub retry: super::pega::RetrySettings,
+    /// When most sends of the last `window_secs` fail for the sender's or the relay's reason
+    /// (connection, TLS, AUTH, `MAIL FROM`, policy, content), sending pauses: one probe every
+    /// `probe_interval_secs` until the relay takes one (`[mail.breaker]`, the keys of
+    /// `[pega.breaker]`).
+    #[serde(default = "default_breaker")]
+    pub breaker: super::pega::BreakerSettings,
+}
+
+fn default_breaker() -> super::pega::BreakerSettings {
+    super::pega::BreakerSettings {
+        window_secs: 60,
+        min_requests: 10,
+        failure_ratio: 0.5,
+        probe_interval_secs: 30,
+    }
 }
 
 fn default_port() -> u16 {
@@ -215,6 +230,11 @@ impl MailSettings {
         if self.tls.mode == SmtpTls::None && self.password.is_some() {
             problems.push(
                 "mail.tls: \"none\" would send mail.password in clear: use \"starttls\" or \"tls\" (a relay with a private CA: [mail.tls] ca_file)".into(),
+            );
+        }
+        if self.breaker.window_secs == 0 || self.breaker.probe_interval_secs == 0 {
+            problems.push(
+                "mail.breaker.window_secs and probe_interval_secs: must be at least 1".into(),
             );
         }
         if let Err(mut e) = self.tls.files.pem("mail.tls") {

@@ -205,6 +205,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for other parts' families (`mail_*`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The restart counter of the supervised tasks.
     pub fn task_restarts(&self) -> prometheus::IntCounterVec {
         self.task_restarts.clone()
@@ -238,7 +243,10 @@ impl Default for Metrics {
 }
 
 /// Registers `metric` in `registry` and returns it (names are unique by construction).
-fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric");

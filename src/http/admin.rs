@@ -19,6 +19,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/deliveries", get(list))
         .route("/admin/deliveries/replay", post(replay))
         .route("/admin/deliveries/{uuid}", get(show))
+        .route("/admin/sends", get(sends))
+        .route("/admin/sends/replay", post(replay_sends))
+        .route("/admin/sends/{uuid}", get(send))
         .route("/admin/delivery/pause", post(pause))
         .route("/admin/delivery/resume", post(resume))
         // Operator bodies are a few bytes: a small limit of their own.
@@ -39,6 +42,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoRe
         .outbox_stats()
         .await
         .map_err(ApiError::store)?;
+    if let Some(mail) = &state.mail_status {
+        let queue = state
+            .store
+            .backend()
+            .send_queue()
+            .await
+            .map_err(ApiError::store)?;
+        mail.queue(queue);
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&stats),
@@ -193,4 +205,117 @@ pub(super) async fn resume(
         .map_err(ApiError::store)?;
     state.outbox.notify_one();
     Ok(Json(json!({ "paused": false })))
+}
+
+#[utoipa::path(get, path = "/admin/sends", tag = "admin",
+    params(("status" = Option<String>, Query, description = "pending, inflight, sent, bounced, failed or dead"),
+           ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 10000)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Sends of `[mail]`, newest first, each with its last failure (the stage and the relay's answer)", body = Object), (status = 400, description = "Malformed query", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn sends(
+    State(state): State<AppState>,
+    _: Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<crate::store::SendStatus>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?;
+    let rows = state
+        .store
+        .backend()
+        .sends(status, q.limit.unwrap_or(100).min(10_000))
+        .await
+        .map_err(ApiError::store)?;
+    Ok(Json(json!({ "sends": rows })))
+}
+
+#[utoipa::path(get, path = "/admin/sends/{uuid}", tag = "admin",
+    params(("uuid" = String, Path, description = "The personal broadcast's uuid")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The send", body = Object), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such send", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn send(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = state
+        .store
+        .backend()
+        .send(uuid.clone())
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no send with uuid `{}`", super::error::cut(&uuid)))
+        })?;
+    Ok(Json(json!({ "send": row })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendReplayBody {
+    uuid: Option<String>,
+    /// Only `dead`: a bounced or failed send's customer got a bounce.
+    status: Option<String>,
+    since: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/admin/sends/replay", tag = "admin",
+    request_body(content = Object, content_type = "application/json",
+        description = "`uuid` of a dead send, or `status: \"dead\"` with an optional `since` (Unix seconds or an age like 2h)"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "How many dead sends will be sent again", body = Object),
+              (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+pub(super) async fn replay_sends(
+    State(state): State<AppState>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    use crate::store::SendReplay;
+    let body: SendReplayBody =
+        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("replay: {e}")))?;
+    if let Some(s) = body.status.as_deref().filter(|s| *s != "dead") {
+        return Err(ApiError::BadRequest(format!(
+            "status: only dead sends are sent again (`{}`: its customer got a bounce, or it is on its way)",
+            super::error::cut(s)
+        )));
+    }
+    let which = match (body.uuid, body.status, body.since) {
+        (Some(u), None, None) => SendReplay::Uuid(u),
+        (None, Some(_), since) => {
+            let since = match since {
+                None => None,
+                Some(t) => {
+                    let text = match &t {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    Some(
+                        crate::outbox::parse_since(&text, crate::event::now())
+                            .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?,
+                    )
+                }
+            };
+            SendReplay::Dead { since }
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give `uuid`, or `status: \"dead\"` (with `since` if wanted)".into(),
+            ))
+        }
+    };
+    let n = state
+        .store
+        .backend()
+        .replay_sends(which)
+        .await
+        .map_err(ApiError::store)?;
+    if let Some(wake) = &state.mail {
+        wake.notify_one();
+    }
+    Ok(Json(json!({ "replayed": n })))
 }

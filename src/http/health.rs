@@ -78,13 +78,17 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
     let tasks: serde_json::Map<String, Value> = (state.tasks.all().into_iter())
         .map(|(name, s)| (name.to_owned(), json!(s.state)))
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "status": "ok",
         "mappings": state.mappings.len(),
         "delivery": delivery,
         "paused": paused,
         "tasks": tasks,
-    })))
+    });
+    if let Some(mail) = &state.mail_status {
+        body["mail"] = mail_health(mail);
+    }
+    Ok(Json(body))
 }
 
 /// 200 when the store takes a small write within its timeout (a full disk or a read-only
@@ -118,4 +122,17 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, 
         "delivery": delivery,
         "paused": paused,
     })))
+}
+
+/// The mail path in `/health`: `sending`, or `paused` by its breaker with the relay's answer
+/// that opened it (`probing` while its probe is out).
+fn mail_health(mail: &crate::mail::status::MailStatus) -> Value {
+    use crate::delivery::breaker::BreakerState;
+    let (state, why) = mail.breaker();
+    let shown = match state {
+        BreakerState::Closed => "sending",
+        BreakerState::Open => "paused",
+        BreakerState::HalfOpen => "probing",
+    };
+    json!({ "state": shown, "reason": why })
 }

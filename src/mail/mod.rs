@@ -4,10 +4,11 @@
 
 pub mod held;
 pub mod message;
+pub mod status;
 pub mod tracking;
 pub mod transport;
 pub mod worker;
 
 pub use message::{Composer, Outgoing};
 pub use transport::{Refusal, Relay};
-pub use worker::{MailWorker, SendStep};
+pub use worker::MailWorker;

@@ -1,37 +1,39 @@
-//! The mail worker: claims due sends, builds each message, hands it to the relay (at most
-//! `[mail] max_sessions` at once) and records what became of it: accepted (its `broadcasts`
-//! event queued with the time of acceptance), retried (4xx, no answer), a hard bounce (a 5xx
-//! refusal of the recipient) or, once retries run out, a soft bounce. At least once: a crash
-//! between the relay's acceptance and the commit sends again, with the same `Message-ID`.
+//! The mail worker: keeps up to `[mail] max_sessions` sends with the relay at once, starting
+//! the next as soon as one ends (a stuck session holds one slot, not the others), and records
+//! what became of each, grouped as they end: accepted (its `broadcasts` event queued with the
+//! time of acceptance), retried (4xx, no answer), a hard bounce (the recipient refused at
+//! `RCPT`), a soft bounce once the recipient's temporary refusals run out, or a dead send
+//! when the sender's or the relay's problem outlasts the retries (nobody bounced). When most
+//! sends fail for such a problem, sending pauses with one probe at a time ([`MailStatus`]).
+//! At least once: a crash between the relay's acceptance and the commit sends again, with the
+//! same `Message-ID`.
 
+use super::status::{Ended, MailStatus};
 use super::{Composer, Outgoing, Refusal, Relay};
 use crate::config::mail::MailSettings;
 use crate::config::pega::RetrySettings;
+use crate::delivery::breaker::Admit;
 use crate::delivery::schedule::backoff;
 use crate::mapping::Mappings;
 use crate::outbox::now_ms;
 use crate::store::{ClaimedSend, SendOutcome, Storage};
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Sends claimed per round for each SMTP session.
-const ROUND_PER_SESSION: usize = 8;
-
-/// What one round did (counts of sends).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendStep {
-    pub sent: usize,
-    pub retried: usize,
-    pub bounced: usize,
-    pub failed: usize,
-}
-
-impl SendStep {
-    pub fn is_empty(&self) -> bool {
-        *self == SendStep::default()
-    }
+/// One send's end, as the worker records it.
+#[derive(Debug)]
+pub struct Sent {
+    pub send: ClaimedSend,
+    pub outcome: SendOutcome,
+    /// The relay's answer when it failed for the sender's or the relay's reason.
+    pub problem: Option<String>,
+    /// Whether it was the breaker's probe.
+    pub probe: bool,
+    pub took: Duration,
 }
 
 /// The mail worker.
@@ -48,6 +50,7 @@ pub struct MailWorker {
     tokens: Option<super::tracking::Tokens>,
     /// The address of `List-Unsubscribe`'s `mailto:` target.
     unsubscribe_mailbox: String,
+    status: Arc<MailStatus>,
 }
 
 impl MailWorker {
@@ -57,6 +60,7 @@ impl MailWorker {
         settings: &MailSettings,
         tracking: Option<&crate::config::mail::TrackingSettings>,
         mappings: Mappings,
+        status: Arc<MailStatus>,
     ) -> anyhow::Result<Self> {
         let mailbox: lettre::message::Mailbox = settings
             .reply_to
@@ -74,65 +78,107 @@ impl MailWorker {
             retry: settings.retry.clone(),
             sessions: settings.max_sessions.max(1),
             lease_secs: settings.lease_secs,
+            status,
         })
     }
 
-    /// One round: claim due sends, send them, record the outcomes in one store call.
-    pub async fn try_send_next(&self) -> anyhow::Result<SendStep> {
+    /// Claims as many due sends as there are free sessions and the breaker admits; returns
+    /// them, each with whether it is the probe, and when to look again if the breaker holds
+    /// sending back.
+    async fn claim(
+        &self,
+        free: usize,
+    ) -> anyhow::Result<(Vec<(ClaimedSend, bool)>, Option<tokio::time::Instant>)> {
+        let (limit, probe) = match self.status.admit() {
+            Admit::Go => (free, false),
+            Admit::Probe => (1, true),
+            Admit::NotBefore(at) => return Ok((Vec::new(), Some(at))),
+        };
         let claimed = self
             .store
             .backend()
-            .claim_sends(self.sessions * ROUND_PER_SESSION, self.lease_secs)
-            .await?;
-        if claimed.is_empty() {
-            return Ok(SendStep::default());
-        }
-        let sends: Vec<_> = claimed.into_iter().map(|s| self.send(s)).collect();
-        let outcomes: Vec<(ClaimedSend, SendOutcome)> = futures::stream::iter(sends)
-            .buffer_unordered(self.sessions)
-            .collect()
+            .claim_sends(limit, self.lease_secs)
             .await;
-        let mut step = SendStep::default();
-        for (_, o) in &outcomes {
-            match o {
-                SendOutcome::Accepted { .. } => step.sent += 1,
-                SendOutcome::Retry { .. } => step.retried += 1,
-                SendOutcome::Bounced { .. } => step.bounced += 1,
-                SendOutcome::GaveUp { .. } | SendOutcome::Dead { .. } => step.failed += 1,
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                if probe {
+                    self.status.cancel_probe();
+                }
+                return Err(e.into());
             }
+        };
+        if probe && claimed.is_empty() {
+            self.status.cancel_probe();
         }
-        self.intake.send_outcomes(outcomes).await?;
-        Ok(step)
+        Ok((claimed.into_iter().map(|c| (c, probe)).collect(), None))
     }
 
-    async fn send(&self, send: ClaimedSend) -> (ClaimedSend, SendOutcome) {
-        let outcome = match self.message(&send) {
-            Err(e) => self.again(&send, String::new(), e),
+    /// Records sends that ended, in one store call.
+    async fn record(&self, ended: Vec<Sent>) -> anyhow::Result<()> {
+        let outcomes = ended
+            .into_iter()
+            .map(|s| {
+                let kind = match &s.outcome {
+                    SendOutcome::Accepted { .. } => Ended::Sent,
+                    SendOutcome::Retry { .. } => Ended::Retried,
+                    SendOutcome::Bounced { .. } => Ended::Bounced,
+                    SendOutcome::GaveUp { .. } => Ended::SoftBounced,
+                    SendOutcome::Dead { .. } => Ended::Dead,
+                };
+                self.status
+                    .ended(kind, s.problem.as_deref(), s.probe, s.took);
+                (s.send, s.outcome)
+            })
+            .collect();
+        self.intake.send_outcomes(outcomes).await?;
+        Ok(())
+    }
+
+    /// Sends `send` (built, handed to the relay, judged).
+    pub async fn send(&self, send: ClaimedSend, probe: bool) -> Sent {
+        let started = std::time::Instant::now();
+        let (outcome, problem) = match self.message(&send) {
+            Err(e) => (self.again(&send, String::new(), e), None),
             Ok(message) => match self.relay.send(&message).await {
-                Ok(()) => SendOutcome::Accepted {
-                    at: crate::event::now(),
-                },
+                Ok(()) => (
+                    SendOutcome::Accepted {
+                        at: crate::event::now(),
+                    },
+                    None,
+                ),
                 Err(refusal) => self.refused(&send, refusal),
             },
         };
-        (send, outcome)
+        Sent {
+            send,
+            outcome,
+            problem,
+            probe,
+            took: started.elapsed(),
+        }
     }
 
-    /// What a refusal makes of a send: only the recipient's own refusal is a bounce.
-    fn refused(&self, send: &ClaimedSend, refusal: Refusal) -> SendOutcome {
+    /// What a refusal makes of a send: only the recipient's own refusal is a bounce; the
+    /// sender's or the relay's problem is returned for the breaker.
+    fn refused(&self, send: &ClaimedSend, refusal: Refusal) -> (SendOutcome, Option<String>) {
         let code_of = |code: u16, text: &str| enhanced(text).unwrap_or_else(|| code.to_string());
         match (meaning(&refusal), refusal) {
             (Meaning::HardBounce, Refusal::Recipient { code, text }) => {
                 tracing::warn!(uuid = %send.uuid, code, "the relay refused the recipient: hard bounce");
-                SendOutcome::Bounced {
+                let outcome = SendOutcome::Bounced {
                     code: code_of(code, &text),
                     reason: text,
-                }
+                };
+                (outcome, None)
             }
             (Meaning::RecipientLater, Refusal::Recipient { code, text }) => {
-                self.again(send, code_of(code, &text), text)
+                (self.again(send, code_of(code, &text), text), None)
             }
-            (_, other) => self.sender_problem(send, other.to_string()),
+            (_, other) => {
+                let why = other.to_string();
+                (self.sender_problem(send, why.clone()), Some(why))
+            }
         }
     }
 
@@ -141,11 +187,11 @@ impl MailWorker {
     fn sender_problem(&self, send: &ClaimedSend, why: String) -> SendOutcome {
         let attempt = send.attempts + 1;
         if attempt >= self.retry.max_attempts {
-            tracing::error!(uuid = %send.uuid, error = %why, "sending failed for good for a reason of the sender or the relay: dead send (no bounce)");
+            tracing::error!(uuid = %send.uuid, send_id = send.id, error = %why, "sending failed for good for a reason of the sender or the relay: dead send (no bounce; `pegabridge sends replay` once fixed)");
             return SendOutcome::Dead { reason: why };
         }
         let delay = backoff(attempt, &self.retry, fastrand::f64());
-        tracing::warn!(uuid = %send.uuid, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed (the sender's or the relay's problem, not the recipient's): retrying");
+        tracing::warn!(uuid = %send.uuid, send_id = send.id, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed (the sender's or the relay's problem, not the recipient's): retrying");
         SendOutcome::Retry {
             next_at_ms: now_ms() + delay.as_millis() as i64,
             error: why,
@@ -156,18 +202,19 @@ impl MailWorker {
     fn again(&self, send: &ClaimedSend, code: String, why: String) -> SendOutcome {
         let attempt = send.attempts + 1;
         if attempt >= self.retry.max_attempts {
-            tracing::warn!(uuid = %send.uuid, error = %why, "sending failed for good: soft bounce");
+            tracing::warn!(uuid = %send.uuid, send_id = send.id, error = %why, "sending failed for good: soft bounce");
             return SendOutcome::GaveUp { code, reason: why };
         }
         let delay = backoff(attempt, &self.retry, fastrand::f64());
-        tracing::info!(uuid = %send.uuid, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed: retrying");
+        tracing::warn!(uuid = %send.uuid, send_id = send.id, error = %why, retry_in_ms = delay.as_millis() as u64, "sending failed: retrying");
         SendOutcome::Retry {
             next_at_ms: now_ms() + delay.as_millis() as i64,
             error: why,
         }
     }
 
-    fn message(&self, send: &ClaimedSend) -> Result<lettre::Message, String> {
+    /// The message of `send`, as `serve` sends it.
+    pub fn message(&self, send: &ClaimedSend) -> Result<lettre::Message, String> {
         let mapping = self
             .mappings
             .get(&send.mapping)
@@ -213,29 +260,61 @@ impl MailWorker {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends until `stop`: when woken (a trigger committed sends), every `poll` (retries
-    /// falling due), and straight away while rounds come back full. Supervised by
-    /// [`crate::app`]: after a panic it is called again.
+    /// The relay (for `send-test` and `config check --connect`).
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Sends until `stop`: up to `max_sessions` at once, the next started as soon as one
+    /// ends; woken when a trigger commits sends, and every `poll` for retries falling due.
+    /// Supervised by [`crate::app`]: after a panic it is called again (sends it had claimed
+    /// are taken up again when their lease ends).
     pub async fn run(&self, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
         let poll = Duration::from_millis(500);
+        let mut flying = FuturesUnordered::new();
         loop {
-            let busy = match self.try_send_next().await {
-                Ok(step) => !step.is_empty(),
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "a mail round failed");
-                    false
+            let mut until = tokio::time::Instant::now() + poll;
+            let free = self.sessions - flying.len();
+            if free > 0 && !stop.is_cancelled() {
+                match self.claim(free).await {
+                    Ok((claimed, later)) => {
+                        if let Some(at) = later {
+                            until = until.min(at);
+                        }
+                        for (send, probe) in claimed {
+                            flying.push(self.send(send, probe));
+                        }
+                        self.status.in_flight(flying.len());
+                    }
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "claiming sends failed"),
                 }
-            };
-            if busy {
+            }
+            if flying.is_empty() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
                 continue;
             }
-            if stop.is_cancelled() {
-                break;
-            }
+            let has_room = flying.len() < self.sessions;
             tokio::select! {
-                () = stop.cancelled() => break,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                Some(done) = flying.next() => {
+                    let mut ended = vec![done];
+                    while let Some(Some(more)) = flying.next().now_or_never() {
+                        ended.push(more);
+                    }
+                    self.status.in_flight(flying.len());
+                    if let Err(e) = self.record(ended).await {
+                        // Their leases run out and they are sent again (at least once).
+                        tracing::error!(error = format!("{e:#}"), "recording sends failed");
+                    }
+                }
+                () = wake.notified(), if has_room => {}
+                () = tokio::time::sleep_until(until), if has_room => {}
             }
         }
     }

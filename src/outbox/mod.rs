@@ -7,7 +7,7 @@ pub mod sends;
 pub mod since;
 
 pub use error::{Result, StoreError};
-pub use sends::{ClaimedSend, SendOutcome, SendStatus};
+pub use sends::{ClaimedSend, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus};
 pub use since::parse_since;
 
 use crate::event::Metric;

@@ -66,3 +66,63 @@ impl SendStatus {
         }
     }
 }
+
+impl std::str::FromStr for SendStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => SendStatus::Pending,
+            "inflight" => SendStatus::InFlight,
+            "sent" => SendStatus::Sent,
+            "bounced" => SendStatus::Bounced,
+            "failed" => SendStatus::Failed,
+            "dead" => SendStatus::Dead,
+            other => return Err(format!(
+                "`{other}` is not a send status (pending, inflight, sent, bounced, failed, dead)"
+            )),
+        })
+    }
+}
+
+impl serde::Serialize for SendStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A send as `sends list|show` and `/admin/sends` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SendRow {
+    pub id: i64,
+    /// The personal broadcast's uuid (its `Message-ID` is `<uuid@message_id_domain>`).
+    pub uuid: String,
+    pub email: String,
+    pub mapping: String,
+    pub status: SendStatus,
+    pub attempts: i64,
+    /// When its next attempt is due (Unix milliseconds), while pending.
+    pub next_attempt_at_ms: i64,
+    /// When its trigger committed it (Unix seconds).
+    pub created_at: i64,
+    /// The last failure: the stage and the relay's answer.
+    pub last_error: Option<String>,
+}
+
+/// Which sends to send again: only dead ones (the sender's or the relay's problem, fixed
+/// since). A bounced or failed send's customer got a bounce: it is not sent again.
+#[derive(Debug, Clone)]
+pub enum SendReplay {
+    Uuid(String),
+    /// Every dead send, or those created since (Unix seconds).
+    Dead {
+        since: Option<i64>,
+    },
+}
+
+/// How many sends wait and how many are in flight (`/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendQueue {
+    pub pending: i64,
+    pub inflight: i64,
+}

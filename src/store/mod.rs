@@ -11,7 +11,8 @@ pub mod sqlite;
 pub use crate::outbox::error;
 pub use crate::outbox::{
     Attempt, AttemptOutcome, Claimed, ClaimedSend, Completion, Delivery, Done, OutboxStats,
-    Outcome, Purge, Replay, SendOutcome, Status, StoreError,
+    Outcome, Purge, Replay, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus, Status,
+    StoreError,
 };
 pub use handoff::{Handoff, Queue};
 pub use postgres::PgStore;
@@ -87,6 +88,18 @@ pub trait Store: OutboxStore {
         outcomes: Vec<(ClaimedSend, SendOutcome)>,
         queue: Queue,
     ) -> Result<Vec<Claimed>>;
+
+    /// Sends, newest first, of `status` if given (`sends list`, `/admin/sends`).
+    async fn sends(&self, status: Option<SendStatus>, limit: usize) -> Result<Vec<SendRow>>;
+
+    /// One send, by its personal broadcast's uuid.
+    async fn send(&self, uuid: String) -> Result<Option<SendRow>>;
+
+    /// Dead sends back to pending with a fresh retry schedule; returns how many.
+    async fn replay_sends(&self, which: SendReplay) -> Result<usize>;
+
+    /// Sends waiting and in flight (through the status index: no scan).
+    async fn send_queue(&self) -> Result<SendQueue>;
 
     /// Records a batch of activities and their events in one transaction (see
     /// [`crate::recording::activities`]).

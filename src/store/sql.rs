@@ -15,3 +15,11 @@ pub(crate) const OLDEST_OPEN: &str =
 /// (both backends), in the order of [`ClaimedSend`]'s fields.
 pub(crate) const CLAIMED_COLUMNS: &str =
     "s.id, s.uuid, s.broadcast_id, s.customer_id, p.email, b.mapping, p.event, s.attempts";
+
+/// A send as listed, over `sends s JOIN personal_broadcasts p JOIN broadcasts b` (both
+/// backends), in the order of [`crate::outbox::SendRow`]'s fields.
+pub(crate) const SEND_ROW: &str = "SELECT s.id, s.uuid, p.email, b.mapping, s.status, s.attempts, s.next_attempt_at, s.created_at, s.last_error FROM sends s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id";
+
+/// What a replay of sends sets: pending, due now, a fresh schedule.
+pub(crate) const SEND_REPLAY: &str =
+    "UPDATE sends SET status = 'pending', attempts = 0, lease_until = 0, next_attempt_at";

@@ -10,11 +10,15 @@ use crate::reach::Pki;
 use crate::server::{spawn_app_with, TestApp};
 use serde_json::Value;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// How the relay misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    /// It does not: every message is taken.
+    Nothing,
     /// `535 5.7.8` to AUTH (a rotated password).
     Auth,
     /// `550 5.7.1` to `MAIL FROM` (the sender is not allowed).
@@ -27,8 +31,22 @@ enum Fault {
     NoSuchUser,
 }
 
+/// A running relay: its port, its fault (which the test may change), the AUTH commands it saw.
+struct TestRelay {
+    port: u16,
+    fault: Arc<Mutex<Fault>>,
+    auths: Arc<AtomicUsize>,
+}
+
 /// Starts the relay (implicit TLS with `pki`'s server certificate); returns its port.
 async fn relay(fault: Fault, pki: &Pki) -> u16 {
+    start_relay(fault, pki).await.port
+}
+
+async fn start_relay(fault: Fault, pki: &Pki) -> TestRelay {
+    let shared = Arc::new(Mutex::new(fault));
+    let auths = Arc::new(AtomicUsize::new(0));
+    let (fault, counted) = (shared.clone(), auths.clone());
     let config =
         pegabridge::mock::tls_config(pki.server_cert.as_bytes(), pki.server_key.as_bytes(), None)
             .unwrap();
@@ -41,22 +59,32 @@ async fn relay(fault: Fault, pki: &Pki) -> u16 {
                 return;
             };
             let acceptor = acceptor.clone();
+            let (fault, counted) = (fault.clone(), counted.clone());
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
-                    session(tls, fault).await;
+                    session(tls, fault, counted).await;
                 }
             });
         }
     });
-    port
+    TestRelay {
+        port,
+        fault: shared,
+        auths,
+    }
 }
 
-async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, fault: Fault) {
+async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    shared: Arc<Mutex<Fault>>,
+    auths: Arc<AtomicUsize>,
+) {
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read).lines();
     let _ = write.write_all(b"220 relay.test ESMTP\r\n").await;
     let mut in_data = false;
     while let Ok(Some(line)) = lines.next_line().await {
+        let fault = *shared.lock().unwrap();
         if in_data {
             if line != "." {
                 continue;
@@ -74,6 +102,7 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream
         let answer: &[u8] = if upper.starts_with("EHLO") {
             b"250-relay.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("AUTH") {
+            auths.fetch_add(1, Ordering::SeqCst);
             if fault == Fault::Auth {
                 b"535 5.7.8 Authentication credentials invalid\r\n"
             } else {
@@ -109,8 +138,19 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream
 /// A server sending through the relay on `port` (quick retries, two attempts), trusting
 /// `pki`'s CA.
 async fn app(port: u16, pki: &Pki, pega: &crate::pega::Pega) -> TestApp {
+    app_with(port, pki, pega, "max_attempts = 2", "").await
+}
+
+/// [`app`] with these `[mail.retry]` keys and `[mail.breaker]` keys.
+async fn app_with(
+    port: u16,
+    pki: &Pki,
+    pega: &crate::pega::Pega,
+    retry: &str,
+    breaker: &str,
+) -> TestApp {
     let extra = format!(
-        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 1\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\n[mail.tls]\nmode = \"tls\"\nca_file = {:?}\n[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\nmax_attempts = 2\njitter = 0.0\n\n{}",
+        "[mail]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 1\nmax_sessions = 2\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\n[mail.tls]\nmode = \"tls\"\nca_file = {:?}\n[mail.retry]\nbase_ms = 20\nmax_delay_secs = 1\njitter = 0.0\n{retry}\n[mail.breaker]\n{breaker}\n\n{}",
         pki.path("ca.pem"),
         pega_section(pega, "")
     );
@@ -221,4 +261,163 @@ async fn only_the_recipient_the_relay_refuses_at_rcpt_bounces() {
     assert_eq!(bounce["bounce_type"], "hard");
     assert_eq!(bounce["bounce_code"], "5.1.1");
     assert_eq!(bounce["customer_email_address"], "nobody@example.net");
+}
+
+/// A trigger for `n` customers.
+fn many(n: usize) -> Value {
+    let customers: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"Email": format!("c{i}@example.com"), "CustomerID": format!("C-{i}"), "InteractionID": format!("{}", 1000 + i)}))
+        .collect();
+    serde_json::json!({"Offer": {"UniqueOfferId": "OFFER-1"}, "Customers": customers})
+}
+
+/// `GET path` with the admin token, as JSON.
+async fn admin_get(app: &TestApp, path: &str) -> Value {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(crate::server::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `/health` says the mail path is in `state`; returns its `mail` object.
+async fn mail_health(app: &TestApp, state: &str) -> Value {
+    for _ in 0..800 {
+        let health: Value = app.get("/health").await.unwrap().json().await.unwrap();
+        if health["mail"]["state"] == state {
+            return health["mail"].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the mail path never became {state}");
+}
+
+#[tokio::test]
+async fn a_rotated_password_pauses_the_mail_with_one_probe_and_it_resumes_once_fixed() {
+    let pki = Pki::new();
+    let relay = start_relay(Fault::Auth, &pki).await;
+    let pega = start_pega().await;
+    // Many attempts each (without the breaker all would be retried through quickly), a
+    // breaker that opens after 4 sends, probing every second.
+    let app = app_with(
+        relay.port,
+        &pki,
+        &pega,
+        "max_attempts = 50",
+        "min_requests = 4\nprobe_interval_secs = 1",
+    )
+    .await;
+    let answer = app.post("/webhooks/offer", &many(30)).await;
+    assert!(
+        answer.status().is_success(),
+        "{}",
+        answer.text().await.unwrap()
+    );
+    let mail = mail_health(&app, "paused").await;
+    assert!(
+        mail["reason"].as_str().unwrap().contains("535"),
+        "the relay's answer says why: {mail}"
+    );
+    let metrics = app.get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("pegabridge_mail_breaker_state 1")
+            || metrics.contains("pegabridge_mail_breaker_state 2"),
+        "{metrics}"
+    );
+    // Paused after the sends that opened it (and the one other session's): the rest of the
+    // customers were never tried.
+    let tried = relay.auths.load(Ordering::SeqCst);
+    let sends = admin_get(&app, "/admin/sends?status=pending&limit=100").await;
+    let untried = sends["sends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["attempts"] == 0)
+        .count();
+    assert!(
+        untried >= 30 - tried - 2,
+        "{tried} AUTHs, {untried} sends never tried"
+    );
+    // The password is fixed on the relay's side: a probe gets through and every send goes.
+    *relay.fault.lock().unwrap() = Fault::Nothing;
+    let statuses = sends_settled(&app).await;
+    assert!(statuses.iter().all(|s| s == "sent"), "{statuses:?}");
+    mail_health(&app, "sending").await;
+    let events = wait_for_events(&pega, 30).await;
+    assert!(events.iter().all(|e| e["metric"] == "broadcasts"));
+    let metrics = app.get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("pegabridge_mail_sends_total{outcome=\"sent\"} 30"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pegabridge_mail_breaker_state 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn dead_sends_are_listed_with_the_relays_answer_and_replayed_once_fixed() {
+    let pki = Pki::new();
+    let relay = start_relay(Fault::MailFrom, &pki).await;
+    let pega = start_pega().await;
+    let app = app(relay.port, &pki, &pega).await;
+    let answer = app.trigger_offer().await;
+    assert_eq!(sends_settled(&app).await, ["dead", "dead"]);
+    let dead = admin_get(&app, "/admin/sends?status=dead").await;
+    let dead = dead["sends"].as_array().unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for s in dead {
+        let error = s["last_error"].as_str().unwrap();
+        assert!(
+            error.contains("550") && error.contains("mail_from"),
+            "the stage and the relay's answer: {error}"
+        );
+    }
+    let uuid = answer["recipients"][0]["uuid"].as_str().unwrap();
+    let one = admin_get(&app, &format!("/admin/sends/{uuid}")).await;
+    assert_eq!(one["send"]["status"], "dead");
+    assert_eq!(one["send"]["email"], "ann@example.com");
+    // The CLI shows the same, from the same store.
+    let out = crate::helpers::pegabridge(app.dir.path(), &["sends", "list", "--status", "dead"]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    let listed = crate::helpers::stdout(&out);
+    assert!(listed.contains(uuid) && listed.contains("550"), "{listed}");
+    // Only dead sends are replayed.
+    let refused = app
+        .client
+        .post(app.url("/admin/sends/replay"))
+        .bearer_auth(crate::server::ADMIN_TOKEN)
+        .json(&serde_json::json!({"status": "bounced"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    *relay.fault.lock().unwrap() = Fault::Nothing;
+    let out = crate::helpers::pegabridge(app.dir.path(), &["sends", "replay", uuid]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    assert!(crate::helpers::stdout(&out).contains("1 sends"));
+    let replayed: Value = app
+        .client
+        .post(app.url("/admin/sends/replay"))
+        .bearer_auth(crate::server::ADMIN_TOKEN)
+        .json(&serde_json::json!({"status": "dead"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["replayed"], 1, "the other one");
+    let statuses = sends_settled(&app).await;
+    assert_eq!(statuses, ["sent", "sent"]);
+    let events = wait_for_events(&pega, 2).await;
+    assert!(
+        events.iter().all(|e| e["metric"] == "broadcasts"),
+        "{events:?}"
+    );
 }

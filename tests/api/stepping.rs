@@ -496,6 +496,25 @@ impl pegabridge::store::Store for Hiccup {
             .record_activities(activities, unknown, queue)
             .await
     }
+    async fn sends(
+        &self,
+        status: Option<pegabridge::store::SendStatus>,
+        limit: usize,
+    ) -> Result<Vec<pegabridge::store::SendRow>, StoreError> {
+        self.real.backend().sends(status, limit).await
+    }
+    async fn send(&self, uuid: String) -> Result<Option<pegabridge::store::SendRow>, StoreError> {
+        self.real.backend().send(uuid).await
+    }
+    async fn replay_sends(
+        &self,
+        which: pegabridge::store::SendReplay,
+    ) -> Result<usize, StoreError> {
+        self.real.backend().replay_sends(which).await
+    }
+    async fn send_queue(&self) -> Result<pegabridge::store::SendQueue, StoreError> {
+        self.real.backend().send_queue().await
+    }
     async fn writable(&self, min_free_bytes: u64) -> Result<(), StoreError> {
         self.real.backend().writable(min_free_bytes).await
     }

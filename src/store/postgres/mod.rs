@@ -10,7 +10,9 @@ mod tx;
 use crate::activity::Activity;
 use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
-use crate::store::{Claimed, ClaimedSend, Queue, SendOutcome};
+use crate::store::{
+    Claimed, ClaimedSend, Queue, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus,
+};
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -152,6 +154,70 @@ impl crate::store::Store for PgStore {
         ))
     }
 
+    async fn sends(&self, status: Option<SendStatus>, limit: usize) -> Result<Vec<SendRow>> {
+        let sql = crate::store::sql::SEND_ROW;
+        let rows = match status {
+            Some(s) => {
+                sqlx::query(&format!(
+                    "{sql} WHERE s.status = $1 ORDER BY s.id DESC LIMIT $2"
+                ))
+                .bind(s.as_str())
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{sql} ORDER BY s.id DESC LIMIT $1"))
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(send_row).collect()
+    }
+
+    async fn send(&self, uuid: String) -> Result<Option<SendRow>> {
+        let sql = format!("{} WHERE s.uuid = $1", crate::store::sql::SEND_ROW);
+        let row = sqlx::query(&sql)
+            .bind(uuid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(send_row).transpose()
+    }
+
+    async fn replay_sends(&self, which: SendReplay) -> Result<usize> {
+        let set = crate::store::sql::SEND_REPLAY;
+        let now = crate::outbox::now_ms();
+        let done = match which {
+            SendReplay::Uuid(u) => {
+                sqlx::query(&format!("{set} = $1 WHERE uuid = $2 AND status = 'dead'"))
+                    .bind(now)
+                    .bind(u)
+                    .execute(&self.pool)
+                    .await?
+            }
+            SendReplay::Dead { since } => {
+                sqlx::query(&format!(
+                    "{set} = $1 WHERE status = 'dead' AND created_at >= $2"
+                ))
+                .bind(now)
+                .bind(since.unwrap_or(i64::MIN))
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() as usize)
+    }
+
+    async fn send_queue(&self) -> Result<SendQueue> {
+        let (pending, inflight): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM sends WHERE status = 'pending'), (SELECT count(*) FROM sends WHERE status = 'inflight')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(SendQueue { pending, inflight })
+    }
+
     async fn claim_sends(&self, limit: usize, lease_secs: u64) -> Result<Vec<ClaimedSend>> {
         let now = crate::outbox::now_ms();
         let lease_until = now + lease_secs as i64 * 1000;
@@ -243,4 +309,23 @@ impl crate::store::Store for PgStore {
         });
         Ok(())
     }
+}
+
+/// A [`SendRow`] from the columns of [`crate::store::sql::SEND_ROW`].
+fn send_row(r: &sqlx::postgres::PgRow) -> Result<SendRow> {
+    use sqlx::Row;
+    let status: String = r.try_get(4)?;
+    Ok(SendRow {
+        id: r.try_get(0)?,
+        uuid: r.try_get(1)?,
+        email: r.try_get(2)?,
+        mapping: r.try_get(3)?,
+        status: status
+            .parse()
+            .map_err(|e: String| crate::store::StoreError::Other(anyhow::anyhow!(e)))?,
+        attempts: i64::from(r.try_get::<i32, _>(5)?),
+        next_attempt_at_ms: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        last_error: r.try_get(8)?,
+    })
 }

@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_one_model.sql"),
     include_str!("../../../migrations/sqlite/0007_sends.sql"),
     include_str!("../../../migrations/sqlite/0008_first_open.sql"),
+    include_str!("../../../migrations/sqlite/0009_sends_status.sql"),
 ];
 
 /// Applies the migrations this database has not seen.

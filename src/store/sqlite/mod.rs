@@ -39,7 +39,9 @@ use crate::activity::Activity;
 use crate::event::Common;
 use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, NewRecipient, TriggerAnswer, Unknown};
-use crate::store::{Claimed, ClaimedSend, Queue, SendOutcome};
+use crate::store::{
+    Claimed, ClaimedSend, Queue, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus,
+};
 use anyhow::Context;
 use rusqlite::Connection;
 use std::cell::{Cell, RefCell};
@@ -283,6 +285,71 @@ impl crate::store::Store for SqliteStore {
                 &recipients,
                 sending,
             ))
+        })
+        .await
+    }
+
+    async fn sends(&self, status: Option<SendStatus>, limit: usize) -> Result<Vec<SendRow>> {
+        self.read(move |c| {
+            let sql = crate::store::sql::SEND_ROW;
+            let limit = limit as i64;
+            let mut stmt;
+            let rows = match status {
+                Some(s) => {
+                    stmt = c.prepare_cached(&format!(
+                        "{sql} WHERE s.status = ?1 ORDER BY s.id DESC LIMIT ?2"
+                    ))?;
+                    stmt.query_map(rusqlite::params![s.as_str(), limit], send_row)?
+                }
+                None => {
+                    stmt = c.prepare_cached(&format!("{sql} ORDER BY s.id DESC LIMIT ?1"))?;
+                    stmt.query_map([limit], send_row)?
+                }
+            };
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn send(&self, uuid: String) -> Result<Option<SendRow>> {
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            let sql = format!("{} WHERE s.uuid = ?1", crate::store::sql::SEND_ROW);
+            Ok(c.prepare_cached(&sql)?
+                .query_row([uuid], send_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn replay_sends(&self, which: SendReplay) -> Result<usize> {
+        self.call(move |c| {
+            let set = crate::store::sql::SEND_REPLAY;
+            let now = crate::outbox::now_ms();
+            Ok(match which {
+                SendReplay::Uuid(u) => c.execute(
+                    &format!("{set} = ?1 WHERE uuid = ?2 AND status = 'dead'"),
+                    rusqlite::params![now, u],
+                )?,
+                SendReplay::Dead { since } => c.execute(
+                    &format!("{set} = ?1 WHERE status = 'dead' AND created_at >= ?2"),
+                    rusqlite::params![now, since.unwrap_or(i64::MIN)],
+                )?,
+            })
+        })
+        .await
+    }
+
+    async fn send_queue(&self) -> Result<SendQueue> {
+        self.read(|c| {
+            let count = |status: &str| -> rusqlite::Result<i64> {
+                c.prepare_cached("SELECT count(*) FROM sends WHERE status = ?1")?
+                    .query_row([status], |r| r.get(0))
+            };
+            Ok(SendQueue {
+                pending: count("pending")?,
+                inflight: count("inflight")?,
+            })
         })
         .await
     }
@@ -696,6 +763,24 @@ fn rollback(conn: &Conn) {
     }
 }
 
+/// A [`SendRow`] from the columns of [`crate::store::sql::SEND_ROW`].
+fn send_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendRow> {
+    let status: String = r.get(4)?;
+    Ok(SendRow {
+        id: r.get(0)?,
+        uuid: r.get(1)?,
+        email: r.get(2)?,
+        mapping: r.get(3)?,
+        status: status.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
+        })?,
+        attempts: r.get(5)?,
+        next_attempt_at_ms: r.get(6)?,
+        created_at: r.get(7)?,
+        last_error: r.get(8)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Conn, Result, SqliteStore};
@@ -855,3 +940,4 @@ mod tests {
         assert!(SqliteStore::connect(&url, "sometimes").await.is_err());
     }
 }
+

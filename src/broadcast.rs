@@ -135,6 +135,29 @@ pub struct Preview {
     pub recipients: Vec<PreviewRecipient>,
 }
 
+/// The links of a tracked mapping's personalized HTML that will not be tracked although a
+/// reader would expect it, each named with why.
+fn untracked(html: &str) -> Vec<String> {
+    use crate::mail::tracking::{untracked_links, Untracked};
+    untracked_links(html)
+        .into_iter()
+        .map(|(href, why)| {
+            let why = match why {
+                Untracked::Relative => {
+                    "a relative link and no <base>: its target depends on the mail client"
+                }
+                Untracked::ProtocolRelative => {
+                    "`//host` and no <base>: its scheme depends on the mail client"
+                }
+                Untracked::ControlCharacters => "control characters (a line break?) in the URL",
+                _ => "not an http(s) link",
+            };
+            let shown: String = href.chars().take(120).collect();
+            format!("the link `{shown}` is not tracked: {why}")
+        })
+        .collect()
+}
+
 /// Previews a trigger: nothing is stored or sent.
 pub fn preview(
     account: &Account,
@@ -151,10 +174,13 @@ pub fn preview(
             let rendered = render(&field.expression, &r.event.broadcast_manual_options)?;
             meta.insert(field.name.clone(), Value::String(rendered.html));
         }
-        let html = if with_html {
+        let html = if with_html || mapping.file.tracking {
             let rendered = render(&mapping.template_html, &r.event.broadcast_manual_options)?;
             warnings.extend(rendered.warnings);
-            Some(rendered.html)
+            if mapping.file.tracking {
+                warnings.extend(untracked(&rendered.html));
+            }
+            with_html.then_some(rendered.html)
         } else {
             warnings.extend(crate::template::render::translate(&mapping.template_html).1);
             None

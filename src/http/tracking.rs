@@ -171,6 +171,13 @@ pub(super) async fn click(
     else {
         return Err(ApiError::NotFound("no such link".into()));
     };
+    // A token made before targets were checked may carry one no browser opens (a line
+    // break): no redirect to it, nothing recorded.
+    let Ok(location) = header::HeaderValue::from_str(&url) else {
+        return Err(ApiError::NotFound(
+            "the link's target is not a URL a browser opens".into(),
+        ));
+    };
     let ua = user_agent(&headers);
     let mut fetch = Fetch::of(&state, &method, &headers, peer.as_deref(), &ua);
     // A repeat by the same client records nothing new; the reader still gets where the link
@@ -188,7 +195,7 @@ pub(super) async fn click(
         };
         fetch.record(&state, activity).await;
     }
-    Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+    Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
 
 /// The open pixel: records an open and answers a 1x1 GIF.

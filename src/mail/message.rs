@@ -234,15 +234,116 @@ fn one_line(text: &str) -> String {
 }
 
 /// The plain-text alternative: no table borders (layout tables are everywhere in email),
-/// elements hidden by the document's CSS dropped (preheaders), links as numbered footnotes.
+/// hidden elements dropped (`display:none` by the document's CSS, `visibility:hidden`
+/// inline: preheaders), table footers kept, an image-only link known by its image's alt text
+/// (else its URL), links as numbered footnotes with each URL whole on its line, paragraphs
+/// wrapped at 78 columns but never inside a URL, no trailing spaces.
 pub fn plain_text(html: &str) -> String {
+    let (prepared, longest_url) = for_text(html);
+    let width = 78.max(longest_url + 1);
     let config = html2text::config::plain_no_decorate()
         .use_doc_css()
         .no_table_borders()
+        .no_link_wrapping()
         .link_footnotes(true);
-    config
-        .string_from_read(html.as_bytes(), 78)
-        .unwrap_or_else(|_| html2text::from_read(html.as_bytes(), 78).unwrap_or_default())
+    let text = config
+        .string_from_read(prepared.as_bytes(), width)
+        .unwrap_or_else(|_| html2text::from_read(prepared.as_bytes(), width).unwrap_or_default());
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether an inline style hides its element from every reader.
+fn hidden(style: &str) -> bool {
+    let style: String = style
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    style.contains("visibility:hidden") || style.contains("display:none")
+}
+
+/// The HTML as the text part is made from it (see [`plain_text`]), and the length of its
+/// longest URL written as text.
+fn for_text(html: &str) -> (String, usize) {
+    use lol_html::{doc_text, element, text};
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    // Per open link: its href, and whether it shows anything.
+    let links: Rc<RefCell<Vec<(String, bool)>>> = Rc::default();
+    let longest = Cell::new(0usize);
+    let shown = |links: &RefCell<Vec<(String, bool)>>| {
+        if let Some(last) = links.borrow_mut().last_mut() {
+            last.1 = true;
+        }
+    };
+    let result = lol_html::rewrite_str(
+        html,
+        lol_html::Settings {
+            element_content_handlers: vec![
+                element!("[style]", |el| {
+                    if hidden(&el.get_attribute("style").unwrap_or_default()) {
+                        el.remove();
+                    }
+                    Ok(())
+                }),
+                element!("tfoot", |el| {
+                    el.set_tag_name("tbody")?;
+                    Ok(())
+                }),
+                element!("a[href]", |el| {
+                    let href = el.get_attribute("href").unwrap_or_default();
+                    let href = html_escape::decode_html_entities(href.trim()).into_owned();
+                    links.borrow_mut().push((href, false));
+                    let links = links.clone();
+                    if let Some(handlers) = el.end_tag_handlers() {
+                        let handler: lol_html::EndTagHandler<'static> = Box::new(move |end| {
+                            if let Some((href, false)) = links.borrow_mut().pop() {
+                                end.before(&href, lol_html::html_content::ContentType::Text);
+                            }
+                            Ok(())
+                        });
+                        handlers.push(handler);
+                    }
+                    Ok(())
+                }),
+                element!("a[href] img[alt]", |el| {
+                    if !el
+                        .get_attribute("alt")
+                        .unwrap_or_default()
+                        .trim()
+                        .is_empty()
+                    {
+                        shown(&links);
+                    }
+                    Ok(())
+                }),
+                text!("a[href]", |t| {
+                    if !t.as_str().trim().is_empty() {
+                        shown(&links);
+                    }
+                    Ok(())
+                }),
+            ],
+            document_content_handlers: vec![doc_text!(|t| {
+                for word in t.as_str().split_whitespace() {
+                    if word.starts_with("http://") || word.starts_with("https://") {
+                        longest.set(longest.get().max(word.chars().count()));
+                    }
+                }
+                Ok(())
+            })],
+            ..lol_html::Settings::new()
+        },
+    );
+    match result {
+        Ok(prepared) => (prepared, longest.get()),
+        Err(_) => (html.to_owned(), 0),
+    }
 }
 
 /// `List-Unsubscribe` (RFC 2369).
@@ -296,5 +397,29 @@ mod tests {
     #[test]
     fn a_rendered_line_break_cannot_start_a_new_header() {
         assert_eq!(one_line("Hi\r\nBcc: x@y.z"), "Hi Bcc: x@y.z");
+    }
+
+    #[test]
+    fn the_text_part_keeps_urls_whole_footers_and_image_links_and_drops_what_is_hidden() {
+        let long = "https://x.example/a/very/long/inline/url/that/is/written/in/the/text/and/is/over/seventy/eight/columns";
+        let html = format!(
+            r#"<html><body><div style="visibility: hidden">Hidden preheader</div>
+            <table><tbody><tr><td>Hello Ann, a paragraph of text long enough to wrap somewhere along the way, as paragraphs do.</td></tr></tbody>
+            <tfoot><tr><td>Footer text <a href="https://x.example/unsub">Unsubscribe</a></td></tr></tfoot></table>
+            <a href="https://x.example/shop"><img src="a.png" alt="Shop now"></a>
+            <a href="https://x.example/noalt?a=1&amp;b=2"><img src="b.png"></a>
+            <p>Visit {long} for more.</p></body></html>"#
+        );
+        let text = plain_text(&html);
+        assert!(!text.contains("Hidden preheader"), "{text}");
+        assert!(text.contains("Footer text"), "{text}");
+        assert!(text.contains("Shop now"), "{text}");
+        assert!(text.contains("https://x.example/noalt?a=1&b=2"), "{text}");
+        assert!(
+            text.lines().any(|l| l.contains(long)),
+            "the URL on one line: {text}"
+        );
+        assert!(text.lines().all(|l| l == l.trim_end()), "{text:?}");
+        assert!(text.contains("[1]: https://x.example/unsub"), "{text}");
     }
 }

@@ -78,9 +78,11 @@ impl std::str::FromStr for SendStatus {
             "bounced" => SendStatus::Bounced,
             "failed" => SendStatus::Failed,
             "dead" => SendStatus::Dead,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "`{other}` is not a send status (pending, inflight, sent, bounced, failed, dead)"
-            )),
+            ))
+            }
         })
     }
 }

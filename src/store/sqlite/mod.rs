@@ -940,4 +940,3 @@ mod tests {
         assert!(SqliteStore::connect(&url, "sometimes").await.is_err());
     }
 }
-

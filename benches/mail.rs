@@ -131,7 +131,7 @@ async fn main() {
     };
     let loaded = pegabridge::mapping::Mappings::load_configured(&settings).unwrap();
     let mapping = loaded.mappings.get("bulk").unwrap();
-    let composer = pegabridge::mail::Composer::new(&mail).unwrap();
+    let composer = pegabridge::mail::Composer::new(&mail, None).unwrap();
     let messages: Vec<lettre::Message> = (0..MAILS)
         .map(|i| {
             let mut options = serde_json::Map::new();

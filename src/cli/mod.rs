@@ -317,7 +317,8 @@ fn config_check(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `config check --connect`: the store opens, the endpoint answers.
+/// `config check --connect`: the store opens, the endpoint answers, the mail relay takes a
+/// session (EHLO, STARTTLS, AUTH; nothing sent).
 fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -338,6 +339,15 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
                     eprintln!("pega: {cause}");
                 }
             },
+        }
+        if let Some(mail) = &settings.mail {
+            match crate::mail::Relay::new(mail)?.probe().await {
+                Ok(answer) => out!("mail relay ok: {answer}"),
+                Err(refusal) => {
+                    ok = false;
+                    eprintln!("mail relay: {}:{}: {refusal}", mail.host, mail.port);
+                }
+            }
         }
         Ok(if ok {
             ExitCode::SUCCESS
@@ -403,17 +413,11 @@ fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode
         .recipients
         .first()
         .context("the trigger has no recipient")?;
-    let composer = crate::mail::Composer::new(mail)?;
+    // What `serve` sends: tracked links, the pixel, List-Unsubscribe (ids 0: its opens,
+    // clicks and unsubscribes join no personal broadcast and are recorded nowhere).
+    let composer = crate::mail::Composer::new(mail, settings.tracking.as_ref())?;
     let uuid = crate::event::new_uuid();
-    let outgoing = crate::mail::Outgoing {
-        to: &args.to,
-        uuid: &uuid,
-        manual_options: &first.manual_options,
-        unsubscribe: Vec::new(),
-        tracking: None,
-        join_key: None,
-    };
-    let message = composer.compose(&mapping, &outgoing)?;
+    let message = composer.personal(&mapping, &args.to, &uuid, &first.manual_options, (0, 0))?;
     let runtime = tokio::runtime::Runtime::new()?;
     // The relay's connection pool lives on the runtime: made and dropped inside it.
     let sent = runtime.block_on(async {

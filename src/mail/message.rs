@@ -49,6 +49,10 @@ pub struct Composer {
     /// Signing with and without the `List-Unsubscribe` headers (a header a signature names
     /// must be in the message: verifiers hash an absent one differently).
     dkim: Option<(DkimConfig, DkimConfig)>,
+    /// Tracked links, the pixel and one-click unsubscribe (`[tracking]`).
+    tokens: Option<super::tracking::Tokens>,
+    /// The address of `List-Unsubscribe`'s `mailto:` target (`reply_to`, else `from`).
+    unsubscribe_mailbox: String,
 }
 
 impl std::fmt::Debug for Composer {
@@ -72,9 +76,14 @@ const SIGNED: [&str; 6] = [
 ];
 
 impl Composer {
-    pub fn new(settings: &MailSettings) -> anyhow::Result<Self> {
+    /// The messages of `[mail]`, tracked as `[tracking]` says (none: untracked).
+    pub fn new(
+        settings: &MailSettings,
+        tracking: Option<&crate::config::mail::TrackingSettings>,
+    ) -> anyhow::Result<Self> {
         let from: Mailbox = settings.from.parse()?;
-        let reply_to = settings.reply_to.as_deref().map(str::parse).transpose()?;
+        let reply_to: Option<Mailbox> = settings.reply_to.as_deref().map(str::parse).transpose()?;
+        let unsubscribe_mailbox = reply_to.as_ref().unwrap_or(&from).email.to_string();
         let dkim = match &settings.dkim {
             None => None,
             Some(d) => {
@@ -108,7 +117,54 @@ impl Composer {
             reply_to,
             domain: settings.message_id_domain.clone(),
             dkim,
+            tokens: tracking.map(super::tracking::Tokens::new),
+            unsubscribe_mailbox,
         })
+    }
+
+    /// The message of one personal broadcast (`ids`: its broadcast id and customer id) as
+    /// `serve` sends it: `{{$unsubscribe_url}}` set, links tracked and the pixel placed when
+    /// the mapping is tracked, `List-Unsubscribe` (one-click with `[tracking]`), the
+    /// platform's metadata header.
+    pub fn personal(
+        &self,
+        mapping: &Mapping,
+        to: &str,
+        uuid: &str,
+        manual_options: &Map<String, Value>,
+        ids: (i64, i64),
+    ) -> Result<Message, ComposeError> {
+        let mut options = manual_options.clone();
+        let mut unsubscribe = Vec::new();
+        if let Some(tokens) = &self.tokens {
+            let url = tokens.url(&super::tracking::Target::Unsubscribe {
+                broadcast_id: ids.0,
+                customer_id: ids.1,
+            });
+            // `{{$unsubscribe_url}}` in the template.
+            options.insert("unsubscribe_url".into(), Value::String(url.clone()));
+            unsubscribe.push(url);
+        }
+        unsubscribe.push(format!(
+            "mailto:{}?subject=unsubscribe",
+            self.unsubscribe_mailbox
+        ));
+        let tracking = match &self.tokens {
+            Some(tokens) if mapping.file.tracking => Some((tokens, ids)),
+            _ => None,
+        };
+        let outgoing = Outgoing {
+            to,
+            uuid,
+            manual_options: &options,
+            unsubscribe,
+            tracking,
+            join_key: Some(crate::event::JoinKey {
+                broadcast_id: ids.0,
+                customer_id: ids.1,
+            }),
+        };
+        self.compose(mapping, &outgoing)
     }
 
     /// The message of `mapping` for `out`: subject and from name rendered with the manual

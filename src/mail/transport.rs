@@ -236,6 +236,24 @@ impl Relay {
         }
     }
 
+    /// Opens a session as sending does (connect, greeting, EHLO, STARTTLS, AUTH) and quits
+    /// without sending (`config check --connect`); says what was done.
+    pub async fn probe(&self) -> Result<String, Refusal> {
+        let mut conn = self.open().await?;
+        let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+        let tls = match self.tls {
+            SmtpTls::Starttls => "STARTTLS",
+            SmtpTls::Tls => "TLS",
+            SmtpTls::None => "no TLS",
+        };
+        let auth = if self.credentials.is_some() {
+            ", authenticated"
+        } else {
+            ""
+        };
+        Ok(format!("{}:{} ({tls}{auth})", self.host, self.port))
+    }
+
     /// Sends `message`; `Ok` once the relay accepted it (250).
     pub async fn send(&self, message: &Message) -> Result<(), Refusal> {
         let _session = self.sessions.acquire().await.expect("never closed");

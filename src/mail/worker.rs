@@ -9,7 +9,7 @@
 //! same `Message-ID`.
 
 use super::status::{Ended, MailStatus};
-use super::{Composer, Outgoing, Refusal, Relay};
+use super::{Composer, Refusal, Relay};
 use crate::config::mail::MailSettings;
 use crate::config::pega::RetrySettings;
 use crate::delivery::breaker::Admit;
@@ -47,9 +47,6 @@ pub struct MailWorker {
     retry: RetrySettings,
     sessions: usize,
     lease_secs: u64,
-    tokens: Option<super::tracking::Tokens>,
-    /// The address of `List-Unsubscribe`'s `mailto:` target.
-    unsubscribe_mailbox: String,
     status: Arc<MailStatus>,
 }
 
@@ -62,18 +59,11 @@ impl MailWorker {
         mappings: Mappings,
         status: Arc<MailStatus>,
     ) -> anyhow::Result<Self> {
-        let mailbox: lettre::message::Mailbox = settings
-            .reply_to
-            .as_deref()
-            .unwrap_or(&settings.from)
-            .parse()?;
         Ok(Self {
-            tokens: tracking.map(super::tracking::Tokens::new),
-            unsubscribe_mailbox: mailbox.email.to_string(),
             store,
             intake,
             relay: Relay::new(settings)?,
-            composer: Composer::new(settings)?,
+            composer: Composer::new(settings, tracking)?,
             mappings,
             retry: settings.retry.clone(),
             sessions: settings.max_sessions.max(1),
@@ -213,7 +203,7 @@ impl MailWorker {
         }
     }
 
-    /// The message of `send`, as `serve` sends it.
+    /// The message of `send`.
     pub fn message(&self, send: &ClaimedSend) -> Result<lettre::Message, String> {
         let mapping = self
             .mappings
@@ -221,48 +211,14 @@ impl MailWorker {
             .ok_or_else(|| format!("the mapping `{}` is not loaded", send.mapping))?;
         let event: Map<String, Value> =
             serde_json::from_str(&send.event).map_err(|e| format!("the stored event: {e}"))?;
-        let mut options = match event.get("broadcast_manual_options") {
+        let options = match event.get("broadcast_manual_options") {
             Some(Value::Object(o)) => o.clone(),
             _ => Map::new(),
         };
         let ids = (send.broadcast_id, send.customer_id);
-        let mut unsubscribe = Vec::new();
-        if let Some(tokens) = &self.tokens {
-            let url = tokens.url(&super::tracking::Target::Unsubscribe {
-                broadcast_id: ids.0,
-                customer_id: ids.1,
-            });
-            // `{{$unsubscribe_url}}` in the template.
-            options.insert("unsubscribe_url".into(), Value::String(url.clone()));
-            unsubscribe.push(url);
-        }
-        unsubscribe.push(format!(
-            "mailto:{}?subject=unsubscribe",
-            self.unsubscribe_mailbox
-        ));
-        let tracking = match &self.tokens {
-            Some(tokens) if mapping.file.tracking => Some((tokens, ids)),
-            _ => None,
-        };
-        let outgoing = Outgoing {
-            to: &send.email,
-            uuid: &send.uuid,
-            manual_options: &options,
-            unsubscribe,
-            tracking,
-            join_key: Some(crate::event::JoinKey {
-                broadcast_id: ids.0,
-                customer_id: ids.1,
-            }),
-        };
         self.composer
-            .compose(&mapping, &outgoing)
+            .personal(&mapping, &send.email, &send.uuid, &options, ids)
             .map_err(|e| e.to_string())
-    }
-
-    /// The relay (for `send-test` and `config check --connect`).
-    pub fn relay(&self) -> &Relay {
-        &self.relay
     }
 
     /// Sends until `stop`: up to `max_sessions` at once, the next started as soon as one

@@ -975,3 +975,99 @@ fn plaintext_with_a_password_is_refused_at_load_naming_the_key() {
     assert!(err.contains("mail.tls"), "{err}");
     assert!(!err.contains("\"p\""), "{err}");
 }
+
+#[test]
+fn send_test_sends_what_serve_sends_tracked_links_the_pixel_and_one_click_unsubscribe() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let config = format!(
+        "{}\n[tracking]\nbase_url = \"https://mail.example\"\nsecret = \"a tracking secret of more than 32 chars\"\n",
+        mail_section(smtp.port)
+    );
+    let dir = project(&config);
+    let out = pegabridge(
+        dir.path(),
+        &[
+            "send-test",
+            "--mapping",
+            "mail",
+            "--trigger",
+            "trigger.json",
+            "--to",
+            "check@example.net",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = check(&smtp.messages()[0]);
+    let unsubscribe = m["headers"]["List-Unsubscribe"].as_str().unwrap();
+    assert!(
+        unsubscribe.contains("<https://mail.example/t/u/") && unsubscribe.contains("mailto:"),
+        "{unsubscribe}"
+    );
+    assert_eq!(
+        m["headers"]["List-Unsubscribe-Post"],
+        "List-Unsubscribe=One-Click"
+    );
+    let html = m["parts"][1]["content"].as_str().unwrap();
+    assert!(html.contains("https://mail.example/t/c/"), "{html}");
+    assert_eq!(
+        html.matches("https://mail.example/t/o/").count(),
+        1,
+        "{html}"
+    );
+    assert_eq!(m["dkim"], true);
+}
+
+#[test]
+fn config_check_connect_opens_a_relay_session_and_no_log_shows_the_password() {
+    if !smtp_tools() {
+        return;
+    }
+    let pki = crate::reach::Pki::new();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let smtp = Smtp::start(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--auth",
+        "relay-user:relay-secret-9",
+    ]);
+    let run = |password: &str| {
+        let section = tls_section(smtp.port, &pki, "starttls", true, false)
+            .replace("relay-secret-9", password);
+        let dir = project(&section);
+        let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+            .args(["config", "check", "--connect"])
+            .current_dir(dir.path())
+            .env_remove("PEGABRIDGE_CONFIG")
+            .env("RUST_LOG", "trace")
+            .env("PEGABRIDGE_LOG_WIRE", "1")
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    let (code, out, err) = run("relay-secret-9");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("mail relay ok") && out.contains("STARTTLS, authenticated"),
+        "{out}"
+    );
+    let (code, out, err) = run("a-rotated-password");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("mail relay") && err.contains("535"), "{err}");
+    assert!(smtp.messages().is_empty(), "nothing is sent");
+    // Neither the password nor AUTH PLAIN's base64 of it appears at any level.
+    use base64::Engine;
+    for (password, all) in [
+        ("relay-secret-9", run("relay-secret-9")),
+        ("a-rotated-password", run("a-rotated-password")),
+    ] {
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0relay-user\0{password}"));
+        let all = format!("{}{}", all.1, all.2);
+        assert!(!all.contains(password) && !all.contains(&plain), "{all}");
+    }
+}

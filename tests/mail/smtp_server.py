@@ -86,7 +86,7 @@ def main():
 
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = auth_data.login == user and auth_data.password == password
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)
 
         server_kwargs = options.setdefault("server_kwargs", {})
         server_kwargs["authenticator"] = authenticator

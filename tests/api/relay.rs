@@ -29,6 +29,13 @@ enum Fault {
     Silent,
     /// `550 5.1.1` for recipients whose address starts with `nobody` (the only bounce).
     NoSuchUser,
+    /// Every answer after the greeting comes 1.5 s late (beyond `timeout_secs = 1`).
+    Slow,
+    /// The connection is dropped in the middle of the data.
+    Dropped,
+    /// No answer after the data of a message to an address starting with `stuck`; the
+    /// others are taken.
+    Stuck,
 }
 
 /// A running relay: its port, its fault (which the test may change), the AUTH commands it saw.
@@ -83,9 +90,16 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut lines = BufReader::new(read).lines();
     let _ = write.write_all(b"220 relay.test ESMTP\r\n").await;
     let mut in_data = false;
+    let mut stuck = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let fault = *shared.lock().unwrap();
+        if fault == Fault::Slow {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
         if in_data {
+            if fault == Fault::Dropped {
+                return;
+            }
             if line != "." {
                 continue;
             }
@@ -93,6 +107,7 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             let answer: &[u8] = match fault {
                 Fault::Content => b"554 5.6.0 Message content refused\r\n",
                 Fault::Silent => continue,
+                Fault::Stuck if stuck => continue,
                 _ => b"250 2.0.0 queued\r\n",
             };
             let _ = write.write_all(answer).await;
@@ -115,6 +130,7 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 b"250 2.1.0 Ok\r\n"
             }
         } else if upper.starts_with("RCPT TO") {
+            stuck = upper.contains("<STUCK");
             if fault == Fault::NoSuchUser && upper.contains("<NOBODY") {
                 b"550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown\r\n"
             } else {
@@ -195,7 +211,14 @@ async fn statuses(url: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_relays_and_the_senders_problems_bounce_nobody_and_suppress_nobody() {
-    for fault in [Fault::Auth, Fault::MailFrom, Fault::Content, Fault::Silent] {
+    for fault in [
+        Fault::Auth,
+        Fault::MailFrom,
+        Fault::Content,
+        Fault::Silent,
+        Fault::Slow,
+        Fault::Dropped,
+    ] {
         let pki = Pki::new();
         let port = relay(fault, &pki).await;
         let pega = start_pega().await;
@@ -420,4 +443,35 @@ async fn dead_sends_are_listed_with_the_relays_answer_and_replayed_once_fixed() 
         events.iter().all(|e| e["metric"] == "broadcasts"),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn one_stuck_session_holds_no_other_send() {
+    let pki = Pki::new();
+    let relay = start_relay(Fault::Stuck, &pki).await;
+    let pega = start_pega().await;
+    // A long timeout: the stuck send stays with the relay for the whole test.
+    let extra = format!(
+        "[mail]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"pegabridge\"\npassword = \"relay-password\"\ntimeout_secs = 600\nlease_secs = 1200\nmax_sessions = 2\nfrom = \"Offers <offers@mail.example>\"\n[mail.tls]\nmode = \"tls\"\nca_file = {:?}\n\n{}",
+        relay.port,
+        pki.path("ca.pem"),
+        pega_section(&pega, "")
+    );
+    let app = spawn_app_with("", &extra).await.0;
+    let mut trigger = many(20);
+    trigger["Customers"][0]["Email"] = serde_json::json!("stuck@example.com");
+    assert!(app
+        .post("/webhooks/offer", &trigger)
+        .await
+        .status()
+        .is_success());
+    // Every other customer's mail goes through the one session left, while the first waits.
+    let events = wait_for_events(&pega, 19).await;
+    assert_eq!(events.len(), 19, "{events:?}");
+    let sends = admin_get(&app, "/admin/sends?status=inflight").await;
+    let inflight = sends["sends"].as_array().unwrap();
+    assert_eq!(inflight.len(), 1, "{inflight:?}");
+    assert_eq!(inflight[0]["email"], "stuck@example.com");
+    let health = admin_get(&app, "/health").await;
+    assert_eq!(health["mail"]["state"], "sending", "{health}");
 }

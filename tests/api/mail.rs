@@ -1071,3 +1071,182 @@ fn config_check_connect_opens_a_relay_session_and_no_log_shows_the_password() {
         assert!(!all.contains(password) && !all.contains(&plain), "{all}");
     }
 }
+
+/// The http(s) targets a browser (html5ever) finds in `html`: `<a href>` and `<area href>`
+/// resolved under the first `<base href>`, and the `href`s of Outlook conditional comments;
+/// only absolute http(s) URLs without control characters. Sorted.
+fn browser_targets(html: &str) -> Vec<String> {
+    use scraper::{Html, Node, Selector};
+    let doc = Html::parse_document(html);
+    let base = doc
+        .select(&Selector::parse("base[href]").unwrap())
+        .next()
+        .and_then(|b| url::Url::parse(b.value().attr("href").unwrap().trim()).ok());
+    let resolve = |href: &str| -> Option<String> {
+        let href = href.trim_matches(|c: char| c <= ' ');
+        if href.chars().any(char::is_control) || href.contains("{{") || href.contains("}}") {
+            return None;
+        }
+        let url = match url::Url::parse(href) {
+            Ok(u) => u,
+            Err(url::ParseError::RelativeUrlWithoutBase) => base.as_ref()?.join(href).ok()?,
+            Err(_) => return None,
+        };
+        (matches!(url.scheme(), "http" | "https") && url.host().is_some()).then(|| url.into())
+    };
+    let href_re = regex::Regex::new(r#"(?i)\bhref\s*=\s*(?:"([^"]*)"|'([^']*)')"#).unwrap();
+    let mut found = Vec::new();
+    for node in doc.tree.root().descendants() {
+        match node.value() {
+            Node::Element(e) if matches!(e.name(), "a" | "area") => {
+                if let Some(url) = e.attr("href").and_then(resolve) {
+                    found.push(url);
+                }
+            }
+            Node::Comment(c) if c.trim_start().to_ascii_lowercase().starts_with("[if") => {
+                for m in href_re.captures_iter(c) {
+                    let raw = m.get(1).or_else(|| m.get(2)).unwrap().as_str();
+                    if let Some(url) = resolve(&html_escape::decode_html_entities(raw)) {
+                        found.push(url);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The text a browser shows of `html`'s body (script and style left out), words only.
+fn visible_words(html: &str) -> Vec<String> {
+    use scraper::{Html, Node};
+    let doc = Html::parse_document(html);
+    let mut words = Vec::new();
+    for node in doc.tree.root().descendants() {
+        if let Node::Text(t) = node.value() {
+            let hidden = node.ancestors().any(|a| {
+                a.value()
+                    .as_element()
+                    .is_some_and(|e| matches!(e.name(), "script" | "style" | "title" | "head"))
+            });
+            if !hidden {
+                words.extend(t.split_whitespace().map(str::to_owned));
+            }
+        }
+    }
+    words
+}
+
+#[test]
+fn every_corpus_template_is_sent_with_exact_links_one_pixel_and_the_same_text() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (templates, mappings) = (dir.path().join("templates"), dir.path().join("mappings"));
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::create_dir_all(&mappings).unwrap();
+    let corpus = crate::helpers::templates_under(&root().join("tests/corpus"));
+    assert!(corpus.len() >= 80, "{}", corpus.len());
+    for (i, path) in corpus.iter().enumerate() {
+        std::fs::copy(path, templates.join(format!("t{i:03}.html"))).unwrap();
+        let mapping = MAPPING.replace("offer.html", &format!("t{i:03}.html"));
+        std::fs::write(mappings.join(format!("t{i:03}.toml")), mapping).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("pegabridge.toml"),
+        format!(
+            "{}\n[tracking]\nbase_url = \"https://mail.example\"\nsecret = \"a tracking secret of more than 32 chars\"\n",
+            mail_section(smtp.port)
+        ),
+    )
+    .unwrap();
+    let settings =
+        pegabridge::config::Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let loaded = pegabridge::mapping::Mappings::load_configured(&settings).unwrap();
+    assert_eq!(loaded.mappings.len(), corpus.len());
+    let mail = settings.mail.as_ref().unwrap();
+    let composer = pegabridge::mail::Composer::new(mail, settings.tracking.as_ref()).unwrap();
+    let tokens = pegabridge::mail::tracking::Tokens::new(settings.tracking.as_ref().unwrap());
+    let mut options = serde_json::Map::new();
+    options.insert("InteractionId".into(), "-563481321460449721".into());
+    options.insert("UniqueOfferId".into(), "OFFER-1".into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let relay = runtime
+        .block_on(async { pegabridge::mail::Relay::new(mail) })
+        .unwrap();
+    let mut expected = Vec::new();
+    for (i, path) in corpus.iter().enumerate() {
+        let mapping = loaded.mappings.get(&format!("t{i:03}")).unwrap();
+        let message = composer
+            .personal(
+                &mapping,
+                &format!("c{i:03}@example.com"),
+                &format!("u{i:03}"),
+                &options,
+                (7, i as i64),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        runtime.block_on(relay.send(&message)).unwrap();
+        let rendered = pegabridge::template::render::render(&mapping.template_html, &options)
+            .unwrap()
+            .html;
+        expected.push(rendered);
+    }
+    let mail_files = smtp.messages();
+    assert_eq!(mail_files.len(), corpus.len());
+    let mut tracked_links = 0;
+    for file in &mail_files {
+        let m = check(file);
+        let to = m["headers"]["To"].as_str().unwrap();
+        let i: usize = to[1..4].parse().unwrap();
+        let name = corpus[i].display();
+        assert_eq!(m["dkim"], true, "{name}");
+        let html = m["parts"][1]["content"].as_str().unwrap();
+        let original = &expected[i];
+        assert_eq!(
+            html.matches("https://mail.example/t/o/").count(),
+            1,
+            "{name}: one pixel"
+        );
+        // Every link a browser would open goes through a token carrying exactly its target.
+        let mut sent: Vec<String> = Vec::new();
+        let mut ids: Vec<i64> = Vec::new();
+        for token in html
+            .split(['"', '\''])
+            .filter_map(|s| s.strip_prefix("https://mail.example/t/c/"))
+        {
+            match tokens.check(pegabridge::mail::tracking::Kind::Click, token) {
+                Some(pegabridge::mail::tracking::Target::Click { url, link_id, .. }) => {
+                    sent.push(url);
+                    ids.push(link_id);
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        sent.sort();
+        ids.sort();
+        assert_eq!(sent, browser_targets(original), "{name}");
+        assert_eq!(ids, (1..=sent.len() as i64).collect::<Vec<_>>(), "{name}");
+        tracked_links += sent.len();
+        // What a person reads is unchanged.
+        assert_eq!(
+            visible_words(html),
+            visible_words(original),
+            "{name}: the text a browser shows"
+        );
+        // The text part: no trailing space, every footnote's URL whole.
+        let text = m["parts"][0]["content"].as_str().unwrap();
+        for line in text.lines() {
+            assert_eq!(line, line.trim_end(), "{name}: trailing space");
+            if let Some((_, url)) = line.split_once("]: ") {
+                if line.starts_with('[') && url.starts_with("http") {
+                    assert!(url::Url::parse(url).is_ok(), "{name}: {line}");
+                }
+            }
+        }
+    }
+    assert!(tracked_links >= 100, "{tracked_links} links tracked in all");
+}

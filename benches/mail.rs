@@ -2,7 +2,9 @@
 //! SMTP sink (aiosmtpd, `tests/mail/smtp_server.py --discard`, one process on this machine),
 //! against a plain lettre client sending the same messages to the same sink with as many
 //! sessions, in the same run; then the resident size of `serve` holding 100,000 queued sends
-//! with the relay down. Target: >= 0.5 of the plain client. Needs
+//! with the relay down. Target: >= 0.5 of the plain client. Then the same bulk send with one
+//! relay session stuck (the sink never answers the data of one recipient's message): the
+//! other sends' mails/s beside the first run's (target >= 0.9). Needs
 //! `python3 -m pip install aiosmtpd`.
 
 #[global_allocator]
@@ -39,9 +41,15 @@ fn free_port() -> u16 {
 
 /// The sink on `port`, counting what it accepted into `accepted`.
 fn sink(port: u16, accepted: Arc<AtomicUsize>) -> std::process::Child {
+    sink_with(port, accepted, &[])
+}
+
+/// [`sink`] with more arguments of `smtp_server.py`.
+fn sink_with(port: u16, accepted: Arc<AtomicUsize>, extra: &[&str]) -> std::process::Child {
     let mut child = std::process::Command::new("python3")
         .arg(root().join("tests/mail/smtp_server.py"))
         .args(["--port", &port.to_string(), "--dir", "/tmp", "--discard"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 with aiosmtpd");
@@ -180,6 +188,9 @@ async fn main() {
     let _ = sink_b.kill();
     let _ = sink_b.wait();
 
+    // One session stuck: the first recipient's message is never answered.
+    let stuck = stuck_run(&client).await;
+
     // Memory: 100,000 sends queued, the relay down.
     let rss = queued_rss(&client).await;
 
@@ -188,7 +199,38 @@ async fn main() {
     println!("| mails/s, committed bulk trigger of {MAILS} to acceptance by the sink ({SESSIONS} sessions) | {bridged:.0} | |");
     println!("| mails/s, plain lettre client, same messages, same sink and sessions | {plain:.0} | (baseline) |");
     println!("| ratio | {:.2} | >= 0.5 |", bridged / plain);
+    println!("| mails/s of the others with one relay session stuck after DATA | {stuck:.0} | |");
+    println!("| ratio to the run without the stuck session | {:.2} | >= 0.9 |", stuck / bridged);
     println!("| resident size of serve, {QUEUED} sends queued, relay down | {rss:.1} MB | |");
+}
+
+/// The bulk send of `MAILS` with the first recipient's session stuck after DATA: mails/s of
+/// the others, to acceptance by the sink.
+async fn stuck_run(client: &reqwest::Client) -> f64 {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let smtp_port = free_port();
+    let mut sink = sink_with(smtp_port, accepted.clone(), &["--stuck", "r0@example.org"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_project(dir.path(), smtp_port, "127.0.0.1:0");
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let res = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&customers(MAILS))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let committed = Instant::now();
+    let others = (MAILS - 1) / 100 * 100;
+    wait_for(&accepted, others).await;
+    let rate = others as f64 / committed.elapsed().as_secs_f64();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    rate
 }
 
 /// `serve` as its own process with `QUEUED` sends committed and the relay refusing
@@ -225,8 +267,10 @@ async fn queued_rss(client: &reqwest::Client) -> f64 {
         .await
         .unwrap();
     assert!(res.status().is_success(), "{}", res.status());
-    // Rounds against the dead relay meanwhile.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Attempts against the dead relay meanwhile (its breaker opens), and time for the
+    // allocator to return what parsing the 10 MB trigger took (measured at 5 s, that peak
+    // is still counted: a bulk trigger's own memory is the efficiency issue's).
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let mb = common::rss_mb(child.id());
     child.kill().unwrap();
     child.wait().unwrap();

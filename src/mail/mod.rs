@@ -2,6 +2,7 @@
 //! HTML, a plain-text alternative, `Message-ID`, `Date`, DKIM) and handed to an SMTP relay
 //! (`[mail]`).
 
+pub mod connect;
 pub mod held;
 pub mod message;
 pub mod status;

@@ -7,7 +7,7 @@
 use crate::config::mail::{MailSettings, SmtpTls};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::Message;
@@ -64,9 +64,8 @@ pub struct Relay {
     host: String,
     port: u16,
     tls: SmtpTls,
-    /// The TLS parameters (the relay's name, a private CA's roots, a client certificate),
-    /// made once.
-    tls_parameters: Option<TlsParameters>,
+    /// TCP with `TCP_NODELAY`, TLS as configured (made once).
+    connector: super::connect::Connector,
     credentials: Option<Credentials>,
     timeout: Duration,
     hello: ClientId,
@@ -83,39 +82,6 @@ impl std::fmt::Debug for Relay {
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
-}
-
-/// The relay's TLS parameters: Mozilla's roots and `[mail.tls] ca_file`'s, and the client
-/// certificate of `[mail.tls]`, if any.
-fn tls_parameters(settings: &MailSettings) -> anyhow::Result<TlsParameters> {
-    use lettre::transport::smtp::client::{Certificate, Identity};
-    let files = settings
-        .tls
-        .files
-        .pem("mail.tls")
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    let mut builder = TlsParameters::builder(settings.host.clone());
-    if let Some((path, ders)) = files.roots {
-        for der in ders {
-            let cert = Certificate::from_der(der.to_vec()).map_err(|e| {
-                anyhow::anyhow!("mail.tls.ca_file: {}: not usable: {e}", path.display())
-            })?;
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    if let Some((chain, key)) = files.identity {
-        // lettre's rustls `Identity::from_pem` takes the leaf certificate as DER (its chain is
-        // not sent: a relay must know the client's intermediate, if any).
-        use rustls_pki_types::pem::PemObject;
-        let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&chain)
-            .next()
-            .and_then(Result::ok)
-            .ok_or_else(|| anyhow::anyhow!("mail.tls.client_cert: no certificate"))?;
-        let identity = Identity::from_pem(&leaf, &key)
-            .map_err(|e| anyhow::anyhow!("mail.tls.client_key: not usable: {e}"))?;
-        builder = builder.identify_with(identity);
-    }
-    Ok(builder.build_rustls()?)
 }
 
 /// A failure at `stage` from lettre's error.
@@ -138,15 +104,11 @@ impl Relay {
             _ => None,
         };
         let sessions = settings.max_sessions.max(1);
-        let tls_parameters = match settings.tls.mode {
-            SmtpTls::None => None,
-            SmtpTls::Starttls | SmtpTls::Tls => Some(tls_parameters(settings)?),
-        };
         Ok(Self {
             host: settings.host.clone(),
             port: settings.port,
             tls: settings.tls.mode,
-            tls_parameters,
+            connector: super::connect::Connector::new(settings)?,
             credentials,
             timeout: Duration::from_secs(settings.timeout_secs.max(1)),
             hello: ClientId::default(),
@@ -176,33 +138,16 @@ impl Relay {
         }
     }
 
-    fn tls_parameters(&self) -> Result<TlsParameters, Refusal> {
-        self.tls_parameters.clone().ok_or_else(|| Refusal::Session {
-            stage: Stage::Connect,
-            code: None,
-            text: "no TLS parameters".into(),
-        })
-    }
-
     /// A new session: connected, greeted, encrypted as configured, authenticated.
     async fn open(&self) -> Result<AsyncSmtpConnection, Refusal> {
-        let implicit = match self.tls {
-            SmtpTls::Tls => Some(self.tls_parameters()?),
-            _ => None,
+        let hello = self.hello.to_string();
+        let stream = self.connector.connect(&hello).await?;
+        let stage = match self.tls {
+            SmtpTls::Starttls => Stage::Starttls,
+            _ => Stage::Connect,
         };
-        let connect = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(self.timeout),
-            &self.hello,
-            implicit,
-            None,
-        );
-        let mut conn = self.within(Stage::Connect, connect).await?;
-        if self.tls == SmtpTls::Starttls {
-            let params = self.tls_parameters()?;
-            self.within(Stage::Starttls, conn.starttls(params, &self.hello))
-                .await?;
-        }
+        let connect = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello);
+        let mut conn = self.within(stage, connect).await?;
         if let Some(credentials) = &self.credentials {
             let mechanisms = [Mechanism::Plain, Mechanism::Login];
             self.within(Stage::Auth, conn.auth(&mechanisms, credentials))

@@ -10,6 +10,7 @@ envelope in NNNN.json). It can be told to refuse, as relays do:
                    TLS from the first byte
   --client-ca F    require a client certificate issued by this CA
   --auth USER:PASS require AUTH with these credentials (only over TLS)
+  --stuck ADDR     never answer the data of a message to this recipient (a stuck session)
 It prints `ready PORT` once it listens, then serves until killed.
 """
 
@@ -25,7 +26,8 @@ from aiosmtpd.smtp import AuthResult
 
 
 class Handler:
-    def __init__(self, out, fail_first, reject, discard=False):
+    def __init__(self, out, fail_first, reject, discard=False, stuck=()):
+        self.stuck = {s.lower() for s in stuck}
         self.discard = discard
         self.out = out
         self.fail_first = fail_first
@@ -39,6 +41,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if any(r.lower() in self.stuck for r in envelope.rcpt_tos):
+            await asyncio.Event().wait()
         if self.fail_first > 0:
             self.fail_first -= 1
             return "451 4.3.0 try again later"
@@ -63,13 +67,14 @@ def main():
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--reject", action="append", default=[])
     p.add_argument("--discard", action="store_true")
+    p.add_argument("--stuck", action="append", default=[])
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--client-ca")
     p.add_argument("--auth")
     args = p.parse_args()
-    handler = Handler(args.dir, args.fail_first, args.reject, args.discard)
+    handler = Handler(args.dir, args.fail_first, args.reject, args.discard, args.stuck)
     options = {}
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

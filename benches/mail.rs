@@ -4,8 +4,12 @@
 //! sessions, in the same run; then the resident size of `serve` holding 100,000 queued sends
 //! with the relay down. Target: >= 0.5 of the plain client. Then the same bulk send with one
 //! relay session stuck (the sink never answers the data of one recipient's message): the
-//! other sends' mails/s beside the first run's (target >= 0.9). Needs
-//! `python3 -m pip install aiosmtpd`.
+//! other sends' mails/s beside the first run's (target >= 0.9). Last, when Debian's `postfix`
+//! is installed: pegabridge and Postfix's `smtp-source` each sending the same number of
+//! messages of the same size with the same sessions into Postfix's `smtp-sink` (target: at
+//! least 0.5 of `smtp-source`; the efficiency issue's). Needs `python3 -m pip install aiosmtpd`.
+
+#![allow(clippy::too_many_lines)]
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -191,6 +195,9 @@ async fn main() {
     // One session stuck: the first recipient's message is never answered.
     let stuck = stuck_run(&client).await;
 
+    // Postfix's sink and source, when installed.
+    let postfix = postfix_run(&client).await;
+
     // Memory: 100,000 sends queued, the relay down.
     let rss = queued_rss(&client).await;
 
@@ -200,8 +207,113 @@ async fn main() {
     println!("| mails/s, plain lettre client, same messages, same sink and sessions | {plain:.0} | (baseline) |");
     println!("| ratio | {:.2} | >= 0.5 |", bridged / plain);
     println!("| mails/s of the others with one relay session stuck after DATA | {stuck:.0} | |");
-    println!("| ratio to the run without the stuck session | {:.2} | >= 0.9 |", stuck / bridged);
+    println!(
+        "| ratio to the run without the stuck session | {:.2} | >= 0.9 |",
+        stuck / bridged
+    );
+    match postfix {
+        Some((ours, source, size)) => {
+            println!("| mails/s into Postfix's smtp-sink, pegabridge ({SESSIONS} sessions, {size}-byte messages) | {ours:.0} | |");
+            println!("| mails/s into the same smtp-sink, Postfix's smtp-source (same sessions, size, count) | {source:.0} | (baseline) |");
+            println!("| ratio | {:.2} | >= 0.5 |", ours / source);
+        }
+        None => println!("| smtp-sink comparison | not measured: /usr/sbin/smtp-sink missing (apt-get install postfix) | |"),
+    }
     println!("| resident size of serve, {QUEUED} sends queued, relay down | {rss:.1} MB | |");
+}
+
+/// Sends `MAILS` through pegabridge into Postfix's `smtp-sink`, then as many messages of the
+/// same size with `smtp-source` into a fresh `smtp-sink`: both mails/s, and the size.
+async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
+    if !std::path::Path::new("/usr/sbin/smtp-sink").exists() {
+        return None;
+    }
+    let sink = |port: u16| {
+        let child = std::process::Command::new("/usr/sbin/smtp-sink")
+            // As root it must be told whom to run as.
+            .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1024"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("smtp-sink");
+        for i in 0.. {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(i < 500, "smtp-sink did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    };
+    let smtp_port = free_port();
+    let mut first = sink(smtp_port);
+    let dir = tempfile::tempdir().unwrap();
+    write_project(dir.path(), smtp_port, "127.0.0.1:0");
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    // The size of one message as sent.
+    let loaded = pegabridge::mapping::Mappings::load_configured(&settings).unwrap();
+    let composer = pegabridge::mail::Composer::new(settings.mail.as_ref().unwrap(), None).unwrap();
+    let mut options = serde_json::Map::new();
+    options.insert("FirstName".into(), json!("Reader 1"));
+    let size = composer
+        .personal(
+            &loaded.mappings.get("bulk").unwrap(),
+            "r1@example.org",
+            "u",
+            &options,
+            (1, 1),
+        )
+        .unwrap()
+        .formatted()
+        .len();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let res = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&customers(MAILS))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let committed = Instant::now();
+    let sent = format!("pegabridge_mail_sends_total{{outcome=\"sent\"}} {MAILS}");
+    loop {
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+        if metrics.text().await.unwrap().contains(&sent) {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(600),
+            "never all sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ours = MAILS as f64 / committed.elapsed().as_secs_f64();
+    let _ = first.kill();
+    let _ = first.wait();
+    let port = free_port();
+    let mut second = sink(port);
+    let start = Instant::now();
+    let status = std::process::Command::new("/usr/sbin/smtp-source")
+        .args([
+            "-s",
+            &SESSIONS.to_string(),
+            "-m",
+            &MAILS.to_string(),
+            "-l",
+            &size.to_string(),
+        ])
+        .args(["-f", "offers@mail.example", "-t", "r@example.org"])
+        .arg(format!("127.0.0.1:{port}"))
+        .status()
+        .expect("smtp-source");
+    assert!(status.success());
+    let source = MAILS as f64 / start.elapsed().as_secs_f64();
+    let _ = second.kill();
+    let _ = second.wait();
+    Some((ours, source, size))
 }
 
 /// The bulk send of `MAILS` with the first recipient's session stuck after DATA: mails/s of

@@ -46,7 +46,7 @@ struct Delivery {
 
 /// The mail worker and what wakes it (with `[mail]`).
 struct Mail {
-    worker: MailWorker,
+    worker: Arc<MailWorker>,
     wake: Arc<Notify>,
     status: Arc<crate::mail::status::MailStatus>,
 }
@@ -359,7 +359,7 @@ impl Mail {
             status.clone(),
         )?;
         Ok(Some(Self {
-            worker,
+            worker: Arc::new(worker),
             wake: Arc::new(Notify::new()),
             status,
         }))

@@ -4,7 +4,9 @@
 //! - **backpressure**: a 429 or 503 with `Retry-After` pauses every POST for that long
 //!   (bounded by `[pega.retry] max_delay_secs`);
 //! - **circuit breaker**: when most requests of the last `window_secs` failed (no answer, a
-//!   timeout, 408 or 5xx; at least `min_requests` of them), it opens: no POST but one probe
+//!   timeout, 408 or 5xx; at least `min_requests` of them), or most of the last
+//!   `min_requests` requests did (so a long run of successes still in the window does not
+//!   hide an endpoint that just went down), it opens: no POST but one probe
 //!   every `probe_interval_secs`, one at a time, until a probe is answered; then it closes and
 //!   concurrency starts again from the minimum.
 
@@ -46,7 +48,21 @@ struct State {
     paused_until: Option<Instant>,
     /// Recent requests: when, and whether they failed.
     recent: VecDeque<(Instant, bool)>,
+    /// How many of `recent` failed (kept as they come and go: no scan).
+    recent_failures: usize,
+    /// The last `min_requests` outcomes within the window, and how many of them failed.
+    last: VecDeque<(Instant, bool)>,
+    last_failures: usize,
     next_probe: Instant,
+}
+
+impl State {
+    fn forget(&mut self) {
+        self.recent.clear();
+        self.recent_failures = 0;
+        self.last.clear();
+        self.last_failures = 0;
+    }
 }
 
 /// The endpoint's gate.
@@ -64,6 +80,9 @@ impl Gate {
                 breaker: BreakerState::Closed,
                 paused_until: None,
                 recent: VecDeque::new(),
+                recent_failures: 0,
+                last: VecDeque::new(),
+                last_failures: 0,
                 next_probe: Instant::now(),
             }),
             settings,
@@ -141,7 +160,7 @@ impl Gate {
                 return None;
             }
             s.breaker = BreakerState::Closed;
-            s.recent.clear();
+            s.forget();
             return Some(Transition::Closed);
         }
         if s.breaker != BreakerState::Closed {
@@ -149,26 +168,34 @@ impl Gate {
             return None;
         }
         let window = Duration::from_secs(self.settings.window_secs.max(1));
+        let min = self.settings.min_requests.max(1);
         s.recent.push_back((now, failed));
-        while s
-            .recent
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > window)
-        {
+        s.recent_failures += usize::from(failed);
+        // Out of the window, or beyond the bound (at most this many outcomes are kept).
+        while let Some(&(at, f)) = s.recent.front() {
+            if now.duration_since(at) <= window && s.recent.len() <= 10_000 {
+                break;
+            }
             s.recent.pop_front();
+            s.recent_failures -= usize::from(f);
         }
-        // Bounded: at most this many outcomes are kept (the oldest go first).
-        while s.recent.len() > 10_000 {
-            s.recent.pop_front();
+        s.last.push_back((now, failed));
+        s.last_failures += usize::from(failed);
+        while let Some(&(at, f)) = s.last.front() {
+            if s.last.len() <= min && now.duration_since(at) <= window {
+                break;
+            }
+            s.last.pop_front();
+            s.last_failures -= usize::from(f);
         }
+        let ratio = self.settings.failure_ratio;
         let total = s.recent.len();
-        let failures = s.recent.iter().filter(|(_, f)| *f).count();
-        if total >= self.settings.min_requests.max(1)
-            && failures as f64 > self.settings.failure_ratio * total as f64
-        {
+        let window_failing = total >= min && s.recent_failures as f64 > ratio * total as f64;
+        let lately_failing = s.last.len() >= min && s.last_failures as f64 > ratio * min as f64;
+        if failed && (window_failing || lately_failing) {
             s.breaker = BreakerState::Open;
             s.next_probe = now + self.probe_interval();
-            s.recent.clear();
+            s.forget();
             return Some(Transition::Opened);
         }
         None
@@ -240,5 +267,18 @@ mod tests {
         assert_eq!(g.admit(t + Duration::from_secs(2)), Admit::Go);
         g.record(t, false, false, Some(Duration::from_secs(3600)));
         assert_eq!(g.not_before(t), Some(t + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_endpoint_going_down_after_a_long_run_of_successes_opens_it_within_a_few_requests() {
+        let g = gate();
+        let t = Instant::now();
+        for _ in 0..5_000 {
+            assert_eq!(g.record(t, false, false, None), None);
+        }
+        // The window holds 5,000 successes; the last four requests judge.
+        assert_eq!(g.record(t, true, false, None), None);
+        assert_eq!(g.record(t, true, false, None), None);
+        assert_eq!(g.record(t, true, false, None), Some(Transition::Opened));
     }
 }

@@ -77,7 +77,8 @@ impl Connector {
             SmtpTls::Starttls | SmtpTls::Tls => {
                 let name = ServerName::try_from(settings.host.clone())
                     .map_err(|e| anyhow::anyhow!("mail.host: not a name TLS can check: {e}"))?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(settings)?));
+                let connector =
+                    tokio_rustls::TlsConnector::from(Arc::new(client_config(settings)?));
                 Some((connector, name))
             }
         };
@@ -160,7 +161,9 @@ impl Connector {
             tcp.write_all(b"STARTTLS\r\n")
                 .await
                 .map_err(|e| (Stage::Starttls, None, e.to_string()))?;
-            let (code, text) = reply(tcp).await.map_err(|(_, c, t)| (Stage::Starttls, c, t))?;
+            let (code, text) = reply(tcp)
+                .await
+                .map_err(|(_, c, t)| (Stage::Starttls, c, t))?;
             if code != 220 {
                 return Err((Stage::Starttls, Some(code), text));
             }
@@ -188,7 +191,11 @@ async fn reply(tcp: &mut TcpStream) -> Result<(u16, String), (Stage, Option<u16>
             .await
             .map_err(|e| (Stage::Connect, None, e.to_string()))?;
         if n == 0 {
-            return Err((Stage::Connect, None, "the relay closed the connection".into()));
+            return Err((
+                Stage::Connect,
+                None,
+                "the relay closed the connection".into(),
+            ));
         }
         buf.push(byte[0]);
         if buf.len() > MAX_REPLY {

@@ -17,8 +17,6 @@ use crate::delivery::schedule::backoff;
 use crate::mapping::Mappings;
 use crate::outbox::now_ms;
 use crate::store::{ClaimedSend, SendOutcome, Storage};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,9 +223,10 @@ impl MailWorker {
     /// ends; woken when a trigger commits sends, and every `poll` for retries falling due.
     /// Supervised by [`crate::app`]: after a panic it is called again (sends it had claimed
     /// are taken up again when their lease ends).
-    pub async fn run(&self, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
+    pub async fn run(self: &Arc<Self>, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
         let poll = Duration::from_millis(500);
-        let mut flying = FuturesUnordered::new();
+        // Each send its own task: sessions go on while outcomes are recorded and more claimed.
+        let mut flying = tokio::task::JoinSet::new();
         loop {
             let mut until = tokio::time::Instant::now() + poll;
             let free = self.sessions - flying.len();
@@ -238,7 +237,8 @@ impl MailWorker {
                             until = until.min(at);
                         }
                         for (send, probe) in claimed {
-                            flying.push(self.send(send, probe));
+                            let worker = self.clone();
+                            flying.spawn(async move { worker.send(send, probe).await });
                         }
                         self.status.in_flight(flying.len());
                     }
@@ -258,11 +258,18 @@ impl MailWorker {
             }
             let has_room = flying.len() < self.sessions;
             tokio::select! {
-                Some(done) = flying.next() => {
+                Some(done) = flying.join_next() => {
                     let mut ended = vec![done];
-                    while let Some(Some(more)) = flying.next().now_or_never() {
+                    while let Some(more) = flying.try_join_next() {
                         ended.push(more);
                     }
+                    let ended: Vec<Sent> = ended
+                        .into_iter()
+                        .filter_map(|done| {
+                            // A send that panicked stays leased: taken up again after its lease.
+                            done.map_err(|e| tracing::error!(error = %e, "a send failed to finish")).ok()
+                        })
+                        .collect();
                     self.status.in_flight(flying.len());
                     if let Err(e) = self.record(ended).await {
                         // Their leases run out and they are sent again (at least once).

@@ -355,6 +355,7 @@ impl Mail {
             intake.clone(),
             mail,
             settings.tracking.as_ref(),
+            settings.bounces.as_ref(),
             mappings.clone(),
             status.clone(),
         )?;

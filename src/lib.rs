@@ -11,6 +11,7 @@ pub const USER_AGENT: &str = concat!("pegabridge/", env!("CARGO_PKG_VERSION"));
 
 pub mod activity;
 pub mod app;
+pub mod bounces;
 pub mod broadcast;
 pub mod cli;
 pub mod config;

@@ -78,12 +78,31 @@ pub enum Command {
     /// relay's problem, fixed since) is sent again.
     #[command(subcommand)]
     Sends(ops::SendsCommand),
+    /// Late bounces and complaints (`[bounces]`): `ingest` reads one message (a delivery
+    /// status notification or a feedback report) on standard input, as an MTA's pipe
+    /// transport gives it, and records what it reports.
+    #[command(subcommand)]
+    Bounces(BouncesCommand),
     /// A local stand-in for the Pega endpoint, to test a setup against.
     MockPega(ops::MockArgs),
     /// Shell completions: `pegabridge completions bash > /etc/bash_completion.d/pegabridge`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+/// `pegabridge bounces ...`.
+#[derive(Debug, Subcommand)]
+pub enum BouncesCommand {
+    /// Reads one message on standard input and records the bounce or complaint it reports.
+    /// Exit 0 when it was taken (recorded, a duplicate, or nothing to record: said on
+    /// stderr), 75 (EX_TEMPFAIL: the MTA tries again) when the store could not take it.
+    Ingest {
+        /// The envelope recipient(s) the MTA delivered it to (Postfix's pipe: `${recipient}`):
+        /// the return path that names the personal broadcast.
+        #[arg(long = "recipient")]
+        recipients: Vec<String>,
     },
 }
 
@@ -263,6 +282,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SendTest(args) => send_test(&settings, args),
         Command::Deliveries(command) => ops::deliveries(&settings, command),
         Command::Sends(command) => ops::sends(&settings, command),
+        Command::Bounces(BouncesCommand::Ingest { recipients }) => {
+            bounces_ingest(&settings, &recipients)
+        }
         Command::Engagement(command) => engagement::run(&settings, command),
         Command::MockPega(_) | Command::Completions { .. } | Command::Init(_) => {
             unreachable!("handled above")
@@ -415,7 +437,8 @@ fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode
         .context("the trigger has no recipient")?;
     // What `serve` sends: tracked links, the pixel, List-Unsubscribe (ids 0: its opens,
     // clicks and unsubscribes join no personal broadcast and are recorded nowhere).
-    let composer = crate::mail::Composer::new(mail, settings.tracking.as_ref())?;
+    let composer = crate::mail::Composer::new(mail, settings.tracking.as_ref())?
+        .with_return_paths(settings.bounces.as_ref());
     let uuid = crate::event::new_uuid();
     let message = composer.personal(&mapping, &args.to, &uuid, &first.manual_options, (0, 0))?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -443,6 +466,48 @@ fn send_test(settings: &Settings, args: SendTestArgs) -> anyhow::Result<ExitCode
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `pegabridge bounces ingest`: one message from standard input.
+fn bounces_ingest(settings: &Settings, recipients: &[String]) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let Some(bounces) = &settings.bounces else {
+        eprintln!("bounces ingest: no [bounces] section: configure the bounce domain first");
+        return Ok(ExitCode::from(2));
+    };
+    let limit = bounces.max_message_bytes;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut raw)?;
+    if raw.len() > limit {
+        // Taken and dropped: refusing it would bounce a bounce.
+        eprintln!("bounces ingest: ignored: larger than bounces.max_message_bytes ({limit})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = match crate::store::Storage::open(settings).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bounces ingest: the store: {e:#}");
+                return Ok(ExitCode::from(75));
+            }
+        };
+        let intake = crate::intake::Intake::new(store);
+        let ingest =
+            crate::bounces::ingest::Ingest::new(crate::bounces::ReturnPaths::new(bounces), intake);
+        match ingest.ingest(&raw, recipients).await {
+            Ok(outcome) => {
+                eprintln!("bounces ingest: {}: {outcome:?}", outcome.kind());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("bounces ingest: not recorded, try again: {e:#}");
+                Ok(ExitCode::from(75))
+            }
+        }
+    })
 }
 
 fn preview(settings: &Settings, args: PreviewArgs) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! environment overrides; `${VAR}` in any string reads the environment. Unknown keys are
 //! errors that name the file and the key.
 
+pub mod bounces;
 pub mod engagement;
 mod env;
 pub mod events;
@@ -61,6 +62,9 @@ pub struct Settings {
     /// Tracked links, the open pixel and one-click unsubscribe (`[tracking]`).
     #[serde(default)]
     pub tracking: Option<mail::TrackingSettings>,
+    /// Late bounces and complaints: return paths per message (`[bounces]`).
+    #[serde(default)]
+    pub bounces: Option<bounces::BounceSettings>,
     /// Mail platforms' event webhooks (`[events.sendgrid]`, `[events.mailgun]`, ...).
     #[serde(default)]
     pub events: events::EventsSettings,
@@ -360,6 +364,9 @@ impl Settings {
         }
         if let Some(t) = &self.tracking {
             problems.extend(t.problems());
+        }
+        if let Some(b) = &self.bounces {
+            problems.extend(b.problems());
         }
         problems.extend(self.events.problems());
         if files {

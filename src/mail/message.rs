@@ -53,6 +53,8 @@ pub struct Composer {
     tokens: Option<super::tracking::Tokens>,
     /// The address of `List-Unsubscribe`'s `mailto:` target (`reply_to`, else `from`).
     unsubscribe_mailbox: String,
+    /// Each message's own return path (`[bounces]`), if configured.
+    return_paths: Option<crate::bounces::ReturnPaths>,
 }
 
 impl std::fmt::Debug for Composer {
@@ -119,7 +121,18 @@ impl Composer {
             dkim,
             tokens: tracking.map(super::tracking::Tokens::new),
             unsubscribe_mailbox,
+            return_paths: None,
         })
+    }
+
+    /// Sends every message with its own return path (`[bounces]`): a late bounce or a
+    /// feedback report then finds its personal broadcast. `From` and DKIM are unchanged.
+    pub fn with_return_paths(
+        mut self,
+        bounces: Option<&crate::config::bounces::BounceSettings>,
+    ) -> Self {
+        self.return_paths = bounces.map(crate::bounces::ReturnPaths::new);
+        self
     }
 
     /// The message of one personal broadcast (`ids`: its broadcast id and customer id) as
@@ -198,6 +211,7 @@ impl Composer {
             ),
             None => self.from.clone(),
         };
+        let to_address = to.email.clone();
         let mut builder = Message::builder()
             .from(from)
             .to(to)
@@ -206,6 +220,15 @@ impl Composer {
             .message_id(Some(format!("<{}@{}>", out.uuid, self.domain)));
         if let Some(r) = &self.reply_to {
             builder = builder.reply_to(r.clone());
+        }
+        if let (Some(paths), Some(key)) = (&self.return_paths, &out.join_key) {
+            let sender = paths
+                .address(key.broadcast_id, key.customer_id)
+                .parse::<lettre::Address>()
+                .map_err(|e| ComposeError::Build(format!("the return path: {e}")))?;
+            let envelope = lettre::address::Envelope::new(Some(sender), vec![to_address])
+                .map_err(|e| ComposeError::Build(e.to_string()))?;
+            builder = builder.envelope(envelope);
         }
         if !out.unsubscribe.is_empty() {
             let targets: Vec<String> = out.unsubscribe.iter().map(|u| format!("<{u}>")).collect();

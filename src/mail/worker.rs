@@ -54,6 +54,7 @@ impl MailWorker {
         intake: crate::intake::Intake,
         settings: &MailSettings,
         tracking: Option<&crate::config::mail::TrackingSettings>,
+        bounces: Option<&crate::config::bounces::BounceSettings>,
         mappings: Mappings,
         status: Arc<MailStatus>,
     ) -> anyhow::Result<Self> {
@@ -61,7 +62,7 @@ impl MailWorker {
             store,
             intake,
             relay: Relay::new(settings)?,
-            composer: Composer::new(settings, tracking)?,
+            composer: Composer::new(settings, tracking)?.with_return_paths(bounces),
             mappings,
             retry: settings.retry.clone(),
             sessions: settings.max_sessions.max(1),

@@ -75,7 +75,7 @@ fn python() -> Result<PathBuf, String> {
 
 /// Whether the SMTP tests run: they fail when their tools cannot be had, unless
 /// `PEGABRIDGE_SKIP_SMTP=1` says to skip them.
-fn smtp_tools() -> bool {
+pub fn smtp_tools() -> bool {
     if std::env::var("PEGABRIDGE_SKIP_SMTP").is_ok_and(|v| v == "1") {
         eprintln!("smtp: skipped (PEGABRIDGE_SKIP_SMTP=1)");
         return false;
@@ -362,7 +362,7 @@ fn a_mail_section_that_cannot_work_is_refused_naming_its_keys() {
 }
 
 /// Waits (at most 20 s) until the SMTP server holds `n` messages.
-async fn wait_for_mail(smtp: &Smtp, n: usize) -> Vec<PathBuf> {
+pub async fn wait_for_mail(smtp: &Smtp, n: usize) -> Vec<PathBuf> {
     let start = std::time::Instant::now();
     loop {
         let m = smtp.messages();

@@ -1,5 +1,6 @@
 #![allow(clippy::too_many_lines)] // long scenarios read better whole
 mod backend;
+mod bounces;
 mod helpers;
 mod server;
 

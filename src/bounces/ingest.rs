@@ -1,0 +1,181 @@
+//! A report mailed to the bounce domain, judged and recorded: a permanent failure (`5.x.x`,
+//! `Action: failed`) is a hard `bounces` activity, mailbox full or a temporary one (`4.x.x`,
+//! `Action: delayed`) a soft one, an abuse report a `complaints` activity; the seed's
+//! mailability rules follow in the intake. Auto-replies and what cannot be read or joined are
+//! acknowledged and recorded nowhere (a log line says why). The same report twice (by its
+//! `Message-ID`, else its bytes) is recorded once.
+
+use super::report::{parse, RecipientStatus, Report};
+use super::ReturnPaths;
+use crate::activity::Raw;
+use crate::event::Metric;
+use crate::intake::{Intake, Unknown};
+use sha2::{Digest, Sha256};
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Recorded (or recognised as a report already recorded: `duplicate`).
+    Recorded {
+        metric: Metric,
+        broadcast_id: i64,
+        customer_id: i64,
+        duplicate: bool,
+    },
+    /// A report, but of no personal broadcast known here (no return path of ours in it, or
+    /// one whose broadcast this store does not hold).
+    Unmatched(String),
+    /// Nothing to record: an auto-reply, a success, an unreadable message.
+    Ignored(String),
+}
+
+impl Ingested {
+    /// The kind for logs and metrics: `recorded`, `duplicate`, `unmatched`, `ignored`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Ingested::Recorded {
+                duplicate: false, ..
+            } => "recorded",
+            Ingested::Recorded { .. } => "duplicate",
+            Ingested::Unmatched(_) => "unmatched",
+            Ingested::Ignored(_) => "ignored",
+        }
+    }
+}
+
+/// How severe a recipient block is, and as what.
+fn judge(r: &RecipientStatus) -> Option<(u8, &'static str)> {
+    let full = r.status.ends_with(".2.2");
+    match (r.action.as_str(), r.status.chars().next()) {
+        ("failed", Some('5')) if !full => Some((2, "hard")),
+        ("failed" | "delayed", Some('4' | '5')) | ("delayed", _) => Some((1, "soft")),
+        ("failed", _) => Some((1, "soft")),
+        _ => None,
+    }
+}
+
+/// Reads and records reports against the store of `intake`.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    paths: ReturnPaths,
+    intake: Intake,
+}
+
+impl Ingest {
+    pub fn new(paths: ReturnPaths, intake: Intake) -> Self {
+        Self { paths, intake }
+    }
+
+    /// The activity `raw` reports, sent to one of `envelope_to` (the addresses it was
+    /// delivered to, when known), or why there is none.
+    pub fn activity(&self, raw: &[u8], envelope_to: &[String]) -> Result<Raw, Ingested> {
+        let parsed = parse(raw);
+        let (metric, join_candidates, bounce) = match &parsed.report {
+            Report::Delivery { recipients, sender } => {
+                let worst = recipients
+                    .iter()
+                    .filter_map(|r| judge(r).map(|j| (j, r)))
+                    .max_by_key(|((severity, _), _)| *severity);
+                let Some(((_, kind), block)) = worst else {
+                    return Err(Ingested::Ignored(
+                        "a delivery status without a failure (delivered, relayed)".into(),
+                    ));
+                };
+                let candidates: Vec<String> = sender.iter().cloned().collect();
+                (Metric::Bounces, candidates, Some((kind, block.clone())))
+            }
+            Report::Feedback {
+                feedback_type,
+                original_mail_from,
+                ..
+            } => {
+                if matches!(feedback_type.as_str(), "not-spam" | "auth-failure") {
+                    return Err(Ingested::Ignored(format!(
+                        "a feedback report of type {feedback_type}"
+                    )));
+                }
+                let candidates: Vec<String> = original_mail_from.iter().cloned().collect();
+                (Metric::Complaints, candidates, None)
+            }
+            Report::AutoReply => {
+                return Err(Ingested::Ignored(
+                    "an automatic reply without a report".into(),
+                ))
+            }
+            Report::Unusable(why) => return Err(Ingested::Ignored(why.clone())),
+        };
+        let joined = envelope_to
+            .iter()
+            .chain(join_candidates.iter())
+            .find_map(|a| self.paths.read(a));
+        let Some((broadcast_id, customer_id)) = joined else {
+            return Err(Ingested::Unmatched(
+                "no return path of ours in the report (forged, or sent before [bounces])".into(),
+            ));
+        };
+        let id = match &parsed.id {
+            Some(id) => format!("report:{id}"),
+            None => {
+                let digest = Sha256::digest(raw);
+                let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+                format!("report:sha256:{hex}")
+            }
+        };
+        let mut activity = Raw {
+            id: Some(format!("{id}:{broadcast_id}-{customer_id}")),
+            timestamp: Some(crate::event::now()),
+            ..Raw::new(metric, broadcast_id, customer_id)
+        };
+        if let Some((kind, block)) = bounce {
+            activity.bounce_type = Some(kind.to_owned());
+            activity.bounce_code = Some(block.status.clone()).filter(|s| !s.is_empty());
+            activity.bounce_reason = Some(
+                block
+                    .diagnostic
+                    .clone()
+                    .unwrap_or_else(|| format!("{} {}", block.action, block.status)),
+            );
+        }
+        Ok(activity)
+    }
+
+    /// Judges and records `raw`; a store failure is an error (the caller answers so that the
+    /// sender tries again: a 4xx in SMTP, a temporary exit code for a pipe).
+    pub async fn ingest(&self, raw: &[u8], envelope_to: &[String]) -> anyhow::Result<Ingested> {
+        let activity = match self.activity(raw, envelope_to) {
+            Ok(a) => a,
+            Err(outcome) => {
+                tracing::info!(outcome = outcome.kind(), detail = ?outcome, "a message to the bounce domain");
+                return Ok(outcome);
+            }
+        };
+        let metric = if activity.metric == Metric::Complaints.as_str() {
+            Metric::Complaints
+        } else {
+            Metric::Bounces
+        };
+        let (broadcast_id, customer_id) = (activity.broadcast_id, activity.customer_id);
+        let checked = Intake::check(vec![activity])
+            .map_err(|e| anyhow::anyhow!("the report's activity: {e:?}"))?;
+        let outcomes = self.intake.record(checked, Unknown::Skip).await?;
+        let outcome = match outcomes.first().and_then(|o| o.answer()) {
+            Some(answer) => Ingested::Recorded {
+                metric,
+                broadcast_id,
+                customer_id,
+                duplicate: answer.status == crate::recording::ActivityStatus::Duplicate,
+            },
+            None => Ingested::Unmatched(format!(
+                "personal broadcast {broadcast_id}-{customer_id} is not known here"
+            )),
+        };
+        tracing::info!(
+            outcome = outcome.kind(),
+            broadcast_id,
+            customer_id,
+            metric = metric.as_str(),
+            "a report to the bounce domain"
+        );
+        Ok(outcome)
+    }
+}

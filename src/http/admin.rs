@@ -269,7 +269,7 @@ struct SendReplayBody {
         description = "`uuid` of a dead send, or `status: \"dead\"` with an optional `since` (Unix seconds or an age like 2h)"),
     security(("bearer" = [])),
     responses((status = 200, description = "How many dead sends will be sent again", body = Object),
-              (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "A value that cannot be stored", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn replay_sends(
     State(state): State<AppState>,
     _: Admin,

@@ -32,6 +32,7 @@ pub struct Application {
     tasks: Arc<Tasks>,
     delivery: Option<Delivery>,
     mail: Option<Mail>,
+    bounces: Option<Bounces>,
     /// The tracked fetches held for judging (`[engagement] hold_secs`).
     held: Option<crate::mail::held::HeldWorker>,
     retention: Retention,
@@ -49,6 +50,64 @@ struct Mail {
     worker: Arc<MailWorker>,
     wake: Arc<Notify>,
     status: Arc<crate::mail::status::MailStatus>,
+}
+
+/// The bounce domain's SMTP listener (`[bounces] listen`).
+struct Bounces {
+    listener: TcpListener,
+    server: Arc<crate::bounces::listener::Listener>,
+}
+
+/// The listener's counts go to `/metrics`.
+struct CountReports(Arc<Metrics>);
+
+impl crate::bounces::listener::Count for CountReports {
+    fn count(&self, outcome: &str) {
+        self.0.bounce_report(outcome);
+    }
+}
+
+impl Bounces {
+    async fn build(
+        settings: &Settings,
+        intake: &Intake,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(b) = &settings.bounces else {
+            return Ok(None);
+        };
+        let Some(listen) = &b.listen else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bounces.listen: cannot listen on {listen}"))?;
+        let ingest = crate::bounces::ingest::Ingest::new(
+            crate::bounces::ReturnPaths::new(b),
+            intake.clone(),
+        );
+        let count = Arc::new(CountReports(metrics.clone()));
+        let server = crate::bounces::listener::Listener::new(b, ingest, count)?;
+        tracing::info!(listen = %listen, domain = %b.domain, "taking bounces and complaints");
+        Ok(Some(Self {
+            listener,
+            server: Arc::new(server),
+        }))
+    }
+
+    async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
+        let Self { listener, server } = self;
+        let listener = &listener;
+        supervise("bounces", tasks, stop, |stop| {
+            server.clone().serve(listener, stop)
+        })
+        .await;
+    }
+
+    /// The listener's port (tests bind port 0).
+    fn port(&self) -> Option<u16> {
+        self.listener.local_addr().ok().map(|a| a.port())
+    }
 }
 
 /// The retention task (`[store] retention_days`).
@@ -78,9 +137,11 @@ impl Application {
             )
             .counting(metrics.clone());
         let mail = Mail::build(settings, &store, &intake, &mappings, &metrics)?;
+        let bounces = Bounces::build(settings, &intake, &metrics).await?;
         for (name, present) in [
             ("delivery", delivery.is_some()),
             ("mail", mail.is_some()),
+            ("bounces", bounces.is_some()),
             ("retention", settings.store.retention_days > 0),
         ] {
             if present {
@@ -148,6 +209,7 @@ impl Application {
             tasks,
             delivery,
             mail,
+            bounces,
             held: held.map(|(_, worker)| worker),
             retention: Retention {
                 store,
@@ -168,6 +230,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The bounce listener's bound port, if `[bounces] listen` is set.
+    pub fn bounces_port(&self) -> Option<u16> {
+        self.bounces.as_ref().and_then(Bounces::port)
     }
 
     /// Serves (and delivers) until `shutdown` completes; requests in flight and the delivery
@@ -195,6 +262,9 @@ impl Application {
                 supervise("engagement", tasks, stop, move |stop| worker.run(stop)).await;
             })
         });
+        let bounces = self
+            .bounces
+            .map(|b| tokio::spawn(b.run(tasks.clone(), stop.clone())));
         let retention = tokio::spawn(self.retention.run(tasks.clone(), stop.clone()));
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -216,6 +286,9 @@ impl Application {
         // due again for the next start.
         stop.cancel();
         let _ = retention.await;
+        if let Some(b) = bounces {
+            let _ = b.await;
+        }
         // Held tracked fetches are recorded before the delivery worker stops.
         if let Some(held) = held {
             let _ = tokio::time::timeout(self.grace, held).await;

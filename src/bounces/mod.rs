@@ -5,6 +5,7 @@
 //! `bounces` or `complaints` activity of that personal broadcast ([`ingest`]).
 
 pub mod ingest;
+pub mod listener;
 pub mod report;
 
 use hmac::{Hmac, Mac};
@@ -104,6 +105,11 @@ mod tests {
             domain: "Bounce.Example.com".into(),
             secret: Secret::new(secret),
             max_message_bytes: 1 << 20,
+            listen: None,
+            max_connections: 1,
+            timeout_secs: 1,
+            tls_cert: None,
+            tls_key: None,
         })
     }
 

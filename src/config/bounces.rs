@@ -18,6 +18,25 @@ pub struct BounceSettings {
     /// The largest report read (bytes).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// pegabridge's own SMTP listener for the bounce domain (the domain's MX points at it),
+    /// e.g. `0.0.0.0:25`; without it, reports come through `bounces ingest`.
+    pub listen: Option<String>,
+    /// Connections to the listener at once; more are answered `421` and closed.
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+    /// How long the listener waits for each command or line of data.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// STARTTLS on the listener with this certificate chain and key (PEM).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+fn default_connections() -> usize {
+    100
+}
+fn default_timeout() -> u64 {
+    60
 }
 
 fn default_max_message() -> usize {
@@ -43,6 +62,40 @@ impl BounceSettings {
         if self.max_message_bytes < 1024 {
             problems.push("bounces.max_message_bytes: at least 1024".into());
         }
+        if let Some(listen) = &self.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "bounces.listen: `{listen}` is not an address and port such as 0.0.0.0:25"
+                ));
+            }
+        }
+        if self.max_connections == 0 || self.timeout_secs == 0 {
+            problems.push("bounces.max_connections and timeout_secs: at least 1".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => {
+                if let Err(e) = super::tls::certificates(c) {
+                    problems.push(format!("bounces.tls_cert: {e}"));
+                }
+                if let Err(e) = super::tls::private_key(k) {
+                    problems.push(format!("bounces.tls_key: {e}"));
+                }
+            }
+            (None, None) => {}
+            _ => problems.push("bounces.tls_cert and tls_key go together".into()),
+        }
         problems
+    }
+
+    /// Relative certificate paths are read from the configuration's folder.
+    pub fn resolve(&mut self, base: &std::path::Path) {
+        for p in [&mut self.tls_cert, &mut self.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 }

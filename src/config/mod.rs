@@ -340,6 +340,9 @@ impl Settings {
                 }
             }
         }
+        if let Some(b) = &mut settings.bounces {
+            b.resolve(&base);
+        }
         if let Some(mail) = &mut settings.mail {
             mail.resolve(&base);
         }

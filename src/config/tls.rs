@@ -153,7 +153,7 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// A PEM file's text and every certificate in it; an error when there is none.
-fn certificates(path: &Path) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
+pub(crate) fn certificates(path: &Path) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
     let bytes = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
@@ -169,7 +169,7 @@ fn certificates(path: &Path) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), 
 
 /// The PEM text of the file's private key; an error when it holds none. The key's bytes never
 /// appear in an error.
-fn private_key(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn private_key(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = read(path)?;
     match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(_) => Ok(bytes),

@@ -34,6 +34,8 @@ pub struct Metrics {
     task_restarts: prometheus::IntCounterVec,
     /// Opens and clicks recorded, by metric, verdict (person, machine) and reason.
     engagement: prometheus::IntCounterVec,
+    /// Messages to the bounce domain's listener, by outcome.
+    bounce_reports: prometheus::IntCounterVec,
     /// The reason shown by `last_decrease` (an index into `Decrease::ALL`, or none yet): the
     /// labels are set only when it changes, not on every POST.
     shown_decrease: std::sync::atomic::AtomicUsize,
@@ -115,6 +117,11 @@ impl Metrics {
                 "events_unmatched_total",
                 "Mail platform events acknowledged without a known pegabridge key",
                 "platform",
+            ),
+            bounce_reports: counters(
+                "bounce_reports_total",
+                "Messages to the bounce domain's listener: recorded, duplicate, unmatched, ignored, refused",
+                "outcome",
             ),
             task_restarts: counters(
                 "task_restarts_total",
@@ -203,6 +210,11 @@ impl Metrics {
         self.engagement
             .with_label_values(&[metric, verdict, reason])
             .inc();
+    }
+
+    /// Counts a message to the bounce domain's listener.
+    pub fn bounce_report(&self, outcome: &str) {
+        self.bounce_reports.with_label_values(&[outcome]).inc();
     }
 
     /// The registry, for other parts' families (`mail_*`).

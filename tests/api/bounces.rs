@@ -161,3 +161,174 @@ async fn late_bounces_and_complaints_reach_pega_once_through_each_messages_retur
         "{second} after {answer}"
     );
 }
+
+/// A line-by-line SMTP client on `port`.
+struct Client {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(port: u16) -> (Self, String) {
+        use tokio::io::AsyncBufReadExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (read, write) = tcp.into_split();
+        let mut c = Client {
+            lines: tokio::io::BufReader::new(read).lines(),
+            write,
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    /// The next reply (its lines joined), or "" when the server closed.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            all.push_str(&line);
+            all.push('\n');
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        all
+    }
+
+    async fn say(&mut self, line: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        self.write
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    /// Sends `message` as data (CRLF line ends, dot-stuffed).
+    async fn data(&mut self, message: &[u8]) -> String {
+        use tokio::io::AsyncWriteExt;
+        assert!(self.say("DATA").await.starts_with("354"));
+        let text = String::from_utf8_lossy(message).replace("\r\n", "\n");
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str(".\r\n");
+        self.write.write_all(out.as_bytes()).await.unwrap();
+        self.reply().await
+    }
+}
+
+#[tokio::test]
+async fn the_bounce_listener_takes_reports_for_its_domain_only_within_its_bounds() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let pega = crate::pega::start_pega().await;
+    let port = crate::processes::free_port();
+    let pki = crate::reach::Pki::new();
+    let extra = format!(
+        "{}\n{BOUNCES}listen = \"127.0.0.1:{port}\"\nmax_connections = 2\ntimeout_secs = 1\nmax_message_bytes = 8192\ntls_cert = {:?}\ntls_key = {:?}\n\n{}",
+        mail_section(smtp.port),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        crate::pega::pega_section(&pega, "")
+    );
+    let (app, _) = crate::server::spawn_app_with("", &extra).await;
+    app.trigger_offer().await;
+    wait_for_mail(&smtp, 2).await;
+    let ann_path = return_path(&smtp, "ann@example.com");
+    crate::pega::wait_for_events(&pega, 2).await;
+
+    let (mut c, greeting) = Client::connect(port).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let ehlo = c.say("EHLO mta.example.net").await;
+    assert!(
+        ehlo.contains("SIZE 8192") && ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(
+        c.say("MAIL FROM:<> SIZE=999999").await.starts_with("552"),
+        "announced too big"
+    );
+    assert!(c.say("MAIL FROM:<>").await.starts_with("250"));
+    let relay = c.say("RCPT TO:<someone@example.org>").await;
+    assert!(relay.starts_with("550 5.7.1"), "never a relay: {relay}");
+    let forged = ann_path.replacen("b-", "b-7", 1);
+    let refused = c.say(&format!("RCPT TO:<{forged}>")).await;
+    assert!(
+        refused.starts_with("550 5.1.1"),
+        "a forged return path: {refused}"
+    );
+    assert!(c
+        .say(&format!("RCPT TO:<{ann_path}>"))
+        .await
+        .starts_with("250"));
+    let taken = c.data(&fixture("postfix-outlook-541.eml")).await;
+    assert!(taken.starts_with("250"), "{taken}");
+    let events = crate::pega::wait_for_events(&pega, 3).await;
+    let bounce = events
+        .iter()
+        .find(|e| e["metric"] == "bounces")
+        .expect("a bounce");
+    assert_eq!(bounce["bounce_type"], "hard");
+    // A message beyond max_message_bytes is read to its end and refused.
+    assert!(c.say("MAIL FROM:<>").await.starts_with("250"));
+    assert!(c
+        .say(&format!("RCPT TO:<{ann_path}>"))
+        .await
+        .starts_with("250"));
+    let lines: Vec<String> = (0..100).map(|_| "x".repeat(98)).collect();
+    let big = format!("Subject: big\r\n\r\n{}\r\n", lines.join("\r\n"));
+    let too_big = c.data(big.as_bytes()).await;
+    assert!(too_big.starts_with("552"), "{too_big}");
+    assert!(c.say("QUIT").await.starts_with("221"));
+
+    // A client that says nothing is closed after timeout_secs; at most max_connections at
+    // once: the third is told to come back later.
+    let (mut slow, _) = Client::connect(port).await;
+    let (_second, _) = Client::connect(port).await;
+    let (mut third, busy) = Client::connect(port).await;
+    assert!(busy.starts_with("421 4.7.0"), "{busy}");
+    assert_eq!(third.reply().await, "", "then closed");
+    let timed_out = slow.reply().await;
+    assert!(timed_out.starts_with("421 4.4.2"), "{timed_out}");
+    assert_eq!(slow.reply().await, "");
+
+    // STARTTLS with the configured certificate, then a report over TLS (lettre as the MTA).
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::AsyncTransport;
+    let tls = TlsParameters::builder("127.0.0.1".into())
+        .add_root_certificate(Certificate::from_pem(pki.ca_cert.as_bytes()).unwrap())
+        .build_rustls()
+        .unwrap();
+    let mta = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .tls(Tls::Required(tls))
+        .build();
+    let envelope = lettre::address::Envelope::new(None, vec![ann_path.parse().unwrap()]).unwrap();
+    let hotmail = fixture("hotmail-mailbox-full.eml");
+    mta.send_raw(&envelope, &hotmail)
+        .await
+        .expect("taken over TLS");
+    let events = crate::pega::wait_for_events(&pega, 4).await;
+    assert_eq!(
+        events.iter().filter(|e| e["metric"] == "bounces").count(),
+        2
+    );
+    let metrics = app.get("/metrics").await.unwrap().text().await.unwrap();
+    for outcome in ["recorded", "refused"] {
+        assert!(
+            metrics.contains(&format!(
+                "pegabridge_bounce_reports_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+}

@@ -59,6 +59,11 @@ impl Tally {
 }
 
 impl Intake {
+    /// The store it records into.
+    pub fn store(&self) -> &Storage {
+        &self.store
+    }
+
     pub fn new(store: Storage) -> Self {
         Self {
             store,

@@ -5,7 +5,7 @@
 //! acknowledged and recorded nowhere (a log line says why). The same report twice (by its
 //! `Message-ID`, else its bytes) is recorded once.
 
-use super::report::{parse, RecipientStatus, Report};
+use super::report::{parse, Parsed, RecipientStatus, Report};
 use super::ReturnPaths;
 use crate::activity::Raw;
 use crate::event::Metric;
@@ -43,6 +43,12 @@ impl Ingested {
     }
 }
 
+/// The uuid of a `Message-ID` pegabridge made (`uuid@domain`).
+fn uuid_of(message_id: &str) -> Option<&str> {
+    let (uuid, _) = message_id.trim_matches(['<', '>']).split_once('@')?;
+    uuid::Uuid::parse_str(uuid).ok().map(|_| uuid)
+}
+
 /// How severe a recipient block is, and as what.
 fn judge(r: &RecipientStatus) -> Option<(u8, &'static str)> {
     let full = r.status.ends_with(".2.2");
@@ -67,9 +73,26 @@ impl Ingest {
     }
 
     /// The activity `raw` reports, sent to one of `envelope_to` (the addresses it was
-    /// delivered to, when known), or why there is none.
-    pub fn activity(&self, raw: &[u8], envelope_to: &[String]) -> Result<Raw, Ingested> {
-        let parsed = parse(raw);
+    /// delivered to, when known), or why there is none. Without a return path of ours in it,
+    /// the report may still name the original's `Message-ID` (`<uuid@domain>`): `lookup`
+    /// finds the personal broadcast of a uuid.
+    pub fn activity(
+        &self,
+        raw: &[u8],
+        envelope_to: &[String],
+        lookup: Option<(i64, i64)>,
+    ) -> Result<Raw, Ingested> {
+        self.judged(&parse(raw), raw, envelope_to, lookup)
+    }
+
+    /// [`Ingest::activity`] of a report already parsed.
+    fn judged(
+        &self,
+        parsed: &Parsed,
+        raw: &[u8],
+        envelope_to: &[String],
+        lookup: Option<(i64, i64)>,
+    ) -> Result<Raw, Ingested> {
         let (metric, join_candidates, bounce) = match &parsed.report {
             Report::Delivery { recipients, sender } => {
                 let worst = recipients
@@ -107,7 +130,8 @@ impl Ingest {
         let joined = envelope_to
             .iter()
             .chain(join_candidates.iter())
-            .find_map(|a| self.paths.read(a));
+            .find_map(|a| self.paths.read(a))
+            .or(lookup);
         let Some((broadcast_id, customer_id)) = joined else {
             return Err(Ingested::Unmatched(
                 "no return path of ours in the report (forged, or sent before [bounces])".into(),
@@ -139,10 +163,22 @@ impl Ingest {
         Ok(activity)
     }
 
+    /// The personal broadcast of the original message the report quotes, by its
+    /// `Message-ID`, when pegabridge sent it.
+    async fn by_message_id(&self, parsed: &Parsed) -> anyhow::Result<Option<(i64, i64)>> {
+        let Some(uuid) = parsed.original_message_id.as_deref().and_then(uuid_of) else {
+            return Ok(None);
+        };
+        let send = self.intake.store().backend().send(uuid.to_owned()).await?;
+        Ok(send.map(|s| (s.broadcast_id, s.customer_id)))
+    }
+
     /// Judges and records `raw`; a store failure is an error (the caller answers so that the
     /// sender tries again: a 4xx in SMTP, a temporary exit code for a pipe).
     pub async fn ingest(&self, raw: &[u8], envelope_to: &[String]) -> anyhow::Result<Ingested> {
-        let activity = match self.activity(raw, envelope_to) {
+        let parsed = parse(raw);
+        let lookup = self.by_message_id(&parsed).await?;
+        let activity = match self.judged(&parsed, raw, envelope_to, lookup) {
             Ok(a) => a,
             Err(outcome) => {
                 tracing::info!(outcome = outcome.kind(), detail = ?outcome, "a message to the bounce domain");

@@ -109,6 +109,9 @@ pub struct SendRow {
     pub created_at: i64,
     /// The last failure: the stage and the relay's answer.
     pub last_error: Option<String>,
+    /// Its personal broadcast.
+    pub broadcast_id: i64,
+    pub customer_id: i64,
 }
 
 /// Which sends to send again: only dead ones (the sender's or the relay's problem, fixed

@@ -18,7 +18,7 @@ pub(crate) const CLAIMED_COLUMNS: &str =
 
 /// A send as listed, over `sends s JOIN personal_broadcasts p JOIN broadcasts b` (both
 /// backends), in the order of [`crate::outbox::SendRow`]'s fields.
-pub(crate) const SEND_ROW: &str = "SELECT s.id, s.uuid, p.email, b.mapping, s.status, s.attempts, s.next_attempt_at, s.created_at, s.last_error FROM sends s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id";
+pub(crate) const SEND_ROW: &str = "SELECT s.id, s.uuid, p.email, b.mapping, s.status, s.attempts, s.next_attempt_at, s.created_at, s.last_error, s.broadcast_id, s.customer_id FROM sends s JOIN personal_broadcasts p ON p.uuid = s.uuid JOIN broadcasts b ON b.id = s.broadcast_id";
 
 /// What a replay of sends sets: pending, due now, a fresh schedule.
 pub(crate) const SEND_REPLAY: &str =

@@ -327,5 +327,7 @@ fn send_row(r: &sqlx::postgres::PgRow) -> Result<SendRow> {
         next_attempt_at_ms: r.try_get(6)?,
         created_at: r.try_get(7)?,
         last_error: r.try_get(8)?,
+        broadcast_id: r.try_get(9)?,
+        customer_id: r.try_get(10)?,
     })
 }

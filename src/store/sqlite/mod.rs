@@ -778,6 +778,8 @@ fn send_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendRow> {
         next_attempt_at_ms: r.get(6)?,
         created_at: r.get(7)?,
         last_error: r.get(8)?,
+        broadcast_id: r.get(9)?,
+        customer_id: r.get(10)?,
     })
 }
 

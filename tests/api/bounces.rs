@@ -332,3 +332,209 @@ async fn the_bounce_listener_takes_reports_for_its_domain_only_within_its_bounds
         );
     }
 }
+
+/// A real Postfix (Debian's package) on loopback ports, configured here: it takes mail from
+/// 127.0.0.1 on `port` and routes each listed domain to `[127.0.0.1]:port`. Stopped when
+/// dropped. Needs root (Postfix drops to its `postfix` user) and `/usr/sbin/postfix`
+/// (`.ci/run` installs it).
+struct Postfix {
+    conf: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postfix {
+    fn start(routes: &[(&str, u16)]) -> Postfix {
+        assert!(
+            std::path::Path::new("/usr/sbin/postfix").exists(),
+            "this test needs Postfix: apt-get install postfix (.ci/run does)"
+        );
+        assert!(
+            nix_is_root(),
+            "this test starts Postfix, which must run as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let conf = base.join("conf");
+        for d in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(base.join("data"))
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let port = crate::processes::free_port();
+        let transport: Vec<String> = routes
+            .iter()
+            .map(|(domain, port)| format!("{domain}=smtp:[127.0.0.1]:{port}"))
+            .collect();
+        let main = format!(
+            "compatibility_level = 3.6\nqueue_directory = {q}\ndata_directory = {d}\nmail_owner = postfix\nsetgid_group = postdrop\nmyhostname = relay.test\nmydomain = relay.test\nmyorigin = relay.test\nmydestination =\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject\nsmtp_host_lookup = native\nsmtp_dns_support_level = disabled\ntransport_maps = inline:{{ {t} }}\ndefault_transport = error:no route in the test\nrelay_domains =\nalias_maps =\nalias_database =\nlocal_recipient_maps =\nsmtputf8_enable = no\nmaillog_file_prefixes = {b}\nmaillog_file = {b}/maillog\nbiff = no\nsmtp_tls_security_level = none\nsmtpd_tls_security_level = none\nqueue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n",
+            q = base.join("queue").display(),
+            d = base.join("data").display(),
+            b = base.display(),
+            t = transport.join(", "),
+        );
+        std::fs::write(conf.join("main.cf"), main).unwrap();
+        let services = [
+            "pickup unix n - n 60 1 pickup",
+            "cleanup unix n - n - 0 cleanup",
+            "qmgr unix n - n 300 1 qmgr",
+            "rewrite unix - - n - - trivial-rewrite",
+            "bounce unix - - n - 0 bounce",
+            "defer unix - - n - 0 bounce",
+            "trace unix - - n - 0 bounce",
+            "verify unix - - n - 1 verify",
+            "flush unix n - n 1000? 0 flush",
+            "proxymap unix - - n - - proxymap",
+            "smtp unix - - n - - smtp",
+            "showq unix n - n - - showq",
+            "error unix - - n - - error",
+            "retry unix - - n - - error",
+            "discard unix - - n - - discard",
+            "anvil unix - - n - 1 anvil",
+            "scache unix - - n - 1 scache",
+            "postlog unix-dgram n - n - 1 postlogd",
+        ];
+        let master = format!(
+            "127.0.0.1:{port} inet n - n - - smtpd\n{}\n",
+            services.join("\n")
+        );
+        std::fs::write(conf.join("master.cf"), master).unwrap();
+        let started = Command::new("postfix")
+            .arg("-c")
+            .arg(&conf)
+            .arg("start")
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(base.join("maillog")).unwrap_or_default();
+        assert!(started.status.success(), "postfix start: {log}");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Postfix { conf, dir, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("postfix does not listen: {log}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Postfix's `smtp-sink` on a free port: refusing every recipient with `refusal`, or
+/// taking everything. Killed when dropped.
+struct Sink(std::process::Child, u16);
+
+impl Sink {
+    fn start(refusal: Option<&str>) -> Sink {
+        let port = crate::processes::free_port();
+        let mut cmd = Command::new("/usr/sbin/smtp-sink");
+        cmd.args(["-u", "nobody"]);
+        if let Some(r) = refusal {
+            cmd.args(["-f", "RCPT", "-B", r]);
+        }
+        let child = cmd
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("10")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink (Debian's postfix package)");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Sink(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("smtp-sink does not listen");
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_postfix_relays_a_refused_message_and_its_own_dsn_suppresses_the_customer() {
+    let refuser = Sink::start(Some(
+        "550 5.1.1 <ann@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
+    ));
+    let taker = Sink::start(None);
+    let listener = crate::processes::free_port();
+    let postfix = Postfix::start(&[
+        ("example.com", refuser.1),
+        ("example.org", taker.1),
+        ("bounce.example.com", listener),
+    ]);
+    let pega = crate::pega::start_pega().await;
+    let extra = format!(
+        "[mail]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Offers <offers@mail.example>\"\nreply_to = \"help@mail.example\"\n\n{BOUNCES}listen = \"127.0.0.1:{listener}\"\n\n{}",
+        postfix.port,
+        crate::pega::pega_section(&pega, "")
+    );
+    let (app, _) = crate::server::spawn_app_with("", &extra).await;
+    let answer = app.trigger_offer().await;
+    // Both taken by Postfix (their broadcasts events), then Ann's refused downstream: Postfix
+    // mails its DSN to her return path, pegabridge's listener takes it, Pega gets the bounce.
+    let events = crate::pega::wait_for_events(&pega, 3).await;
+    let bounce = events
+        .iter()
+        .find(|e| e["metric"] == "bounces")
+        .unwrap_or_else(|| panic!("no bounce: {events:?}\n{}", postfix.log()));
+    assert_eq!(bounce["customer_email_address"], "ann@example.com");
+    assert_eq!(bounce["bounce_type"], "hard");
+    assert_eq!(bounce["bounce_code"], "5.1.1");
+    assert!(
+        bounce["bounce_reason"]
+            .as_str()
+            .unwrap()
+            .contains("User unknown"),
+        "{bounce}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["metric"] == "broadcasts")
+            .count(),
+        2,
+        "{events:?}"
+    );
+    let mut again = crate::server::trigger();
+    again["Customers"][0]["InteractionID"] = serde_json::json!("7");
+    again["Customers"][1]["InteractionID"] = serde_json::json!("8");
+    let second: Value = app
+        .post("/webhooks/offer", &again)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        second["recipients"][0]["status"], "suppressed",
+        "{second} after {answer}"
+    );
+    assert_ne!(second["recipients"][1]["status"], "suppressed", "{second}");
+}

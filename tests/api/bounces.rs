@@ -454,7 +454,7 @@ impl Sink {
         if let Some(r) = refusal {
             cmd.args(["-f", "RCPT", "-B", r]);
         }
-        let child = cmd
+        let mut child = cmd
             .arg(format!("127.0.0.1:{port}"))
             .arg("10")
             .stdout(Stdio::null())
@@ -467,6 +467,8 @@ impl Sink {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("smtp-sink does not listen");
     }
 }

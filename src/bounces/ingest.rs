@@ -49,8 +49,17 @@ fn uuid_of(message_id: &str) -> Option<&str> {
     uuid::Uuid::parse_str(uuid).ok().map(|_| uuid)
 }
 
+/// Whether a status is a refusal of the message or the sender (RFC 3463: 5.7.x security
+/// or policy, such as DMARC; 5.6.x content), not of the recipient's address.
+fn senders_problem(status: &str) -> bool {
+    status.starts_with("5.7.") || status.starts_with("5.6.") || status.starts_with("4.7.")
+}
+
 /// How severe a recipient block is, and as what.
 fn judge(r: &RecipientStatus) -> Option<(u8, &'static str)> {
+    if senders_problem(&r.status) {
+        return None;
+    }
     let full = r.status.ends_with(".2.2");
     match (r.action.as_str(), r.status.chars().next()) {
         ("failed", Some('5')) if !full => Some((2, "hard")),
@@ -100,6 +109,14 @@ impl Ingest {
                     .filter_map(|r| judge(r).map(|j| (j, r)))
                     .max_by_key(|((severity, _), _)| *severity);
                 let Some(((_, kind), block)) = worst else {
+                    if let Some(r) = recipients.iter().find(|r| senders_problem(&r.status)) {
+                        tracing::warn!(status = %r.status, diagnostic = ?r.diagnostic, "a late refusal for policy or content (the sender's problem, not the recipient's): no bounce recorded");
+                        return Err(Ingested::Ignored(format!(
+                            "{} refused for policy or content ({}): the sender's problem, not the recipient's",
+                            r.final_recipient.as_deref().unwrap_or("a recipient"),
+                            r.status
+                        )));
+                    }
                     return Err(Ingested::Ignored(
                         "a delivery status without a failure (delivered, relayed)".into(),
                     ));

@@ -79,21 +79,64 @@ pub fn parse(raw: &[u8]) -> Parsed {
             _ => {}
         }
     }
-    let report = report.unwrap_or_else(|| {
-        let auto = message
-            .header_raw("Auto-Submitted")
-            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
-        if auto || message.header_raw("X-Autoreply").is_some() {
-            Report::AutoReply
-        } else {
-            Report::Unusable("no delivery status or feedback report in it".into())
-        }
-    });
+    let report = report
+        .or_else(|| failed_recipients(&message))
+        .unwrap_or_else(|| {
+            let auto = message
+                .header_raw("Auto-Submitted")
+                .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
+            if auto || message.header_raw("X-Autoreply").is_some() {
+                Report::AutoReply
+            } else {
+                Report::Unusable("no delivery status or feedback report in it".into())
+            }
+        });
     Parsed {
         report,
         id,
         original_message_id,
     }
+}
+
+/// A plain-text bounce without a DSN part (Exim's, qmail's with the header): the recipients
+/// of `X-Failed-Recipients`, each with the first SMTP reply after its address in the text.
+fn failed_recipients(message: &Message<'_>) -> Option<Report> {
+    static REPLY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let reply = REPLY.get_or_init(|| {
+        regex::Regex::new(r"\b([45][0-9][0-9])[ -](?:([245]\.[0-9]{1,3}\.[0-9]{1,3})\b)?[^\n]*")
+            .expect("a valid pattern")
+    });
+    let header = message.header_raw("X-Failed-Recipients")?;
+    let text = message
+        .body_text(0)
+        .map(|t| t.into_owned())
+        .unwrap_or_default();
+    let recipients: Vec<RecipientStatus> = header
+        .split(',')
+        .map(str::trim)
+        .filter(|a| a.contains('@'))
+        .map(|address| {
+            let after = text.find(address).map_or("", |at| &text[at..]);
+            let found = reply.captures(after);
+            let code = found.as_ref().and_then(|c| c.get(1)).map(|m| m.as_str());
+            let status = match (found.as_ref().and_then(|c| c.get(2)), code) {
+                (Some(enhanced), _) => enhanced.as_str().to_owned(),
+                (None, Some(c)) => format!("{}.0.0", &c[..1]),
+                // "This is a permanent error": Exim's bounce without a reply from the host.
+                (None, None) => "5.0.0".into(),
+            };
+            RecipientStatus {
+                final_recipient: Some(address.to_owned()),
+                action: "failed".into(),
+                status,
+                diagnostic: found.map(|c| c[0].trim().to_owned()),
+            }
+        })
+        .collect();
+    (!recipients.is_empty()).then_some(Report::Delivery {
+        recipients,
+        sender: None,
+    })
 }
 
 /// The quoted original's `Message-ID` (a `message/rfc822` part or `text/rfc822-headers`).

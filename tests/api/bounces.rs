@@ -111,6 +111,10 @@ async fn late_bounces_and_complaints_reach_pega_once_through_each_messages_retur
     let forged = bob_path.replacen("b-", "b-9", 1);
     let (code, said) = ingest(&app, &forged, &fixture("postfix-outlook-541.eml"));
     assert_eq!((code, said.contains("unmatched")), (0, true), "{said}");
+    // Yahoo's policy refusal (DMARC, 5.7.9) is the sender's problem: nothing recorded.
+    let (code, said) = ingest(&app, &bob_path, &fixture("yahoo-policy-579.eml"));
+    assert_eq!((code, said.contains("ignored")), (0, true), "{said}");
+    assert!(said.contains("policy"), "{said}");
     let ooo = format!("From: Bob <{bob}>\r\nTo: {bob_path}\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\nMessage-ID: <ooo-1@example.org>\r\n\r\nI am away until Monday.\r\n");
     let (code, said) = ingest(&app, &bob_path, ooo.as_bytes());
     assert_eq!((code, said.contains("ignored")), (0, true), "{said}");

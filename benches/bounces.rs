@@ -157,7 +157,7 @@ async fn main() {
         .unwrap();
     assert!(
         metrics.contains(&format!(
-            "pegabridge_bounce_reports_total{{outcome=\"recorded\"}} {REPORTS}"
+            "pegabridge_bounce_reports_total{{kind=\"dsn\",outcome=\"recorded\"}} {REPORTS}"
         )),
         "every report recorded"
     );

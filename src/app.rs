@@ -62,8 +62,8 @@ struct Bounces {
 struct CountReports(Arc<Metrics>);
 
 impl crate::bounces::listener::Count for CountReports {
-    fn count(&self, outcome: &str) {
-        self.0.bounce_report(outcome);
+    fn count(&self, kind: &str, outcome: &str) {
+        self.0.bounce_report(kind, outcome);
     }
 }
 

@@ -192,14 +192,20 @@ impl Ingest {
 
     /// Judges and records `raw`; a store failure is an error (the caller answers so that the
     /// sender tries again: a 4xx in SMTP, a temporary exit code for a pipe).
-    pub async fn ingest(&self, raw: &[u8], envelope_to: &[String]) -> anyhow::Result<Ingested> {
+    /// Returns what kind of message it was (see [`Parsed::kind`]) and what became of it.
+    pub async fn ingest(
+        &self,
+        raw: &[u8],
+        envelope_to: &[String],
+    ) -> anyhow::Result<(&'static str, Ingested)> {
         let parsed = parse(raw);
+        let kind = parsed.kind();
         let lookup = self.by_message_id(&parsed).await?;
         let activity = match self.judged(&parsed, raw, envelope_to, lookup) {
             Ok(a) => a,
             Err(outcome) => {
-                tracing::info!(outcome = outcome.kind(), detail = ?outcome, "a message to the bounce domain");
-                return Ok(outcome);
+                tracing::info!(kind, outcome = outcome.kind(), detail = ?outcome, "a message to the bounce domain");
+                return Ok((kind, outcome));
             }
         };
         let metric = if activity.metric == Metric::Complaints.as_str() {
@@ -229,6 +235,6 @@ impl Ingest {
             metric = metric.as_str(),
             "a report to the bounce domain"
         );
-        Ok(outcome)
+        Ok((kind, outcome))
     }
 }

@@ -21,9 +21,10 @@ const MAX_COMMAND: usize = 512;
 /// The longest line of data (RFC 5321: 1000 with its CRLF; longer ones are taken, bounded).
 const MAX_LINE: usize = 64 * 1024;
 
-/// Counts what the listener did (`pegabridge_bounce_reports_total{outcome}`).
+/// Counts what the listener did (`pegabridge_bounce_reports_total{kind, outcome}`; `kind`
+/// `smtp` for what was refused before any message).
 pub trait Count: Send + Sync {
-    fn count(&self, outcome: &str);
+    fn count(&self, kind: &str, outcome: &str);
 }
 
 /// The listener's settings and parts.
@@ -87,7 +88,7 @@ impl Listener {
                 continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.count.count("refused");
+                self.count.count("smtp", "refused");
                 let timeout = self.timeout;
                 tokio::spawn(async move {
                     let busy = tcp.write_all(b"421 4.7.0 Too many connections, try later\r\n");
@@ -283,7 +284,7 @@ impl Listener {
     /// `RCPT TO`: an address at the bounce domain; a return path must be one of ours.
     fn recipient(&self, address: String, rcpts: &mut Vec<String>) -> String {
         if !self.paths.is_ours(&address) {
-            self.count.count("refused");
+            self.count.count("smtp", "refused");
             return "550 5.7.1 Relaying denied: only the bounce domain's mail is taken".into();
         }
         let local = address
@@ -292,7 +293,7 @@ impl Listener {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if local.starts_with("b-") && self.paths.read(&address).is_none() {
-            self.count.count("refused");
+            self.count.count("smtp", "refused");
             return "550 5.1.1 No such return path".into();
         }
         rcpts.push(address);
@@ -329,8 +330,8 @@ impl Listener {
     /// Records the message; the answer to its data.
     async fn take(&self, raw: &[u8], rcpts: &[String]) -> String {
         match self.ingest.ingest(raw, rcpts).await {
-            Ok(outcome) => {
-                self.count.count(outcome.kind());
+            Ok((kind, outcome)) => {
+                self.count.count(kind, outcome.kind());
                 match outcome {
                     Ingested::Recorded { .. } => "250 2.0.0 Recorded".into(),
                     _ => "250 2.0.0 Taken".into(),

@@ -47,6 +47,18 @@ pub struct Parsed {
     pub original_message_id: Option<String>,
 }
 
+impl Parsed {
+    /// What kind of message it is, for metrics: `dsn`, `feedback`, `auto_reply`, `unreadable`.
+    pub fn kind(&self) -> &'static str {
+        match self.report {
+            Report::Delivery { .. } => "dsn",
+            Report::Feedback { .. } => "feedback",
+            Report::AutoReply => "auto_reply",
+            Report::Unusable(_) => "unreadable",
+        }
+    }
+}
+
 /// Reads `raw` (the whole message as received).
 pub fn parse(raw: &[u8]) -> Parsed {
     let Some(message) = MessageParser::default().parse(raw) else {

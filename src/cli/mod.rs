@@ -498,8 +498,8 @@ fn bounces_ingest(settings: &Settings, recipients: &[String]) -> anyhow::Result<
         let ingest =
             crate::bounces::ingest::Ingest::new(crate::bounces::ReturnPaths::new(bounces), intake);
         match ingest.ingest(&raw, recipients).await {
-            Ok(outcome) => {
-                eprintln!("bounces ingest: {}: {outcome:?}", outcome.kind());
+            Ok((kind, outcome)) => {
+                eprintln!("bounces ingest: {kind}: {}: {outcome:?}", outcome.kind());
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

@@ -42,7 +42,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric (one entry each: long, not complex).
+    #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("pegabridge".into()), None).expect("a valid prefix");
@@ -118,10 +119,16 @@ impl Metrics {
                 "Mail platform events acknowledged without a known pegabridge key",
                 "platform",
             ),
-            bounce_reports: counters(
-                "bounce_reports_total",
-                "Messages to the bounce domain's listener: recorded, duplicate, unmatched, ignored, refused",
-                "outcome",
+            bounce_reports: register(
+                &registry,
+                prometheus::IntCounterVec::new(
+                    Opts::new(
+                        "bounce_reports_total",
+                        "Messages to the bounce domain's listener by kind (dsn, feedback, auto_reply, unreadable, smtp) and outcome (recorded, duplicate, unmatched, ignored, refused)",
+                    ),
+                    &["kind", "outcome"],
+                )
+                .expect("valid metric"),
             ),
             task_restarts: counters(
                 "task_restarts_total",
@@ -213,8 +220,10 @@ impl Metrics {
     }
 
     /// Counts a message to the bounce domain's listener.
-    pub fn bounce_report(&self, outcome: &str) {
-        self.bounce_reports.with_label_values(&[outcome]).inc();
+    pub fn bounce_report(&self, kind: &str, outcome: &str) {
+        self.bounce_reports
+            .with_label_values(&[kind, outcome])
+            .inc();
     }
 
     /// The registry, for other parts' families (`mail_*`).

@@ -327,10 +327,10 @@ async fn the_bounce_listener_takes_reports_for_its_domain_only_within_its_bounds
         2
     );
     let metrics = app.get("/metrics").await.unwrap().text().await.unwrap();
-    for outcome in ["recorded", "refused"] {
+    for (kind, outcome) in [("dsn", "recorded"), ("smtp", "refused")] {
         assert!(
             metrics.contains(&format!(
-                "pegabridge_bounce_reports_total{{outcome=\"{outcome}\"}}"
+                "pegabridge_bounce_reports_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}"
             )),
             "{metrics}"
         );

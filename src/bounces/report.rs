@@ -113,10 +113,12 @@ pub fn parse(raw: &[u8]) -> Parsed {
 /// A plain-text bounce without a DSN part (Exim's, qmail's with the header): the recipients
 /// of `X-Failed-Recipients`, each with the first SMTP reply after its address in the text.
 fn failed_recipients(message: &Message<'_>) -> Option<Report> {
-    static REPLY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let reply = REPLY.get_or_init(|| {
-        regex::Regex::new(r"\b([45][0-9][0-9])[ -](?:([245]\.[0-9]{1,3}\.[0-9]{1,3})\b)?[^\n]*")
-            .expect("a valid pattern")
+    static REPLY: std::sync::OnceLock<(regex::Regex, regex::Regex)> = std::sync::OnceLock::new();
+    let (reply, enhanced) = REPLY.get_or_init(|| {
+        (
+            regex::Regex::new(r"\b([45][0-9][0-9])[ -][^\n]*").expect("a valid pattern"),
+            regex::Regex::new(r"\b([245]\.[0-9]{1,3}\.[0-9]{1,3})\b").expect("a valid pattern"),
+        )
     });
     let header = message.header_raw("X-Failed-Recipients")?;
     let text = message
@@ -131,8 +133,9 @@ fn failed_recipients(message: &Message<'_>) -> Option<Report> {
             let after = text.find(address).map_or("", |at| &text[at..]);
             let found = reply.captures(after);
             let code = found.as_ref().and_then(|c| c.get(1)).map(|m| m.as_str());
-            let status = match (found.as_ref().and_then(|c| c.get(2)), code) {
-                (Some(enhanced), _) => enhanced.as_str().to_owned(),
+            let detail = found.as_ref().and_then(|c| enhanced.captures(&c[0]));
+            let status = match (detail.and_then(|d| d.get(1)), code) {
+                (Some(e), _) => e.as_str().to_owned(),
                 (None, Some(c)) => format!("{}.0.0", &c[..1]),
                 // "This is a permanent error": Exim's bounce without a reply from the host.
                 (None, None) => "5.0.0".into(),

@@ -92,6 +92,7 @@ pub fn parse(raw: &[u8]) -> Parsed {
         }
     }
     let report = report
+        .or_else(|| jmrp(&message))
         .or_else(|| failed_recipients(&message))
         .unwrap_or_else(|| {
             let auto = message
@@ -108,6 +109,26 @@ pub fn parse(raw: &[u8]) -> Parsed {
         id,
         original_message_id,
     }
+}
+
+/// Microsoft's JMRP complaint, which may carry no feedback-report part: the complained-of
+/// message attached, marked `X-HmXmrOriginalRecipient`; its `Return-Path` is the sender's.
+fn jmrp(message: &Message<'_>) -> Option<Report> {
+    let marked = |m: &Message<'_>| m.header_raw("X-HmXmrOriginalRecipient").map(str::to_owned);
+    let mut rcpt = marked(message);
+    let mut mail_from = None;
+    for part in &message.parts {
+        if let Some(inner) = part.message() {
+            rcpt = rcpt.or_else(|| marked(inner));
+            mail_from = mail_from.or_else(|| inner.header_raw("Return-Path").map(str::to_owned));
+        }
+    }
+    let rcpt = rcpt?;
+    Some(Report::Feedback {
+        feedback_type: "abuse".into(),
+        original_mail_from: mail_from.map(|m| m.trim().to_owned()),
+        original_rcpt_to: Some(rcpt.trim().to_owned()),
+    })
 }
 
 /// A plain-text bounce without a DSN part (Exim's, qmail's with the header): the recipients
@@ -310,6 +331,20 @@ mod tests {
                 feedback_type: "abuse".into(),
                 original_mail_from: Some("fake.sender@example.net".into()),
                 original_rcpt_to: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_jmrp_complaint_without_a_feedback_report_part() {
+        // Shaped as Microsoft documents JMRP (constructed here: no licensed sample).
+        let jmrp = "From: staff@hotmail.com\r\nTo: fbl@bounce.example.com\r\nSubject: complaint about message from 192.0.2.1\r\nMessage-ID: <jmrp-1@hotmail.com>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nX-HmXmrOriginalRecipient: <someone@hotmail.com>\r\nReturn-Path: <b-1-2-0123456789abcdef0123@bounce.example.com>\r\nFrom: offers@mail.example\r\nMessage-ID: <u@mail.example>\r\nSubject: Offer\r\n\r\nHello\r\n--b--\r\n";
+        assert_eq!(
+            parse(jmrp.as_bytes()).report,
+            Report::Feedback {
+                feedback_type: "abuse".into(),
+                original_mail_from: Some("<b-1-2-0123456789abcdef0123@bounce.example.com>".into()),
+                original_rcpt_to: Some("<someone@hotmail.com>".into()),
             }
         );
     }

@@ -544,3 +544,29 @@ async fn a_real_postfix_relays_a_refused_message_and_its_own_dsn_suppresses_the_
     );
     assert_ne!(second["recipients"][1]["status"], "suppressed", "{second}");
 }
+
+#[test]
+fn a_bounces_section_that_cannot_work_is_refused_naming_its_keys() {
+    let out = crate::helpers::with_config(
+        "[bounces]\ndomain = \"not a domain\"\nsecret = \"short\"\nlisten = \"port 25\"\ntls_cert = \"missing.pem\"\n",
+        &["config", "check"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    for key in [
+        "bounces.domain",
+        "bounces.secret",
+        "bounces.listen",
+        "bounces.tls_cert and tls_key",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    assert!(!err.contains("\"short\""), "the secret is not shown: {err}");
+    let out = crate::helpers::with_config("", &["bounces", "ingest"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "without [bounces]: {}",
+        stderr(&out)
+    );
+}

@@ -329,6 +329,33 @@ async fn endpoints() {
         "| down (503) for {down_secs} s, then back | all {n} delivered, seconds after it came back | {:.1} | |",
         back.elapsed().as_secs_f64()
     );
+
+    // Down in the middle of a bulk send: answering, then 503 right after thousands were
+    // delivered (the breaker's window full of successes), for 30 s, then back.
+    let n = 40_000;
+    let (flaky, url) = receiver_with(Behaviour::default()).await;
+    let _dir = backlog_server(
+        n,
+        &url,
+        "[pega.retry]\nbase_ms = 200\nmax_delay_secs = 10\nmax_attempts = 1000",
+    )
+    .await;
+    while flaky.request_times().len() < 5_000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    flaky.control(|b| b.fail_rate = 1.0);
+    let down = Instant::now();
+    let before = flaky.request_times().len();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let in_first_30s = flaky.request_times().iter().filter(|t| **t >= down).count();
+    flaky.control(|b| b.fail_rate = 0.0);
+    wait_for(&flaky, n).await;
+    println!(
+        "| down (503) right after {before} requests answered, mid-bulk | requests in its first 30 s down | {in_first_30s} | <= 60 |"
+    );
+    println!(
+        "| down (503) right after {before} requests answered, mid-bulk | all {n} delivered once back | yes | |"
+    );
 }
 
 /// [`SETUPS`], or those named by `BENCH_SETUPS`.

@@ -62,8 +62,8 @@ pub(super) fn enqueue(
 }
 
 /// Records an attempt on each of the outcome's events and moves them on: two statements for
-/// all of them (a round's events go in one POST and share its attempt), the ids passed as a
-/// JSON array.
+/// all of them (a round's events go in one POST and share its attempt). One event (the
+/// default `batch_size = 1`) is named by its id; several are passed as a JSON array.
 fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
     let (status, next_at, delivered_at) = outcome.completion.row();
     let attempt = outcome.attempt.as_ref();
@@ -71,14 +71,38 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
         .filter(|a| a.outcome != AttemptOutcome::Delivered)
         .map(|a| a.detail.as_str());
     let bump = i64::from(attempt.is_some());
-    let ids = serde_json::to_string(&outcome.ids)?;
-    c.prepare_cached(
-        "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-         delivered_at = COALESCE(?3, delivered_at),
-         last_error = CASE WHEN ?1 = 'delivered' THEN NULL ELSE COALESCE(?4, last_error) END,
-         attempts = attempts + ?5, lease_until = 0 WHERE id IN (SELECT value FROM json_each(?6))",
-    )?
-    .execute(params![
+    macro_rules! set {
+        ($which:literal) => {
+            concat!(
+                "UPDATE outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
+                 delivered_at = COALESCE(?3, delivered_at),
+                 last_error = CASE WHEN ?1 = 'delivered' THEN NULL ELSE COALESCE(?4, last_error) END,
+                 attempts = attempts + ?5, lease_until = 0 ",
+                $which
+            )
+        };
+    }
+    macro_rules! insert {
+        ($rows:literal) => {
+            concat!(
+                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) ",
+                $rows
+            )
+        };
+    }
+    let (update, add, ids): (&str, &str, rusqlite::types::Value) = match outcome.ids.as_slice() {
+        [one] => (
+            set!("WHERE id = ?6"),
+            insert!("VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            (*one).into(),
+        ),
+        many => (
+            set!("WHERE id IN (SELECT value FROM json_each(?6))"),
+            insert!("SELECT value, ?2, ?3, ?4, ?5, ?6 FROM json_each(?1)"),
+            serde_json::to_string(many)?.into(),
+        ),
+    };
+    c.prepare_cached(update)?.execute(params![
         status.as_str(),
         next_at,
         delivered_at,
@@ -87,11 +111,7 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
         ids
     ])?;
     if let Some(a) = attempt {
-        c.prepare_cached(
-            "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
-             SELECT value, ?2, ?3, ?4, ?5, ?6 FROM json_each(?1)",
-        )?
-        .execute(params![
+        c.prepare_cached(add)?.execute(params![
             ids,
             a.at_ms,
             a.http_status,

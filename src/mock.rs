@@ -515,37 +515,14 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// A server TLS configuration from PEM: the certificate chain and key, and, when
-/// `client_ca` is given, client certificates required and verified against it.
+/// A server TLS configuration from PEM (see [`crate::config::tls::server_config`]), offering
+/// HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca: Option<&[u8]>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(ca) {
-                roots.add(c?)?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = crate::config::tls::server_config(cert_pem, key_pem, client_ca)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -55,9 +55,12 @@ impl Listener {
     ) -> anyhow::Result<Self> {
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => {
-                let config =
-                    crate::mock::tls_config(&std::fs::read(cert)?, &std::fs::read(key)?, None)?;
-                Some(tokio_rustls::TlsAcceptor::from(config))
+                let config = crate::config::tls::server_config(
+                    &std::fs::read(cert)?,
+                    &std::fs::read(key)?,
+                    None,
+                )?;
+                Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
             }
             _ => None,
         };

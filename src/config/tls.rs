@@ -179,3 +179,36 @@ pub(crate) fn private_key(path: &Path) -> Result<Vec<u8>, String> {
         )),
     }
 }
+
+/// A server TLS configuration from PEM: the certificate chain and key, and, when
+/// `client_ca` is given, client certificates required and verified against it (the stand-in
+/// Pega's HTTPS, the bounce listener's STARTTLS).
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca: Option<&[u8]>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(builder.with_single_cert(chain, key)?)
+}

@@ -58,15 +58,6 @@ struct Bounces {
     server: Arc<crate::bounces::listener::Listener>,
 }
 
-/// The listener's counts go to `/metrics`.
-struct CountReports(Arc<Metrics>);
-
-impl crate::bounces::listener::Count for CountReports {
-    fn count(&self, kind: &str, outcome: &str) {
-        self.0.bounce_report(kind, outcome);
-    }
-}
-
 impl Bounces {
     async fn build(
         settings: &Settings,
@@ -86,8 +77,7 @@ impl Bounces {
             crate::bounces::ReturnPaths::new(b),
             intake.clone(),
         );
-        let count = Arc::new(CountReports(metrics.clone()));
-        let server = crate::bounces::listener::Listener::new(b, ingest, count)?;
+        let server = crate::bounces::listener::Listener::new(b, ingest, metrics.registry())?;
         tracing::info!(listen = %listen, domain = %b.domain, "taking bounces and complaints");
         Ok(Some(Self {
             listener,

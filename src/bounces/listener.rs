@@ -21,10 +21,18 @@ const MAX_COMMAND: usize = 512;
 /// The longest line of data (RFC 5321: 1000 with its CRLF; longer ones are taken, bounded).
 const MAX_LINE: usize = 64 * 1024;
 
-/// Counts what the listener did (`pegabridge_bounce_reports_total{kind, outcome}`; `kind`
-/// `smtp` for what was refused before any message).
-pub trait Count: Send + Sync {
-    fn count(&self, kind: &str, outcome: &str);
+/// `pegabridge_bounce_reports_total{kind, outcome}` in `registry` (`kind` `smtp` for what
+/// was refused before any message).
+fn reports_counter(registry: &prometheus::Registry) -> prometheus::IntCounterVec {
+    let counter = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "bounce_reports_total",
+            "Messages to the bounce domain's listener by kind (dsn, feedback, auto_reply, unreadable, smtp) and outcome (recorded, duplicate, unmatched, ignored, refused)",
+        ),
+        &["kind", "outcome"],
+    )
+    .expect("valid metric");
+    crate::delivery::metrics::register(registry, counter)
 }
 
 /// The listener's settings and parts.
@@ -35,7 +43,7 @@ pub struct Listener {
     timeout: Duration,
     connections: Arc<tokio::sync::Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    count: Arc<dyn Count>,
+    reports: prometheus::IntCounterVec,
     hostname: String,
 }
 
@@ -51,7 +59,7 @@ impl Listener {
     pub fn new(
         settings: &BounceSettings,
         ingest: Ingest,
-        count: Arc<dyn Count>,
+        registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => {
@@ -71,7 +79,7 @@ impl Listener {
             timeout: Duration::from_secs(settings.timeout_secs.max(1)),
             connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
             tls,
-            count,
+            reports: reports_counter(registry),
             hostname: settings.domain.clone(),
         })
     }
@@ -91,7 +99,7 @@ impl Listener {
                 continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.count.count("smtp", "refused");
+                self.reports.with_label_values(&["smtp", "refused"]).inc();
                 let timeout = self.timeout;
                 tokio::spawn(async move {
                     let busy = tcp.write_all(b"421 4.7.0 Too many connections, try later\r\n");
@@ -287,7 +295,7 @@ impl Listener {
     /// `RCPT TO`: an address at the bounce domain; a return path must be one of ours.
     fn recipient(&self, address: String, rcpts: &mut Vec<String>) -> String {
         if !self.paths.is_ours(&address) {
-            self.count.count("smtp", "refused");
+            self.reports.with_label_values(&["smtp", "refused"]).inc();
             return "550 5.7.1 Relaying denied: only the bounce domain's mail is taken".into();
         }
         let local = address
@@ -296,7 +304,7 @@ impl Listener {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if local.starts_with("b-") && self.paths.read(&address).is_none() {
-            self.count.count("smtp", "refused");
+            self.reports.with_label_values(&["smtp", "refused"]).inc();
             return "550 5.1.1 No such return path".into();
         }
         rcpts.push(address);
@@ -334,7 +342,9 @@ impl Listener {
     async fn take(&self, raw: &[u8], rcpts: &[String]) -> String {
         match self.ingest.ingest(raw, rcpts).await {
             Ok((kind, outcome)) => {
-                self.count.count(kind, outcome.kind());
+                self.reports
+                    .with_label_values(&[kind, outcome.kind()])
+                    .inc();
                 match outcome {
                     Ingested::Recorded { .. } => "250 2.0.0 Recorded".into(),
                     _ => "250 2.0.0 Taken".into(),

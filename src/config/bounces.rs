@@ -74,13 +74,15 @@ impl BounceSettings {
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => {
-                let cert = super::tls::certificates(c).map_err(|e| format!("bounces.tls_cert: {e}"));
+                let cert =
+                    super::tls::certificates(c).map_err(|e| format!("bounces.tls_cert: {e}"));
                 let key = super::tls::private_key(k).map_err(|e| format!("bounces.tls_key: {e}"));
                 match (cert, key) {
                     // The same check the listener's start makes: the key fits the chain.
                     (Ok((chain, _)), Ok(key)) => {
                         if let Err(e) = super::tls::server_config(&chain, &key, None) {
-                            problems.push(format!("bounces.tls_key: not usable with tls_cert: {e}"));
+                            problems
+                                .push(format!("bounces.tls_key: not usable with tls_cert: {e}"));
                         }
                     }
                     (cert, key) => problems.extend(cert.err().into_iter().chain(key.err())),

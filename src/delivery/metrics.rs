@@ -34,16 +34,13 @@ pub struct Metrics {
     task_restarts: prometheus::IntCounterVec,
     /// Opens and clicks recorded, by metric, verdict (person, machine) and reason.
     engagement: prometheus::IntCounterVec,
-    /// Messages to the bounce domain's listener, by outcome.
-    bounce_reports: prometheus::IntCounterVec,
     /// The reason shown by `last_decrease` (an index into `Decrease::ALL`, or none yet): the
     /// labels are set only when it changes, not on every POST.
     shown_decrease: std::sync::atomic::AtomicUsize,
 }
 
 impl Metrics {
-    /// Registers every metric (one entry each: long, not complex).
-    #[allow(clippy::too_many_lines)]
+    /// Registers every metric.
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("pegabridge".into()), None).expect("a valid prefix");
@@ -118,17 +115,6 @@ impl Metrics {
                 "events_unmatched_total",
                 "Mail platform events acknowledged without a known pegabridge key",
                 "platform",
-            ),
-            bounce_reports: register(
-                &registry,
-                prometheus::IntCounterVec::new(
-                    Opts::new(
-                        "bounce_reports_total",
-                        "Messages to the bounce domain's listener by kind (dsn, feedback, auto_reply, unreadable, smtp) and outcome (recorded, duplicate, unmatched, ignored, refused)",
-                    ),
-                    &["kind", "outcome"],
-                )
-                .expect("valid metric"),
             ),
             task_restarts: counters(
                 "task_restarts_total",
@@ -216,13 +202,6 @@ impl Metrics {
         let verdict = if machine { "machine" } else { "person" };
         self.engagement
             .with_label_values(&[metric, verdict, reason])
-            .inc();
-    }
-
-    /// Counts a message to the bounce domain's listener.
-    pub fn bounce_report(&self, kind: &str, outcome: &str) {
-        self.bounce_reports
-            .with_label_values(&[kind, outcome])
             .inc();
     }
 

@@ -200,18 +200,23 @@ impl Ingest {
     ) -> anyhow::Result<(&'static str, Ingested)> {
         let parsed = parse(raw);
         let kind = parsed.kind();
-        let lookup = self.by_message_id(&parsed).await?;
-        let activity = match self.judged(&parsed, raw, envelope_to, lookup) {
+        // The store is asked for the quoted original only when no return path of ours joins.
+        let mut judged = self.judged(&parsed, raw, envelope_to, None);
+        if matches!(judged, Err(Ingested::Unmatched(_))) {
+            if let Some(found) = self.by_message_id(&parsed).await? {
+                judged = self.judged(&parsed, raw, envelope_to, Some(found));
+            }
+        }
+        let activity = match judged {
             Ok(a) => a,
             Err(outcome) => {
                 tracing::info!(kind, outcome = outcome.kind(), detail = ?outcome, "a message to the bounce domain");
                 return Ok((kind, outcome));
             }
         };
-        let metric = if activity.metric == Metric::Complaints.as_str() {
-            Metric::Complaints
-        } else {
-            Metric::Bounces
+        let metric = match &parsed.report {
+            Report::Feedback { .. } => Metric::Complaints,
+            _ => Metric::Bounces,
         };
         let (broadcast_id, customer_id) = (activity.broadcast_id, activity.customer_id);
         let checked = Intake::check(vec![activity])

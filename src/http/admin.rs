@@ -123,6 +123,16 @@ struct ReplayBody {
     since: Option<Value>,
 }
 
+/// A replay body's `since`: Unix seconds, or an age such as `2h` (as the CLI takes).
+fn since(t: &Value) -> Result<i64, ApiError> {
+    let text = match t {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    crate::outbox::parse_since(&text, crate::event::now())
+        .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))
+}
+
 #[utoipa::path(post, path = "/admin/deliveries/replay", tag = "admin",
     request_body(content = Object, content_type = "application/json",
         description = "`uuid`, or `status` (dead, filtered, delivered) with an optional `since` (Unix seconds or an age like 2h)"),
@@ -146,15 +156,10 @@ pub(super) async fn replay(
     let which = match (body.uuid, done, body.since) {
         (Some(u), None, None) => Replay::Uuid(u),
         (None, Some(status), None) => Replay::Status(status),
-        (None, Some(status), Some(t)) => {
-            let text = match &t {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let since = crate::outbox::parse_since(&text, crate::event::now())
-                .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?;
-            Replay::Since { since, status }
-        }
+        (None, Some(status), Some(t)) => Replay::Since {
+            since: since(&t)?,
+            status,
+        },
         (None, None, Some(_)) => {
             return Err(ApiError::BadRequest(
                 "`since` needs a `status` (dead, filtered or delivered)".into(),
@@ -286,22 +291,9 @@ pub(super) async fn replay_sends(
     }
     let which = match (body.uuid, body.status, body.since) {
         (Some(u), None, None) => SendReplay::Uuid(u),
-        (None, Some(_), since) => {
-            let since = match since {
-                None => None,
-                Some(t) => {
-                    let text = match &t {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    Some(
-                        crate::outbox::parse_since(&text, crate::event::now())
-                            .map_err(|e| ApiError::BadRequest(format!("since: {e:#}")))?,
-                    )
-                }
-            };
-            SendReplay::Dead { since }
-        }
+        (None, Some(_), t) => SendReplay::Dead {
+            since: t.as_ref().map(since).transpose()?,
+        },
         _ => {
             return Err(ApiError::BadRequest(
                 "give `uuid`, or `status: \"dead\"` (with `since` if wanted)".into(),

@@ -41,7 +41,7 @@ pub struct MailStatus {
     sends: IntCounterVec,
     in_flight: IntGauge,
     queued: IntGauge,
-    queued_in_flight: IntGauge,
+    leased: IntGauge,
     relay: Histogram,
     breaker: IntGauge,
 }
@@ -85,7 +85,7 @@ impl MailStatus {
             sends: register(registry, sends),
             in_flight: gauge("mail_sends_in_flight", "Messages being handed to the relay now"),
             queued: gauge("mail_sends_queued", "Sends waiting for their (next) attempt"),
-            queued_in_flight: gauge(
+            leased: gauge(
                 "mail_sends_leased",
                 "Sends claimed by a mail worker (in flight, or held by a stopped instance until its lease ends)",
             ),
@@ -146,7 +146,7 @@ impl MailStatus {
     /// Sets the queue gauges (read from the store at scrape time).
     pub fn queue(&self, q: crate::store::SendQueue) {
         self.queued.set(q.pending);
-        self.queued_in_flight.set(q.inflight);
+        self.leased.set(q.inflight);
     }
 
     /// The breaker's state and, while it is open, why (`/health`).

@@ -144,15 +144,7 @@ async fn late_bounces_and_complaints_reach_pega_once_through_each_messages_retur
     assert_eq!(complaint["customer_email_address"], bob);
 
     // Next time, neither is mailable.
-    let mut again = crate::server::trigger();
-    again["Customers"][0]["InteractionID"] = serde_json::json!("7");
-    again["Customers"][1]["InteractionID"] = serde_json::json!("8");
-    let second: Value = app
-        .post("/webhooks/offer", &again)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second = app.trigger_offer_again().await;
     let statuses: Vec<&str> = second["recipients"]
         .as_array()
         .unwrap()
@@ -415,13 +407,8 @@ impl Postfix {
             .unwrap();
         let log = std::fs::read_to_string(base.join("maillog")).unwrap_or_default();
         assert!(started.status.success(), "postfix start: {log}");
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Postfix { conf, dir, port };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        panic!("postfix does not listen: {log}");
+        assert!(listening(port), "postfix does not listen: {log}");
+        Postfix { conf, dir, port }
     }
 
     fn log(&self) -> String {
@@ -437,6 +424,18 @@ impl Drop for Postfix {
             .arg("stop")
             .output();
     }
+}
+
+/// Whether a process started by the test listens on `port` within 5 s (another program's
+/// start cannot be driven, only awaited).
+fn listening(port: u16) -> bool {
+    (0..500).any(|_| {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if !up {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        up
+    })
 }
 
 fn nix_is_root() -> bool {
@@ -465,11 +464,8 @@ impl Sink {
             .stderr(Stdio::null())
             .spawn()
             .expect("smtp-sink (Debian's postfix package)");
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Sink(child, port);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        if listening(port) {
+            return Sink(child, port);
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -529,15 +525,7 @@ async fn a_real_postfix_relays_a_refused_message_and_its_own_dsn_suppresses_the_
         2,
         "{events:?}"
     );
-    let mut again = crate::server::trigger();
-    again["Customers"][0]["InteractionID"] = serde_json::json!("7");
-    again["Customers"][1]["InteractionID"] = serde_json::json!("8");
-    let second: Value = app
-        .post("/webhooks/offer", &again)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second = app.trigger_offer_again().await;
     assert_eq!(
         second["recipients"][0]["status"], "suppressed",
         "{second} after {answer}"

@@ -222,15 +222,10 @@ fn project(config: &str) -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn send_test_delivers_a_signed_message_with_both_parts_to_a_real_smtp_server() {
-    if !smtp_tools() {
-        return;
-    }
-    let smtp = Smtp::start(&[]);
-    let dir = project(&mail_section(smtp.port));
-    let out = pegabridge(
-        dir.path(),
+/// `pegabridge send-test` of the project's trigger with the `mail` mapping, to `to`.
+fn send_test(dir: &Path, to: &str) -> std::process::Output {
+    pegabridge(
+        dir,
         &[
             "send-test",
             "--mapping",
@@ -238,9 +233,19 @@ fn send_test_delivers_a_signed_message_with_both_parts_to_a_real_smtp_server() {
             "--trigger",
             "trigger.json",
             "--to",
-            "check@example.net",
+            to,
         ],
-    );
+    )
+}
+
+#[test]
+fn send_test_delivers_a_signed_message_with_both_parts_to_a_real_smtp_server() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&[]);
+    let dir = project(&mail_section(smtp.port));
+    let out = send_test(dir.path(), "check@example.net");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("sent to check@example.net"),
@@ -305,35 +310,13 @@ fn send_test_says_why_the_relay_refused_and_exits_non_zero() {
     }
     let smtp = Smtp::start(&["--reject", "nobody@example.net"]);
     let dir = project(&mail_section(smtp.port));
-    let out = pegabridge(
-        dir.path(),
-        &[
-            "send-test",
-            "--mapping",
-            "mail",
-            "--trigger",
-            "trigger.json",
-            "--to",
-            "nobody@example.net",
-        ],
-    );
+    let out = send_test(dir.path(), "nobody@example.net");
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("550"), "{}", stderr(&out));
     assert!(smtp.messages().is_empty());
     // Without [mail]: a clear error, exit 2.
     std::fs::write(dir.path().join("pegabridge.toml"), "").unwrap();
-    let out = pegabridge(
-        dir.path(),
-        &[
-            "send-test",
-            "--mapping",
-            "mail",
-            "--trigger",
-            "trigger.json",
-            "--to",
-            "x@example.net",
-        ],
-    );
+    let out = send_test(dir.path(), "x@example.net");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("no [mail] section"),
@@ -460,15 +443,7 @@ async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_n
             "{events:?}"
         );
         // Bob is not mailable any more.
-        let mut again = crate::server::trigger();
-        again["Customers"][1]["InteractionID"] = serde_json::json!("7");
-        again["Customers"][0]["InteractionID"] = serde_json::json!("8");
-        let second: Value = app
-            .post("/webhooks/offer", &again)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let second = app.trigger_offer_again().await;
         assert_eq!(second["recipients"][1]["status"], "suppressed");
     })
     .await;
@@ -987,18 +962,7 @@ fn send_test_sends_what_serve_sends_tracked_links_the_pixel_and_one_click_unsubs
         mail_section(smtp.port)
     );
     let dir = project(&config);
-    let out = pegabridge(
-        dir.path(),
-        &[
-            "send-test",
-            "--mapping",
-            "mail",
-            "--trigger",
-            "trigger.json",
-            "--to",
-            "check@example.net",
-        ],
-    );
+    let out = send_test(dir.path(), "check@example.net");
     assert!(out.status.success(), "{}", stderr(&out));
     let m = check(&smtp.messages()[0]);
     let unsubscribe = m["headers"]["List-Unsubscribe"].as_str().unwrap();

@@ -165,6 +165,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The offer trigger again, with new interaction ids: the answer says who is mailable.
+    pub async fn trigger_offer_again(&self) -> Value {
+        let mut again = trigger();
+        again["Customers"][0]["InteractionID"] = json!("7");
+        again["Customers"][1]["InteractionID"] = json!("8");
+        self.post("/webhooks/offer", &again)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// POST JSON with the offer mapping's bearer token.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         let req = self

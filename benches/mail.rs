@@ -104,6 +104,29 @@ async fn wait_for(accepted: &AtomicUsize, n: usize) {
     }
 }
 
+/// `serve`, in this process, sending through the relay on `smtp_port`, with a committed bulk
+/// trigger of `MAILS`: its base URL, its settings and folder, and when the trigger committed.
+async fn bulk_send(
+    client: &reqwest::Client,
+    smtp_port: u16,
+) -> (String, Settings, tempfile::TempDir, Instant) {
+    let dir = tempfile::tempdir().unwrap();
+    write_project(dir.path(), smtp_port, "127.0.0.1:0");
+    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let res = client
+        .post(format!("{base}/webhooks/bulk"))
+        .bearer_auth("t")
+        .json(&customers(MAILS))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    (base, settings, dir, Instant::now())
+}
+
 #[tokio::main]
 async fn main() {
     let client = reqwest::Client::new();
@@ -112,22 +135,7 @@ async fn main() {
     let accepted = Arc::new(AtomicUsize::new(0));
     let smtp_port = free_port();
     let mut sink_a = sink(smtp_port, accepted.clone());
-    let dir = tempfile::tempdir().unwrap();
-    write_project(dir.path(), smtp_port, "127.0.0.1:0");
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let body = customers(MAILS);
-    let res = client
-        .post(format!("{base}/webhooks/bulk"))
-        .bearer_auth("t")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let committed = Instant::now();
+    let (_, settings, _dir, committed) = bulk_send(&client, smtp_port).await;
     wait_for(&accepted, MAILS).await;
     let bridged = MAILS as f64 / committed.elapsed().as_secs_f64();
     let _ = sink_a.kill();
@@ -247,9 +255,20 @@ async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
     };
     let smtp_port = free_port();
     let mut first = sink(smtp_port);
-    let dir = tempfile::tempdir().unwrap();
-    write_project(dir.path(), smtp_port, "127.0.0.1:0");
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+    let (base, settings, _dir, committed) = bulk_send(client, smtp_port).await;
+    let sent = format!("pegabridge_mail_sends_total{{outcome=\"sent\"}} {MAILS}");
+    loop {
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+        if metrics.text().await.unwrap().contains(&sent) {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(600),
+            "never all sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ours = MAILS as f64 / committed.elapsed().as_secs_f64();
     // The size of one message as sent.
     let loaded = pegabridge::mapping::Mappings::load_configured(&settings).unwrap();
     let composer = pegabridge::mail::Composer::new(settings.mail.as_ref().unwrap(), None).unwrap();
@@ -266,31 +285,6 @@ async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
         .unwrap()
         .formatted()
         .len();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let res = client
-        .post(format!("{base}/webhooks/bulk"))
-        .bearer_auth("t")
-        .json(&customers(MAILS))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let committed = Instant::now();
-    let sent = format!("pegabridge_mail_sends_total{{outcome=\"sent\"}} {MAILS}");
-    loop {
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
-        if metrics.text().await.unwrap().contains(&sent) {
-            break;
-        }
-        assert!(
-            committed.elapsed() < Duration::from_secs(600),
-            "never all sent"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let ours = MAILS as f64 / committed.elapsed().as_secs_f64();
     let _ = first.kill();
     let _ = first.wait();
     let port = free_port();
@@ -322,21 +316,7 @@ async fn stuck_run(client: &reqwest::Client) -> f64 {
     let accepted = Arc::new(AtomicUsize::new(0));
     let smtp_port = free_port();
     let mut sink = sink_with(smtp_port, accepted.clone(), &["--stuck", "r0@example.org"]);
-    let dir = tempfile::tempdir().unwrap();
-    write_project(dir.path(), smtp_port, "127.0.0.1:0");
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let res = client
-        .post(format!("{base}/webhooks/bulk"))
-        .bearer_auth("t")
-        .json(&customers(MAILS))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    let committed = Instant::now();
+    let (_, _, _dir, committed) = bulk_send(client, smtp_port).await;
     let others = (MAILS - 1) / 100 * 100;
     wait_for(&accepted, others).await;
     let rate = others as f64 / committed.elapsed().as_secs_f64();

@@ -1,5 +1,5 @@
-//! Operator commands: `deliveries ...` (on the store the configuration names) and
-//! `mock-pega`.
+//! Operator commands: `deliveries ...`, `sends ...` and `bounces ingest` (on the store the
+//! configuration names) and `mock-pega`.
 
 use super::out;
 use crate::config::secret::Secret;
@@ -142,6 +142,48 @@ pub fn sends(settings: &Settings, command: SendsCommand) -> anyhow::Result<ExitC
             }
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `pegabridge bounces ingest`: one message from standard input.
+pub fn bounces_ingest(settings: &Settings, recipients: &[String]) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let Some(bounces) = &settings.bounces else {
+        eprintln!("bounces ingest: no [bounces] section: configure the bounce domain first");
+        return Ok(ExitCode::from(2));
+    };
+    let limit = bounces.max_message_bytes;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut raw)?;
+    if raw.len() > limit {
+        // Taken and dropped: refusing it would bounce a bounce.
+        eprintln!("bounces ingest: ignored: larger than bounces.max_message_bytes ({limit})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = match crate::store::Storage::open(settings).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bounces ingest: the store: {e:#}");
+                return Ok(ExitCode::from(75));
+            }
+        };
+        let intake = crate::intake::Intake::new(store);
+        let ingest =
+            crate::bounces::ingest::Ingest::new(crate::bounces::ReturnPaths::new(bounces), intake);
+        match ingest.ingest(&raw, recipients).await {
+            Ok((kind, outcome)) => {
+                eprintln!("bounces ingest: {kind}: {}: {outcome:?}", outcome.kind());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("bounces ingest: not recorded, try again: {e:#}");
+                Ok(ExitCode::from(75))
+            }
+        }
     })
 }
 

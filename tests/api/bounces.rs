@@ -346,7 +346,7 @@ impl Postfix {
             "this test needs Postfix: apt-get install postfix (.ci/run does)"
         );
         assert!(
-            nix_is_root(),
+            is_root(),
             "this test starts Postfix, which must run as root"
         );
         let dir = tempfile::tempdir().unwrap();
@@ -438,7 +438,7 @@ fn listening(port: u16) -> bool {
     })
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -12,10 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 
-use pegabridge::app::Application;
 use pegabridge::config::mail::TrackingSettings;
 use pegabridge::config::secret::Secret;
-use pegabridge::config::Settings;
 use pegabridge::engagement::{classify, relay::Ranges, Evidence};
 use pegabridge::mail::tracking::{Target, Tokens};
 use std::net::IpAddr;
@@ -77,25 +75,12 @@ fn classifier() -> (f64, f64, usize) {
 async fn pixel_latency(hold_secs: u64, n: usize) -> (f64, f64) {
     let (pega, pega_url) = common::receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::copy(
-        root.join("mappings/offer.toml"),
-        dir.path().join("mappings/offer.toml"),
+    common::offer_mapping(dir.path());
+    let base = common::serve_in(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n[store]\nurl = \"sqlite://bench.db\"\n[pega]\nendpoint = \"{pega_url}/in\"\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n[tracking]\nbase_url = \"https://t.example\"\nsecret = \"{SECRET}\"\n[engagement]\nhold_secs = {hold_secs}\ntoo_soon_secs = 0\n"),
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        format!(
-            "[templates]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n[store]\nurl = \"sqlite://bench.db\"\n[pega]\nendpoint = \"{pega_url}/in\"\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n[tracking]\nbase_url = \"https://t.example\"\nsecret = \"{SECRET}\"\n[engagement]\nhold_secs = {hold_secs}\ntoo_soon_secs = 0\n",
-            root.join("templates").display()
-        ),
-    )
-    .unwrap();
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    .await;
     let client = reqwest::Client::new();
     let answer: serde_json::Value = client
         .post(format!("{base}/webhooks/offer"))

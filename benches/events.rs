@@ -19,8 +19,6 @@ use common::receiver;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::EncodePublicKey;
-use pegabridge::app::Application;
-use pegabridge::config::Settings;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -88,13 +86,7 @@ fn key() -> SigningKey {
 
 async fn server(pega_url: &str) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::copy(
-        root.join("mappings/offer.toml"),
-        dir.path().join("mappings/offer.toml"),
-    )
-    .unwrap();
+    common::offer_mapping(dir.path());
     let public = STANDARD.encode(
         key()
             .verifying_key()
@@ -102,18 +94,11 @@ async fn server(pega_url: &str) -> (String, tempfile::TempDir) {
             .unwrap()
             .as_bytes(),
     );
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        format!(
-            "[templates]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 16777216\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{pega_url}/in\"\nbatch_size = 16\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n[events.sendgrid]\npublic_key = \"{public}\"\n",
-            root.join("templates").display()
-        ),
+    let base = common::serve_in(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\nbody_limit = 16777216\n[store]\nurl = \"sqlite://bench.db\"\n[activities]\ntoken = \"a\"\n[pega]\nendpoint = \"{pega_url}/in\"\nbatch_size = 16\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n[events.sendgrid]\npublic_key = \"{public}\"\n"),
     )
-    .unwrap();
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    .await;
     (base, dir)
 }
 

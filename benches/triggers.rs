@@ -9,8 +9,8 @@
 //! Targets: >= 2,000 triggers/s, p99 <= 50 ms at 500/s, 1M customers within 20% of empty,
 //! >= 20,000 recipients/s.
 
-use pegabridge::app::Application;
-use pegabridge::config::Settings;
+mod common;
+
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -194,25 +194,12 @@ async fn start_in(
     synchronous: &str,
     server: &str,
 ) -> (String, tempfile::TempDir) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    std::fs::copy(
-        root.join("mappings/offer.toml"),
-        dir.path().join("mappings/offer.toml"),
+    common::offer_mapping(dir.path());
+    let base = common::serve_in(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{server}[store]\nurl = \"sqlite://bench.db\"\nsynchronous = \"{synchronous}\"\n"),
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("pegabridge.toml"),
-        format!(
-            "[templates]\ndir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server}[store]\nurl = \"sqlite://bench.db\"\nsynchronous = \"{synchronous}\"\n",
-            root.join("templates").display()
-        ),
-    )
-    .unwrap();
-    let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
-    let app = Application::build(&settings).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    .await;
     (base, dir)
 }
 

@@ -66,3 +66,35 @@ pub fn rss_mb(pid: u32) -> f64 {
         .unwrap();
     kb / 1024.0
 }
+
+/// The project's folder (its `templates/` and `mappings/`).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `serve`, in this process, from `dir` with `config` as its `pegabridge.toml` (`[templates]
+/// dir` set to the project's): its base URL.
+pub async fn serve_in(dir: &Path, config: &str) -> String {
+    let config = format!(
+        "[templates]\ndir = \"{}\"\n{config}",
+        root().join("templates").display()
+    );
+    std::fs::write(dir.join("pegabridge.toml"), config).unwrap();
+    let settings = pegabridge::config::Settings::load(Some(&dir.join("pegabridge.toml"))).unwrap();
+    let app = pegabridge::app::Application::build(&settings)
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    base
+}
+
+/// The project's `mappings/offer.toml` in `dir/mappings`.
+pub fn offer_mapping(dir: &Path) {
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::copy(
+        root().join("mappings/offer.toml"),
+        dir.join("mappings/offer.toml"),
+    )
+    .unwrap();
+}

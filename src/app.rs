@@ -36,13 +36,25 @@ pub struct Application {
     /// The tracked fetches held for judging (`[engagement] hold_secs`).
     held: Option<crate::mail::held::HeldWorker>,
     retention: Retention,
+    /// The Kafka topic's worker (`[kafka]`).
+    kafka: Option<Delivery>,
 }
 
-/// The delivery worker, its inbox and what wakes it (with `[pega] endpoint`).
+/// A delivery worker, its inbox and what wakes it: Pega's (with `[pega] endpoint`, task
+/// `delivery`) or a Kafka topic's (with `[kafka]`, task `kafka`; nothing is handed to it in
+/// memory: its lane is claimed in order).
 struct Delivery {
     worker: Worker,
     inbox: Inbox,
     wake: Arc<Notify>,
+    task: &'static str,
+}
+
+/// The workers of the configured sinks.
+struct Deliveries {
+    pega: Option<Delivery>,
+    kafka: Option<Delivery>,
+    kafka_health: Option<Arc<crate::delivery::sink::SinkHealth>>,
 }
 
 /// The mail worker and what wakes it (with `[mail]`).
@@ -118,7 +130,12 @@ impl Application {
             tracing::warn!("delivery is paused (pegabridge deliveries resume)");
         }
         let outbox = Arc::new(Notify::new());
-        let (store, delivery) = Delivery::build(settings, store, &metrics, &outbox).await?;
+        let (store, deliveries) = Delivery::build(settings, store, &metrics, &outbox).await?;
+        let Deliveries {
+            pega: delivery,
+            kafka,
+            kafka_health,
+        } = deliveries;
         let store = store.with_sending(settings.mail.is_some());
         let intake = Intake::new(store.clone())
             .withholding_machines(withholds_machines(settings))
@@ -130,6 +147,7 @@ impl Application {
         let bounces = Bounces::build(settings, &intake, &metrics).await?;
         for (name, present) in [
             ("delivery", delivery.is_some()),
+            ("kafka", kafka.is_some()),
             ("mail", mail.is_some()),
             ("bounces", bounces.is_some()),
             ("retention", settings.store.retention_days > 0),
@@ -175,6 +193,7 @@ impl Application {
             min_free_bytes: settings.store.min_free_mb.saturating_mul(1024 * 1024),
             mail: mail.as_ref().map(|m| m.wake.clone()),
             mail_status: mail.as_ref().map(|m| m.status.clone()),
+            kafka: kafka_health,
             tracking: settings
                 .tracking
                 .as_ref()
@@ -198,6 +217,7 @@ impl Application {
             limits: serve::Limits::new(&settings.server),
             tasks,
             delivery,
+            kafka,
             mail,
             bounces,
             held: held.map(|(_, worker)| worker),
@@ -242,6 +262,9 @@ impl Application {
         let delivery = self
             .delivery
             .map(|d| tokio::spawn(d.run(tasks.clone(), stop.clone())));
+        let kafka = self
+            .kafka
+            .map(|d| tokio::spawn(d.run(tasks.clone(), stop.clone())));
         let mail = self
             .mail
             .map(|m| tokio::spawn(m.run(tasks.clone(), stop.clone())));
@@ -283,7 +306,7 @@ impl Application {
         if let Some(held) = held {
             let _ = tokio::time::timeout(self.grace, held).await;
         }
-        for (what, task) in [("mail", mail), ("delivery", delivery)] {
+        for (what, task) in [("mail", mail), ("delivery", delivery), ("kafka", kafka)] {
             let Some(task) = task else { continue };
             if tokio::time::timeout(self.grace, task).await.is_err() {
                 tracing::warn!(
@@ -353,29 +376,65 @@ fn load_mappings(settings: &Settings) -> anyhow::Result<Mappings> {
 }
 
 impl Delivery {
-    /// The worker for `[pega]` (none without an endpoint), and the store handing it the
-    /// events requests commit (see `store::handoff`), up to two rounds' worth.
+    /// The workers of `[pega]` (none without an endpoint) and `[kafka]`, with the store
+    /// queuing every event to each configured sink and handing Pega's to its worker (see
+    /// `store::handoff`), up to two rounds' worth.
     async fn build(
         settings: &Settings,
         store: Storage,
         metrics: &Arc<Metrics>,
         wake: &Arc<Notify>,
-    ) -> anyhow::Result<(Storage, Option<Self>)> {
+    ) -> anyhow::Result<(Storage, Deliveries)> {
         let pega = Arc::new(settings.pega.clone());
-        let Some(worker) = Worker::new(store.clone(), pega, metrics.clone())? else {
-            tracing::warn!("no [pega] endpoint: events wait in the outbox");
-            return Ok((store, None));
+        let rest = Worker::new(store.clone(), pega, metrics.clone())?;
+        let kafka = Worker::kafka(store.clone(), settings, metrics)?;
+        let lanes = crate::outbox::Lanes::of(
+            [
+                rest.as_ref().map(|_| crate::outbox::Lane::Pega),
+                kafka.as_ref().map(|_| crate::outbox::Lane::Kafka),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        store.outbox().set_lanes(lanes).await?;
+        let mut store = store;
+        let mut deliveries = Deliveries {
+            pega: None,
+            kafka: None,
+            kafka_health: None,
+        };
+        if let Some((worker, health)) = kafka {
+            tracing::info!(sink = worker.sink_name(), "delivering to a Kafka topic");
+            let kafka_wake = Arc::new(Notify::new());
+            store.backend().listen(kafka_wake.clone()).await?;
+            store = store.also_waking(kafka_wake.clone());
+            // Nothing is handed over: the sender is dropped, the inbox stays empty.
+            let (_, handed) = Handoff::new(0, settings.pega.lease_secs, kafka_wake.clone());
+            deliveries.kafka = Some(Self {
+                worker,
+                inbox: Inbox::new(handed),
+                wake: kafka_wake,
+                task: "kafka",
+            });
+            deliveries.kafka_health = Some(health);
+        }
+        let Some(worker) = rest else {
+            if deliveries.kafka.is_none() {
+                tracing::warn!("no [pega] endpoint nor [kafka]: events wait in the outbox");
+            }
+            return Ok((store, deliveries));
         };
         tracing::info!(sink = worker.sink_name(), "delivering to Pega");
         store.backend().listen(wake.clone()).await?;
         let capacity = 2 * worker.round_limit();
         let (handoff, handed) = Handoff::new(capacity, settings.pega.lease_secs, wake.clone());
-        let delivery = Self {
+        deliveries.pega = Some(Self {
             worker,
             inbox: Inbox::new(handed),
             wake: wake.clone(),
-        };
-        Ok((store.with_handoff(handoff), Some(delivery)))
+            task: "delivery",
+        });
+        Ok((store.with_handoff(handoff), deliveries))
     }
 
     /// Delivers under supervision until `stop`, then releases what was handed over.
@@ -384,11 +443,12 @@ impl Delivery {
             worker,
             inbox,
             wake,
+            task,
         } = self;
         // Kept across restarts: a panic drops the guard, not the inbox.
         let inbox = tokio::sync::Mutex::new(inbox);
         let (inbox_ref, worker_ref, wake_ref) = (&inbox, &worker, &wake);
-        supervise("delivery", tasks, stop, move |stop| async move {
+        supervise(task, tasks, stop, move |stop| async move {
             let mut inbox = inbox_ref.lock().await;
             worker_ref.run(wake_ref, &mut inbox, stop).await;
         })

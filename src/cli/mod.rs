@@ -352,9 +352,21 @@ fn check_connections(settings: &Settings) -> anyhow::Result<ExitCode> {
                 eprintln!("store: {}: {e:#}", settings.store_display());
             }
         }
-        match crate::delivery::sink::from_settings(&settings.pega)? {
+        if let Some(kafka) = &settings.kafka {
+            let sink =
+                crate::delivery::kafka::KafkaSink::new(kafka, &settings.pega.capture_response)?;
+            match crate::delivery::sink::Sink::probe(&sink).await {
+                Ok(answer) => out!("kafka ok: {answer}"),
+                Err(cause) => {
+                    ok = false;
+                    eprintln!("kafka: {cause}");
+                }
+            }
+        }
+        match crate::delivery::sink::RestSink::new(&settings.pega)? {
+            None if settings.kafka.is_some() => {}
             None => out!("pega: no endpoint configured"),
-            Some(sink) => match sink.probe().await {
+            Some(sink) => match crate::delivery::sink::Sink::probe(&sink).await {
                 Ok(answer) => out!("pega ok: {answer}"),
                 Err(cause) => {
                     ok = false;

@@ -25,7 +25,12 @@ pub enum DeliveriesCommand {
         limit: usize,
     },
     /// One event: its JSON and every delivery attempt.
-    Show { uuid: String },
+    Show {
+        uuid: String,
+        /// The event's row for this sink (`pega` or `kafka`; default: its first).
+        #[arg(long)]
+        sink: Option<crate::outbox::Lane>,
+    },
     /// Deliver events again (with a fresh retry schedule).
     Replay(ReplayArgs),
     /// Remove finished events and their attempts: dead letters (kept until an operator says
@@ -257,8 +262,9 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                     );
                 }
             }
-            DeliveriesCommand::Show { uuid } => {
-                let Some((row, event, attempts)) = store.outbox().delivery(uuid.clone()).await?
+            DeliveriesCommand::Show { uuid, sink } => {
+                let Some((row, event, attempts)) =
+                    store.outbox().delivery(uuid.clone(), sink).await?
                 else {
                     eprintln!("no event with uuid {uuid}");
                     return Ok(ExitCode::from(1));

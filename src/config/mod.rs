@@ -6,6 +6,7 @@ pub mod bounces;
 pub mod engagement;
 mod env;
 pub mod events;
+pub mod kafka;
 pub mod mail;
 pub mod pega;
 pub mod secret;
@@ -53,6 +54,9 @@ pub struct Settings {
     /// Delivery to Pega (`[pega]`).
     #[serde(default)]
     pub pega: pega::PegaSettings,
+    /// Delivery to a Kafka topic (`[kafka]`), beside or instead of `[pega] endpoint`.
+    #[serde(default)]
+    pub kafka: Option<kafka::KafkaSettings>,
     /// The operator API (`[admin]`).
     #[serde(default)]
     pub admin: pega::AdminSettings,
@@ -346,6 +350,9 @@ impl Settings {
         if let Some(mail) = &mut settings.mail {
             mail.resolve(&base);
         }
+        if let Some(kafka) = &mut settings.kafka {
+            kafka.resolve(&base);
+        }
         if let Some(f) = &mut settings.engagement.apple_relay_ranges {
             if f.is_relative() {
                 *f = base.join(&*f);
@@ -364,6 +371,19 @@ impl Settings {
         problems.extend(self.store.problems());
         if let Some(mail) = &self.mail {
             problems.extend(mail.problems());
+        }
+        if let Some(kafka) = &self.kafka {
+            problems.extend(kafka.problems());
+            let capture = pega::Format::CaptureResponse;
+            if kafka.format == capture && self.pega.format != capture {
+                problems.extend(self.pega.capture_response.problems());
+            }
+            if self.pega.lease_secs <= kafka.timeout_secs {
+                problems.push(format!(
+                    "pega.lease_secs ({}) must be longer than kafka.timeout_secs ({}): a produce must fit in its events' lease",
+                    self.pega.lease_secs, kafka.timeout_secs
+                ));
+            }
         }
         if let Some(t) = &self.tracking {
             problems.extend(t.problems());

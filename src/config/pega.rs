@@ -242,7 +242,7 @@ impl Default for CaptureSettings {
 }
 
 impl CaptureSettings {
-    fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.container_name.trim().is_empty() {
             problems.push(

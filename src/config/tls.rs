@@ -212,3 +212,40 @@ pub fn server_config(
     };
     Ok(builder.with_single_cert(chain, key)?)
 }
+
+/// A TLS client of `section` (`mail.tls`, `kafka.tls`): Mozilla's roots and `ca_file`'s, the
+/// client certificate, if any.
+pub fn client_config(files: &TlsSettings, section: &str) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let files = files
+        .pem(section)
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some((path, ders)) = files.roots {
+        for der in ders {
+            roots.add(der).map_err(|e| {
+                anyhow::anyhow!("{section}.ca_file: {}: not usable: {e}", path.display())
+            })?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match files.identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("{section}.client_cert: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|_| anyhow::anyhow!("{section}.client_key: no usable private key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow::anyhow!("{section}.client_key: not usable: {e}"))?
+        }
+    })
+}

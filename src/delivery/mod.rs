@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod capture;
 pub mod client;
 pub mod concurrency;
+pub mod kafka;
 pub mod metrics;
 pub mod schedule;
 pub mod sink;

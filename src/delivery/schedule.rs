@@ -10,6 +10,10 @@ pub enum Response {
     Status { code: u16, retry_after: Option<u64> },
     /// No answer: connection refused, reset, or timed out.
     Failed,
+    /// Acknowledged by a sink without HTTP (a Kafka broker's `acks = all`).
+    Accepted,
+    /// Refused for good by a sink without HTTP (a record the broker will never take).
+    Refused,
 }
 
 /// What to do with the events of an attempt.
@@ -33,6 +37,8 @@ pub fn verdict(response: &Response, attempt: u32, retry: &RetrySettings, unit: f
             (*code == 408 || *code == 429 || *code >= 500, *retry_after)
         }
         Response::Failed => (true, None),
+        Response::Accepted => return Verdict::Delivered,
+        Response::Refused => (false, None),
     };
     if !retryable || attempt >= retry.max_attempts {
         return Verdict::Dead;

@@ -21,11 +21,90 @@ pub trait Sink: Send + Sync {
 
     /// Reaches the destination without delivering anything (`config check --connect`).
     async fn probe(&self) -> Result<String, ClientError>;
+
+    /// Whether one event can be expressed in the sink's format; one that cannot becomes a
+    /// dead letter by itself before its batch is delivered.
+    fn check(&self, _event: &Claimed) -> Result<(), Unmappable> {
+        Ok(())
+    }
 }
 
-/// The sink `[pega]` configures; `None` without an endpoint.
-pub fn from_settings(settings: &PegaSettings) -> anyhow::Result<Option<Box<dyn Sink>>> {
-    Ok(RestSink::new(settings)?.map(|s| Box::new(s) as Box<dyn Sink>))
+/// A sink shared with others (`/health` probes the Kafka sink the worker delivers through).
+pub struct Shared(pub std::sync::Arc<dyn Sink>);
+
+#[async_trait::async_trait]
+impl Sink for Shared {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    async fn deliver(&self, batch: &[Claimed]) -> Result<Sent, Unmappable> {
+        self.0.deliver(batch).await
+    }
+    async fn probe(&self) -> Result<String, ClientError> {
+        self.0.probe().await
+    }
+    fn check(&self, event: &Claimed) -> Result<(), Unmappable> {
+        self.0.check(event)
+    }
+}
+
+/// What `/health` says of a sink: how its last delivery went (the worker tells), and whether
+/// it can be reached now (a probe, at most every [`SinkHealth::PROBE_EVERY`]).
+pub struct SinkHealth {
+    sink: std::sync::Arc<dyn Sink>,
+    last_failure: std::sync::Mutex<Option<String>>,
+    probed: tokio::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>,
+}
+
+impl SinkHealth {
+    /// The longest a probe's answer is reused.
+    pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn new(sink: std::sync::Arc<dyn Sink>) -> Self {
+        Self {
+            sink,
+            last_failure: std::sync::Mutex::new(None),
+            probed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A delivery's result: `Some(why)` when it failed (a probe's earlier answer is then
+    /// not reused: the next `/health` asks again).
+    pub fn observed(&self, failure: Option<String>) {
+        if failure.is_some() {
+            if let Ok(mut probed) = self.probed.try_lock() {
+                *probed = None;
+            }
+        }
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
+    /// Why the last delivery failed, if it did.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What the sink delivers to.
+    pub fn describe(&self) -> String {
+        self.sink.describe()
+    }
+
+    /// Whether the sink can be reached now: a probe's answer, or why not (reused for
+    /// [`SinkHealth::PROBE_EVERY`], so `/health` polled often costs one probe).
+    pub async fn reach(&self) -> Result<String, String> {
+        let mut probed = self.probed.lock().await;
+        if let Some((at, answer)) = &*probed {
+            if at.elapsed() < Self::PROBE_EVERY {
+                return answer.clone();
+            }
+        }
+        let answer = self.sink.probe().await.map_err(|e| e.to_string());
+        *probed = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
 }
 
 /// Pega's REST service: one POST per batch, in the configured format.

@@ -5,13 +5,13 @@
 use super::breaker::{Admit, BreakerState, Gate, Transition};
 use super::client::Sent;
 use super::concurrency::{Limiter, Signal};
-use super::metrics::Metrics;
+use super::metrics::{LaneMetrics, Metrics};
 use super::schedule::Response;
 use super::schedule::{verdict, Verdict};
 use super::sink::Sink;
 use crate::config::pega::{Format, PegaSettings};
 use crate::event::Metric;
-use crate::outbox::now_ms;
+use crate::outbox::{now_ms, Lane};
 use crate::store::handoff::{self, Leased};
 use crate::store::Storage;
 use crate::store::{Attempt, AttemptOutcome, Claimed, Completion, Outcome};
@@ -84,44 +84,100 @@ impl Step {
     }
 }
 
-/// The delivery worker.
+/// The delivery worker of one sink (one outbox lane).
 pub struct Worker {
     store: Storage,
+    lane: Lane,
     sink: Box<dyn Sink>,
     settings: Arc<PegaSettings>,
     enabled: HashSet<Metric>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LaneMetrics>,
     fault: Option<FaultHook>,
     limiter: Limiter,
     gate: Gate,
+    /// What `/health` shows of the sink (a Kafka topic's).
+    health: Option<Arc<super::sink::SinkHealth>>,
 }
 
 impl Worker {
-    /// A worker for `settings`; `None` when no endpoint is configured.
+    /// The worker of Pega's REST service (`[pega]`); `None` when no endpoint is configured.
     pub fn new(
         store: Storage,
         settings: Arc<PegaSettings>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Self>> {
-        let Some(sink) = super::sink::from_settings(&settings)? else {
+        let Some(sink) = super::sink::RestSink::new(&settings)? else {
             return Ok(None);
         };
-        // With CDH's format, only the metrics with an outcome are sent.
-        let enabled = (settings.activities.iter().copied())
-            .filter(|m| {
-                settings.format == Format::Seed
-                    || super::capture::outcome(&settings.capture_response, *m).is_some()
-            })
-            .collect();
         let limiter = match settings.concurrency {
             Some(n) => Limiter::fixed(n),
             None => Limiter::adaptive(settings.min_concurrency, settings.max_concurrency),
         };
+        let format = settings.format;
+        Ok(Some(Self::over(
+            store,
+            Lane::Pega,
+            Box::new(sink),
+            (settings, format, limiter),
+            metrics.lane(Lane::Pega),
+        )))
+    }
+
+    /// The worker of a Kafka topic (`[kafka]`), `None` without one: `[pega]`'s retries,
+    /// breaker, lease, activities and `max_event_age_secs`, `[kafka]`'s batch size and format,
+    /// one round at a time (the lane is ordered). Returns the sink's health for `/health`.
+    pub fn kafka(
+        store: Storage,
+        settings: &crate::config::Settings,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Option<(Self, Arc<super::sink::SinkHealth>)>> {
+        let Some(kafka) = &settings.kafka else {
+            return Ok(None);
+        };
+        let sink: Arc<dyn Sink> = Arc::new(super::kafka::KafkaSink::new(
+            kafka,
+            &settings.pega.capture_response,
+        )?);
+        let policy = Arc::new(PegaSettings {
+            batch_size: kafka.batch_size,
+            concurrency: Some(1),
+            timeout_secs: kafka.timeout_secs,
+            ..settings.pega.clone()
+        });
+        let health = Arc::new(super::sink::SinkHealth::new(sink.clone()));
+        let mut worker = Self::over(
+            store,
+            Lane::Kafka,
+            Box::new(super::sink::Shared(sink)),
+            (policy, kafka.format, Limiter::fixed(1)),
+            metrics.lane(Lane::Kafka),
+        );
+        worker.health = Some(health.clone());
+        Ok(Some((worker, health)))
+    }
+
+    /// A worker delivering `lane` through `sink` with `policy` (the sink's format decides
+    /// which metrics are sent).
+    fn over(
+        store: Storage,
+        lane: Lane,
+        sink: Box<dyn Sink>,
+        (settings, format, limiter): (Arc<PegaSettings>, Format, Limiter),
+        metrics: Arc<LaneMetrics>,
+    ) -> Self {
+        // With CDH's format, only the metrics with an outcome are sent.
+        let enabled = (settings.activities.iter().copied())
+            .filter(|m| {
+                format == Format::Seed
+                    || super::capture::outcome(&settings.capture_response, *m).is_some()
+            })
+            .collect();
         let max_pause = Duration::from_secs(settings.retry.max_delay_secs);
         let gate = Gate::new(settings.breaker.clone(), max_pause);
         metrics.concurrency(&limiter.snapshot());
-        Ok(Some(Self {
+        Self {
             store,
+            lane,
             sink,
             settings,
             enabled,
@@ -129,7 +185,8 @@ impl Worker {
             fault: None,
             limiter,
             gate,
-        }))
+            health: None,
+        }
     }
 
     /// Runs `hook` at the start of every round (tests use it to make the worker panic).
@@ -161,7 +218,7 @@ impl Worker {
         let claimed = self
             .store
             .outbox()
-            .claim(self.round_size(), self.settings.lease_secs)
+            .claim(self.lane, self.round_size(), self.settings.lease_secs)
             .await?;
         self.deliver_round(claimed).await
     }
@@ -190,12 +247,20 @@ impl Worker {
             .into_iter()
             .partition(|c| self.enabled.contains(&c.metric));
         let (send, stale) = self.split_stale(send);
+        let (send, unmappable) = self.split_unmappable(send);
         let mut step = Step {
             filtered: skip.len(),
-            dead: stale.len(),
+            dead: stale.len() + unmappable.len(),
             ..Step::default()
         };
         let mut outcomes = Vec::new();
+        for (c, why) in unmappable {
+            let Posted::Sent { outcome, .. } = dead_letter(std::slice::from_ref(&c), 0, &why)
+            else {
+                unreachable!("a dead letter is sent");
+            };
+            outcomes.push(outcome);
+        }
         if !stale.is_empty() {
             outcomes.push(self.too_old(&stale));
         }
@@ -244,6 +309,23 @@ impl Worker {
             self.record(outcomes).await?;
         }
         Ok(step)
+    }
+
+    /// The events the sink can express, and those it cannot (each a dead letter of its own,
+    /// not its whole batch).
+    fn split_unmappable(
+        &self,
+        events: Vec<Claimed>,
+    ) -> (Vec<Claimed>, Vec<(Claimed, super::capture::Unmappable)>) {
+        let mut send = Vec::with_capacity(events.len());
+        let mut unmappable = Vec::new();
+        for c in events {
+            match self.sink.check(&c) {
+                Ok(()) => send.push(c),
+                Err(why) => unmappable.push((c, why)),
+            }
+        }
+        (send, unmappable)
     }
 
     /// The events still young enough to send, and those older than `max_event_age_secs`.
@@ -431,7 +513,7 @@ impl Worker {
         };
         let http_status = match sent.response {
             Response::Status { code, .. } => Some(code),
-            Response::Failed => None,
+            Response::Failed | Response::Accepted | Response::Refused => None,
         };
         self.metrics.record(&verdict, batch, now_ms());
         log_verdict(&verdict, batch, attempt_no, http_status, &sent.detail);
@@ -457,6 +539,9 @@ impl Worker {
     fn observe(&self, sent: &Sent, permit: super::concurrency::Permit, probe: bool) {
         let (code, retry_after) = match sent.response {
             Response::Status { code, retry_after } => (Some(code), retry_after),
+            // A broker's answer: as a 2xx (taken) or a 4xx (refused for good) to the limiter.
+            Response::Accepted => (Some(200), None),
+            Response::Refused => (Some(400), None),
             Response::Failed => (None, None),
         };
         permit.done(match &sent.failure {
@@ -465,6 +550,9 @@ impl Worker {
         });
         self.metrics.concurrency(&self.limiter.snapshot());
         let failed = code.is_none_or(|c| c == 408 || c >= 500);
+        if let Some(health) = &self.health {
+            health.observed(failed.then(|| sent.detail.clone()));
+        }
         let pause = match code {
             Some(429 | 503) => retry_after.map(Duration::from_secs),
             _ => None,
@@ -566,7 +654,7 @@ impl Worker {
                 match self
                     .store
                     .outbox()
-                    .claim(want, self.settings.lease_secs)
+                    .claim(self.lane, want, self.settings.lease_secs)
                     .await
                 {
                     Ok(claimed) => {

@@ -92,18 +92,29 @@ pub(super) async fn list(
 }
 
 #[utoipa::path(get, path = "/admin/deliveries/{uuid}", tag = "admin",
-    params(("uuid" = String, Path, description = "The event's uuid")),
+    params(("uuid" = String, Path, description = "The event's uuid"),
+           ("sink" = Option<String>, Query, description = "The event's row for this sink: `pega` or `kafka` (default: its first)")),
     security(("bearer" = [])),
     responses((status = 200, description = "The event and every attempt", body = Object), (status = 400, description = "Malformed query or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot take it now", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such event", body = crate::http::openapi::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
     _: Admin,
     Path(uuid): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let q: ShowQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    let sink = match q.sink.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<crate::outbox::Lane>()
+                .map_err(|e| ApiError::BadRequest(format!("sink: {e}")))?,
+        ),
+    };
     let found = state
         .store
         .outbox()
-        .delivery(uuid.clone())
+        .delivery(uuid.clone(), sink)
         .await
         .map_err(ApiError::store)?;
     let (row, event, attempts) = found.ok_or_else(|| {
@@ -112,6 +123,13 @@ pub(super) async fn show(
     Ok(Json(
         json!({"delivery": row, "event": event, "attempts": attempts}),
     ))
+}
+
+/// `GET /admin/deliveries/{uuid}?sink=kafka`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShowQuery {
+    sink: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +196,7 @@ pub(super) async fn replay(
         .await
         .map_err(ApiError::store)?;
     state.outbox.notify_one();
+    state.store.wake_all();
     Ok(Json(json!({ "replayed": n })))
 }
 
@@ -209,6 +228,7 @@ pub(super) async fn resume(
         .await
         .map_err(ApiError::store)?;
     state.outbox.notify_one();
+    state.store.wake_all();
     Ok(Json(json!({ "paused": false })))
 }
 

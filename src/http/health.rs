@@ -53,7 +53,7 @@ async fn delivery(
             }
         }
     }
-    if state.tasks.status("delivery").is_none() {
+    if state.tasks.status("delivery").is_none() && state.tasks.status("kafka").is_none() {
         return Ok(("not configured", None));
     }
     let paused = tokio::time::timeout(wait, state.store.outbox().is_paused())
@@ -87,6 +87,9 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
     });
     if let Some(mail) = &state.mail_status {
         body["mail"] = mail_health(mail);
+    }
+    if let Some(kafka) = &state.kafka {
+        body["kafka"] = kafka_health(kafka).await;
     }
     Ok(Json(body))
 }
@@ -122,6 +125,22 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, 
         "delivery": delivery,
         "paused": paused,
     })))
+}
+
+/// The Kafka topic in `/health`: `reachable` (the brokers answered with the topic's metadata,
+/// asked at most every few seconds) or `unreachable` with why, and the last delivery's
+/// failure if it failed. Never a 503: a broker down is retried, not a reason to restart.
+async fn kafka_health(kafka: &crate::delivery::sink::SinkHealth) -> Value {
+    let (state, reach) = match kafka.reach().await {
+        Ok(answer) => ("reachable", answer),
+        Err(why) => ("unreachable", why),
+    };
+    json!({
+        "sink": kafka.describe(),
+        "state": state,
+        "reason": reach,
+        "last_failure": kafka.last_failure(),
+    })
 }
 
 /// The mail path in `/health`: `sending`, or `paused` by its breaker with the relay's answer

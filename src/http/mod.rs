@@ -69,6 +69,8 @@ pub struct Shared {
     pub min_free_bytes: u64,
     /// Woken when a trigger commits sends (`[mail]`), so the mail worker sends at once.
     pub mail: Option<Arc<Notify>>,
+    /// The Kafka topic's health (`[kafka]`).
+    pub kafka: Option<Arc<crate::delivery::sink::SinkHealth>>,
     /// The mail path's breaker and metrics (`[mail]`).
     pub mail_status: Option<Arc<crate::mail::status::MailStatus>>,
     /// The tracked links' tokens (`[tracking]`).

@@ -36,38 +36,7 @@ impl std::fmt::Debug for Connector {
 /// The TLS client of `[mail]`: Mozilla's roots and `[mail.tls] ca_file`'s, the client
 /// certificate of `[mail.tls]`, if any.
 fn client_config(settings: &MailSettings) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let files = (settings.tls.files)
-        .pem("mail.tls")
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some((path, ders)) = files.roots {
-        for der in ders {
-            roots.add(der).map_err(|e| {
-                anyhow::anyhow!("mail.tls.ca_file: {}: not usable: {e}", path.display())
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    Ok(match files.identity {
-        None => builder.with_no_client_auth(),
-        Some((chain, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("mail.tls.client_cert: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(&key)
-                .map_err(|_| anyhow::anyhow!("mail.tls.client_key: no usable private key"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| anyhow::anyhow!("mail.tls.client_key: not usable: {e}"))?
-        }
-    })
+    crate::config::tls::client_config(&settings.tls.files, "mail.tls")
 }
 
 impl Connector {

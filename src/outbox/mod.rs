@@ -148,6 +148,113 @@ fn system_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Where an outbox row goes: each configured sink has its own row of every event (its own
+/// status, attempts and dead letters), so a Kafka topic and Pega's REST service are tracked
+/// apart when both are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Pega's REST service (`[pega] endpoint`).
+    Pega,
+    /// A Kafka topic (`[kafka]`).
+    Kafka,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Pega, Lane::Kafka];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Pega => "pega",
+            Lane::Kafka => "kafka",
+        }
+    }
+
+    /// Whether the lane's events go out strictly in their order of creation: a Kafka
+    /// partition keeps what it is given in order, so a retry must not let a later event
+    /// overtake an earlier one (claims stop at the first event not yet due).
+    pub fn ordered(self) -> bool {
+        self == Lane::Kafka
+    }
+
+    /// The lane of a stored value.
+    pub fn parse_stored(text: &str) -> Result<Self> {
+        Lane::ALL
+            .into_iter()
+            .find(|l| l.as_str() == text)
+            .ok_or_else(|| {
+                StoreError::Other(anyhow::anyhow!(
+                    "an outbox row has the unknown sink `{text}`"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Lane::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a sink: pega or kafka"))
+    }
+}
+
+/// The lanes new events are queued to, in order: the first row of an event is its own (its
+/// id is an activity's `metric_id`, it carries the caller's `id`); the others copy it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lanes(u8);
+
+impl Lanes {
+    /// One lane.
+    pub fn only(lane: Lane) -> Self {
+        Lanes(1 << lane as u8)
+    }
+
+    /// These lanes (none: Pega's, where events wait until a sink is configured).
+    pub fn of(lanes: impl IntoIterator<Item = Lane>) -> Self {
+        let bits = lanes.into_iter().fold(0, |b, l| b | (1 << l as u8));
+        if bits == 0 {
+            Self::only(Lane::Pega)
+        } else {
+            Lanes(bits)
+        }
+    }
+
+    pub fn contains(self, lane: Lane) -> bool {
+        self.0 & (1 << lane as u8) != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Lane> {
+        Lane::ALL.into_iter().filter(move |l| self.contains(*l))
+    }
+
+    /// As stored by a backend (an atomic).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        if bits == 0 {
+            Self::only(Lane::Pega)
+        } else {
+            Lanes(bits)
+        }
+    }
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Self::only(Lane::Pega)
+    }
+}
+
 /// An event claimed for delivery.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -273,6 +380,8 @@ impl AttemptOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Delivery {
     pub uuid: String,
+    /// Which sink the row is for (an event has one row per configured sink).
+    pub sink: Lane,
     pub metric: String,
     pub status: Status,
     pub attempts: u32,

@@ -10,9 +10,9 @@ pub mod sqlite;
 
 pub use crate::outbox::error;
 pub use crate::outbox::{
-    Attempt, AttemptOutcome, Claimed, ClaimedSend, Completion, Delivery, Done, OutboxStats,
-    Outcome, Purge, Replay, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus, Status,
-    StoreError,
+    Attempt, AttemptOutcome, Claimed, ClaimedSend, Completion, Delivery, Done, Lane, Lanes,
+    OutboxStats, Outcome, Purge, Replay, SendOutcome, SendQueue, SendReplay, SendRow, SendStatus,
+    Status, StoreError,
 };
 pub use handoff::{Handoff, Queue};
 pub use postgres::PgStore;
@@ -28,9 +28,14 @@ use tokio::sync::Notify;
 /// Each backend implements it in its `outbox.rs`.
 #[async_trait::async_trait]
 pub trait OutboxStore: Send + Sync + std::fmt::Debug {
-    /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
-    /// leasing them for `lease_secs`. Nothing while delivery is paused.
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>>;
+    /// Claims up to `limit` due events of `lane` (pending and due, or in flight with an
+    /// expired lease), leasing them for `lease_secs`. Nothing while delivery is paused. An
+    /// ordered lane ([`Lane::ordered`]) is claimed by creation order, up to its first event
+    /// that is not yet due or is leased to someone else: a retry is never overtaken.
+    async fn claim(&self, lane: Lane, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>>;
+
+    /// The sinks new events are queued to from now on: a row for each.
+    async fn set_lanes(&self, lanes: Lanes) -> Result<()>;
 
     /// Records a delivery round's outcomes.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()>;
@@ -38,10 +43,12 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     /// Events with `status` (all when `None`), newest first.
     async fn deliveries(&self, status: Option<Status>, limit: usize) -> Result<Vec<Delivery>>;
 
-    /// One event: its row, its payload and its attempts.
+    /// One event's row for `lane` (its first row when `None`): the row, its payload and its
+    /// attempts.
     async fn delivery(
         &self,
         uuid: String,
+        lane: Option<Lane>,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>>;
 
     /// Removes up to `limit` events of `which` created before `before` (Unix seconds), with
@@ -132,6 +139,8 @@ pub struct Storage {
     /// Whether pegabridge sends the mail (`[mail]`): a trigger then queues sends, and a
     /// `broadcasts` event is queued when the relay accepts its message.
     sending: bool,
+    /// Other workers woken after every commit (a Kafka topic's, whose lane is claimed).
+    wakes: Vec<Arc<Notify>>,
 }
 
 impl Storage {
@@ -172,6 +181,7 @@ impl Storage {
             backend,
             handoff: None,
             sending: false,
+            wakes: Vec::new(),
         })
     }
 
@@ -182,6 +192,21 @@ impl Storage {
             backend,
             handoff: None,
             sending: false,
+            wakes: Vec::new(),
+        }
+    }
+
+    /// This store, waking `wake` after every commit of events (and [`Storage::wake_all`]).
+    pub fn also_waking(mut self, wake: Arc<Notify>) -> Self {
+        self.wakes.push(wake);
+        self
+    }
+
+    /// Wakes the other workers ([`Storage::also_waking`]): events became due (a replay, a
+    /// resume).
+    pub fn wake_all(&self) {
+        for w in &self.wakes {
+            w.notify_one();
         }
     }
 
@@ -243,6 +268,7 @@ impl Storage {
         if let (Some(h), Some(r)) = (&self.handoff, reservation) {
             h.hand_over(r, leased);
         }
+        self.wake_all();
     }
 
     /// Records a trigger (see [`Store::record_trigger`]) and hands its events over.

@@ -16,6 +16,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod instances;
+mod kafka;
 mod mail;
 mod operators;
 mod ops_cli;

@@ -383,10 +383,14 @@ struct Hiccup {
 impl pegabridge::store::OutboxStore for Hiccup {
     async fn claim(
         &self,
+        lane: pegabridge::store::Lane,
         limit: usize,
         lease_secs: u64,
     ) -> Result<Vec<pegabridge::store::Claimed>, StoreError> {
-        self.real.outbox().claim(limit, lease_secs).await
+        self.real.outbox().claim(lane, limit, lease_secs).await
+    }
+    async fn set_lanes(&self, lanes: pegabridge::store::Lanes) -> Result<(), StoreError> {
+        self.real.outbox().set_lanes(lanes).await
     }
     async fn complete(&self, outcomes: Vec<pegabridge::store::Outcome>) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
@@ -406,6 +410,7 @@ impl pegabridge::store::OutboxStore for Hiccup {
     async fn delivery(
         &self,
         uuid: String,
+        lane: Option<pegabridge::store::Lane>,
     ) -> Result<
         Option<(
             pegabridge::store::Delivery,
@@ -414,7 +419,7 @@ impl pegabridge::store::OutboxStore for Hiccup {
         )>,
         StoreError,
     > {
-        self.real.outbox().delivery(uuid).await
+        self.real.outbox().delivery(uuid, lane).await
     }
     async fn purge(
         &self,

@@ -99,7 +99,11 @@ async fn the_counters_follow_every_change_of_status() {
         assert_counters_agree(&store, "queued").await;
         assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 10);
 
-        let claimed = store.outbox().claim(8, 60).await.unwrap();
+        let claimed = store
+            .outbox()
+            .claim(pegabridge::store::Lane::Pega, 8, 60)
+            .await
+            .unwrap();
         assert_counters_agree(&store, "claimed").await;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         store

@@ -28,6 +28,8 @@ const CHANNEL: &str = "pegabridge_outbox";
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The sinks new events are queued to ([`crate::outbox::Lanes`]'s bits).
+    lanes: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl PgStore {
@@ -46,7 +48,12 @@ impl PgStore {
             .run(&pool)
             .await
             .context("running migrations")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            lanes: Arc::new(std::sync::atomic::AtomicU8::new(
+                crate::outbox::Lanes::default().bits(),
+            )),
+        })
     }
 }
 
@@ -115,6 +122,9 @@ macro_rules! transaction {
             let mut tx = tx::PgTx {
                 c: &mut conn,
                 queue,
+                lanes: crate::outbox::Lanes::from_bits(
+                    $store.lanes.load(std::sync::atomic::Ordering::Relaxed),
+                ),
                 announce: false,
             };
             let $tx = &mut tx;

@@ -6,7 +6,8 @@ use crate::outbox::error::{Result, StoreError};
 use crate::outbox::now_ms;
 use crate::store::sql::DONE;
 use crate::store::{
-    Attempt, AttemptOutcome, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
+    Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge, Replay,
+    Status,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -33,7 +34,8 @@ struct AttemptRows {
     detail: Vec<String>,
 }
 
-const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
+const COLUMNS: &str =
+    "uuid, metric, status, attempts, next_attempt_at, created_at, last_error, sink";
 
 fn delivery(r: &PgRow) -> Result<Delivery> {
     let status: String = r.get(2);
@@ -45,6 +47,7 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
         next_attempt_at: r.get(4),
         created_at: r.get(5),
         last_error: r.get(6),
+        sink: Lane::parse_stored(r.get::<&str, _>(7))?,
     })
 }
 
@@ -52,15 +55,20 @@ use crate::store::sql::PAYLOAD;
 
 #[async_trait::async_trait]
 impl crate::store::OutboxStore for PgStore {
-    /// Claims up to `limit` due events for `lease_secs` (nothing while paused): rows of an
-    /// instance that died first, then new work by due time, each through its partial index,
-    /// skipping rows other instances are claiming.
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+    /// Claims up to `limit` due events of `lane` for `lease_secs` (nothing while paused):
+    /// rows of an instance that died first, then new work by due time, each through its
+    /// partial index, skipping rows other instances are claiming. An ordered lane is claimed
+    /// by one instance at a time ([`PgStore::claim_ordered`]).
+    async fn claim(&self, lane: Lane, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let lease = (now + lease_secs as i64 * 1000, now);
+        if lane.ordered() {
+            return self.claim_ordered(lane, lease, limit).await;
+        }
         let mut claimed = self
             .claim_where(
-                "status = 'inflight' AND lease_until < $2 ORDER BY lease_until",
+                "status = 'inflight' AND sink = $4 AND lease_until < $2 ORDER BY lease_until",
+                lane,
                 lease,
                 limit,
             )
@@ -68,11 +76,17 @@ impl crate::store::OutboxStore for PgStore {
         let rest = limit - claimed.len();
         if rest > 0 {
             let filter =
-                "status = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
-            claimed.extend(self.claim_where(filter, lease, rest).await?);
+                "status = 'pending' AND sink = $4 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
+            claimed.extend(self.claim_where(filter, lane, lease, rest).await?);
         }
         claimed.sort_by_key(|c| c.id);
         Ok(claimed)
+    }
+
+    async fn set_lanes(&self, lanes: Lanes) -> Result<()> {
+        self.lanes
+            .store(lanes.bits(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records the outcomes of a delivery round: two set-based statements, whatever the
@@ -154,20 +168,22 @@ impl crate::store::OutboxStore for PgStore {
         rows.iter().map(delivery).collect()
     }
 
-    /// One event: its row, its payload and its attempts.
+    /// One event's row for `lane` (its first when `None`): its row, payload and attempts.
     async fn delivery(
         &self,
         uuid: String,
+        lane: Option<Lane>,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = $1");
+        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = $1 AND ($2::text IS NULL OR sink = $2) ORDER BY id LIMIT 1");
         let Some(row) = sqlx::query(&sql)
             .bind(&uuid)
+            .bind(lane.map(Lane::as_str))
             .fetch_optional(&self.pool)
             .await?
         else {
             return Ok(None);
         };
-        let id: i64 = row.get(8);
+        let id: i64 = row.get(9);
         let attempts = sqlx::query(
             "SELECT at_ms, http_status, duration_ms, outcome, detail FROM attempts WHERE outbox_id = $1 ORDER BY id",
         )
@@ -183,7 +199,7 @@ impl crate::store::OutboxStore for PgStore {
             detail: r.get(4),
         })
         .collect();
-        let payload: String = row.get(7);
+        let payload: String = row.get(8);
         Ok(Some((
             delivery(&row)?,
             serde_json::from_str(&payload)?,
@@ -307,6 +323,7 @@ impl PgStore {
     async fn claim_where(
         &self,
         filter: &str,
+        lane: Lane,
         (lease_until, now): (i64, i64),
         limit: usize,
     ) -> Result<Vec<Claimed>> {
@@ -320,22 +337,76 @@ impl PgStore {
             .bind(lease_until)
             .bind(now)
             .bind(limit as i64)
+            .bind(lane.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Claimed {
-                    id: r.get(0),
-                    uuid: r.get(1),
-                    metric: crate::outbox::stored_metric(r.get::<&str, _>(2))?,
-                    payload: r.get(3),
-                    attempts: r.get::<i32, _>(4) as u32,
-                    created_ms: r.get(5),
-                    lease_until_ms: r.get(6),
-                })
-            })
-            .collect()
+        rows.iter().map(claimed).collect()
     }
+
+    /// Claims an ordered lane: under a transaction-scoped advisory lock (one instance at a
+    /// time), its open events by id up to the first that is not yet due or is leased to
+    /// someone else, all leased.
+    async fn claim_ordered(
+        &self,
+        lane: Lane,
+        (lease_until, now): (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ORDERED_CLAIM_LOCK + lane as i64)
+            .execute(&mut *tx)
+            .await?;
+        if paused(&mut *tx).await? {
+            return Ok(Vec::new());
+        }
+        let open: Vec<(i64, bool, i64, i64)> = sqlx::query_as(
+            "SELECT id, status = 'pending', next_attempt_at, lease_until FROM outbox
+             WHERE sink = $1 AND status IN ('pending', 'inflight') ORDER BY id LIMIT $2",
+        )
+        .bind(lane.as_str())
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids: Vec<i64> = open
+            .iter()
+            .take_while(
+                |(_, pending, due, leased)| if *pending { *due <= now } else { *leased < now },
+            )
+            .map(|(id, ..)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "UPDATE outbox SET status = 'inflight', lease_until = $1 WHERE id = ANY($2)
+             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
+        ))
+        .bind(lease_until)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed = rows.iter().map(claimed).collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+}
+
+/// The advisory lock of an ordered lane's claims (plus the lane's number).
+const ORDERED_CLAIM_LOCK: i64 = 0x7065_6761_0000;
+
+/// A claimed row (`id, uuid, metric, payload, attempts, created_ms, lease_until`).
+fn claimed(r: &PgRow) -> Result<Claimed> {
+    Ok(Claimed {
+        id: r.get(0),
+        uuid: r.get(1),
+        metric: crate::outbox::stored_metric(r.get::<&str, _>(2))?,
+        payload: r.get(3),
+        attempts: r.get::<i32, _>(4) as u32,
+        created_ms: r.get(5),
+        lease_until_ms: r.get(6),
+    })
 }
 
 /// Whether delivery is paused, read through `e` (the pool, or a transaction's connection).

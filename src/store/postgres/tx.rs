@@ -16,6 +16,8 @@ use sqlx::{PgConnection, Row};
 pub(super) struct PgTx<'a> {
     pub c: &'a mut PgConnection,
     pub queue: Queue,
+    /// The sinks an event is queued to: a row for each.
+    pub lanes: crate::outbox::Lanes,
     /// Whether a due event was queued (every instance is told at commit).
     pub announce: bool,
 }
@@ -248,41 +250,69 @@ impl Tx for PgTx<'_> {
         payload: impl FnOnce(i64) -> Result<String> + Send,
     ) -> Result<(i64, Option<Claimed>)> {
         let ms = now_ms();
-        let (status, lease_until) = if new.withheld {
-            (crate::store::Status::Filtered, 0)
-        } else {
-            self.queue.row(ms)
-        };
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(new.uuid)
-        .bind(new.metric.as_str())
-        .bind(new.external_id)
-        .bind(ms)
-        .bind(ms / 1000)
-        .bind(status.as_str())
-        .bind(lease_until)
-        .fetch_one(&mut *self.c)
-        .await?;
-        let payload = payload(id)?;
-        if !new.in_personal_broadcast {
-            sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
-                .bind(id)
-                .bind(&payload)
-                .execute(&mut *self.c)
-                .await?;
+        let mut payload = Some(payload);
+        let mut first: Option<(i64, String)> = None;
+        let mut leased = None;
+        for lane in self.lanes.iter() {
+            // Only Pega's lane is handed over; the others are due.
+            let queue = if new.withheld || lane != crate::outbox::Lane::Pega {
+                Queue::Due
+            } else {
+                self.queue
+            };
+            let (status, lease_until) = if new.withheld {
+                (crate::store::Status::Filtered, 0)
+            } else {
+                queue.row(ms)
+            };
+            let external_id = if first.is_none() {
+                new.external_id
+            } else {
+                None
+            };
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .bind(new.uuid)
+            .bind(new.metric.as_str())
+            .bind(external_id)
+            .bind(ms)
+            .bind(ms / 1000)
+            .bind(status.as_str())
+            .bind(lease_until)
+            .bind(lane.as_str())
+            .fetch_one(&mut *self.c)
+            .await?;
+            let body = match &first {
+                None => (payload.take().expect("called for the first row"))(id)?,
+                Some((_, body)) => body.clone(),
+            };
+            if !new.in_personal_broadcast {
+                sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(&body)
+                    .execute(&mut *self.c)
+                    .await?;
+            }
+            if !new.withheld {
+                match queue {
+                    Queue::Due => self.announce = true,
+                    Queue::Leased { .. } => {
+                        let row = (ms, lease_until);
+                        leased = Some(Claimed::new_leased(
+                            id,
+                            new.uuid,
+                            new.metric,
+                            body.clone(),
+                            row,
+                        ));
+                    }
+                }
+            }
+            first.get_or_insert((id, body));
         }
-        if new.withheld {
-            return Ok((id, None));
-        }
-        if self.queue == Queue::Due {
-            self.announce = true;
-            return Ok((id, None));
-        }
-        let row = (ms, lease_until);
-        let leased = Claimed::new_leased(id, new.uuid, new.metric, payload, row);
-        Ok((id, Some(leased)))
+        let (id, _) = first.expect("at least one lane");
+        Ok((id, leased))
     }
 }
 

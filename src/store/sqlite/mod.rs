@@ -66,6 +66,8 @@ pub struct Conn {
     /// The database file and its identity (device, inode) when it was opened: a file deleted
     /// or replaced under a running server would take everything acknowledged since with it.
     file: Option<(PathBuf, u64, u64)>,
+    /// The sinks new events are queued to (a row for each).
+    lanes: Cell<crate::outbox::Lanes>,
 }
 
 /// The identity of a file: its device and inode.
@@ -186,6 +188,7 @@ impl SqliteStore {
                     paused: Cell::new(None),
                     failure: failure.clone(),
                     file,
+                    lanes: Cell::new(crate::outbox::Lanes::default()),
                 }),
                 failure,
                 reader,
@@ -276,7 +279,11 @@ impl crate::store::Store for SqliteStore {
     ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
         self.call(move |c| {
             let queue = outbox::effective(c, queue)?;
-            let mut tx = tx::SqliteTx { c, queue };
+            let mut tx = tx::SqliteTx {
+                c,
+                queue,
+                lanes: c.lanes.get(),
+            };
             let key = idempotency_key.as_deref();
             tx::run(crate::recording::trigger(
                 &mut tx,
@@ -402,7 +409,11 @@ impl crate::store::Store for SqliteStore {
     ) -> Result<Vec<Claimed>> {
         self.call(move |c| {
             let queue = outbox::effective(c, queue)?;
-            let mut tx = tx::SqliteTx { c, queue };
+            let mut tx = tx::SqliteTx {
+                c,
+                queue,
+                lanes: c.lanes.get(),
+            };
             tx::run(crate::recording::send_outcomes(&mut tx, &outcomes))
         })
         .await
@@ -416,7 +427,11 @@ impl crate::store::Store for SqliteStore {
     ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
         self.call(move |c| {
             let queue = outbox::effective(c, queue)?;
-            let mut tx = tx::SqliteTx { c, queue };
+            let mut tx = tx::SqliteTx {
+                c,
+                queue,
+                lanes: c.lanes.get(),
+            };
             tx::run(crate::recording::activities(&mut tx, &activities, unknown))
         })
         .await

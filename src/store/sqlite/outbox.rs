@@ -4,7 +4,8 @@
 use super::{Conn, SqliteStore};
 use crate::outbox::error::Result;
 use crate::outbox::{
-    now_ms, Attempt, AttemptOutcome, Claimed, Delivery, OutboxStats, Outcome, Purge, Replay, Status,
+    now_ms, Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge,
+    Replay, Status,
 };
 use crate::recording::port::NewEvent;
 use crate::store::sql::{DONE, OLDEST_OPEN};
@@ -21,43 +22,64 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> Result<Queue> {
 
 pub(super) use crate::store::sql::PAYLOAD;
 
-/// Queues an event (inside the caller's transaction): `payload` is given the row's id, which
-/// is an activity's `metric_id`. Returns that id, and the event if leased, for the hand-off.
+/// Queues an event (inside the caller's transaction), a row for each of `lanes`: `payload`
+/// is given the first row's id, which is an activity's `metric_id`. Returns that id, and the
+/// event if leased, for the hand-off (only Pega's lane is handed over; the others are due).
 pub(super) fn enqueue(
     c: &Connection,
     new: NewEvent<'_>,
     payload: impl FnOnce(i64) -> Result<String>,
     queue: Queue,
+    lanes: Lanes,
 ) -> Result<(i64, Option<Claimed>)> {
     let ms = now_ms();
-    let queue = if new.withheld { Queue::Due } else { queue };
-    let (status, lease_until) = if new.withheld {
-        (Status::Filtered, 0)
-    } else {
-        queue.row(ms)
-    };
-    // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a temporary
-    // table first, which cost a third of this insert.
-    c.prepare_cached(
-        "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![new.uuid, new.metric.as_str(), new.external_id, ms, ms / 1000, status.as_str(), lease_until])?;
-    let id = c.last_insert_rowid();
-    let payload = payload(id)?;
-    if !new.in_personal_broadcast {
-        c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
-            .execute(params![id, payload])?;
+    let mut payload = Some(payload);
+    let mut first: Option<(i64, String)> = None;
+    let mut leased = None;
+    for lane in lanes.iter() {
+        let queue = if new.withheld || lane != Lane::Pega {
+            Queue::Due
+        } else {
+            queue
+        };
+        let (status, lease_until) = if new.withheld {
+            (Status::Filtered, 0)
+        } else {
+            queue.row(ms)
+        };
+        // The caller's `id` stays with the event's own (first) row.
+        let external_id = if first.is_none() {
+            new.external_id
+        } else {
+            None
+        };
+        // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a
+        // temporary table first, which cost a third of this insert.
+        c.prepare_cached(
+            "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![new.uuid, new.metric.as_str(), external_id, ms, ms / 1000, status.as_str(), lease_until, lane.as_str()])?;
+        let id = c.last_insert_rowid();
+        let body = match &first {
+            None => (payload.take().expect("called for the first row"))(id)?,
+            Some((_, body)) => body.clone(),
+        };
+        if !new.in_personal_broadcast {
+            c.prepare_cached("INSERT INTO outbox_payloads (id, payload) VALUES (?1, ?2)")?
+                .execute(params![id, body])?;
+        }
+        if let Queue::Leased { .. } = queue {
+            leased = Some(Claimed::new_leased(
+                id,
+                new.uuid,
+                new.metric,
+                body.clone(),
+                (ms, lease_until),
+            ));
+        }
+        first.get_or_insert((id, body));
     }
-    let leased = match queue {
-        Queue::Due => None,
-        Queue::Leased { .. } => Some(Claimed::new_leased(
-            id,
-            new.uuid,
-            new.metric,
-            payload,
-            (ms, lease_until),
-        )),
-    };
+    let (id, _) = first.expect("at least one lane");
     Ok((id, leased))
 }
 
@@ -123,7 +145,8 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
     Ok(())
 }
 
-const COLUMNS: &str = "uuid, metric, status, attempts, next_attempt_at, created_at, last_error";
+const COLUMNS: &str =
+    "uuid, metric, status, attempts, next_attempt_at, created_at, last_error, sink";
 
 fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     let status: String = r.get(2)?;
@@ -137,37 +160,53 @@ fn delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
         next_attempt_at: r.get(4)?,
         created_at: r.get(5)?,
         last_error: r.get(6)?,
+        sink: crate::outbox::Lane::parse_stored(&r.get::<_, String>(7)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+        })?,
     })
 }
 
 #[async_trait::async_trait]
 impl crate::store::OutboxStore for SqliteStore {
-    /// Claims up to `limit` due events (pending and due, or in flight with an expired lease),
-    /// reserving them for `lease_secs`. Nothing while delivery is paused.
-    async fn claim(&self, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
+    /// Claims up to `limit` due events of `lane` (pending and due, or in flight with an
+    /// expired lease), reserving them for `lease_secs`. Nothing while delivery is paused.
+    async fn claim(&self, lane: Lane, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         self.call(move |c| {
             if paused(c)? {
                 return Ok(Vec::new());
             }
             let now = now_ms();
             let lease_until = now + lease_secs as i64 * 1000;
+            if lane.ordered() {
+                return claim_ordered(c, lane, (lease_until, now, limit));
+            }
             // Rows of an instance that died first, then new work by due time: each through
             // its own partial index.
             let mut claimed = claim_where(
                 c,
-                "status = 'inflight' AND lease_until < ?2 ORDER BY lease_until",
+                "status = 'inflight' AND sink = ?4 AND lease_until < ?2 ORDER BY lease_until",
+                lane,
                 (lease_until, now, limit),
             )?;
             let rest = limit - claimed.len();
             if rest > 0 {
                 claimed.extend(claim_where(
                     c,
-                    "status = 'pending' AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id",
+                    "status = 'pending' AND sink = ?4 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id",
+                    lane,
                     (lease_until, now, rest),
                 )?);
             }
             claimed.sort_by_key(|c| c.id);
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn set_lanes(&self, lanes: Lanes) -> Result<()> {
+        self.call(move |c| {
+            c.lanes.set(lanes);
+            Ok(())
         })
         .await
     }
@@ -201,14 +240,15 @@ impl crate::store::OutboxStore for SqliteStore {
     async fn delivery(
         &self,
         uuid: String,
+        lane: Option<Lane>,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = ?1"
+                "SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = ?1 AND (?2 IS NULL OR sink = ?2) ORDER BY id LIMIT 1"
             );
             let found = c
                 .prepare_cached(&sql)?
-                .query_row([&uuid], |r| Ok((delivery(r)?, r.get::<_, String>(7)?, r.get::<_, i64>(8)?)))
+                .query_row(params![&uuid, lane.map(Lane::as_str)], |r| Ok((delivery(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?)))
                 .optional()?;
             let Some((row, payload, id)) = found else {
                 return Ok(None);
@@ -333,10 +373,12 @@ impl crate::store::OutboxStore for SqliteStore {
     }
 }
 
-/// Leases up to `limit` rows matching `filter` (which orders them) until `lease_until`.
+/// Leases up to `limit` rows of `lane` matching `filter` (which orders them) until
+/// `lease_until`.
 fn claim_where(
     c: &Connection,
     filter: &str,
+    lane: Lane,
     (lease_until, now, limit): (i64, i64, usize),
 ) -> Result<Vec<Claimed>> {
     let sql = format!(
@@ -345,22 +387,67 @@ fn claim_where(
          RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
     );
     let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![lease_until, now, limit as i64], |r| {
-        let metric: String = r.get(2)?;
-        let metric = crate::outbox::stored_metric(&metric).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-        })?;
-        Ok(Claimed {
-            id: r.get(0)?,
-            uuid: r.get(1)?,
-            metric,
-            payload: r.get(3)?,
-            attempts: r.get(4)?,
-            created_ms: r.get(5)?,
-            lease_until_ms: r.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![lease_until, now, limit as i64, lane.as_str()],
+        claimed,
+    )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Claims an ordered lane: its open events by id, up to the first one that is not due yet
+/// (a retry waiting) or leased to someone else (in flight): everything before it, leased.
+fn claim_ordered(
+    c: &Connection,
+    lane: Lane,
+    (lease_until, now, limit): (i64, i64, usize),
+) -> Result<Vec<Claimed>> {
+    let mut ids = Vec::new();
+    {
+        let mut open = c.prepare_cached(
+            "SELECT id, status = 'pending', next_attempt_at, lease_until FROM outbox
+             WHERE sink = ?1 AND status IN ('pending', 'inflight') ORDER BY id LIMIT ?2",
+        )?;
+        let mut rows = open.query(params![lane.as_str(), limit as i64])?;
+        while let Some(r) = rows.next()? {
+            let (id, pending, due, leased): (i64, bool, i64, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let free = if pending { due <= now } else { leased < now };
+            if !free {
+                break;
+            }
+            ids.push(id);
+        }
+    }
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "UPDATE outbox SET status = 'inflight', lease_until = ?1
+         WHERE sink = ?2 AND id BETWEEN ?3 AND ?4 AND status IN ('pending', 'inflight')
+         RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![lease_until, lane.as_str(), first, last], claimed)?;
+    let mut claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// A claimed row (`id, uuid, metric, payload, attempts, created_ms, lease_until`).
+fn claimed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
+    let metric: String = r.get(2)?;
+    let metric = crate::outbox::stored_metric(&metric).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(Claimed {
+        id: r.get(0)?,
+        uuid: r.get(1)?,
+        metric,
+        payload: r.get(3)?,
+        attempts: r.get(4)?,
+        created_ms: r.get(5)?,
+        lease_until_ms: r.get(6)?,
+    })
 }
 
 /// Whether delivery is paused: read once per transaction (every request asks, and nobody else

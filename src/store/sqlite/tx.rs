@@ -14,6 +14,7 @@ use rusqlite::{params, OptionalExtension};
 pub(super) struct SqliteTx<'a> {
     pub c: &'a Conn,
     pub queue: Queue,
+    pub lanes: crate::outbox::Lanes,
 }
 
 /// Most personal broadcasts whose common part the store keeps parsed ([`super::Conn`]). A
@@ -274,7 +275,7 @@ impl Tx for SqliteTx<'_> {
         new: NewEvent<'_>,
         payload: impl FnOnce(i64) -> Result<String> + Send,
     ) -> Result<(i64, Option<Claimed>)> {
-        super::outbox::enqueue(self.c, new, payload, self.queue)
+        super::outbox::enqueue(self.c, new, payload, self.queue, self.lanes)
     }
 }
 
@@ -350,6 +351,7 @@ mod tests {
                 let mut tx = SqliteTx {
                     c,
                     queue: Queue::Due,
+                    lanes: crate::outbox::Lanes::default(),
                 };
                 let cached = run(tx.broadcast_event(b, cu))?.unwrap().campaign_name;
                 assert_eq!(cached.as_deref(), Some("rolled back"));

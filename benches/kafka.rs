@@ -42,7 +42,12 @@ fn tansu() -> std::path::PathBuf {
 /// The CPU time (user + system) process `pid` used so far.
 fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
 }
@@ -133,7 +138,13 @@ async fn main() {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let mut broker = Command::new(tansu())
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -143,7 +154,15 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let created = Command::new(tansu())
-        .args(["topic", "create", "--broker", &url, "--partitions", "1", "bench"])
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &url,
+            "--partitions",
+            "1",
+            "bench",
+        ])
         .status()
         .unwrap();
     assert!(created.success());
@@ -154,7 +173,8 @@ async fn main() {
     ))
     .await;
     let (kafka, kafka_key, _d2) = server(&format!(
-        "[kafka]\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"bench\"\n{}\n", std::env::var("BENCH_KAFKA").unwrap_or_default()
+        "[kafka]\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"bench\"\n{}\n",
+        std::env::var("BENCH_KAFKA").unwrap_or_default()
     ))
     .await;
 
@@ -188,7 +208,10 @@ async fn main() {
         .text()
         .await
         .unwrap();
-    for line in text.lines().filter(|l| l.starts_with("pegabridge_kafka_delivery_rtt") || l.starts_with("pegabridge_kafka_delivery_latency_seconds_count")) {
+    for line in text.lines().filter(|l| {
+        l.starts_with("pegabridge_kafka_delivery_rtt")
+            || l.starts_with("pegabridge_kafka_delivery_latency_seconds_count")
+    }) {
         eprintln!("{line}");
     }
     let n = (3 * BATCHES * PER_BATCH) as f64;
@@ -267,7 +290,11 @@ async fn latency(base: &str, key: (i64, i64), port: u16) -> (f64, f64, f64) {
         let arrived = arrived.lock().unwrap();
         let got: Vec<f64> = sent
             .iter()
-            .filter_map(|(u, s)| arrived.get(u).map(|a| a.duration_since(*s).as_secs_f64() * 1e3))
+            .filter_map(|(u, s)| {
+                arrived
+                    .get(u)
+                    .map(|a| a.duration_since(*s).as_secs_f64() * 1e3)
+            })
             .collect();
         if got.len() == sent.len() || Instant::now() > deadline {
             assert_eq!(got.len(), sent.len(), "every record read back");

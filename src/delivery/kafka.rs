@@ -87,7 +87,10 @@ impl KafkaSink {
                 SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
             });
         }
-        match tokio::time::timeout(self.timeout(), builder.build()).await {
+        // A little past the client's own deadline, so its reason (refused, TLS, SASL) is
+        // what is said rather than a bare timeout.
+        let wait = self.timeout() + Duration::from_secs(2);
+        match tokio::time::timeout(wait, builder.build()).await {
             Err(_) => Err(ClientError::Timeout(format!(
                 "no broker of {} answered within {} s",
                 self.brokers(),

@@ -229,6 +229,41 @@ fn delivery_settings_that_cannot_work_are_refused_naming_the_key() {
 }
 
 #[test]
+fn kafka_settings_that_cannot_work_are_refused_naming_the_key() {
+    let out = config_check(
+        "[kafka]\nbrokers = [\"kafka.example\"]\ntopic = \"no spaces\"\nacks = \"1\"\nbatch_size = 0\nsecurity_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"kafka-pw-77\"\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for key in [
+        "kafka.brokers: `kafka.example` is not `host:port`",
+        "kafka.topic",
+        "kafka.acks",
+        "kafka.batch_size",
+        "kafka.sasl: PLAIN over sasl_plaintext",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    assert!(!err.contains("kafka-pw-77"));
+    let no_sasl = config_check(
+        "[kafka]\nbrokers = [\"k:9092\"]\ntopic = \"t\"\nsecurity_protocol = \"sasl_ssl\"\n",
+    );
+    assert!(
+        stderr(&no_sasl).contains("kafka.sasl: required"),
+        "{}",
+        stderr(&no_sasl)
+    );
+    let unknown =
+        config_check("[kafka]\nbrokers = [\"k:9092\"]\ntopic = \"t\"\ncompression = \"snappy\"\n");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("compression"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[test]
 fn a_password_inside_the_endpoint_url_is_never_printed() {
     let out = config_check("[pega]\nendpoint = \"ftp://pega:pw-s3cret-9@pega.example/x\"\n");
     assert_eq!(out.status.code(), Some(2));

@@ -162,6 +162,8 @@ struct Broker {
     tls: Option<(u16, Child)>,
     /// The consumer's TLS files: the CA, and its client certificate and key.
     consumer_tls: Vec<(&'static str, PathBuf)>,
+    /// More arguments of `tansu broker`.
+    extra: Vec<&'static str>,
 }
 
 impl Broker {
@@ -172,6 +174,21 @@ impl Broker {
             child: None,
             tls: None,
             consumer_tls: Vec::new(),
+            extra: Vec::new(),
+        };
+        broker.up();
+        broker
+    }
+
+    /// A broker that requires SASL (SCRAM) of its clients.
+    fn start_authenticating(bin: &std::path::Path) -> Self {
+        let mut broker = Self {
+            bin: bin.to_owned(),
+            port: free_port(),
+            child: None,
+            tls: None,
+            consumer_tls: Vec::new(),
+            extra: vec!["--authentication"],
         };
         broker.up();
         broker
@@ -191,6 +208,7 @@ impl Broker {
                 ("KAFKA_CERT", pki.path("client.pem")),
                 ("KAFKA_KEY", pki.path("client.key")),
             ],
+            extra: Vec::new(),
         };
         let mut tls = Command::new(bin.join("python"))
             .args([
@@ -238,6 +256,7 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -783,4 +802,43 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         !row["last_error"].as_str().unwrap_or_default().is_empty(),
         "{pending}"
     );
+}
+
+/// SASL/SCRAM is spoken with the broker: wrong credentials are refused, and said so (never
+/// the password). (Tansu with `--authentication` and memory storage cannot be given a user:
+/// its own `user create` must authenticate first, so the accepted path is not run here.)
+#[tokio::test]
+async fn wrong_sasl_credentials_are_named_and_the_password_is_not() {
+    let Some(bin) = tools() else { return };
+    let broker = Broker::start_authenticating(&bin);
+    let dir = project_dir();
+    let config = dir.path().join("pegabridge.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"sqlite://k.db\"\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"t\"\ntimeout_secs = 2\nsecurity_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"nobody\"\npassword = \"not-the-password-42\"\n", broker.address())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "-vv",
+            "config",
+            "check",
+            "--connect",
+        ])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr
+        .lines()
+        .rfind(|l| l.starts_with("kafka:"))
+        .unwrap_or_default();
+    assert!(
+        last.contains("Sasl") && last.contains("unknown user"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-password-42"),
+        "the password is never logged"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("not-the-password-42"));
 }

@@ -312,3 +312,95 @@ async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activi
     })
     .await;
 }
+
+/// With two sinks every event has a row for each, tracked apart; the ordered (Kafka) lane is
+/// claimed by creation order and stops at an event waiting for its retry or leased to
+/// someone else: nothing later overtakes it. On both backends.
+#[tokio::test]
+async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
+    use pegabridge::store::{Lane, Lanes};
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        store
+            .outbox()
+            .set_lanes(Lanes::of([Lane::Pega, Lane::Kafka]))
+            .await
+            .unwrap();
+        store
+            .record_trigger("m".into(), None, (0..6).map(recipient).collect())
+            .await
+            .unwrap();
+        let rows = store.outbox().deliveries(None, 100).await.unwrap();
+        assert_eq!(rows.len(), 12, "a row per event and sink");
+        assert_eq!(rows.iter().filter(|r| r.sink == Lane::Kafka).count(), 6);
+
+        // Pega's lane is claimed as before; the Kafka lane's rows stay pending meanwhile.
+        let pega = store.outbox().claim(Lane::Pega, 100, 60).await.unwrap();
+        assert_eq!(pega.len(), 6);
+        let first = store.outbox().claim(Lane::Kafka, 2, 60).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(first[0].id < first[1].id);
+        // The first two are leased: nothing after them is claimed (another instance's).
+        assert!(store
+            .outbox()
+            .claim(Lane::Kafka, 10, 60)
+            .await
+            .unwrap()
+            .is_empty());
+        // The first waits for a retry, the second is delivered: still nothing after the first.
+        store
+            .outbox()
+            .complete(vec![
+                outcome(
+                    vec![first[0].id],
+                    Completion::Retry {
+                        next_at_ms: i64::MAX / 2,
+                    },
+                ),
+                outcome(vec![first[1].id], Completion::Delivered),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            store
+                .outbox()
+                .claim(Lane::Kafka, 10, 60)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a later event does not overtake a retry"
+        );
+        // Once it is due, it comes first, then the rest in order.
+        store
+            .outbox()
+            .complete(vec![outcome(
+                vec![first[0].id],
+                Completion::Retry { next_at_ms: 0 },
+            )])
+            .await
+            .unwrap();
+        let next = store.outbox().claim(Lane::Kafka, 10, 60).await.unwrap();
+        let ids: Vec<i64> = next.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(ids[0], first[0].id);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        // Each lane's row of one event is shown apart.
+        let uuid = next[0].uuid.clone();
+        let (kafka, ..) = store
+            .outbox()
+            .delivery(uuid.clone(), Some(Lane::Kafka))
+            .await
+            .unwrap()
+            .unwrap();
+        let (pega, ..) = store
+            .outbox()
+            .delivery(uuid, Some(Lane::Pega))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((kafka.sink, kafka.attempts), (Lane::Kafka, 2));
+        assert_eq!((pega.sink, pega.status), (Lane::Pega, Status::Inflight));
+        assert_counters_agree(&store, "two lanes").await;
+    })
+    .await;
+}

@@ -287,20 +287,20 @@ async fn latency(base: &str, key: (i64, i64), port: u16) -> (f64, f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut ms: Vec<f64> = loop {
         let sent = sent.lock().unwrap().clone();
-        let arrived = arrived.lock().unwrap();
-        let got: Vec<f64> = sent
-            .iter()
-            .filter_map(|(u, s)| {
-                arrived
-                    .get(u)
-                    .map(|a| a.duration_since(*s).as_secs_f64() * 1e3)
-            })
-            .collect();
+        let got: Vec<f64> = {
+            let arrived = arrived.lock().unwrap();
+            sent.iter()
+                .filter_map(|(u, s)| {
+                    arrived
+                        .get(u)
+                        .map(|a| a.duration_since(*s).as_secs_f64() * 1e3)
+                })
+                .collect()
+        };
         if got.len() == sent.len() || Instant::now() > deadline {
             assert_eq!(got.len(), sent.len(), "every record read back");
             break got;
         }
-        drop(arrived);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     reader.abort();

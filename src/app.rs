@@ -38,6 +38,52 @@ pub struct Application {
     retention: Retention,
     /// The Kafka topic's worker (`[kafka]`).
     kafka: Option<Delivery>,
+    /// The console's sampler (with `[admin] token`).
+    sampler: Option<Sampler>,
+}
+
+/// What the console's overview charts, sampled (task `console`).
+struct Sampler {
+    store: Storage,
+    samples: Arc<crate::console::samples::Samples>,
+    mail: bool,
+}
+
+impl Sampler {
+    async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
+        supervise("console", tasks, stop, |stop| self.sample(stop)).await;
+    }
+
+    async fn sample(&self, stop: Stop) {
+        let mut every = tokio::time::interval(crate::console::samples::EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let Ok(stats) = self.store.outbox().outbox_stats().await else {
+                continue;
+            };
+            let mail_queued = if self.mail {
+                (self.store.backend().send_queue().await).map_or(0, |q| q.pending + q.inflight)
+            } else {
+                0
+            };
+            self.samples.push(crate::console::samples::Sample {
+                at: crate::event::now(),
+                pending: stats.pending,
+                inflight: stats.inflight,
+                dead: stats.dead,
+                total: stats.pending
+                    + stats.inflight
+                    + stats.delivered
+                    + stats.dead
+                    + stats.filtered,
+                delivered: stats.delivered,
+                mail_queued,
+            });
+        }
+    }
 }
 
 /// A delivery worker, its inbox and what wakes it: Pega's (with `[pega] endpoint`, task
@@ -124,11 +170,7 @@ impl Application {
         let mappings = load_mappings(settings)?;
         let metrics = Arc::new(Metrics::new());
         let tasks = Arc::new(Tasks::new(metrics.task_restarts()));
-        let store = Storage::open(settings).await?;
-        tracing::info!(store = settings.store_display(), "store opened");
-        if store.outbox().is_paused().await.unwrap_or(false) {
-            tracing::warn!("delivery is paused (pegabridge deliveries resume)");
-        }
+        let store = open_store(settings).await?;
         let outbox = Arc::new(Notify::new());
         let (store, deliveries) = Delivery::build(settings, store, &metrics, &outbox).await?;
         let Deliveries {
@@ -151,6 +193,7 @@ impl Application {
             ("mail", mail.is_some()),
             ("bounces", bounces.is_some()),
             ("retention", settings.store.retention_days > 0),
+            ("console", settings.admin.token.is_some()),
         ] {
             if present {
                 tasks.register(name);
@@ -163,6 +206,12 @@ impl Application {
         if held.is_some() {
             tasks.register("engagement");
         }
+        let samples = Arc::new(crate::console::samples::Samples::default());
+        let sampler = settings.admin.token.is_some().then(|| Sampler {
+            store: store.clone(),
+            samples: samples.clone(),
+            mail: settings.mail.is_some(),
+        });
         let state = AppState::new(Shared {
             intake,
             judge: judge.clone(),
@@ -188,6 +237,8 @@ impl Application {
             platforms: crate::events::platform::Platforms::new(&settings.events)
                 .map_err(anyhow::Error::msg)?,
             unverified: crate::http::Unverified::new(&settings.server),
+            console: Arc::new(crate::console::Sessions::new()),
+            samples: samples.clone(),
         });
         let router = crate::http::router(state, &settings.server);
         let listener = TcpListener::bind(&settings.server.listen)
@@ -205,6 +256,7 @@ impl Application {
             tasks,
             delivery,
             kafka,
+            sampler,
             mail,
             bounces,
             held: held.map(|(_, worker)| worker),
@@ -266,6 +318,9 @@ impl Application {
             .bounces
             .map(|b| tokio::spawn(b.run(tasks.clone(), stop.clone())));
         let retention = tokio::spawn(self.retention.run(tasks.clone(), stop.clone()));
+        let sampler = self
+            .sampler
+            .map(|s| tokio::spawn(s.run(tasks.clone(), stop.clone())));
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -286,6 +341,9 @@ impl Application {
         // due again for the next start.
         stop.cancel();
         let _ = retention.await;
+        if let Some(s) = sampler {
+            let _ = s.await;
+        }
         if let Some(b) = bounces {
             let _ = b.await;
         }
@@ -304,6 +362,16 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The store `[store]` names, said in the log (and whether delivery is paused).
+async fn open_store(settings: &Settings) -> anyhow::Result<Storage> {
+    let store = Storage::open(settings).await?;
+    tracing::info!(store = settings.store_display(), "store opened");
+    if store.outbox().is_paused().await.unwrap_or(false) {
+        tracing::warn!("delivery is paused (pegabridge deliveries resume)");
+    }
+    Ok(store)
 }
 
 /// What tracked requests are judged with (`[engagement]`, `[server] trusted_proxies`).

@@ -15,6 +15,7 @@ pub mod bounces;
 pub mod broadcast;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod engagement;
 pub mod event;

@@ -106,6 +106,15 @@ impl Metrics {
         }
     }
 
+    /// The delivery metrics of the lanes in use (a Kafka topic's once registered).
+    pub fn lanes(&self) -> Vec<(Lane, Arc<LaneMetrics>)> {
+        let mut all = vec![(Lane::Pega, self.pega.clone())];
+        if let Some(k) = self.kafka.get() {
+            all.push((Lane::Kafka, k.clone()));
+        }
+        all
+    }
+
     /// The delivery metrics of `lane` (a Kafka topic's registered on first use).
     pub fn lane(&self, lane: Lane) -> Arc<LaneMetrics> {
         match lane {
@@ -256,6 +265,12 @@ impl LaneMetrics {
                     .set(i64::from(reason == last));
             }
         }
+    }
+
+    /// The concurrency limit shown now, and the breaker's state (0 closed, 1 open, 2
+    /// half-open), for the console.
+    pub fn shown(&self) -> (i64, i64) {
+        (self.limit.get(), self.breaker.get())
     }
 
     pub fn breaker(&self, state: BreakerState) {

@@ -4,6 +4,7 @@
 
 mod activities;
 mod admin;
+mod console;
 mod edge;
 pub mod error;
 mod events;
@@ -83,6 +84,10 @@ pub struct Shared {
     pub judge: Arc<crate::engagement::Judge>,
     /// Where tracked fetches wait to be judged (`[engagement] hold_secs`; none: at once).
     pub held: Option<crate::mail::held::HeldQueue>,
+    /// The web console's sign-in sessions.
+    pub console: Arc<crate::console::Sessions>,
+    /// What the console's overview charts.
+    pub samples: Arc<crate::console::samples::Samples>,
     /// Bodies read before their sender is known (see [`ServerSettings::max_unverified_bodies`]).
     pub unverified: Unverified,
 }
@@ -114,6 +119,7 @@ pub fn router(state: AppState, server: &ServerSettings) -> Router {
         .merge(admin::router())
         .merge(health::router())
         .merge(openapi::router())
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(server.body_limit));

@@ -255,6 +255,44 @@ impl Default for Lanes {
     }
 }
 
+/// A personal broadcast found by the console's search.
+#[derive(Debug, Clone)]
+pub struct PersonalFound {
+    pub broadcast_id: i64,
+    pub customer_id: i64,
+    pub uuid: String,
+    pub email: String,
+    pub mapping: String,
+    /// Unix seconds.
+    pub triggered_at: i64,
+    /// The personal broadcast's event (its manual options among its fields).
+    pub event: String,
+}
+
+/// The most personal broadcasts a search shows.
+pub const FOUND_AT_MOST: usize = 20;
+
+/// The SQL both backends search personal broadcasts with: `{q}` is the text searched, `{n}`
+/// the number (customer id) it may be, `{interaction}` the backend's expression of the
+/// `InteractionId` manual option (its index's), `{limit}` the most rows. Each branch goes
+/// through an index.
+pub(crate) fn find_personal_sql(q: &str, n: &str, interaction: &str, limit: &str) -> String {
+    format!(
+        "SELECT p.broadcast_id, p.customer_id, p.uuid, p.email, b.mapping, b.created_at, p.event
+           FROM personal_broadcasts p JOIN broadcasts b ON b.id = p.broadcast_id
+          WHERE (p.broadcast_id, p.customer_id) IN (
+                SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE uuid = {q}
+                UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE email = {q}
+                UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE customer_id = {n}
+                UNION SELECT x.broadcast_id, x.customer_id FROM personal_broadcasts x
+                      JOIN customers c ON c.id = x.customer_id
+                      WHERE c.external_id = {q} AND c.external_id <> ''
+                UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE {interaction} = {q}
+                UNION SELECT broadcast_id, customer_id FROM outbox WHERE uuid = {q} AND broadcast_id IS NOT NULL)
+          ORDER BY b.created_at DESC, p.broadcast_id DESC LIMIT {limit}"
+    )
+}
+
 /// An event claimed for delivery.
 #[derive(Debug, Clone)]
 pub struct Claimed {

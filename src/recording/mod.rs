@@ -198,6 +198,7 @@ pub(crate) async fn trigger(
                 external_id: None,
                 in_personal_broadcast: true,
                 withheld: false,
+                personal: (broadcast_id, customer.id),
             };
             let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
             leased.extend(lease);
@@ -314,6 +315,7 @@ pub(crate) async fn activities(
             external_id: a.external_id.as_deref(),
             in_personal_broadcast: false,
             withheld: a.withheld || repeated_open,
+            personal: (common.broadcast_id, common.customer_id),
         };
         let payload = |metric_id| {
             // Sized for a whole event up front: growing the buffer step by step cost a tenth
@@ -363,6 +365,7 @@ pub(crate) async fn send_outcomes(
                     external_id: None,
                     in_personal_broadcast: true,
                     withheld: false,
+                    personal: (send.broadcast_id, send.customer_id),
                 };
                 let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
                 leased.extend(lease);

@@ -49,6 +49,8 @@ pub struct NewEvent<'a> {
     pub in_personal_broadcast: bool,
     /// Recorded `filtered`: never sent (see `Activity::withheld`).
     pub withheld: bool,
+    /// Its personal broadcast (broadcast id, customer id): an interaction's journey.
+    pub personal: (i64, i64),
 }
 
 /// How an activity changes its customer's counts (the seed's mailability rules).

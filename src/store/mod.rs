@@ -105,6 +105,18 @@ pub trait Store: OutboxStore {
     /// Dead sends back to pending with a fresh retry schedule; returns how many.
     async fn replay_sends(&self, which: SendReplay) -> Result<usize>;
 
+    /// Personal broadcasts whose uuid, email address, customer (id or external id),
+    /// `InteractionId` manual option or one of whose events' uuid is `q`, newest first (at
+    /// most `FOUND_AT_MOST`).
+    async fn find_personal(&self, q: String) -> Result<Vec<crate::outbox::PersonalFound>>;
+
+    /// The outbox rows (uuid, sink) of a personal broadcast's events, oldest first.
+    async fn personal_events(
+        &self,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<Vec<(String, Lane)>>;
+
     /// Sends waiting and in flight (through the status index: no scan).
     async fn send_queue(&self) -> Result<SendQueue>;
 

@@ -520,6 +520,22 @@ impl pegabridge::store::Store for Hiccup {
     async fn send_queue(&self) -> Result<pegabridge::store::SendQueue, StoreError> {
         self.real.backend().send_queue().await
     }
+    async fn find_personal(
+        &self,
+        q: String,
+    ) -> Result<Vec<pegabridge::outbox::PersonalFound>, StoreError> {
+        self.real.backend().find_personal(q).await
+    }
+    async fn personal_events(
+        &self,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<Vec<(String, pegabridge::store::Lane)>, StoreError> {
+        self.real
+            .backend()
+            .personal_events(broadcast_id, customer_id)
+            .await
+    }
     async fn writable(&self, min_free_bytes: u64) -> Result<(), StoreError> {
         self.real.backend().writable(min_free_bytes).await
     }

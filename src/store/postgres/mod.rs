@@ -146,6 +146,51 @@ macro_rules! transaction {
 
 #[async_trait::async_trait]
 impl crate::store::Store for PgStore {
+    async fn find_personal(&self, q: String) -> Result<Vec<crate::outbox::PersonalFound>> {
+        use sqlx::Row;
+        let sql = crate::outbox::find_personal_sql(
+            "$1",
+            "$2",
+            "(event::jsonb -> 'broadcast_manual_options' ->> 'InteractionId')",
+            "$3",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&q)
+            .bind(q.parse::<i64>().ok())
+            .bind(crate::outbox::FOUND_AT_MOST as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::outbox::PersonalFound {
+                broadcast_id: r.get(0),
+                customer_id: r.get(1),
+                uuid: r.get(2),
+                email: r.get(3),
+                mapping: r.get(4),
+                triggered_at: r.get(5),
+                event: r.get(6),
+            })
+            .collect())
+    }
+
+    async fn personal_events(
+        &self,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<Vec<(String, crate::outbox::Lane)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT uuid, sink FROM outbox WHERE broadcast_id = $1 AND customer_id = $2 ORDER BY id",
+        )
+        .bind(broadcast_id)
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(u, s)| Ok((u, crate::outbox::Lane::parse_stored(&s)?)))
+            .collect()
+    }
+
     async fn record_trigger(
         &self,
         mapping: String,

@@ -271,7 +271,7 @@ impl Tx for PgTx<'_> {
                 None
             };
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) RETURNING id",
+                "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             )
             .bind(new.uuid)
             .bind(new.metric.as_str())
@@ -281,6 +281,8 @@ impl Tx for PgTx<'_> {
             .bind(status.as_str())
             .bind(lease_until)
             .bind(lane.as_str())
+            .bind(new.personal.0)
+            .bind(new.personal.1)
             .fetch_one(&mut *self.c)
             .await?;
             let body = match &first {

@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0008_first_open.sql"),
     include_str!("../../../migrations/sqlite/0009_sends_status.sql"),
     include_str!("../../../migrations/sqlite/0010_sinks.sql"),
+    include_str!("../../../migrations/sqlite/0011_journeys.sql"),
 ];
 
 /// Applies the migrations this database has not seen.

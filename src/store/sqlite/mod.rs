@@ -318,6 +318,57 @@ impl crate::store::Store for SqliteStore {
         .await
     }
 
+    async fn find_personal(&self, q: String) -> Result<Vec<crate::outbox::PersonalFound>> {
+        self.read(move |c| {
+            let sql = crate::outbox::find_personal_sql(
+                "?1",
+                "?2",
+                "CAST(json_extract(event, '$.broadcast_manual_options.InteractionId') AS TEXT)",
+                "?3",
+            );
+            let n = q.parse::<i64>().ok();
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                rusqlite::params![q, n, crate::outbox::FOUND_AT_MOST as i64],
+                |r| {
+                    Ok(crate::outbox::PersonalFound {
+                        broadcast_id: r.get(0)?,
+                        customer_id: r.get(1)?,
+                        uuid: r.get(2)?,
+                        email: r.get(3)?,
+                        mapping: r.get(4)?,
+                        triggered_at: r.get(5)?,
+                        event: r.get(6)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn personal_events(
+        &self,
+        broadcast_id: i64,
+        customer_id: i64,
+    ) -> Result<Vec<(String, crate::outbox::Lane)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT uuid, sink FROM outbox WHERE broadcast_id = ?1 AND customer_id = ?2 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([broadcast_id, customer_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (uuid, sink) = row?;
+                out.push((uuid, crate::outbox::Lane::parse_stored(&sink)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn send(&self, uuid: String) -> Result<Option<SendRow>> {
         self.read(move |c| {
             use rusqlite::OptionalExtension;

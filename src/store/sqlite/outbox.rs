@@ -56,9 +56,9 @@ pub(super) fn enqueue(
         // `last_insert_rowid`, not `RETURNING id`: SQLite gathers RETURNING rows in a
         // temporary table first, which cost a third of this insert.
         c.prepare_cached(
-            "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .execute(params![new.uuid, new.metric.as_str(), external_id, ms, ms / 1000, status.as_str(), lease_until, lane.as_str()])?;
+        .execute(params![new.uuid, new.metric.as_str(), external_id, ms, ms / 1000, status.as_str(), lease_until, lane.as_str(), new.personal.0, new.personal.1])?;
         let id = c.last_insert_rowid();
         let body = match &first {
             None => (payload.take().expect("called for the first row"))(id)?,

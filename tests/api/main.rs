@@ -7,6 +7,7 @@ mod server;
 mod architecture;
 mod check_cli;
 mod config;
+mod console;
 mod corpus;
 mod crash;
 mod delivery;

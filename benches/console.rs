@@ -61,14 +61,14 @@ async fn fill(db: &std::path::Path) {
                     ("delivered", None)
                 };
                 let metric = if j == 0 { "broadcasts" } else { "opens" };
+                // A broadcasts event is its personal broadcast's uuid (its payload is there).
+                let uuid = if j == 0 {
+                    format!("pb-{i}")
+                } else {
+                    format!("e-{i}-{j}")
+                };
                 event
-                    .execute(rusqlite::params![
-                        format!("e-{i}-{j}"),
-                        metric,
-                        status,
-                        i,
-                        error
-                    ])
+                    .execute(rusqlite::params![uuid, metric, status, i, error])
                     .unwrap();
                 if j > 0 {
                     body.execute([&payload]).unwrap();
@@ -91,7 +91,10 @@ async fn measure(make: impl Fn() -> reqwest::RequestBuilder) -> (Duration, usize
     for _ in 0..5 {
         let start = Instant::now();
         let res = make().send().await.unwrap();
-        assert!(res.status().is_success(), "{}", res.status());
+        let status = res.status();
+        if !status.is_success() {
+            panic!("{status}: {}", res.text().await.unwrap_or_default());
+        }
         size = res.bytes().await.unwrap().len();
         times.push(start.elapsed());
     }
@@ -101,6 +104,7 @@ async fn measure(make: impl Fn() -> reqwest::RequestBuilder) -> (Duration, usize
 
 #[tokio::main]
 async fn main() {
+    tracing_subscriber::fmt().with_env_filter("warn").init();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("console.db");
     let started = Instant::now();

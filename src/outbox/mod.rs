@@ -279,16 +279,16 @@ pub const FOUND_AT_MOST: usize = 20;
 pub(crate) fn find_personal_sql(q: &str, n: &str, interaction: &str, limit: &str) -> String {
     format!(
         "SELECT p.broadcast_id, p.customer_id, p.uuid, p.email, b.mapping, b.created_at, p.event
-           FROM personal_broadcasts p JOIN broadcasts b ON b.id = p.broadcast_id
-          WHERE (p.broadcast_id, p.customer_id) IN (
-                SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE uuid = {q}
+           FROM (SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE uuid = {q}
                 UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE email = {q}
                 UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE customer_id = {n}
                 UNION SELECT x.broadcast_id, x.customer_id FROM personal_broadcasts x
                       JOIN customers c ON c.id = x.customer_id
                       WHERE c.external_id = {q} AND c.external_id <> ''
                 UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE {interaction} = {q}
-                UNION SELECT broadcast_id, customer_id FROM outbox WHERE uuid = {q} AND broadcast_id IS NOT NULL)
+                UNION SELECT broadcast_id, customer_id FROM outbox WHERE uuid = {q} AND broadcast_id IS NOT NULL) k
+           JOIN personal_broadcasts p ON p.broadcast_id = k.broadcast_id AND p.customer_id = k.customer_id
+           JOIN broadcasts b ON b.id = p.broadcast_id
           ORDER BY b.created_at DESC, p.broadcast_id DESC LIMIT {limit}"
     )
 }

@@ -404,3 +404,71 @@ async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
     })
     .await;
 }
+
+/// The console's search finds a personal broadcast by its InteractionID, email address,
+/// customer (id and external id), its uuid and an event's uuid; its events come in order. On
+/// both backends.
+#[tokio::test]
+async fn an_interaction_is_found_by_what_an_operator_knows_of_it() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let mut r = recipient(5);
+        r.event.broadcast_manual_options.insert(
+            "InteractionId".into(),
+            serde_json::json!("-563481321460449721"),
+        );
+        let answer = store
+            .record_trigger("offers".into(), None, vec![r, recipient(6)])
+            .await
+            .unwrap();
+        let (broadcast, customer) = (answer.broadcast_id, answer.recipients[0].customer_id);
+        let open = pegabridge::activity::parse(serde_json::json!({
+            "metric": "opens", "broadcast_id": broadcast, "customer_id": customer,
+        }))
+        .unwrap();
+        let opened = store
+            .record_activities(open, Unknown::Refuse)
+            .await
+            .unwrap();
+        let open_uuid = opened[0].answer().unwrap().uuid.clone();
+        let pb_uuid = answer.recipients[0].uuid.clone();
+        for q in [
+            "-563481321460449721".to_owned(),
+            "c5@x.nl".to_owned(),
+            "CUST-5".to_owned(),
+            customer.to_string(),
+            pb_uuid.clone(),
+            open_uuid.clone(),
+        ] {
+            let found = store.backend().find_personal(q.clone()).await.unwrap();
+            assert_eq!(found.len(), 1, "{q}: {found:?}");
+            assert_eq!(
+                (found[0].broadcast_id, found[0].customer_id),
+                (broadcast, customer),
+                "{q}"
+            );
+            assert_eq!(
+                (found[0].mapping.as_str(), found[0].email.as_str()),
+                ("offers", "c5@x.nl")
+            );
+        }
+        assert!(store
+            .backend()
+            .find_personal("nobody".into())
+            .await
+            .unwrap()
+            .is_empty());
+        let events = store
+            .backend()
+            .personal_events(broadcast, customer)
+            .await
+            .unwrap();
+        let uuids: Vec<&str> = events.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(
+            uuids,
+            [pb_uuid.as_str(), open_uuid.as_str()],
+            "the send, then the open"
+        );
+    })
+    .await;
+}

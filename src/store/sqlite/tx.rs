@@ -311,6 +311,52 @@ mod tests {
         }
     }
 
+    /// The console's search goes through an index in each of its branches (InteractionID,
+    /// email, customer, uuids) and for a personal broadcast's events: no scan.
+    #[test]
+    fn the_consoles_search_goes_through_indexes() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate::run(&c).unwrap();
+        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> String {
+            let rows: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(args, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows.join("; ")
+        };
+        let find = crate::outbox::find_personal_sql(
+            "?1",
+            "?2",
+            "CAST(json_extract(event, '$.broadcast_manual_options.InteractionId') AS TEXT)",
+            "?3",
+        );
+        let found = plan(&find, &[&"-5634", &Some(7_i64), &20_i64]);
+        for index in [
+            "personal_broadcasts_interaction",
+            "personal_broadcasts_email",
+            "personal_broadcasts_customer",
+            "customers_by_external_id",
+            "outbox_uuid",
+            "sqlite_autoindex_personal_broadcasts_1",
+        ] {
+            assert!(found.contains(index), "{index}: {found}");
+        }
+        assert!(
+            !found.contains("SCAN p ")
+                && !found.contains("SCAN personal_broadcasts")
+                && !found.contains("SCAN outbox"),
+            "{found}"
+        );
+        let events = plan(
+            "SELECT uuid, sink FROM outbox WHERE broadcast_id = ?1 AND customer_id = ?2 ORDER BY id",
+            &[&1_i64, &2_i64],
+        );
+        assert!(events.contains("outbox_personal"), "{events}");
+    }
+
     /// A customer, a broadcast and a personal broadcast whose event names `campaign`.
     fn personal_broadcast(c: &rusqlite::Connection, campaign: &str) -> Result<(i64, i64)> {
         c.execute(

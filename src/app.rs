@@ -47,6 +47,9 @@ struct Sampler {
     store: Storage,
     samples: Arc<crate::console::samples::Samples>,
     mail: bool,
+    metrics: Arc<Metrics>,
+    /// The sink charted: Pega's REST service when configured, else the Kafka topic.
+    lane: crate::outbox::Lane,
 }
 
 impl Sampler {
@@ -69,7 +72,12 @@ impl Sampler {
             } else {
                 0
             };
+            let m = self.metrics.lane(self.lane);
+            let (latency, (limit, breaker)) = (m.latency_total(), m.shown());
             self.samples.push(crate::console::samples::Sample {
+                latency,
+                limit,
+                breaker,
                 at: crate::event::now(),
                 pending: stats.pending,
                 inflight: stats.inflight,
@@ -211,6 +219,12 @@ impl Application {
             store: store.clone(),
             samples: samples.clone(),
             mail: settings.mail.is_some(),
+            metrics: metrics.clone(),
+            lane: if settings.pega.endpoint.is_none() && settings.kafka.is_some() {
+                crate::outbox::Lane::Kafka
+            } else {
+                crate::outbox::Lane::Pega
+            },
         });
         let state = AppState::new(Shared {
             intake,

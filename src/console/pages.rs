@@ -133,7 +133,8 @@ pub fn deliveries(v: &DeliveriesView<'_>, csrf: &str) -> Markup {
             form method="post" action="/console/deliveries/replay" {
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="status" value="dead";
-                button type="submit" { "Replay all dead letters" }
+                @if let Some(m) = v.metric { input type="hidden" name="metric" value=(m); }
+                button type="submit" { "Replay all of this filter" }
             }
         }
         p { (v.rows.len()) " shown (newest first, among the newest " (v.scanned) " of that status)" }

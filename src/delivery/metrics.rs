@@ -273,6 +273,14 @@ impl LaneMetrics {
         (self.limit.get(), self.breaker.get())
     }
 
+    /// The delivery latencies observed so far: their sum (seconds) and count.
+    pub fn latency_total(&self) -> (f64, u64) {
+        (
+            self.latency.get_sample_sum(),
+            self.latency.get_sample_count(),
+        )
+    }
+
     pub fn breaker(&self, state: BreakerState) {
         self.breaker.set(state as i64);
     }

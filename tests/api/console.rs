@@ -83,12 +83,20 @@ with sync_playwright() as p:
     # A dead letter, replayed from its button.
     page.get_by_role("link", name="Deliveries").click()
     page.get_by_label("Status").select_option("dead")
-    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name="Filter", exact=True).click()
     row = page.locator("tr", has_text=dead_uuid)
     expect(row).to_contain_text("told to fail")
     page.screenshot(path=shots + "/deliveries.png", full_page=True)
     row.get_by_role("button", name="Replay").click()
     expect(page.get_by_role("status")).to_have_text("1 replayed")
+    # The rest of a filter (dead broadcasts), with one button.
+    page.get_by_label("Status").select_option("dead")
+    page.get_by_label("Metric").select_option("broadcasts")
+    page.get_by_role("button", name="Filter", exact=True).click()
+    expect(page.locator("tr.dead")).to_have_count(1)
+    page.get_by_role("button", name="Replay all of this filter").click()
+    expect(page.get_by_role("status")).to_have_text("1 replayed")
+    expect(page.locator("tr.dead")).to_have_count(0)
 
     # The preview in sandboxed iframes, and a trigger's errors as the API gives them.
     page.get_by_role("link", name="Preview").click()
@@ -193,9 +201,9 @@ async fn trigger(client: &reqwest::Client, base: &str, body: &Value) -> Value {
 async fn the_console_in_a_real_browser() {
     let Some(python) = python() else { return };
     let pega = start_pega().await;
-    // The first POST is refused for good: that event becomes a dead letter.
+    // The first two POSTs are refused for good: those events become dead letters.
     pega.mock.control(|b| {
-        b.fail_next = 1;
+        b.fail_next = 2;
         b.fail_status = Some(400);
     });
     let dir = crate::processes::project_dir();
@@ -216,15 +224,15 @@ async fn the_console_in_a_real_browser() {
     wait_healthy(&client, &base).await;
 
     let hostile = "<img src=x onerror=alert(1)>";
-    let first = trigger(
-        &client,
-        &base,
-        &json!({"email": "bob@example.com", "interaction": "1111"}),
-    )
-    .await;
-    let dead_uuid = first["recipients"][0]["uuid"].as_str().unwrap().to_owned();
+    let mut dead_uuids = Vec::new();
+    for (email, interaction) in [("bob@example.com", "1111"), ("cy@example.com", "2222")] {
+        let body = json!({"email": email, "interaction": interaction});
+        let answer = trigger(&client, &base, &body).await;
+        dead_uuids.push(answer["recipients"][0]["uuid"].as_str().unwrap().to_owned());
+    }
+    let dead_uuid = dead_uuids[0].clone();
     let start_wait = Instant::now();
-    while pega.mock.event_count() == 0 {
+    loop {
         let dead: Value = client
             .get(format!("{base}/admin/deliveries?status=dead"))
             .bearer_auth(ADMIN_TOKEN)
@@ -234,21 +242,17 @@ async fn the_console_in_a_real_browser() {
             .json()
             .await
             .unwrap();
-        if dead["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+        if dead["deliveries"].as_array().is_some_and(|d| d.len() == 2) {
             break;
         }
         assert!(
             start_wait.elapsed() < Duration::from_secs(20),
-            "the first event became a dead letter"
+            "the first two events became dead letters"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    trigger(
-        &client,
-        &base,
-        &json!({"email": "ann@example.com", "interaction": "4242", "note": hostile}),
-    )
-    .await;
+    let body = json!({"email": "ann@example.com", "interaction": "4242", "note": hostile});
+    trigger(&client, &base, &body).await;
 
     let shots = root().join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -289,19 +293,16 @@ async fn the_console_in_a_real_browser() {
             "{shot}"
         );
     }
-    // The replayed dead letter reached the stand-in Pega.
+    // The replayed dead letters reached the stand-in Pega.
     let start_wait = Instant::now();
-    while !pega
-        .mock
-        .events()
-        .iter()
-        .any(|e| e["uuid"] == json!(dead_uuid))
-    {
-        assert!(
-            start_wait.elapsed() < Duration::from_secs(20),
-            "the replayed event arrives"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for uuid in &dead_uuids {
+        while !pega.mock.events().iter().any(|e| e["uuid"] == json!(uuid)) {
+            assert!(
+                start_wait.elapsed() < Duration::from_secs(20),
+                "the replayed event arrives"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let _ = server.kill();
     let _ = server.wait();

@@ -53,6 +53,29 @@ struct Sampler {
 }
 
 impl Sampler {
+    /// With `[admin] token` (the console's): samples the sink Pega's REST service, or the
+    /// Kafka topic without one.
+    fn build(
+        settings: &Settings,
+        store: &Storage,
+        samples: &Arc<crate::console::samples::Samples>,
+        metrics: &Arc<Metrics>,
+    ) -> Option<Self> {
+        settings.admin.token.as_ref()?;
+        let lane = if settings.pega.endpoint.is_none() && settings.kafka.is_some() {
+            crate::outbox::Lane::Kafka
+        } else {
+            crate::outbox::Lane::Pega
+        };
+        Some(Self {
+            store: store.clone(),
+            samples: samples.clone(),
+            mail: settings.mail.is_some(),
+            metrics: metrics.clone(),
+            lane,
+        })
+    }
+
     async fn run(self, tasks: Arc<Tasks>, stop: Stop) {
         supervise("console", tasks, stop, |stop| self.sample(stop)).await;
     }
@@ -215,17 +238,7 @@ impl Application {
             tasks.register("engagement");
         }
         let samples = Arc::new(crate::console::samples::Samples::default());
-        let sampler = settings.admin.token.is_some().then(|| Sampler {
-            store: store.clone(),
-            samples: samples.clone(),
-            mail: settings.mail.is_some(),
-            metrics: metrics.clone(),
-            lane: if settings.pega.endpoint.is_none() && settings.kafka.is_some() {
-                crate::outbox::Lane::Kafka
-            } else {
-                crate::outbox::Lane::Pega
-            },
-        });
+        let sampler = Sampler::build(settings, &store, &samples, &metrics);
         let state = AppState::new(Shared {
             intake,
             judge: judge.clone(),

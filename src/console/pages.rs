@@ -270,7 +270,9 @@ pub fn interactions(q: &str, found: &[Journey], note: Option<&str>) -> Markup {
                     @for e in &j.events {
                         li class="event" {
                             strong { (e.delivery.metric) }
-                            @if e.event.get("machine_generated") == Some(&Value::Bool(true)) { " (a machine's)" }
+                            @if let Some(machine) = e.event.get("machine_generated").and_then(Value::as_bool) {
+                                " - verdict: " strong class="verdict" { @if machine { "a machine's" } @else { "a person's" } }
+                            }
                             " - " (time(e.delivery.created_at)) " - to " (e.delivery.sink.as_str()) ": "
                             strong { (e.delivery.status.as_str()) }
                             @if e.attempts.is_empty() { " (no attempt yet)" }

@@ -76,6 +76,11 @@ with sync_playwright() as p:
         page.wait_for_timeout(200)
     expect(page.locator("li.event", has_text="delivered").first).to_be_visible()
     expect(page.get_by_text("ann@example.com").first).to_be_visible()
+    # In time order: the send, a machine's open, a person's click, each with its verdict.
+    metrics = [m.inner_text() for m in page.locator("li.event > strong:first-child").all()]
+    assert metrics == ["broadcasts", "opens", "clicks"], metrics
+    expect(page.locator("li.event", has_text="opens").locator(".verdict")).to_have_text("a machine's")
+    expect(page.locator("li.event", has_text="clicks").locator(".verdict")).to_have_text("a person's")
     # A manual option holding HTML is shown as text, and runs nothing.
     expect(page.get_by_text(hostile, exact=True).first).to_be_visible()
     page.screenshot(path=shots + "/interactions.png", full_page=True)
@@ -252,7 +257,25 @@ async fn the_console_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let body = json!({"email": "ann@example.com", "interaction": "4242", "note": hostile});
-    trigger(&client, &base, &body).await;
+    let ann = trigger(&client, &base, &body).await;
+    let (b, c) = (
+        ann["broadcast_id"].clone(),
+        ann["recipients"][0]["customer_id"].clone(),
+    );
+    // An image proxy's open (a machine's) and a person's click.
+    let engaged = client
+        .post(format!("{base}/activities"))
+        .bearer_auth(ACTIVITY_TOKEN)
+        .json(&json!([
+            {"metric": "opens", "broadcast_id": b, "customer_id": c,
+             "user_agent": "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"},
+            {"metric": "clicks", "broadcast_id": b, "customer_id": c, "url": "https://shop.example/",
+             "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15"}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(engaged.status(), 202);
 
     let shots = root().join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();

@@ -94,6 +94,7 @@ fn delivery_row(d: &Delivery, csrf: &str) -> Markup {
                     form method="post" action="/console/deliveries/replay" {
                         input type="hidden" name="csrf" value=(csrf);
                         input type="hidden" name="uuid" value=(d.uuid);
+                        input type="hidden" name="sink" value=(d.sink.as_str());
                         button type="submit" { "Replay" }
                     }
                 }

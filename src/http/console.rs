@@ -312,10 +312,14 @@ async fn deliveries(
 struct ReplayForm {
     csrf: String,
     uuid: Option<String>,
+    sink: Option<Lane>,
     status: Option<String>,
+    metric: Option<String>,
 }
 
-/// Replays one dead letter, or every dead letter.
+/// Replays one dead letter (the row of one sink: the other sink's, delivered, is not sent
+/// again), every dead letter, or every dead letter of a metric (among the newest the
+/// Deliveries page looks through).
 async fn replay(
     State(state): State<AppState>,
     session: Session,
@@ -324,15 +328,38 @@ async fn replay(
     if let Err(r) = session.check(&f.csrf) {
         return r.into_response();
     }
-    let which = match (f.uuid, f.status.as_deref()) {
-        (Some(u), _) => Replay::Uuid(u),
-        (None, Some("dead")) => Replay::Status(Done::Dead),
-        _ => return (StatusCode::BAD_REQUEST, "uuid or status=dead").into_response(),
+    let metric = f.metric.filter(|m| !m.is_empty());
+    let which: Vec<Replay> = match (f.uuid, f.status.as_deref(), metric) {
+        (Some(uuid), _, _) => vec![Replay::DeadRow {
+            uuid,
+            lane: f.sink.unwrap_or(Lane::Pega),
+        }],
+        (None, Some("dead"), None) => vec![Replay::Status(Done::Dead)],
+        (None, Some("dead"), Some(m)) => {
+            let dead = state.store.outbox().deliveries(Some(Status::Dead), SCANNED);
+            match dead.await {
+                Ok(rows) => (rows.into_iter())
+                    .filter(|d| d.metric == m)
+                    .map(|d| Replay::DeadRow {
+                        uuid: d.uuid,
+                        lane: d.sink,
+                    })
+                    .collect(),
+                Err(e) => return super::error::ApiError::store(e).into_response(),
+            }
+        }
+        _ => {
+            let why = "uuid (and sink), or status=dead (and a metric)";
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
     };
-    let n = match state.store.outbox().replay(which).await {
-        Ok(n) => n,
-        Err(e) => return super::error::ApiError::store(e).into_response(),
-    };
+    let mut n = 0;
+    for one in which {
+        match state.store.outbox().replay(one).await {
+            Ok(k) => n += k,
+            Err(e) => return super::error::ApiError::store(e).into_response(),
+        }
+    }
     state.outbox.notify_one();
     state.store.wake_all();
     tracing::info!(events = n, "console: replayed");

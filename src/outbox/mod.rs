@@ -435,7 +435,14 @@ pub struct Delivery {
 /// (replaying twice sends once more, not twice).
 #[derive(Debug, Clone)]
 pub enum Replay {
+    /// Every row of the event (one per sink) that is done.
     Uuid(String),
+    /// The event's row for one sink, if it is a dead letter (the console's button: the other
+    /// sink's row, delivered, is not sent again).
+    DeadRow {
+        uuid: String,
+        lane: Lane,
+    },
     Status(Done),
     /// Every event with this status created at or after this Unix time.
     Since {

@@ -335,8 +335,8 @@ async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
         assert_eq!(rows.iter().filter(|r| r.sink == Lane::Kafka).count(), 6);
 
         // Pega's lane is claimed as before; the Kafka lane's rows stay pending meanwhile.
-        let pega = store.outbox().claim(Lane::Pega, 100, 60).await.unwrap();
-        assert_eq!(pega.len(), 6);
+        let pega_claimed = store.outbox().claim(Lane::Pega, 100, 60).await.unwrap();
+        assert_eq!(pega_claimed.len(), 6);
         let first = store.outbox().claim(Lane::Kafka, 2, 60).await.unwrap();
         assert_eq!(first.len(), 2);
         assert!(first[0].id < first[1].id);
@@ -394,13 +394,58 @@ async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
             .unwrap();
         let (pega, ..) = store
             .outbox()
-            .delivery(uuid, Some(Lane::Pega))
+            .delivery(uuid.clone(), Some(Lane::Pega))
             .await
             .unwrap()
             .unwrap();
         assert_eq!((kafka.sink, kafka.attempts), (Lane::Kafka, 2));
         assert_eq!((pega.sink, pega.status), (Lane::Pega, Status::Inflight));
         assert_counters_agree(&store, "two lanes").await;
+        // A sink's dead letter replayed alone: the other sink's delivered row is not sent
+        // again.
+        let pega_ids: Vec<i64> = pega_claimed
+            .iter()
+            .filter(|c| c.uuid == uuid)
+            .map(|c| c.id)
+            .collect();
+        let kafka_ids: Vec<i64> = next
+            .iter()
+            .filter(|c| c.uuid == uuid)
+            .map(|c| c.id)
+            .collect();
+        store
+            .outbox()
+            .complete(vec![
+                outcome(pega_ids, Completion::Delivered),
+                outcome(kafka_ids, Completion::Dead),
+            ])
+            .await
+            .unwrap();
+        let replayed = store
+            .outbox()
+            .replay(pegabridge::store::Replay::DeadRow {
+                uuid: uuid.clone(),
+                lane: Lane::Kafka,
+            })
+            .await
+            .unwrap();
+        assert_eq!(replayed, 1);
+        let row = |lane| {
+            let store = store.clone();
+            let uuid = uuid.clone();
+            async move {
+                store
+                    .outbox()
+                    .delivery(uuid, Some(lane))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .status
+            }
+        };
+        assert_eq!(row(Lane::Kafka).await, Status::Pending);
+        assert_eq!(row(Lane::Pega).await, Status::Delivered);
     })
     .await;
 }

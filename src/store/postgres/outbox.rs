@@ -247,6 +247,15 @@ impl crate::store::OutboxStore for PgStore {
                     .execute(&self.pool)
                     .await?
             }
+            Replay::DeadRow { uuid, lane } => {
+                let sql = format!("{set} WHERE uuid = $2 AND sink = $3 AND status = 'dead'");
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(uuid)
+                    .bind(lane.as_str())
+                    .execute(&self.pool)
+                    .await?
+            }
             Replay::Status(s) => {
                 let sql = format!("{set} WHERE status = $2 AND {DONE}");
                 sqlx::query(&sql)

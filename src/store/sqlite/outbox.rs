@@ -307,6 +307,10 @@ impl crate::store::OutboxStore for SqliteStore {
                 Replay::Uuid(u) => {
                     c.execute(&format!("{set} WHERE uuid = ?2 AND {DONE}"), params![now, u])?
                 }
+                Replay::DeadRow { uuid, lane } => c.execute(
+                    &format!("{set} WHERE uuid = ?2 AND sink = ?3 AND status = 'dead'"),
+                    params![now, uuid, lane.as_str()],
+                )?,
                 Replay::Status(s) => c.execute(
                     &format!("{set} WHERE status = ?2 AND {DONE}"),
                     params![now, s.status().as_str()],

@@ -87,14 +87,15 @@ impl KafkaSink {
                 SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
             });
         }
-        // A little past the client's own deadline, so its reason (refused, TLS, SASL) is
+        // Well past the client's own deadline (checked between attempts, each of which may take a
+        // while, and a backoff of up to a second), so its reason (refused, TLS, SASL) is
         // what is said rather than a bare timeout.
-        let wait = self.timeout() + Duration::from_secs(2);
+        let wait = self.timeout() * 3 + Duration::from_secs(5);
         match tokio::time::timeout(wait, builder.build()).await {
             Err(_) => Err(ClientError::Timeout(format!(
                 "no broker of {} answered within {} s",
                 self.brokers(),
-                self.settings.timeout_secs
+                wait.as_secs()
             ))),
             Ok(Err(e)) => Err(ClientError::Connect(format!(
                 "brokers {}: {e}",

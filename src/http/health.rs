@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// How long `/health` waits to learn whether delivery is paused.
 const PAUSED_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long `/health` waits for the Kafka brokers' metadata.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `/ready` waits for the store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -131,9 +133,18 @@ pub(super) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, 
 /// asked at most every few seconds) or `unreachable` with why, and the last delivery's
 /// failure if it failed. Never a 503: a broker down is retried, not a reason to restart.
 async fn kafka_health(kafka: &crate::delivery::sink::SinkHealth) -> Value {
-    let (state, reach) = match kafka.reach().await {
-        Ok(answer) => ("reachable", answer),
-        Err(why) => ("unreachable", why),
+    let asked = tokio::time::timeout(KAFKA_TIMEOUT, kafka.reach()).await;
+    let (state, reach) = match asked {
+        Ok(Ok(answer)) => ("reachable", answer),
+        Ok(Err(why)) => ("unreachable", why),
+        Err(_) => (
+            "unreachable",
+            format!(
+                "{}: no answer within {} s",
+                kafka.describe(),
+                KAFKA_TIMEOUT.as_secs()
+            ),
+        ),
     };
     json!({
         "sink": kafka.describe(),

@@ -24,10 +24,11 @@ label{display:block;margin:.6em 0 .2em;font-weight:600}textarea{width:100%;heigh
 iframe{border:1px solid #d5dae1;background:#fff;margin-right:1em}
 "#;
 
-/// A page of the console: the navigation, `body`, and the sign-out form.
-pub fn layout(title: &str, active: &str, csrf: &str, body: Markup) -> Markup {
+/// A page of the console: the navigation (the page's own link, `title`, highlighted),
+/// `body`, and the sign-out form.
+pub fn layout(title: &str, csrf: &str, body: Markup) -> Markup {
     let link = |href: &str, name: &str| {
-        html! { a href=(href) class=@if name == active { "on" } { (name) } }
+        html! { a href=(href) class=@if name == title { "on" } { (name) } }
     };
     html! {
         (DOCTYPE)

@@ -102,6 +102,11 @@ impl FromRequestParts<AppState> for Session {
 }
 
 impl Session {
+    /// A signed-in page of the console: `body` under the navigation, `title` highlighted.
+    fn page(&self, title: &str, body: Markup) -> Response {
+        page(StatusCode::OK, pages::layout(title, &self.csrf, body))
+    }
+
     /// Whether a form's token is this session's.
     fn check(&self, presented: &str) -> Result<(), Refused> {
         if crate::config::secret::constant_time_eq(self.csrf.as_bytes(), presented.as_bytes()) {
@@ -247,15 +252,7 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
         mail,
         charts: state.samples.charts(),
     };
-    page(
-        StatusCode::OK,
-        pages::layout(
-            "Overview",
-            "Overview",
-            &session.csrf,
-            pages::overview(&view),
-        ),
-    )
+    session.page("Overview", pages::overview(&view))
 }
 
 #[derive(Deserialize)]
@@ -297,15 +294,7 @@ async fn deliveries(
         scanned: SCANNED,
         notice: q.notice.as_deref(),
     };
-    page(
-        StatusCode::OK,
-        pages::layout(
-            "Deliveries",
-            "Deliveries",
-            &session.csrf,
-            pages::deliveries(&view, &session.csrf),
-        ),
-    )
+    session.page("Deliveries", pages::deliveries(&view, &session.csrf))
 }
 
 #[derive(Deserialize)]
@@ -377,15 +366,7 @@ async fn preview_page(State(state): State<AppState>, session: Session) -> Respon
         trigger: "",
         result: None,
     };
-    page(
-        StatusCode::OK,
-        pages::layout(
-            "Preview",
-            "Preview",
-            &session.csrf,
-            pages::preview(&view, &session.csrf),
-        ),
-    )
+    session.page("Preview", pages::preview(&view, &session.csrf))
 }
 
 fn mapping_names(state: &AppState) -> Vec<String> {
@@ -450,15 +431,7 @@ async fn preview(
         trigger: &f.trigger,
         result: Some(result),
     };
-    page(
-        StatusCode::OK,
-        pages::layout(
-            "Preview",
-            "Preview",
-            &session.csrf,
-            pages::preview(&view, &session.csrf),
-        ),
-    )
+    session.page("Preview", pages::preview(&view, &session.csrf))
 }
 
 #[derive(Deserialize)]
@@ -483,13 +456,5 @@ async fn interactions(
             Err(e) => return super::error::ApiError::store(e).into_response(),
         }
     };
-    page(
-        StatusCode::OK,
-        pages::layout(
-            "Interactions",
-            "Interactions",
-            &session.csrf,
-            pages::interactions(q, &found, note),
-        ),
-    )
+    session.page("Interactions", pages::interactions(q, &found, note))
 }

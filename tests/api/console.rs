@@ -10,7 +10,7 @@ use crate::processes::{free_port, start, wait_healthy};
 use crate::server::{ACTIVITY_TOKEN, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PLAYWRIGHT: &str = "playwright==1.65.3";
@@ -143,42 +143,7 @@ fn python() -> Option<PathBuf> {
                 "{CHROMIUM} (Debian's chromium package) is not installed"
             ));
         }
-        let venv = root().join("target/console-test-venv");
-        let python = venv.join("bin/python");
-        let ready = |p: &PathBuf| {
-            Command::new(p)
-                .args(["-c", "import playwright.sync_api"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ready(&python) {
-            let venv_made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status();
-            if !venv_made.is_ok_and(|s| s.success()) {
-                return Err("python3 -m venv failed".into());
-            }
-            let pip = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    PLAYWRIGHT,
-                ])
-                .output()
-                .map_err(|e| format!("pip: {e}"))?;
-            if !pip.status.success() || !ready(&python) {
-                return Err(format!(
-                    "pip install {PLAYWRIGHT} failed: {}",
-                    String::from_utf8_lossy(&pip.stderr)
-                ));
-            }
-        }
-        Ok(python)
+        crate::helpers::venv("console-test-venv", "playwright.sync_api", &[PLAYWRIGHT])
     });
     match made {
         Ok(p) => Some(p.clone()),

@@ -154,3 +154,53 @@ pub fn head_law(html: &str, plan: &Plan) {
         );
     }
 }
+
+/// `target/NAME/bin/python`, a virtual environment made once per machine with `packages`
+/// (pinned, from PyPI): made when it does not yet import `imports` (`"aiosmtpd, dkim"`).
+/// `Err` says why it could not be had (the caller fails naming it, unless its skip variable
+/// is set).
+pub fn venv(name: &str, imports: &str, packages: &[&str]) -> Result<PathBuf, String> {
+    let imports_ok = |python: &Path| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {imports}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let venv = root().join("target").join(name);
+    let python = venv.join("bin/python");
+    if imports_ok(&python) {
+        return Ok(python);
+    }
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+    }
+    let pip = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages)
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !pip.status.success() || !imports_ok(&python) {
+        return Err(format!(
+            "pip install {} failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&pip.stderr)
+        ));
+    }
+    Ok(python)
+}

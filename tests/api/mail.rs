@@ -34,41 +34,7 @@ fn python() -> Result<PathBuf, String> {
             if has_tools(&system) {
                 return Ok(system);
             }
-            let venv = root().join("target/smtp-test-venv");
-            let python = venv.join("bin/python");
-            if has_tools(&python) {
-                return Ok(python);
-            }
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .output()
-                .map_err(|e| format!("python3: {e}"))?;
-            if !made.status.success() {
-                return Err(format!(
-                    "python3 -m venv failed: {}",
-                    String::from_utf8_lossy(&made.stderr)
-                ));
-            }
-            let pip = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(PACKAGES)
-                .output()
-                .map_err(|e| format!("pip: {e}"))?;
-            if !pip.status.success() || !has_tools(&python) {
-                return Err(format!(
-                    "pip install {} failed: {}",
-                    PACKAGES.join(" "),
-                    String::from_utf8_lossy(&pip.stderr)
-                ));
-            }
-            Ok(python)
+            crate::helpers::venv("smtp-test-venv", "aiosmtpd, dkim", &PACKAGES)
         })
         .clone()
 }

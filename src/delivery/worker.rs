@@ -12,28 +12,28 @@ use super::sink::Sink;
 use crate::config::pega::{Format, PegaSettings};
 use crate::event::Metric;
 use crate::outbox::{now_ms, Lane};
-use crate::store::handoff::{self, Leased};
+use crate::store::handoff;
 use crate::store::Storage;
 use crate::store::{Attempt, AttemptOutcome, Claimed, Completion, Outcome};
 use futures::{FutureExt, StreamExt};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// What this process's requests hand the worker: the hand-off's receiving end, and the
-/// events taken from it but not yet posted. Kept across the worker's restarts.
+/// events taken from it (or claimed) but not yet posted. Kept across the worker's restarts.
 #[derive(Debug)]
 pub struct Inbox {
     pub handed: handoff::Receiver,
-    pub waiting: Option<Leased>,
+    pub queue: VecDeque<Claimed>,
 }
 
 impl Inbox {
     pub fn new(handed: handoff::Receiver) -> Self {
         Self {
             handed,
-            waiting: None,
+            queue: VecDeque::new(),
         }
     }
 }
@@ -241,14 +241,33 @@ impl Worker {
     /// Delivers leased events: posts the batches with no more in flight than the limiter
     /// allows, then records every outcome in one store call.
     async fn deliver_round(&self, events: Vec<Claimed>) -> anyhow::Result<Step> {
-        let s = &self.settings;
-        let batch_size = s.batch_size.max(1);
+        let (send, mut outcomes, mut step) = self.sort(events);
+        // Built up front: a lazily mapped stream here trips the compiler's Send inference
+        // (rust-lang/rust#102211) when the worker is spawned.
+        let batch_size = self.settings.batch_size.max(1);
+        let posts: Vec<_> = send.chunks(batch_size).map(|b| self.deliver(b)).collect();
+        let delivered: Vec<Posted> = futures::stream::iter(posts)
+            .buffer_unordered(self.settings.max_in_flight())
+            .collect()
+            .await;
+        for posted in delivered {
+            self.settle(posted, &mut step, &mut outcomes);
+        }
+        if !outcomes.is_empty() {
+            self.record(outcomes).await?;
+        }
+        Ok(step)
+    }
+
+    /// Sorts events taken for delivery: those to post, and the outcomes of those that are
+    /// not (metrics not sent to this sink, too old, or not expressible in its format).
+    fn sort(&self, events: Vec<Claimed>) -> (Vec<Claimed>, Vec<Outcome>, Step) {
         let (send, skip): (Vec<Claimed>, Vec<Claimed>) = events
             .into_iter()
             .partition(|c| self.enabled.contains(&c.metric));
         let (send, stale) = self.split_stale(send);
         let (send, unmappable) = self.split_unmappable(send);
-        let mut step = Step {
+        let step = Step {
             filtered: skip.len(),
             dead: stale.len() + unmappable.len(),
             ..Step::default()
@@ -271,44 +290,33 @@ impl Worker {
                 completion: Completion::Filtered,
             });
         }
-        // Built up front: a lazily mapped stream here trips the compiler's Send inference
-        // (rust-lang/rust#102211) when the worker is spawned.
-        let posts: Vec<_> = send.chunks(batch_size).map(|b| self.deliver(b)).collect();
-        let delivered: Vec<Posted> = futures::stream::iter(posts)
-            .buffer_unordered(s.max_in_flight())
-            .collect()
-            .await;
-        for posted in delivered {
-            let (lapsed, verdict, outcome) = match posted {
-                Posted::Lapsed(n) => {
-                    step.lapsed += n;
-                    continue;
-                }
-                Posted::Deferred(outcome) => {
-                    step.deferred += outcome.ids.len();
-                    self.metrics.deferred(outcome.ids.len());
-                    outcomes.push(outcome);
-                    continue;
-                }
-                Posted::Sent {
-                    lapsed,
-                    verdict,
-                    outcome,
-                } => (lapsed, verdict, outcome),
-            };
-            step.lapsed += lapsed;
-            let n = outcome.ids.len();
-            match verdict {
-                Verdict::Delivered => step.delivered += n,
-                Verdict::Retry(_) => step.retried += n,
-                Verdict::Dead => step.dead += n,
+        (send, outcomes, step)
+    }
+
+    /// Counts what became of a batch into `step` and keeps its outcome to record.
+    fn settle(&self, posted: Posted, step: &mut Step, outcomes: &mut Vec<Outcome>) {
+        match posted {
+            Posted::Lapsed(n) => step.lapsed += n,
+            Posted::Deferred(outcome) => {
+                step.deferred += outcome.ids.len();
+                self.metrics.deferred(outcome.ids.len());
+                outcomes.push(outcome);
             }
-            outcomes.push(outcome);
+            Posted::Sent {
+                lapsed,
+                verdict,
+                outcome,
+            } => {
+                step.lapsed += lapsed;
+                let n = outcome.ids.len();
+                match verdict {
+                    Verdict::Delivered => step.delivered += n,
+                    Verdict::Retry(_) => step.retried += n,
+                    Verdict::Dead => step.dead += n,
+                }
+                outcomes.push(outcome);
+            }
         }
-        if !outcomes.is_empty() {
-            self.record(outcomes).await?;
-        }
-        Ok(step)
     }
 
     /// The events the sink can express, and those it cannot (each a dead letter of its own,
@@ -593,10 +601,15 @@ impl Worker {
     /// Delivers until `stop`: the events handed over by this process's requests as they
     /// come (`inbox`), and events claimed from the store when woken (`wake`: events committed
     /// due, a replay, a resume), every `poll_ms` (retries falling due, leases run out) and
-    /// while claims come back full.
+    /// while the queue runs low and claims come back full.
+    ///
+    /// An ordered lane (Kafka) is delivered in rounds, one at a time: a round's outcomes are
+    /// recorded before the next is claimed, so no event overtakes an earlier one. The others
+    /// are a pipeline ([`Worker::stream`]): a batch is posted as soon as a place under the
+    /// limit frees, and outcomes are recorded as they come, grouped while a recording runs.
     ///
     /// Supervised by [`crate::app`]: after a panic it is called again with the same inbox;
-    /// the events of the round that panicked stay leased and are claimed again when their
+    /// the events being posted when it panicked stay leased and are claimed again when their
     /// lease runs out. On shutdown, call [`Worker::release`].
     pub async fn run(
         &self,
@@ -604,17 +617,160 @@ impl Worker {
         inbox: &mut Inbox,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let Inbox { handed, waiting } = inbox;
-        self.serve(wake, handed, &stop, waiting).await;
+        if self.lane.ordered() {
+            self.rounds(wake, inbox, &stop).await;
+        } else {
+            self.stream(wake, inbox, &stop).await;
+        }
     }
 
-    async fn serve(
+    /// How many POSTs may be under way now: the limit, or the probe alone while the
+    /// endpoint is down.
+    fn places(&self) -> usize {
+        if self.gate.state() == BreakerState::Closed {
+            self.limiter.limit()
+        } else {
+            1
+        }
+    }
+
+    /// Claims up to `want` due events from the store; `true` when the claim came back full
+    /// (there may be more).
+    async fn refill(&self, want: usize) -> (Vec<Claimed>, bool) {
+        if want == 0 {
+            return (Vec::new(), true);
+        }
+        match (self.store.outbox())
+            .claim(self.lane, want, self.settings.lease_secs)
+            .await
+        {
+            Ok(claimed) => {
+                let full = claimed.len() == want;
+                (claimed, full)
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "claiming events failed");
+                (Vec::new(), false)
+            }
+        }
+    }
+
+    /// The pipeline: events are taken into `inbox.queue` (handed over, or claimed when it
+    /// runs below a quarter of its bound), posted a batch at a time as soon as a place
+    /// under the limit is free, and their outcomes recorded as they come: one recording at a
+    /// time, taking every outcome that arrived while the previous one ran (no round waits
+    /// for its slowest POST). On `stop`, the POSTs under way finish and are recorded.
+    async fn stream(
         &self,
         wake: &Notify,
-        handed: &mut handoff::Receiver,
+        inbox: &mut Inbox,
         stop: &tokio_util::sync::CancellationToken,
-        waiting: &mut Option<Leased>,
     ) {
+        let Inbox { handed, queue } = inbox;
+        let poll = Duration::from_millis(self.settings.poll_ms.max(10));
+        let batch = self.settings.batch_size.max(1);
+        let mut posts = futures::stream::FuturesUnordered::new();
+        let mut recording = futures::stream::FuturesUnordered::new();
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut step = Step::default();
+        let mut claim = true;
+        let mut last_claim = Instant::now();
+        while !stop.is_cancelled() {
+            if let Some(fault) = &self.fault {
+                fault();
+            }
+            // The most events taken but not yet posted: a round's.
+            let bound = self.round_size();
+            while queue.len() < bound {
+                let Ok(next) = handed.try_recv() else { break };
+                self.take(next.events, queue, &mut outcomes, &mut step);
+            }
+            if wake.notified().now_or_never().is_some() || last_claim.elapsed() >= poll {
+                claim = true;
+            }
+            let paused = self.gate.not_before(tokio::time::Instant::now());
+            if claim && paused.is_none() && queue.len() < bound.div_ceil(4) {
+                last_claim = Instant::now();
+                let claimed;
+                (claimed, claim) = self.refill(bound - queue.len()).await;
+                self.take(claimed, queue, &mut outcomes, &mut step);
+            }
+            while paused.is_none() && !queue.is_empty() && posts.len() < self.places() {
+                let events: Vec<Claimed> = queue.drain(..batch.min(queue.len())).collect();
+                posts.push(async move { self.deliver(&events).await });
+            }
+            if recording.is_empty() && !outcomes.is_empty() {
+                let group = std::mem::take(&mut outcomes);
+                recording.push(self.record(group));
+            }
+            let wait = paused.unwrap_or_else(|| tokio::time::Instant::now() + poll);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                Some(posted) = posts.next() => {
+                    let lapsed = step.lapsed;
+                    self.settle(posted, &mut step, &mut outcomes);
+                    claim |= step.lapsed > lapsed;
+                }
+                Some(recorded) = recording.next() => {
+                    if let Err(e) = recorded {
+                        // The events stay leased: claimed again when their lease runs out.
+                        tracing::error!(error = format!("{e:#}"), "recording delivery outcomes failed");
+                    }
+                }
+                next = handed.recv(), if queue.len() < bound && !handed.is_closed() => {
+                    if let Some(next) = next {
+                        self.take(next.events, queue, &mut outcomes, &mut step);
+                    }
+                }
+                () = wake.notified() => claim = true,
+                () = tokio::time::sleep_until(wait) => claim = true,
+            }
+        }
+        while let Some(posted) = posts.next().await {
+            self.settle(posted, &mut step, &mut outcomes);
+        }
+        while let Some(recorded) = recording.next().await {
+            if let Err(e) = recorded {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "recording delivery outcomes failed"
+                );
+            }
+        }
+        if !outcomes.is_empty() {
+            if let Err(e) = self.record(outcomes).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "recording delivery outcomes failed"
+                );
+            }
+        }
+    }
+
+    /// Takes events into the queue: those to post; the others' outcomes are kept to record.
+    fn take(
+        &self,
+        events: Vec<Claimed>,
+        queue: &mut VecDeque<Claimed>,
+        outcomes: &mut Vec<Outcome>,
+        step: &mut Step,
+    ) {
+        let (send, sorted, counted) = self.sort(events);
+        queue.extend(send);
+        outcomes.extend(sorted);
+        step.filtered += counted.filtered;
+        step.dead += counted.dead;
+    }
+
+    /// Rounds, one at a time (an ordered lane): the queue and the events handed over, then
+    /// the store's due events, up to a round.
+    async fn rounds(
+        &self,
+        wake: &Notify,
+        inbox: &mut Inbox,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        let Inbox { handed, queue } = inbox;
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         let mut claim = true;
         let mut last_claim = Instant::now();
@@ -638,74 +794,55 @@ impl Worker {
                 claim = true;
             }
             let limit = self.round_size();
-            // Events handed over, then the store's due events, up to a round.
-            let mut places = Vec::new();
-            let mut events = Vec::new();
-            while events.len() < limit {
-                let Some(mut next) = waiting.take().or_else(|| handed.try_recv().ok()) else {
-                    break;
-                };
-                events.append(&mut next.events);
-                places.push(next);
+            while queue.len() < limit {
+                let Ok(next) = handed.try_recv() else { break };
+                queue.extend(next.events);
             }
-            if claim && events.len() < limit {
-                let want = limit - events.len();
+            if claim && queue.len() < limit {
                 last_claim = Instant::now();
-                match self
-                    .store
-                    .outbox()
-                    .claim(self.lane, want, self.settings.lease_secs)
-                    .await
-                {
-                    Ok(claimed) => {
-                        claim = claimed.len() == want;
-                        events.extend(claimed);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "claiming events failed");
-                        claim = false;
-                    }
-                }
+                let claimed;
+                (claimed, claim) = self.refill(limit - queue.len()).await;
+                queue.extend(claimed);
             }
-            if !events.is_empty() {
+            if !queue.is_empty() {
+                let events: Vec<Claimed> = queue.drain(..limit.min(queue.len())).collect();
                 match self.deliver_round(events).await {
                     Ok(step) if step.lapsed > 0 => claim = true,
                     Ok(_) => {}
                     // The events stay leased: claimed again when their lease runs out.
                     Err(e) => tracing::error!(error = format!("{e:#}"), "delivery round failed"),
                 }
-                drop(places);
                 continue;
             }
             tokio::select! {
                 () = stop.cancelled() => break,
-                next = handed.recv(), if !handed.is_closed() => *waiting = next,
+                next = handed.recv(), if !handed.is_closed() => {
+                    if let Some(next) = next {
+                        queue.extend(next.events);
+                    }
+                }
                 () = wake.notified() => claim = true,
                 () = tokio::time::sleep(poll) => claim = true,
             }
         }
     }
 
-    /// On shutdown: makes handed-over events that were not posted due again (no attempt
-    /// counted).
+    /// On shutdown: makes the events taken or handed over but not posted due again (no
+    /// attempt counted).
     pub async fn release(&self, inbox: Inbox) {
         let Inbox {
-            waiting,
+            mut queue,
             mut handed,
         } = inbox;
         handed.close();
-        let mut ids: Vec<i64> = Vec::new();
-        for leased in waiting
-            .into_iter()
-            .chain(std::iter::from_fn(|| handed.try_recv().ok()))
-        {
-            ids.extend(leased.events.iter().map(|c| c.id));
+        while let Ok(leased) = handed.try_recv() {
+            queue.extend(leased.events);
         }
-        if ids.is_empty() {
+        if queue.is_empty() {
             return;
         }
         let release = Outcome {
-            ids,
+            ids: queue.iter().map(|c| c.id).collect(),
             attempt: None,
             completion: Completion::Retry {
                 next_at_ms: now_ms(),

@@ -356,7 +356,6 @@ async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
             "serve",
         ])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");

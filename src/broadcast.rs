@@ -1,8 +1,8 @@
 //! Personal broadcasts: a trigger, through its mapping, becomes recipients, their `broadcasts`
 //! events, and (in the preview) their rendered metadata and HTML.
 
-use crate::event::{email_domain, now, Account, Common};
-use crate::mapping::apply::{apply, ApplyError, FieldError, PersonalBroadcast, Warnings};
+use crate::event::{now, Account, Common};
+use crate::mapping::apply::{apply, ApplyError, FieldError, Warnings};
 use crate::mapping::Mapping;
 use crate::recording::{NewRecipient, TriggerAnswer};
 use crate::store::Storage;
@@ -10,11 +10,13 @@ use crate::template::render::{render, RenderError};
 use crate::template::{Plan, Variable};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
-/// The `broadcasts` event of one personal broadcast, as far as the mapping knows it: the store
-/// assigns `broadcast_id`, `customer_id`, `uuid` and the timestamps when it records the send
-/// (until then they are 0, now and the nil uuid, which is what the preview shows).
-pub fn broadcast_event(account: &Account, mapping: &Mapping, p: &PersonalBroadcast) -> Common {
+/// The `broadcasts` event every recipient of a trigger of `mapping` shares: all but the
+/// recipient's own fields (address, domain, external id, manual options) and what the store
+/// assigns when it records the send: `broadcast_id`, `customer_id`, `uuid` and the
+/// timestamps (until then 0, now and the nil uuid, which is what the preview shows).
+fn shared_event(account: &Account, mapping: &Mapping) -> Common {
     let f = &mapping.file;
     let ts = now();
     Common {
@@ -26,7 +28,7 @@ pub fn broadcast_event(account: &Account, mapping: &Mapping, p: &PersonalBroadca
         metric_id: 0,
         metric_timestamp: ts,
         customer_id: 0,
-        external_id: p.external_id.clone(),
+        external_id: String::new(),
         campaign_id: f.campaign_id,
         campaign_name: Some(f.campaign_name.clone()),
         campaign_object_id: f.campaign_object_id,
@@ -34,17 +36,17 @@ pub fn broadcast_event(account: &Account, mapping: &Mapping, p: &PersonalBroadca
         broadcast_timestamp: ts,
         broadcast_type: "MAIL".into(),
         broadcast_event_type: f.broadcast_event_type.clone(),
-        broadcast_manual_options: p.manual_options.clone(),
+        broadcast_manual_options: Map::new(),
         sub_type: f.sub_type.clone(),
         content_id: f.content_id,
         content_name: Some(f.content_name.clone()),
         subject: Some(f.subject.clone()),
-        email_domain: email_domain(&p.email),
+        email_domain: String::new(),
         mailing_type: f.mailing_type.clone(),
         test_mailing: f.test_mailing,
         email_address_override: false,
-        customer_email_address: Some(p.email.clone()),
-        email_address: Some(p.email.clone()),
+        customer_email_address: None,
+        email_address: None,
         uuid: uuid::Uuid::nil().to_string(),
     }
 }
@@ -78,34 +80,39 @@ fn recipients(
         ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
         ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
     })?;
+    let shared = Arc::new(shared_event(account, mapping));
     Ok(personal
         .into_iter()
         .map(|p| {
-            let event = broadcast_event(account, mapping, &p);
             let recipient = NewRecipient {
                 idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
                 email: p.email,
                 external_id: p.external_id,
-                event,
+                manual_options: p.manual_options,
+                shared: shared.clone(),
             };
             (recipient, p.warnings)
         })
         .collect())
 }
 
-/// Accepts a trigger: maps it and records every personal broadcast durably.
+/// Accepts a trigger: maps it and records every personal broadcast durably. The trigger is
+/// dropped once mapped, and each recipient once recorded, so a bulk trigger's parse, its
+/// recipients and its answer are not all held at once.
 pub async fn accept(
     store: &Storage,
     account: &Account,
     configured: &[Variable],
     mapping: &Mapping,
-    trigger: &Value,
+    trigger: Value,
     idempotency_key: Option<&str>,
 ) -> Result<TriggerAnswer, TriggerError> {
-    let new: Vec<NewRecipient> = recipients(account, mapping, configured, trigger, Warnings::Skip)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
+    let new: Vec<NewRecipient> =
+        recipients(account, mapping, configured, &trigger, Warnings::Skip)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    drop(trigger);
     let key = idempotency_key.map(|k| format!("{}:{k}", mapping.name));
     Ok(store.record_trigger(mapping.name.clone(), key, new).await?)
 }
@@ -171,11 +178,11 @@ pub fn preview(
     for (r, mut warnings) in recipients(account, mapping, configured, trigger, Warnings::Collect)? {
         let mut meta = Map::new();
         for field in plan.fields() {
-            let rendered = render(&field.expression, &r.event.broadcast_manual_options)?;
+            let rendered = render(&field.expression, &r.manual_options)?;
             meta.insert(field.name.clone(), Value::String(rendered.html));
         }
         let html = if with_html || mapping.file.tracking {
-            let rendered = render(&mapping.template_html, &r.event.broadcast_manual_options)?;
+            let rendered = render(&mapping.template_html, &r.manual_options)?;
             warnings.extend(rendered.warnings);
             if mapping.file.tracking {
                 warnings.extend(untracked(&rendered.html));
@@ -186,9 +193,9 @@ pub fn preview(
             None
         };
         out.push(PreviewRecipient {
-            manual_options: r.event.broadcast_manual_options.clone(),
+            event: r.event(),
+            manual_options: r.manual_options,
             meta,
-            event: r.event,
             warnings,
             html,
         });

@@ -37,7 +37,7 @@ pub(super) async fn trigger(
         &state.account,
         &state.variables,
         &mapping,
-        &trigger,
+        trigger,
         key.as_deref(),
     )
     .await?;

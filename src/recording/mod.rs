@@ -14,16 +14,33 @@ pub use port::{CountChange, CustomerKey, NewEvent, PersonalRow, Standing, Tx};
 pub mod port;
 use serde::{Deserialize, Serialize};
 
-/// A personal broadcast to record.
+/// A personal broadcast to record: what is its own, and what every recipient of its trigger
+/// shares (one copy per trigger: a bulk trigger of 100,000 holds 100,000 of these).
 #[derive(Debug, Clone)]
 pub struct NewRecipient {
     pub email: String,
     pub external_id: String,
     /// The mapping's per-recipient idempotency key, if any (already namespaced).
     pub idempotency_key: Option<String>,
+    /// Every manual field of the template plus the mapped variables.
+    pub manual_options: serde_json::Map<String, serde_json::Value>,
+    /// The trigger's `broadcasts` event without anything of a recipient's own.
+    pub shared: std::sync::Arc<Common>,
+}
+
+impl NewRecipient {
     /// Its `broadcasts` event, complete but for what the store assigns: `broadcast_id`,
-    /// `customer_id`, `uuid` and the timestamps. It carries the manual options.
-    pub event: Common,
+    /// `customer_id`, `uuid` and the timestamps.
+    pub fn event(&self) -> Common {
+        Common {
+            external_id: self.external_id.clone(),
+            broadcast_manual_options: self.manual_options.clone(),
+            email_domain: crate::event::email_domain(&self.email),
+            customer_email_address: Some(self.email.clone()),
+            email_address: Some(self.email.clone()),
+            ..(*self.shared).clone()
+        }
+    }
 }
 
 /// What became of one recipient of a trigger.
@@ -124,7 +141,7 @@ pub(crate) async fn trigger(
     tx: &mut impl Tx,
     mapping: &str,
     idempotency_key: Option<&str>,
-    recipients: &[NewRecipient],
+    recipients: Vec<NewRecipient>,
     sending: bool,
 ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
     if let Some(key) = idempotency_key {
@@ -133,7 +150,7 @@ pub(crate) async fn trigger(
         }
     }
     let mut earlier = Vec::with_capacity(recipients.len());
-    for r in recipients {
+    for r in &recipients {
         earlier.push(match &r.idempotency_key {
             Some(k) => tx.earlier_send(k).await?,
             None => None,
@@ -150,7 +167,8 @@ pub(crate) async fn trigger(
     let mut seen: std::collections::HashMap<i64, usize> =
         std::collections::HashMap::with_capacity(recipients.len());
     let mut leased = Vec::new();
-    for (r, before) in recipients.iter().zip(earlier) {
+    // Each recipient is dropped once recorded: the answers grow as the recipients go.
+    for (r, before) in recipients.into_iter().zip(earlier) {
         if let Some((_, original)) = before {
             answers.push(duplicate(original));
             continue;
@@ -171,7 +189,7 @@ pub(crate) async fn trigger(
             RecipientStatus::Suppressed
         };
         let uuid = crate::event::new_uuid();
-        let mut event = r.event.clone();
+        let mut event = r.event();
         event.broadcast_id = broadcast_id;
         event.customer_id = customer.id;
         event.uuid = uuid.clone();
@@ -206,7 +224,7 @@ pub(crate) async fn trigger(
         answers.push(RecipientAnswer {
             customer_id: customer.id,
             uuid,
-            email_address: r.email.clone(),
+            email_address: r.email,
             status,
         });
     }

@@ -54,7 +54,8 @@ async fn queue(store: &Storage, n: usize) {
             email: format!("s{i}@x.nl"),
             external_id: format!("S-{i}"),
             idempotency_key: None,
-            event: common(),
+            manual_options: common().broadcast_manual_options,
+            shared: std::sync::Arc::new(common()),
         })
         .collect();
     store
@@ -335,7 +336,8 @@ async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmappe
                     email: "c17@x.nl".into(),
                     external_id: "C-17".into(),
                     idempotency_key: None,
-                    event,
+                    manual_options: event.broadcast_manual_options.clone(),
+                    shared: std::sync::Arc::new(event),
                 }],
             )
             .await

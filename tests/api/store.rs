@@ -40,7 +40,8 @@ fn recipient(n: usize) -> NewRecipient {
         email: format!("c{n}@x.nl"),
         external_id: format!("CUST-{n}"),
         idempotency_key: None,
-        event: common(),
+        manual_options: common().broadcast_manual_options,
+        shared: std::sync::Arc::new(common()),
     }
 }
 
@@ -458,7 +459,7 @@ async fn an_interaction_is_found_by_what_an_operator_knows_of_it() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
         let mut r = recipient(5);
-        r.event.broadcast_manual_options.insert(
+        r.manual_options.insert(
             "InteractionId".into(),
             serde_json::json!("-563481321460449721"),
         );

@@ -200,11 +200,13 @@ impl crate::store::Store for PgStore {
         sending: bool,
     ) -> Result<(TriggerAnswer, Vec<Claimed>)> {
         let key = idempotency_key.as_deref();
+        // A copy per try: a race with another instance (a customer inserted meanwhile) tries
+        // the whole trigger again.
         transaction!(self, queue, |tx| crate::recording::trigger(
             tx,
             &mapping,
             key,
-            &recipients,
+            recipients.clone(),
             sending
         ))
     }

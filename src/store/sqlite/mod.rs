@@ -286,11 +286,7 @@ impl crate::store::Store for SqliteStore {
             };
             let key = idempotency_key.as_deref();
             tx::run(crate::recording::trigger(
-                &mut tx,
-                &mapping,
-                key,
-                &recipients,
-                sending,
+                &mut tx, &mapping, key, recipients, sending,
             ))
         })
         .await

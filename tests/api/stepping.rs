@@ -1,7 +1,8 @@
 //! The worker driven one round at a time (`try_deliver_next`), on both backends, against the
 //! stand-in Pega over real HTTP: what each round did is asserted, and nothing waits for time
 //! to pass: a retry is made due by advancing tokio's paused clock past its delay (the
-//! outbox's clock follows tokio's), not by sleeping.
+//! outbox's clock follows tokio's), not by sleeping. The last test runs the worker as `serve`
+//! does (`Worker::run`) and polls the store until what it waits for is recorded.
 
 use crate::backend::each_backend;
 use crate::pega::{start_pega, Pega};
@@ -27,13 +28,17 @@ async fn later_by(secs: u64) {
 
 /// A worker for `pega` on `store`: retries after 1 s, 3 attempts, and `more` `[pega]` keys.
 fn worker(store: &Storage, pega: &Pega, more: &str) -> (Worker, tempfile::TempDir) {
+    worker_at(store, &pega.url, &format!("timeout_secs = 2\n{more}"))
+}
+
+/// Like [`worker`], for a receiver at `url` (its path `/prweb/api/interactions`).
+fn worker_at(store: &Storage, url: &str, more: &str) -> (Worker, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pegabridge.toml");
     std::fs::write(
         &config,
         format!(
-            "[pega]\nendpoint = \"{}/prweb/api/interactions\"\ntimeout_secs = 2\n{more}\n\n[pega.retry]\nbase_ms = 1000\nmax_delay_secs = 60\nmax_attempts = 3\njitter = 0.0\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
-            pega.url
+            "[pega]\nendpoint = \"{url}/prweb/api/interactions\"\n{more}\n\n[pega.retry]\nbase_ms = 1000\nmax_delay_secs = 60\nmax_attempts = 3\njitter = 0.0\n\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pega-secret\"\n",
         ),
     )
     .unwrap();
@@ -615,6 +620,91 @@ async fn an_event_older_than_max_event_age_is_a_dead_letter_and_a_replay_sends_i
         let again = worker.try_deliver_next().await.unwrap();
         assert_eq!(again.delivered, 1, "{again:?}");
         assert_eq!(pega.mock.event_count(), 1);
+    })
+    .await;
+}
+
+/// The worker as `serve` runs it (`Worker::run`) is a pipeline: a POST still waiting for its
+/// answer holds its own place only. The other events are posted, answered and recorded as
+/// delivered meanwhile (with rounds, nothing of the round was recorded until its slowest POST
+/// was answered). On both backends, against a receiver that holds the first POST until told.
+#[tokio::test]
+async fn a_slow_post_holds_its_own_place_and_the_others_are_recorded_meanwhile() {
+    use axum::routing::post;
+    use pegabridge::outbox::Status;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let posts = Arc::new(AtomicUsize::new(0));
+        let (held, seen) = (release.clone(), posts.clone());
+        let app = axum::Router::new().route(
+            "/prweb/api/interactions",
+            post(
+                move |axum::Json(events): axum::Json<Vec<serde_json::Value>>| {
+                    let (held, seen) = (held.clone(), seen.clone());
+                    async move {
+                        assert_eq!(events.len(), 1, "batch_size = 1");
+                        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                            held.notified().await;
+                        }
+                        axum::http::StatusCode::OK
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (worker, _config) = worker_at(&store, &url, "concurrency = 4\ntimeout_secs = 30");
+        queue(&store, 6).await;
+
+        let wake = tokio::sync::Notify::new();
+        let (_handoff, handed) =
+            pegabridge::store::handoff::Handoff::new(10, 60, Arc::new(tokio::sync::Notify::new()));
+        let mut inbox = pegabridge::delivery::Inbox::new(handed);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let statuses = || async {
+            let rows = store.outbox().deliveries(None, 100).await.unwrap();
+            let delivered = rows
+                .iter()
+                .filter(|d| d.status == Status::Delivered)
+                .count();
+            let inflight = rows.iter().filter(|d| d.status == Status::Inflight).count();
+            (delivered, inflight)
+        };
+        let run = worker.run(&wake, &mut inbox, stop.clone());
+        let check = async {
+            // Waits (at most 30 s) until five of the six are recorded delivered.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while statuses().await.0 < 5 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    statuses().await
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                statuses().await,
+                (5, 1),
+                "the held POST's event is still in flight while the others are delivered"
+            );
+            assert_eq!(posts.load(Ordering::SeqCst), 6);
+            release.notify_one();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while statuses().await.0 < 6 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    statuses().await
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            stop.cancel();
+        };
+        tokio::join!(run, check);
+        assert_eq!(statuses().await, (6, 0));
     })
     .await;
 }

@@ -2,13 +2,14 @@
 //! events, and (in the preview) their rendered metadata and HTML.
 
 use crate::event::{now, Account, Common};
-use crate::mapping::apply::{apply, ApplyError, FieldError, Warnings};
+use crate::mapping::apply::{apply_to, ApplyError, FieldError, Warnings};
 use crate::mapping::Mapping;
 use crate::recording::{NewRecipient, TriggerAnswer};
 use crate::store::Storage;
 use crate::template::render::{render, RenderError};
 use crate::template::{Plan, Variable};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -68,18 +69,27 @@ pub enum TriggerError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// A trigger as received: parsed whole, or with its recipients' array read apart
+/// ([`crate::mapping::bulk`]).
+#[derive(Debug)]
+pub enum Trigger<'a> {
+    Whole(Value),
+    Split(crate::mapping::bulk::Split<'a>),
+}
+
 /// The trigger's recipients with their events, and warnings for people.
 fn recipients(
     account: &Account,
     mapping: &Mapping,
     configured: &[Variable],
-    trigger: &Value,
+    (trigger, split): (&Value, Option<&[&RawValue]>),
     warnings: Warnings,
 ) -> Result<Vec<(NewRecipient, Vec<String>)>, TriggerError> {
-    let personal = apply(mapping, configured, trigger, warnings).map_err(|e| match e {
-        ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
-        ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
-    })?;
+    let personal =
+        apply_to(mapping, configured, trigger, split, warnings).map_err(|e| match e {
+            ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
+            ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
+        })?;
     let shared = Arc::new(shared_event(account, mapping));
     Ok(personal
         .into_iter()
@@ -104,14 +114,17 @@ pub async fn accept(
     account: &Account,
     configured: &[Variable],
     mapping: &Mapping,
-    trigger: Value,
+    trigger: Trigger<'_>,
     idempotency_key: Option<&str>,
 ) -> Result<TriggerAnswer, TriggerError> {
-    let new: Vec<NewRecipient> =
-        recipients(account, mapping, configured, &trigger, Warnings::Skip)?
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect();
+    let parts = match &trigger {
+        Trigger::Whole(trigger) => (trigger, None),
+        Trigger::Split(split) => (&split.trigger, Some(split.elements.as_slice())),
+    };
+    let new: Vec<NewRecipient> = recipients(account, mapping, configured, parts, Warnings::Skip)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
     drop(trigger);
     let key = idempotency_key.map(|k| format!("{}:{k}", mapping.name));
     Ok(store.record_trigger(mapping.name.clone(), key, new).await?)
@@ -175,7 +188,13 @@ pub fn preview(
     with_html: bool,
 ) -> Result<Preview, TriggerError> {
     let mut out = Vec::new();
-    for (r, mut warnings) in recipients(account, mapping, configured, trigger, Warnings::Collect)? {
+    for (r, mut warnings) in recipients(
+        account,
+        mapping,
+        configured,
+        (trigger, None),
+        Warnings::Collect,
+    )? {
         let mut meta = Map::new();
         for field in plan.fields() {
             let rendered = render(&field.expression, &r.manual_options)?;

@@ -125,6 +125,11 @@ fn parse_json(
     declared_json: bool,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<serde_json::Value, ApiError> {
+    parse_value(&json_bytes(declared_json, body)?)
+}
+
+/// The body of a request that says it is JSON: 413 over the limit, 415 when not declared JSON.
+fn json_bytes(declared_json: bool, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         _ => ApiError::BadRequest(r.body_text()),
@@ -132,10 +137,37 @@ fn parse_json(
     if !declared_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let value: serde_json::Value = serde_json::from_slice(&body)
+    Ok(body)
+}
+
+/// JSON text parsed whole: 400 when malformed, 422 with what a backend cannot store.
+fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     storable(&value, &mut String::new())?;
     Ok(value)
+}
+
+/// A JSON body as its text, for a caller that may read part of it apart (a bulk trigger's
+/// recipients): 413 over the limit, 415 when not declared JSON; [`JsonText::value`] parses it
+/// whole as [`JsonBody`] does. Read last, after the credentials.
+pub struct JsonText(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonText {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let declared_json = is_json(req.headers());
+        let body = Bytes::from_request(req, state).await;
+        json_bytes(declared_json, body).map(JsonText)
+    }
+}
+
+impl JsonText {
+    /// The whole body parsed: 400 when malformed, 422 with what a backend cannot store.
+    pub fn value(&self) -> Result<serde_json::Value, ApiError> {
+        parse_value(&self.0)
+    }
 }
 
 /// Refuses what a backend cannot store (a NUL character, which PostgreSQL's text and jsonb

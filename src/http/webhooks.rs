@@ -1,9 +1,9 @@
 //! `POST /webhooks/{mapping}` (Pega's triggers) and `POST /preview/{mapping}`.
 
 use super::error::ApiError;
-use super::extract::{idempotency_key, JsonBody, MappingCaller};
+use super::extract::{idempotency_key, JsonBody, JsonText, MappingCaller};
 use super::AppState;
-use crate::broadcast::{accept, preview, Preview};
+use crate::broadcast::{accept, preview, Preview, Trigger};
 use crate::recording::TriggerAnswer;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,8 +29,13 @@ pub(super) async fn trigger(
     State(state): State<AppState>,
     MappingCaller { name, mapping }: MappingCaller,
     headers: HeaderMap,
-    JsonBody(trigger): JsonBody,
+    body: JsonText,
 ) -> Result<(StatusCode, Json<TriggerAnswer>), ApiError> {
+    // A bulk trigger's recipients are parsed one at a time; anything else whole.
+    let trigger = match crate::mapping::bulk::split(&body.0, &mapping) {
+        Some(split) => Trigger::Split(split),
+        None => Trigger::Whole(body.value()?),
+    };
     let key = idempotency_key(&headers)?;
     let answer = accept(
         &state.store,

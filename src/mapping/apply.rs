@@ -57,35 +57,27 @@ pub fn apply(
     trigger: &Value,
     warnings: Warnings,
 ) -> Result<Vec<PersonalBroadcast>, ApplyError> {
+    apply_to(mapping, configured, trigger, None, warnings)
+}
+
+/// Like [`apply`]; with `split`, the array the mapping sends to was read apart from the
+/// trigger ([`super::bulk::split`]: in `trigger` it is empty) and each element is parsed
+/// from its text only at its turn, so a bulk trigger's elements are never all parsed at once.
+pub fn apply_to(
+    mapping: &Mapping,
+    configured: &[Variable],
+    trigger: &Value,
+    split: Option<&[&serde_json::value::RawValue]>,
+    warnings: Warnings,
+) -> Result<Vec<PersonalBroadcast>, ApplyError> {
     let limits = mapping.limits;
     let mut errors = Vec::new();
-    let elements: Vec<(Option<&Value>, String)> = match &mapping.file.recipient.each {
-        None => vec![(None, String::new())],
-        Some(each) => match each.get(trigger) {
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (Some(item), format!("{each}.{i}")))
-                .collect(),
-            _ => {
-                return Err(ApplyError::Invalid(vec![FieldError {
-                    field: "recipient.each".into(),
-                    path: each.to_string(),
-                    message: "must be a non-empty array of recipients".into(),
-                }]))
-            }
-        },
-    };
+    let each = mapping.file.recipient.each.as_ref();
+    let elements = Elements::of(each, trigger, split)?;
     if elements.len() > limits.max_recipients {
         return Err(ApplyError::TooLarge(FieldError {
             field: "server.max_recipients".into(),
-            path: mapping
-                .file
-                .recipient
-                .each
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            path: each.map(ToString::to_string).unwrap_or_default(),
             message: format!(
                 "{} recipients, more than server.max_recipients ({})",
                 elements.len(),
@@ -96,11 +88,25 @@ pub fn apply(
     let mut recipients = Vec::new();
     let mut total_bytes = 0usize;
     // The expansion bound: the trigger's size times the allowed factor, 1 MiB at least.
-    let expansion_budget = json_len(trigger)
+    let size =
+        json_len(trigger) + split.map_or(0, |raw| raw.iter().map(|e| e.get().len() + 1).sum());
+    let expansion_budget = size
         .saturating_mul(limits.max_trigger_expansion)
         .max(MIN_EXPANSION_BUDGET);
-    for (item, prefix) in elements {
-        let element = item.map(|v| (v, prefix.as_str()));
+    for i in 0..elements.len() {
+        let prefix = each.map(|each| format!("{each}.{i}")).unwrap_or_default();
+        let item = match elements.get(i) {
+            Ok(item) => item,
+            Err(e) => {
+                errors.push(FieldError {
+                    field: "recipient.each".into(),
+                    path: prefix,
+                    message: format!("not readable: {e}"),
+                });
+                continue;
+            }
+        };
+        let element = item.as_deref().map(|v| (v, prefix.as_str()));
         match recipient(mapping, configured, trigger, element, warnings) {
             Ok(r) => {
                 let bytes = json_len(&r.manual_options);
@@ -147,10 +153,64 @@ pub fn apply(
     }
 }
 
-/// The length of a value's JSON text, without writing it.
+/// The elements a trigger's recipients come from.
+#[derive(Clone, Copy)]
+enum Elements<'a> {
+    /// No `[recipient] each`: the trigger is the one recipient.
+    One,
+    Parsed(&'a [Value]),
+    /// Each element's JSON text, parsed at its turn.
+    Raw(&'a [&'a serde_json::value::RawValue]),
+}
+
+impl<'a> Elements<'a> {
+    /// The elements `each` names (the trigger itself without one), or why there are none.
+    fn of(
+        each: Option<&super::path::FieldPath>,
+        trigger: &'a Value,
+        split: Option<&'a [&'a serde_json::value::RawValue]>,
+    ) -> Result<Self, ApplyError> {
+        let not_an_array = || {
+            ApplyError::Invalid(vec![FieldError {
+                field: "recipient.each".into(),
+                path: each.map(ToString::to_string).unwrap_or_default(),
+                message: "must be a non-empty array of recipients".into(),
+            }])
+        };
+        match (each, split) {
+            (None, _) => Ok(Elements::One),
+            (Some(_), Some(raw)) if !raw.is_empty() => Ok(Elements::Raw(raw)),
+            (Some(each), None) => match each.get(trigger) {
+                Some(Value::Array(items)) if !items.is_empty() => Ok(Elements::Parsed(items)),
+                _ => Err(not_an_array()),
+            },
+            (Some(_), Some(_)) => Err(not_an_array()),
+        }
+    }
+
+    /// The `i`th element (parsed now when read apart), `None` for the trigger itself.
+    fn get(&self, i: usize) -> Result<Option<std::borrow::Cow<'a, Value>>, serde_json::Error> {
+        use std::borrow::Cow;
+        Ok(match self {
+            Elements::One => None,
+            Elements::Parsed(items) => Some(Cow::Borrowed(&items[i])),
+            Elements::Raw(raw) => Some(Cow::Owned(serde_json::from_str(raw[i].get())?)),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Elements::One => 1,
+            Elements::Parsed(items) => items.len(),
+            Elements::Raw(raw) => raw.len(),
+        }
+    }
+}
+
 /// The expansion budget of a small trigger (see `server.max_trigger_expansion`).
 const MIN_EXPANSION_BUDGET: usize = 1024 * 1024;
 
+/// The length of a value's JSON text, without writing it.
 fn json_len(v: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {

@@ -3,6 +3,7 @@
 //! once at start-up; `apply` turns a trigger into personal broadcasts.
 
 pub mod apply;
+pub mod bulk;
 pub mod path;
 
 use crate::config::secret::Secret;
@@ -115,6 +116,17 @@ pub struct Mapping {
     pub template_fields: Vec<ManualField>,
     /// What one trigger may expand to.
     pub limits: apply::TriggerLimits,
+}
+
+impl Mapping {
+    /// Every path the mapping reads a recipient's values at (not `[recipient] each`).
+    pub fn paths(&self) -> impl Iterator<Item = &FieldPath> {
+        let f = &self.file;
+        std::iter::once(&f.recipient.email)
+            .chain(&f.recipient.external_id)
+            .chain(&f.idempotency_key)
+            .chain(f.variables.values().map(|v| &v.path))
+    }
 }
 
 /// Every mapping, by name.

@@ -45,6 +45,17 @@ impl FieldPath {
         })
     }
 
+    /// Its segments, in order.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// Whether this path begins with every segment of `prefix` (whatever either's scope: an
+    /// element's path falls back to the trigger).
+    pub fn starts_with(&self, prefix: &FieldPath) -> bool {
+        self.segments.starts_with(&prefix.segments)
+    }
+
     /// The value at this path in `root`, if every segment exists.
     pub fn get<'v>(&self, root: &'v Value) -> Option<&'v Value> {
         self.segments.iter().try_fold(root, |v, seg| match v {

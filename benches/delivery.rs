@@ -57,6 +57,10 @@ async fn main() {
         endpoints().await;
         return;
     }
+    if std::env::var_os("BENCH_STEADY_ONLY").is_some() {
+        steady().await;
+        return;
+    }
     let (pega, pega_url) = receiver().await;
     let client = reqwest::Client::new();
     let mut rows = Vec::new();
@@ -547,6 +551,43 @@ where
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// The process's CPU per event (this whole process: the load generator, `serve` and the
+/// receiver) at a steady 500 activities a second for 5 s, with the default `[pega]`
+/// settings (adaptive concurrency, `batch_size = 1`); three runs, each on a fresh server.
+async fn steady() {
+    let mut cpu_us = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..3 {
+        let (pega, pega_url) = receiver().await;
+        let client = reqwest::Client::new();
+        let dir = tempfile::tempdir().unwrap();
+        write_config_with(dir.path(), "127.0.0.1:0", &format!("{pega_url}/in"), "");
+        let settings = Settings::load(Some(&dir.path().join("pegabridge.toml"))).unwrap();
+        let app = Application::build(&settings).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        let open = first_broadcast(&client, &base, &pega).await;
+        let n = 2500;
+        let cpu = cpu_time::ProcessTime::now();
+        let (_, p99) = latency(&client, &base, &open, &pega, 500.0, n).await;
+        cpu_us.push(cpu.elapsed().as_secs_f64() * 1e6 / n as f64);
+        p99s.push(p99 * 1e3);
+    }
+    println!("| measure | runs | median |");
+    println!("|---|---|---|");
+    println!(
+        "| CPU per event at a steady 500/s (load generator, serve and receiver) | {:.0}, {:.0}, {:.0} us | {:.0} us |",
+        cpu_us[0], cpu_us[1], cpu_us[2], median(cpu_us.clone())
+    );
+    println!(
+        "| p99 activity-to-arrival at 500/s | {:.1}, {:.1}, {:.1} ms | {:.1} ms |",
+        p99s[0],
+        p99s[1],
+        p99s[2],
+        median(p99s.clone())
+    );
 }
 
 /// Activities at a fixed rate; seconds from each POST to its event's arrival.

@@ -45,6 +45,11 @@ pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// The longest an outcome waits for others to be recorded with (one transaction, and one
+/// flush of the WAL, for all of them): at a moderate rate each POST's outcome used to cost a
+/// commit of its own. Nobody waits for it: the POSTs go on meanwhile.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
 /// between two store calls.
 const ROUND_BATCHES: usize = 8;
@@ -658,8 +663,9 @@ impl Worker {
     /// The pipeline: events are taken into `inbox.queue` (handed over, or claimed when it
     /// runs below a quarter of its bound), posted a batch at a time as soon as a place
     /// under the limit is free, and their outcomes recorded as they come: one recording at a
-    /// time, taking every outcome that arrived while the previous one ran (no round waits
-    /// for its slowest POST). On `stop`, the POSTs under way finish and are recorded.
+    /// time, taking every outcome that arrived while the previous one ran or within
+    /// [`GATHER`] of the first (no round waits for its slowest POST). On `stop`, the POSTs
+    /// under way finish and are recorded.
     async fn stream(
         &self,
         wake: &Notify,
@@ -672,6 +678,7 @@ impl Worker {
         let mut posts = futures::stream::FuturesUnordered::new();
         let mut recording = futures::stream::FuturesUnordered::new();
         let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut gathering: Option<tokio::time::Instant> = None;
         let mut step = Step::default();
         let mut claim = true;
         let mut last_claim = Instant::now();
@@ -699,13 +706,23 @@ impl Worker {
                 let events: Vec<Claimed> = queue.drain(..batch.min(queue.len())).collect();
                 posts.push(async move { self.deliver(&events).await });
             }
+            // Outcomes wait for others (one transaction and one flush for all) until
+            // `GATHER` after the first, or until a full set of places' worth came.
+            let now = tokio::time::Instant::now();
             if recording.is_empty() && !outcomes.is_empty() {
-                let group = std::mem::take(&mut outcomes);
-                recording.push(self.record(group));
+                let since = *gathering.get_or_insert(now);
+                let n: usize = outcomes.iter().map(|o| o.ids.len()).sum();
+                if n >= batch * self.settings.max_in_flight() || now >= since + GATHER {
+                    let group = std::mem::take(&mut outcomes);
+                    recording.push(self.record(group));
+                    gathering = None;
+                }
             }
-            let wait = paused.unwrap_or_else(|| tokio::time::Instant::now() + poll);
+            let gathered = gathering.map_or(now, |t| t + GATHER);
+            let wait = paused.unwrap_or(now + poll);
             tokio::select! {
                 () = stop.cancelled() => {}
+                () = tokio::time::sleep_until(gathered), if gathering.is_some() && recording.is_empty() => {}
                 Some(posted) = posts.next() => {
                     let lapsed = step.lapsed;
                     self.settle(posted, &mut step, &mut outcomes);

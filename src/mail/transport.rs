@@ -2,13 +2,16 @@
 //! stage it came at: only a refusal at `RCPT` is about the recipient; a failure of the
 //! connection, TLS, `AUTH`, `MAIL FROM` or `DATA` is the sender's (a rotated password must not
 //! turn every customer into a hard bounce). Every stage is bounded by `[mail] timeout_secs`; at
-//! most `max_sessions` sends at once; sessions are kept for the next message (`RSET` between).
+//! most `max_sessions` sends at once; sessions are kept for the next message (`RSET` only after
+//! a refused transaction). When the relay offers `PIPELINING` (RFC 2920), `MAIL FROM`, every
+//! `RCPT TO` and `DATA` go in one write and their answers are read in order: two round trips
+//! a message instead of four.
 
 use crate::config::mail::{MailSettings, SmtpTls};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::Message;
 use std::future::Future;
@@ -71,9 +74,23 @@ pub struct Relay {
     hello: ClientId,
     sessions: Semaphore,
     /// Sessions kept for the next message.
-    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    idle: Mutex<Vec<Session>>,
     max_idle: usize,
 }
+
+/// An open session, and what its relay offers.
+struct Session {
+    conn: AsyncSmtpConnection,
+    /// The relay announced `PIPELINING` in its answer to `EHLO`.
+    pipelining: bool,
+    /// When it was last used (a session idle for longer than [`IDLE_CHECK`] is asked `NOOP`
+    /// before it is used again).
+    since: std::time::Instant,
+}
+
+/// A kept session idle for longer than this is checked with `NOOP` before its next message
+/// (a relay may have closed it); one used more recently is used straight away.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,27 +173,56 @@ impl Relay {
         Ok(conn)
     }
 
+    /// A new session and whether its relay offers `PIPELINING` (lettre keeps only the
+    /// extensions it uses, so `EHLO` is asked again, once per session).
+    async fn open_session(&self) -> Result<Session, Refusal> {
+        let mut conn = self.open().await?;
+        let hello = self
+            .within(Stage::Connect, conn.command(Ehlo::new(self.hello.clone())))
+            .await?;
+        let pipelining = hello.message().any(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+        });
+        Ok(Session {
+            conn,
+            pipelining,
+            since: std::time::Instant::now(),
+        })
+    }
+
     /// A kept session that still answers, or a new one.
-    async fn session(&self) -> Result<AsyncSmtpConnection, Refusal> {
+    async fn session(&self) -> Result<Session, Refusal> {
         loop {
             let kept = self.idle.lock().await.pop();
-            let Some(mut conn) = kept else {
-                return self.open().await;
+            let Some(mut session) = kept else {
+                return self.open_session().await;
             };
-            let alive = tokio::time::timeout(self.timeout, conn.test_connected()).await;
+            if session.since.elapsed() < IDLE_CHECK {
+                return Ok(session);
+            }
+            let alive = tokio::time::timeout(self.timeout, session.conn.test_connected()).await;
             if alive.unwrap_or(false) {
-                return Ok(conn);
+                return Ok(session);
             }
         }
     }
 
-    /// Keeps a session whose last command was answered, for the next message.
-    async fn keep(&self, mut conn: AsyncSmtpConnection) {
-        let reset = self.within(Stage::Data, conn.command(Rset)).await;
-        if reset.is_ok() && !conn.has_broken() {
+    /// Keeps a session whose last command was answered, for the next message; after a
+    /// refused transaction, `RSET` first.
+    async fn keep(&self, mut session: Session, reset: bool) {
+        if reset {
+            let answered = self.within(Stage::Data, session.conn.command(Rset)).await;
+            if answered.is_err() {
+                return;
+            }
+        }
+        if !session.conn.has_broken() {
+            session.since = std::time::Instant::now();
             let mut idle = self.idle.lock().await;
             if idle.len() < self.max_idle {
-                idle.push(conn);
+                idle.push(session);
             }
         }
     }
@@ -202,14 +248,36 @@ impl Relay {
     /// Sends `message`; `Ok` once the relay accepted it (250).
     pub async fn send(&self, message: &Message) -> Result<(), Refusal> {
         let _session = self.sessions.acquire().await.expect("never closed");
-        let mut conn = self.session().await?;
-        let result = self.transaction(&mut conn, message).await;
+        let mut session = self.session().await?;
+        let (result, in_step) = if session.pipelining {
+            self.pipelined(&mut session.conn, message).await
+        } else {
+            (self.transaction(&mut session.conn, message).await, true)
+        };
         match &result {
             // The relay answered: the session is still good.
-            Ok(()) | Err(Refusal::Recipient { .. }) => self.keep(conn).await,
-            Err(Refusal::Session { .. }) => conn.abort().await,
+            Ok(()) => self.keep(session, false).await,
+            Err(Refusal::Recipient { .. }) if in_step => self.keep(session, true).await,
+            Err(_) => session.conn.abort().await,
         }
         result
+    }
+
+    /// The message's options for `MAIL FROM`, and its text.
+    fn prepared(
+        message: &Message,
+    ) -> (
+        Vec<lettre::transport::smtp::extension::MailParameter>,
+        Vec<u8>,
+    ) {
+        let body = message.formatted();
+        let mut options = Vec::new();
+        if !body.is_ascii() {
+            options.push(lettre::transport::smtp::extension::MailParameter::Body(
+                lettre::transport::smtp::extension::MailBodyParameter::EightBitMime,
+            ));
+        }
+        (options, body)
     }
 
     /// `MAIL FROM`, `RCPT TO`, `DATA` and the message, each known by its stage.
@@ -219,13 +287,7 @@ impl Relay {
         message: &Message,
     ) -> Result<(), Refusal> {
         let envelope: &Envelope = message.envelope();
-        let body = message.formatted();
-        let mut options = Vec::new();
-        if !body.is_ascii() {
-            options.push(lettre::transport::smtp::extension::MailParameter::Body(
-                lettre::transport::smtp::extension::MailBodyParameter::EightBitMime,
-            ));
-        }
+        let (options, body) = Self::prepared(message);
         self.within(
             Stage::MailFrom,
             conn.command(Mail::new(envelope.from().cloned(), options)),
@@ -238,5 +300,50 @@ impl Relay {
         self.within(Stage::Data, conn.command(Data)).await?;
         self.within(Stage::Message, conn.message(&body)).await?;
         Ok(())
+    }
+
+    /// The same with `PIPELINING`: `MAIL FROM`, every `RCPT TO` and `DATA` written at once,
+    /// then their answers read in order, each known by its stage; then the message. Also says
+    /// whether the session is still in step (every answer of the group was read and no data
+    /// is expected): only then may it be kept.
+    async fn pipelined(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        message: &Message,
+    ) -> (Result<(), Refusal>, bool) {
+        let envelope: &Envelope = message.envelope();
+        let (options, body) = Self::prepared(message);
+        let mut group = Mail::new(envelope.from().cloned(), options).to_string();
+        for to in envelope.to() {
+            group.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        group.push_str(&Data.to_string());
+        // lettre writes the group and reads the first answer (`MAIL FROM`'s).
+        if let Err(refusal) = self.within(Stage::MailFrom, conn.command(group)).await {
+            return (Err(refusal), false);
+        }
+        let mut refused = None;
+        for _ in envelope.to() {
+            match self.within(Stage::Rcpt, conn.read_response()).await {
+                Ok(_) => {}
+                Err(r @ Refusal::Recipient { .. }) => {
+                    refused.get_or_insert(r);
+                }
+                Err(r) => return (Err(r), false),
+            }
+        }
+        let data = self.within(Stage::Data, conn.read_response()).await;
+        match (refused, data) {
+            (None, Ok(_)) => {}
+            // The relay refused the recipient and so the data (no valid recipient): in step.
+            (Some(recipient), Err(Refusal::Session { code: Some(_), .. })) => {
+                return (Err(recipient), true);
+            }
+            // It waits for data it will not get (another recipient was taken): not in step.
+            (Some(recipient), _) => return (Err(recipient), false),
+            (None, Err(refusal)) => return (Err(refusal), false),
+        }
+        let sent = self.within(Stage::Message, conn.message(&body)).await;
+        (sent.map(drop), true)
     }
 }

@@ -415,6 +415,41 @@ async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_n
     .await;
 }
 
+/// A relay that offers PIPELINING (RFC 2920) gets `MAIL FROM`, `RCPT TO` and `DATA` in one
+/// write (the server sees the RCPT and DATA waiting when it answers MAIL), and every answer is
+/// still known by its stage: a refused recipient is that recipient's hard bounce, and the
+/// session goes on (the next trigger's mail is sent, pipelined too).
+#[tokio::test]
+async fn with_pipelining_the_commands_go_at_once_and_a_refused_recipient_is_still_its_bounce() {
+    if !smtp_tools() {
+        return;
+    }
+    let smtp = Smtp::start(&["--pipelining", "--reject", "bob@example.org"]);
+    let (app, pega) = sending_app(&smtp).await;
+    let answer: Value = app.trigger_offer().await;
+    let bob = &answer["recipients"][1];
+    let events = crate::pega::wait_for_events(&pega, 2).await;
+    let bounce = events
+        .iter()
+        .find(|e| e["metric"] == "bounces")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(bounce["customer_id"], bob["customer_id"]);
+    assert_eq!(bounce["bounce_type"], "hard");
+    assert_eq!(bounce["bounce_code"], "5.1.1");
+    let second = app.trigger_offer_again().await;
+    assert_eq!(second["recipients"][1]["status"], "suppressed");
+    let mail = wait_for_mail(&smtp, 2).await;
+    assert_eq!(mail.len(), 2, "Ann's two mails");
+    for m in &mail {
+        let envelope: Value =
+            serde_json::from_str(&std::fs::read_to_string(m.with_extension("json")).unwrap())
+                .unwrap();
+        assert_eq!(envelope["to"], serde_json::json!(["ann@example.com"]));
+        assert_eq!(envelope["pipelined"], true, "{envelope}");
+        assert_eq!(check(m)["dkim"], true);
+    }
+}
+
 #[tokio::test]
 async fn opens_clicks_and_a_one_click_unsubscribe_come_back_through_signed_links() {
     if !smtp_tools() {

@@ -11,6 +11,8 @@ envelope in NNNN.json). It can be told to refuse, as relays do:
   --client-ca F    require a client certificate issued by this CA
   --auth USER:PASS require AUTH with these credentials (only over TLS)
   --stuck ADDR     never answer the data of a message to this recipient (a stuck session)
+  --pipelining     announce PIPELINING (RFC 2920) and write in each message's NNNN.json
+                   whether its RCPT and DATA had already arrived when its MAIL was answered
 It prints `ready PORT` once it listens, then serves until killed.
 """
 
@@ -26,13 +28,29 @@ from aiosmtpd.smtp import AuthResult
 
 
 class Handler:
-    def __init__(self, out, fail_first, reject, discard=False, stuck=()):
+    def __init__(self, out, fail_first, reject, discard=False, stuck=(), pipelining=False):
+        self.pipelining = pipelining
         self.stuck = {s.lower() for s in stuck}
         self.discard = discard
         self.out = out
         self.fail_first = fail_first
         self.reject = {r.lower() for r in reject}
         self.count = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            # Before the last line ("250 HELP").
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # Pipelined, the client's RCPT and DATA came with its MAIL: they wait in the
+        # server's read buffer while MAIL is answered.
+        envelope.pipelined = len(getattr(server._reader, "_buffer", b"")) > 0
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.lower() in self.reject:
@@ -55,7 +73,14 @@ class Handler:
         with open(name + ".tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         with open(name + ".json", "w") as f:
-            json.dump({"from": envelope.mail_from, "to": envelope.rcpt_tos}, f)
+            json.dump(
+                {
+                    "from": envelope.mail_from,
+                    "to": envelope.rcpt_tos,
+                    "pipelined": getattr(envelope, "pipelined", False),
+                },
+                f,
+            )
         os.rename(name + ".tmp", name + ".eml")
         return "250 2.0.0 queued as %04d" % self.count
 
@@ -73,8 +98,11 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--client-ca")
     p.add_argument("--auth")
+    p.add_argument("--pipelining", action="store_true")
     args = p.parse_args()
-    handler = Handler(args.dir, args.fail_first, args.reject, args.discard, args.stuck)
+    handler = Handler(
+        args.dir, args.fail_first, args.reject, args.discard, args.stuck, args.pipelining
+    )
     options = {}
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

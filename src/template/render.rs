@@ -5,7 +5,8 @@
 
 use regex::Regex;
 use serde_json::{Map, Value};
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 static SMARTY: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}\}").expect("valid"));
@@ -45,7 +46,7 @@ fn render_with(
     values: &Map<String, Value>,
     escape: bool,
 ) -> Result<Rendered, RenderError> {
-    let (source, warnings) = translate_with(template, escape);
+    let compiled = compiled(template, escape)?;
     let mut context = tera::Context::new();
     // Smarty's `default` applies to empty values too: leave them undefined.
     let present: Map<String, Value> = values
@@ -54,9 +55,55 @@ fn render_with(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     context.insert("m", &present);
-    let html =
-        tera::Tera::one_off(&source, &context, false).map_err(|e| RenderError(format!("{e:?}")))?;
-    Ok(Rendered { html, warnings })
+    let html = (compiled.tera)
+        .render(COMPILED_NAME, &context)
+        .map_err(|e| RenderError(format!("{e:?}")))?;
+    Ok(Rendered {
+        html,
+        warnings: compiled.warnings.clone(),
+    })
+}
+
+/// A template translated and parsed once: a bulk send renders the same few templates (a
+/// mapping's HTML, subject and sender name) for every message, and parsing was most of a
+/// render.
+struct Compiled {
+    tera: tera::Tera,
+    warnings: Vec<String>,
+}
+
+/// The name of the one template in a [`Compiled`].
+const COMPILED_NAME: &str = "t";
+
+/// At most this many compiled templates are kept (templates come from the mappings, a few
+/// each); beyond it the cache starts again.
+const COMPILED_MAX: usize = 256;
+
+/// Compiled templates by their text.
+type ByText = HashMap<String, Arc<Compiled>>;
+
+/// Compiled templates, values HTML-escaped (`[1]`) or not (`[0]`).
+static COMPILED_CACHE: LazyLock<std::sync::Mutex<[ByText; 2]>> = LazyLock::new(Default::default);
+
+/// `template` translated and parsed, from the cache when it was before.
+fn compiled(template: &str, escape: bool) -> Result<Arc<Compiled>, RenderError> {
+    let lock = || COMPILED_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = lock()[usize::from(escape)].get(template) {
+        return Ok(c.clone());
+    }
+    let (source, warnings) = translate_with(template, escape);
+    let mut tera = tera::Tera::default();
+    tera.autoescape_on(Vec::new());
+    tera.add_raw_template(COMPILED_NAME, &source)
+        .map_err(|e| RenderError(format!("{e:?}")))?;
+    let c = Arc::new(Compiled { tera, warnings });
+    let mut cache = lock();
+    let map = &mut cache[usize::from(escape)];
+    if map.len() >= COMPILED_MAX {
+        map.clear();
+    }
+    map.insert(template.to_owned(), c.clone());
+    Ok(c)
 }
 
 /// The tera source for a Smarty template, and the expressions it could not translate.
@@ -151,6 +198,22 @@ mod tests {
 
     fn values(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_template_parsed_once_renders_each_recipients_own_values_escaped_or_not() {
+        let t = "<p>{{$Name|default:'friend'}} & {{$Offer}}</p>";
+        let ann = render(t, &values(json!({"Name": "Ann <3", "Offer": "A"}))).unwrap();
+        let bob = render(t, &values(json!({"Offer": "B"}))).unwrap();
+        assert_eq!(ann.html, "<p>Ann &lt;3 & A</p>");
+        assert_eq!(bob.html, "<p>friend & B</p>");
+        // The same text as a subject: the cache keeps the escaped and plain forms apart.
+        let plain = render_text(t, &values(json!({"Name": "Ann <3", "Offer": "A"}))).unwrap();
+        assert_eq!(plain.html, "<p>Ann <3 & A</p>");
+        assert_eq!(
+            render(t, &values(json!({"Name": "Ann <3", "Offer": "A"}))).unwrap(),
+            ann
+        );
     }
 
     #[test]

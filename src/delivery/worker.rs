@@ -728,12 +728,7 @@ impl Worker {
                     self.settle(posted, &mut step, &mut outcomes);
                     claim |= step.lapsed > lapsed;
                 }
-                Some(recorded) = recording.next() => {
-                    if let Err(e) = recorded {
-                        // The events stay leased: claimed again when their lease runs out.
-                        tracing::error!(error = format!("{e:#}"), "recording delivery outcomes failed");
-                    }
-                }
+                Some(recorded) = recording.next() => unrecorded(recorded),
                 next = handed.recv(), if queue.len() < bound && !handed.is_closed() => {
                     if let Some(next) = next {
                         self.take(next.events, queue, &mut outcomes, &mut step);
@@ -747,20 +742,10 @@ impl Worker {
             self.settle(posted, &mut step, &mut outcomes);
         }
         while let Some(recorded) = recording.next().await {
-            if let Err(e) = recorded {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "recording delivery outcomes failed"
-                );
-            }
+            unrecorded(recorded);
         }
         if !outcomes.is_empty() {
-            if let Err(e) = self.record(outcomes).await {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "recording delivery outcomes failed"
-                );
-            }
+            unrecorded(self.record(outcomes).await);
         }
     }
 
@@ -871,6 +856,17 @@ impl Worker {
                 "could not release handed-over events: they are claimed again when their lease runs out"
             );
         }
+    }
+}
+
+/// Logs a recording of outcomes that failed (its events stay leased: claimed again when
+/// their lease runs out).
+fn unrecorded(recorded: Result<(), crate::store::StoreError>) {
+    if let Err(e) = recorded {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "recording delivery outcomes failed"
+        );
     }
 }
 

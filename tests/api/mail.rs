@@ -390,13 +390,7 @@ async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_n
         // Ann's broadcast, and Bob's bounce (no broadcasts event: nothing was sent to him).
         let events = crate::pega::wait_for_events(&pega, 2).await;
         assert_eq!(wait_for_mail(&smtp, 1).await.len(), 1);
-        let bounce = events
-            .iter()
-            .find(|e| e["metric"] == "bounces")
-            .unwrap_or_else(|| panic!("{events:?}"));
-        assert_eq!(bounce["customer_id"], bob["customer_id"]);
-        assert_eq!(bounce["bounce_type"], "hard");
-        assert_eq!(bounce["bounce_code"], "5.1.1");
+        let bounce = hard_bounce_of(&events, bob);
         assert!(
             bounce["bounce_reason"]
                 .as_str()
@@ -415,6 +409,18 @@ async fn a_recipient_the_relay_refuses_becomes_a_hard_bounce_and_is_suppressed_n
     .await;
 }
 
+/// The bounce among `events`, checked to be `recipient`'s hard bounce for an unknown user.
+fn hard_bounce_of<'e>(events: &'e [Value], recipient: &Value) -> &'e Value {
+    let bounce = events
+        .iter()
+        .find(|e| e["metric"] == "bounces")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(bounce["customer_id"], recipient["customer_id"]);
+    assert_eq!(bounce["bounce_type"], "hard");
+    assert_eq!(bounce["bounce_code"], "5.1.1");
+    bounce
+}
+
 /// A relay that offers PIPELINING (RFC 2920) gets `MAIL FROM`, `RCPT TO` and `DATA` in one
 /// write (the server sees the RCPT and DATA waiting when it answers MAIL), and every answer is
 /// still known by its stage: a refused recipient is that recipient's hard bounce, and the
@@ -429,13 +435,7 @@ async fn with_pipelining_the_commands_go_at_once_and_a_refused_recipient_is_stil
     let answer: Value = app.trigger_offer().await;
     let bob = &answer["recipients"][1];
     let events = crate::pega::wait_for_events(&pega, 2).await;
-    let bounce = events
-        .iter()
-        .find(|e| e["metric"] == "bounces")
-        .unwrap_or_else(|| panic!("{events:?}"));
-    assert_eq!(bounce["customer_id"], bob["customer_id"]);
-    assert_eq!(bounce["bounce_type"], "hard");
-    assert_eq!(bounce["bounce_code"], "5.1.1");
+    hard_bounce_of(&events, bob);
     let second = app.trigger_offer_again().await;
     assert_eq!(second["recipients"][1]["status"], "suppressed");
     let mail = wait_for_mail(&smtp, 2).await;

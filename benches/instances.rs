@@ -90,9 +90,13 @@ async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n
 async fn fill_postgres(url: &str, payload: &str) {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    // As the SQLite fill: the rows, then each row's payload in `outbox_payloads`.
     sqlx::query(
-        "INSERT INTO outbox (uuid, metric, payload, next_attempt_at, created_at, created_ms)
-         SELECT gen_random_uuid()::text, 'opens', $1, 0, 0, 0 FROM generate_series(1, $2)",
+        "WITH rows AS (
+             INSERT INTO outbox (uuid, metric, next_attempt_at, created_at, created_ms)
+             SELECT gen_random_uuid()::text, 'opens', 0, 0, 0 FROM generate_series(1, $2)
+             RETURNING id)
+         INSERT INTO outbox_payloads (id, payload) SELECT id, $1 FROM rows",
     )
     .bind(payload)
     .bind(BACKLOG)

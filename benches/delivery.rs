@@ -352,11 +352,24 @@ async fn endpoints() {
     let down = Instant::now();
     let before = flaky.request_times().len();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let in_first_30s = flaky.request_times().iter().filter(|t| **t >= down).count();
+    let after_down: Vec<Duration> = (flaky.request_times().iter())
+        .filter(|t| **t >= down)
+        .map(|t| t.duration_since(down))
+        .collect();
+    let in_first_30s = after_down.len();
+    // Those already under way when it went down reach it at once; the probes come later.
+    let at_once = after_down
+        .iter()
+        .filter(|d| **d < Duration::from_secs(1))
+        .count();
     flaky.control(|b| b.fail_rate = 0.0);
     wait_for(&flaky, n).await;
     println!(
         "| down (503) right after {before} requests answered, mid-bulk | requests in its first 30 s down | {in_first_30s} | <= 60 |"
+    );
+    println!(
+        "| down (503) mid-bulk | of which in its first second down / later (the probes) | {at_once} / {} | |",
+        in_first_30s - at_once
     );
     println!(
         "| down (503) right after {before} requests answered, mid-bulk | all {n} delivered once back | yes | |"

@@ -294,7 +294,7 @@ impl Application {
         })
     }
 
-    /// Makes the delivery worker call `hook` at the start of every round (tests use it to
+    /// Makes the delivery worker call `hook` at every turn of its loop (tests use it to
     /// make the worker panic).
     #[doc(hidden)]
     pub fn set_delivery_fault_hook(&mut self, hook: FaultHook) {

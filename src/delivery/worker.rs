@@ -38,7 +38,8 @@ impl Inbox {
     }
 }
 
-/// Called at the start of every round: lets tests make the worker panic (fault injection).
+/// Called at every turn of the worker's loop: lets tests make the worker panic (fault
+/// injection).
 pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The first wait before recording a round's outcomes again, and the longest.
@@ -194,7 +195,7 @@ impl Worker {
         }
     }
 
-    /// Runs `hook` at the start of every round (tests use it to make the worker panic).
+    /// Runs `hook` at every turn of the worker's loop (tests use it to make the worker panic).
     #[doc(hidden)]
     pub fn set_fault_hook(&mut self, hook: FaultHook) {
         self.fault = Some(hook);
@@ -679,6 +680,7 @@ impl Worker {
         let mut recording = futures::stream::FuturesUnordered::new();
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut gathering: Option<tokio::time::Instant> = None;
+        // Only its `lapsed` is read: events whose lease ran out are claimed again.
         let mut step = Step::default();
         let mut claim = true;
         let mut last_claim = Instant::now();
@@ -690,7 +692,7 @@ impl Worker {
             let bound = self.round_size();
             while queue.len() < bound {
                 let Ok(next) = handed.try_recv() else { break };
-                self.take(next.events, queue, &mut outcomes, &mut step);
+                self.take(next.events, queue, &mut outcomes);
             }
             if wake.notified().now_or_never().is_some() || last_claim.elapsed() >= poll {
                 claim = true;
@@ -700,7 +702,7 @@ impl Worker {
                 last_claim = Instant::now();
                 let claimed;
                 (claimed, claim) = self.refill(bound - queue.len()).await;
-                self.take(claimed, queue, &mut outcomes, &mut step);
+                self.take(claimed, queue, &mut outcomes);
             }
             while paused.is_none() && !queue.is_empty() && posts.len() < self.places() {
                 let events: Vec<Claimed> = queue.drain(..batch.min(queue.len())).collect();
@@ -731,7 +733,7 @@ impl Worker {
                 Some(recorded) = recording.next() => unrecorded(recorded),
                 next = handed.recv(), if queue.len() < bound && !handed.is_closed() => {
                     if let Some(next) = next {
-                        self.take(next.events, queue, &mut outcomes, &mut step);
+                        self.take(next.events, queue, &mut outcomes);
                     }
                 }
                 () = wake.notified() => claim = true,
@@ -755,13 +757,10 @@ impl Worker {
         events: Vec<Claimed>,
         queue: &mut VecDeque<Claimed>,
         outcomes: &mut Vec<Outcome>,
-        step: &mut Step,
     ) {
-        let (send, sorted, counted) = self.sort(events);
+        let (send, sorted, _) = self.sort(events);
         queue.extend(send);
         outcomes.extend(sorted);
-        step.filtered += counted.filtered;
-        step.dead += counted.dead;
     }
 
     /// Rounds, one at a time (an ordered lane): the queue and the events handed over, then

@@ -7,7 +7,6 @@ use super::AppState;
 use crate::config::secret::{basic_matches, presented, Secret};
 use crate::mapping::{Mapping, TriggerAuth};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -75,9 +74,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let declared_json = is_json(req.headers());
-        let body = Bytes::from_request(req, state).await;
-        parse_json(declared_json, body).map(JsonBody)
+        JsonText::from_request(req, state)
+            .await?
+            .value()
+            .map(JsonBody)
     }
 }
 
@@ -120,34 +120,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
 }
 
-/// The body as JSON: 413 over the limit, 415 when not declared JSON, 400 when malformed.
-fn parse_json(
-    declared_json: bool,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<serde_json::Value, ApiError> {
-    parse_value(&json_bytes(declared_json, body)?)
-}
-
-/// The body of a request that says it is JSON: 413 over the limit, 415 when not declared JSON.
-fn json_bytes(declared_json: bool, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    let body = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::BadRequest(r.body_text()),
-    })?;
-    if !declared_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    Ok(body)
-}
-
-/// JSON text parsed whole: 400 when malformed, 422 with what a backend cannot store.
-fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    storable(&value, &mut String::new())?;
-    Ok(value)
-}
-
 /// A JSON body as its text, for a caller that may read part of it apart (a bulk trigger's
 /// recipients): 413 over the limit, 415 when not declared JSON; [`JsonText::value`] parses it
 /// whole as [`JsonBody`] does. Read last, after the credentials.
@@ -158,15 +130,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonText {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let declared_json = is_json(req.headers());
-        let body = Bytes::from_request(req, state).await;
-        json_bytes(declared_json, body).map(JsonText)
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| match r.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::BadRequest(r.body_text()),
+            })?;
+        if !declared_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Ok(JsonText(body))
     }
 }
 
 impl JsonText {
     /// The whole body parsed: 400 when malformed, 422 with what a backend cannot store.
     pub fn value(&self) -> Result<serde_json::Value, ApiError> {
-        parse_value(&self.0)
+        let value: serde_json::Value = serde_json::from_slice(&self.0)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        storable(&value, &mut String::new())?;
+        Ok(value)
     }
 }
 

@@ -6,8 +6,9 @@
 //! so the worker posts them straight away. The store stays the truth: a hand-off lost with
 //! the process is a leased row, claimed again by any worker once its lease runs out.
 //!
-//! A hand-off is bounded (`capacity` events waiting or in a round); beyond it, and while
-//! delivery is paused, events are committed due and claimed as usual.
+//! A hand-off is bounded (`capacity` events not yet taken by the worker, whose own queue is
+//! bounded too); beyond it, and while delivery is paused, events are committed due and
+//! claimed as usual.
 
 use crate::outbox::{Claimed, Status};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ impl Queue {
 }
 
 /// Events leased to this process's worker, with their place in the hand-off (freed when the
-/// worker drops them, after recording their outcome).
+/// worker takes the events into its queue).
 #[derive(Debug)]
 pub struct Leased {
     pub events: Vec<Claimed>,

@@ -15,6 +15,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::load::wait_for;
 use common::receiver;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
@@ -100,17 +101,6 @@ async fn server(pega_url: &str) -> (String, tempfile::TempDir) {
     )
     .await;
     (base, dir)
-}
-
-async fn wait_for(pega: &pegabridge::mock::MockPega, n: usize) {
-    let start = Instant::now();
-    while pega.event_count() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "events did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 /// Posts every body, `IN_FLIGHT` at a time; events/s until `pega` holds `before + n`.

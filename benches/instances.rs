@@ -1,13 +1,17 @@
 //! `cargo bench --bench instances`: delivery throughput with one, two and three `serve`
 //! processes on one PostgreSQL database, beside one process on SQLite, in the same run. Each
 //! starts with the same backlog of pending events and delivers it to an in-process receiver;
-//! the rate is events over the time from the first arrival to the last. All processes share
-//! this machine's two cores with PostgreSQL and the receiver. Needs
+//! the rate is events over the time from the first arrival to the last. The CPU per event is
+//! the `serve` processes' CPU (start included) plus, on PostgreSQL, every `postgres`
+//! process's (read before the instances stop), over the backlog; the ratio compares it with
+//! SQLite's in the same run. All processes share this machine's cores with PostgreSQL and the
+//! receiver unless `BENCH_DB_CPU` names a CPU for the database (`taskset`: the instances and
+//! this process are kept off it). Needs
 //! `PEGABRIDGE_TEST_POSTGRES_URL` (as the tests); without it only SQLite is measured.
 
 mod common;
 
-use common::{fill_sqlite, payload, receiver};
+use common::{cpu_of, fill_sqlite, payload, postgres_cpu, postgres_cpu_since, receiver};
 use pegabridge::mock::MockPega;
 use pegabridge::store::{PgStore, SqliteStore};
 use std::path::Path;
@@ -18,6 +22,7 @@ const BACKLOG: i64 = 20_000;
 
 #[tokio::main]
 async fn main() {
+    let pinned = pin_database();
     let (pega, pega_url) = receiver().await;
     let payload = payload();
     let dir = tempfile::tempdir().unwrap();
@@ -25,11 +30,11 @@ async fn main() {
     let sqlite_url = format!("sqlite://{}/bench.db", dir.path().display());
     SqliteStore::connect(&sqlite_url, "full").await.unwrap();
     fill_sqlite(&dir.path().join("bench.db"), &payload, BACKLOG as usize);
-    let sqlite = deliver(&pega, &pega_url, dir.path(), &sqlite_url, 1).await;
+    let (sqlite, sqlite_cpu) = deliver(&pega, &pega_url, dir.path(), &sqlite_url, 1).await;
 
-    println!("| store | instances | events/s |");
-    println!("|---|---|---|");
-    println!("| SQLite | 1 | {sqlite:.0} |");
+    println!("| store | instances | events/s | CPU per event (instances + PostgreSQL) | CPU / SQLite's (target <= 2) |");
+    println!("|---|---|---|---|---|");
+    println!("| SQLite | 1 | {sqlite:.0} | {sqlite_cpu:.0} us | 1 |");
     let Ok(server) = std::env::var("PEGABRIDGE_TEST_POSTGRES_URL") else {
         println!("\nPostgreSQL: skipped (PEGABRIDGE_TEST_POSTGRES_URL is not set)");
         return;
@@ -43,15 +48,56 @@ async fn main() {
             .unwrap();
         drop(store);
         fill_postgres(&url, &payload).await;
-        let rate = deliver(&pega, &pega_url, dir.path(), &url, n).await;
-        println!("| PostgreSQL | {n} | {rate:.0} |");
+        let (rate, cpu) = deliver(&pega, &pega_url, dir.path(), &url, n).await;
+        println!(
+            "| PostgreSQL | {n} | {rate:.0} | {cpu:.0} us | {:.2} |",
+            cpu / sqlite_cpu
+        );
         admin(&server, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    }
+    if pinned {
+        let all = format!(
+            "0-{}",
+            std::thread::available_parallelism().map_or(1, usize::from) - 1
+        );
+        taskset(&all, postgres_cpu().keys().copied());
     }
 }
 
-/// Starts `n` processes on `store_url`, waits for the whole backlog, stops them; events/s.
-async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n: usize) -> f64 {
+/// With `BENCH_DB_CPU`, puts every `postgres` process (its server first: new backends
+/// inherit it) on that CPU and this process on the others; whether it did.
+fn pin_database() -> bool {
+    let (Ok(db), Some(others)) = (std::env::var("BENCH_DB_CPU"), others_cpus()) else {
+        return false;
+    };
+    taskset(&db, postgres_cpu().keys().copied());
+    taskset(&others, [std::process::id()]);
+    true
+}
+
+/// `taskset -apc cpus pid` for each of `pids` (all their threads).
+fn taskset(cpus: &str, pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args(["-apc", cpus, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("taskset (util-linux)");
+        assert!(status.success(), "taskset -apc {cpus} {pid}");
+    }
+}
+
+/// Starts `n` processes on `store_url`, waits for the whole backlog, stops them; events/s
+/// and the CPU microseconds per event of the processes and of PostgreSQL.
+async fn deliver(
+    pega: &MockPega,
+    pega_url: &str,
+    dir: &Path,
+    store_url: &str,
+    n: usize,
+) -> (f64, f64) {
     let before = pega.event_count();
+    let database_before = postgres_cpu();
     let mut children: Vec<Child> = (0..n)
         .map(|k| {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -61,7 +107,7 @@ async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n
                 format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"{store_url}\"\npool_size = 4\n[pega]\nendpoint = \"{pega_url}/in\"\nconcurrency = 4\n[pega.auth]\ntype = \"basic\"\nusername = \"pega\"\npassword = \"pw\"\n"),
             )
             .unwrap();
-            Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+            instance_command()
                 .args(["--config", config.to_str().unwrap(), "serve"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -78,13 +124,46 @@ async fn deliver(pega: &MockPega, pega_url: &str, dir: &Path, store_url: &str, n
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let cpu = children.iter().map(|c| cpu_of(c.id())).sum::<Duration>()
+        + if store_url.starts_with("postgres") {
+            postgres_cpu_since(&database_before)
+        } else {
+            Duration::ZERO
+        };
     for c in &mut children {
         c.kill().unwrap();
         c.wait().unwrap();
     }
     let arrivals = pega.arrivals();
     let (first, last) = (arrivals[before], arrivals[target - 1]);
-    BACKLOG as f64 / last.duration_since(first).as_secs_f64()
+    (
+        BACKLOG as f64 / last.duration_since(first).as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / BACKLOG as f64,
+    )
+}
+
+/// `pegabridge`, kept off `BENCH_DB_CPU` when it is set.
+fn instance_command() -> Command {
+    let exe = env!("CARGO_BIN_EXE_pegabridge");
+    match others_cpus() {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, exe]);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// The CPUs other than `BENCH_DB_CPU` (as `taskset -c` takes them), when it is set.
+fn others_cpus() -> Option<String> {
+    let db: usize = std::env::var("BENCH_DB_CPU").ok()?.parse().ok()?;
+    let all = std::thread::available_parallelism().map_or(1, usize::from);
+    let others: Vec<String> = (0..all)
+        .filter(|c| *c != db)
+        .map(|c| c.to_string())
+        .collect();
+    Some(others.join(","))
 }
 
 async fn fill_postgres(url: &str, payload: &str) {

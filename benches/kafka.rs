@@ -39,19 +39,6 @@ fn tansu() -> std::path::PathBuf {
         .expect("Tansu: run `cargo test --test api kafka` once (it makes target/kafka-test-venv), or set PEGABRIDGE_TANSU")
 }
 
-/// The CPU time (user + system) process `pid` used so far.
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -183,10 +170,10 @@ async fn main() {
     let (mut own, mut theirs) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..3 {
         rest_runs.push(throughput(&rest, rest_key, "pegabridge_delivered_total").await);
-        let before = (cpu_time::ProcessTime::now(), cpu_of(broker.id()));
+        let before = (cpu_time::ProcessTime::now(), common::cpu_of(broker.id()));
         kafka_runs.push(throughput(&kafka, kafka_key, "pegabridge_kafka_delivered_total").await);
         own += before.0.elapsed();
-        theirs += cpu_of(broker.id()) - before.1;
+        theirs += common::cpu_of(broker.id()) - before.1;
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each benchmark uses part of this
 
+pub mod load;
+
 use pegabridge::config::secret::Secret;
 use pegabridge::mock::{Behaviour, MockAuth, MockPega};
 use std::path::Path;
@@ -107,4 +109,43 @@ pub fn offer_mapping(dir: &Path) {
         dir.join("mappings/offer.toml"),
     )
     .unwrap();
+}
+
+/// The CPU time (user + system) process `pid` used so far.
+pub fn cpu_of(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return std::time::Duration::ZERO; // it has ended
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    std::time::Duration::from_millis(ticks * 10)
+}
+
+/// The CPU time every `postgres` process on this machine used so far, by process id (its
+/// server, background workers and every connection's backend).
+pub fn postgres_cpu() -> std::collections::HashMap<u32, std::time::Duration> {
+    let mut cpu = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            cpu.insert(pid, cpu_of(pid));
+        }
+    }
+    cpu
+}
+
+/// The CPU PostgreSQL used between two [`postgres_cpu`] readings (a process that started
+/// meanwhile counts from zero; one that ended meanwhile is not counted: read before the
+/// clients disconnect).
+pub fn postgres_cpu_since(
+    before: &std::collections::HashMap<u32, std::time::Duration>,
+) -> std::time::Duration {
+    postgres_cpu()
+        .iter()
+        .map(|(pid, now)| now.saturating_sub(before.get(pid).copied().unwrap_or_default()))
+        .sum()
 }

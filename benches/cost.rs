@@ -1,0 +1,217 @@
+//! `cargo bench --bench cost`: the CPU one event costs `serve` when it runs as its own
+//! process, from its `POST /activities` to its arrival at the receiver, on SQLite and (with
+//! `PEGABRIDGE_TEST_POSTGRES_URL`, as the tests) on PostgreSQL, where every `postgres`
+//! process's CPU meanwhile is added (its backends, WAL writer, checkpointer and autovacuum).
+//! The load generator and the receiver run in this process and are not counted.
+//!
+//! Two loads, each on a fresh `serve` with the default `[pega]` settings (adaptive
+//! concurrency, `batch_size = 1`): saturation ([`SATURATED`] activities, [`IN_FLIGHT`] at a
+//! time) and a steady 500 a second for 5 s. [`RUNS`] runs of each store, alternating;
+//! medians. Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
+//! PostgreSQL at most twice SQLite's.
+
+mod common;
+
+use common::load::{first_broadcast, post_activity, trial, wait_for, write_config_on};
+use common::{cpu_of, postgres_cpu, postgres_cpu_since, receiver};
+use pegabridge::mock::MockPega;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Activities of a saturated run.
+const SATURATED: usize = 10_000;
+/// Requests in flight in a saturated run.
+const IN_FLIGHT: usize = 64;
+/// Activities a second of a steady run, and how many.
+const STEADY_RATE: f64 = 500.0;
+const STEADY: usize = 2_500;
+/// Runs per store.
+const RUNS: usize = 3;
+
+/// A store to measure: its name, and the PostgreSQL server's URL (`None`: SQLite).
+type Backend = (&'static str, Option<String>);
+
+#[tokio::main]
+async fn main() {
+    let (pega, pega_url) = receiver().await;
+    let mut backends: Vec<Backend> = vec![("SQLite", None)];
+    match std::env::var("PEGABRIDGE_TEST_POSTGRES_URL") {
+        Ok(server) => backends.push(("PostgreSQL", Some(server))),
+        Err(_) => println!("PostgreSQL: skipped (PEGABRIDGE_TEST_POSTGRES_URL is not set)\n"),
+    }
+    let mut measured: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); backends.len()];
+    for _ in 0..RUNS {
+        for (k, backend) in backends.iter().enumerate() {
+            let (saturated, steady) = run(&pega, &pega_url, backend).await;
+            measured[k].0.push(saturated);
+            measured[k].1.push(steady);
+        }
+    }
+    println!("| store | CPU per event at saturation ({IN_FLIGHT} in flight) | at a steady 500/s | saturation / SQLite's | 500/s / SQLite's |");
+    println!("|---|---|---|---|---|");
+    let sqlite = (median(&measured[0].0), median(&measured[0].1));
+    for ((name, _), (saturated, steady)) in backends.iter().zip(&measured) {
+        println!(
+            "| {name} | {:.0} us ({}) | {:.0} us ({}) | {:.2} | {:.2} |",
+            median(saturated),
+            runs(saturated),
+            median(steady),
+            runs(steady),
+            median(saturated) / sqlite.0,
+            median(steady) / sqlite.1
+        );
+    }
+}
+
+/// One fresh `serve` on `backend`: its CPU microseconds per event at saturation, then at a
+/// steady rate.
+async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = match server {
+        Some(s) => Some(Database::create(s).await),
+        None => None,
+    };
+    let store_url = database
+        .as_ref()
+        .map_or_else(|| "sqlite://bench.db".to_owned(), |d| d.url.clone());
+    let port = free_port();
+    write_config_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &store_url,
+        &format!("{pega_url}/in"),
+        "",
+    );
+    let mut serve = start(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let open = first_broadcast(&client, &base, pega).await;
+    let body = serde_json::to_vec(&open).unwrap();
+    let on_postgres = database.is_some();
+
+    let saturated = cost(serve.id(), on_postgres, SATURATED, async {
+        let before = pega.event_count();
+        trial(IN_FLIGHT, SATURATED, || {
+            post_activity(&client, &base, &body)
+        })
+        .await;
+        wait_for(pega, before + SATURATED).await;
+    })
+    .await;
+    let steady = cost(serve.id(), on_postgres, STEADY, async {
+        let before = pega.event_count();
+        paced(&client, &base, &body, STEADY_RATE, STEADY).await;
+        wait_for(pega, before + STEADY).await;
+    })
+    .await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    if let Some(d) = database {
+        d.drop().await;
+    }
+    (saturated, steady)
+}
+
+/// The CPU microseconds per event `serve` (and PostgreSQL, `on_postgres`) spent while
+/// `work` ran, over `n` events.
+async fn cost(pid: u32, on_postgres: bool, n: usize, work: impl std::future::Future) -> f64 {
+    let (own, database) = (cpu_of(pid), postgres_cpu());
+    work.await;
+    let mut spent = cpu_of(pid) - own;
+    if on_postgres {
+        spent += postgres_cpu_since(&database);
+    }
+    spent.as_secs_f64() * 1e6 / n as f64
+}
+
+/// `n` activities at `rate` a second, each sent at its time whatever the answers before.
+async fn paced(client: &reqwest::Client, base: &str, body: &[u8], rate: f64, n: usize) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        tasks.push(tokio::spawn(post_activity(client, base, body)));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// `pegabridge serve` from `dir`, once it accepts connections on `port`.
+fn start(dir: &Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["--config", "pegabridge.toml", "serve"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A database of its own on a PostgreSQL server, dropped after the run.
+struct Database {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(server: &str) -> Self {
+        let name = format!("pegabridge_cost_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let this = Self {
+            server: server.to_owned(),
+            name,
+            url,
+        };
+        admin(&this.server, &format!("CREATE DATABASE {}", this.name)).await;
+        this
+    }
+
+    async fn drop(self) {
+        admin(
+            &self.server,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
+async fn admin(server: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
+    sqlx::query(sql).execute(&mut c).await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Each run's figure, as `a, b, c`.
+fn runs(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

@@ -393,7 +393,9 @@ impl Application {
 
 /// The store `[store]` names, said in the log (and whether delivery is paused).
 async fn open_store(settings: &Settings) -> anyhow::Result<Storage> {
-    let store = Storage::open(settings).await?;
+    let store = Storage::open(settings)
+        .await?
+        .with_group_commit(Duration::from_millis(settings.store.group_commit_ms));
     tracing::info!(store = settings.store_display(), "store opened");
     if store.outbox().is_paused().await.unwrap_or(false) {
         tracing::warn!("delivery is paused (pegabridge deliveries resume)");

@@ -249,6 +249,12 @@ impl StoreSettings {
         if self.connect_timeout_secs == 0 {
             problems.push("store.connect_timeout_secs: must be at least 1".into());
         }
+        if self.group_commit_ms > 1000 {
+            problems.push(format!(
+                "store.group_commit_ms: at most 1000 (got {}): every answer may wait that long",
+                self.group_commit_ms
+            ));
+        }
         problems
     }
 }
@@ -274,6 +280,10 @@ pub struct StoreSettings {
     /// Delivered events (and their attempts) older than this many days are removed in the
     /// background; 0 keeps them. Dead letters stay until replayed or purged.
     pub retention_days: u64,
+    /// Activities of requests that arrive within this many milliseconds of each other are
+    /// recorded in one transaction (group commit); no request's answer waits longer than this
+    /// plus the commits before it. 0 records each request alone.
+    pub group_commit_ms: u64,
 }
 
 impl Default for StoreSettings {
@@ -285,6 +295,7 @@ impl Default for StoreSettings {
             connect_timeout_secs: 5,
             min_free_mb: 64,
             retention_days: 7,
+            group_commit_ms: 5,
         }
     }
 }

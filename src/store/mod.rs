@@ -3,6 +3,7 @@
 //! SQLite (the default) and PostgreSQL (several instances on one database). Everything that
 //! must not be lost is committed before the HTTP answer.
 
+pub(crate) mod group;
 pub mod handoff;
 pub mod postgres;
 pub(crate) mod sql;
@@ -153,6 +154,8 @@ pub struct Storage {
     sending: bool,
     /// Other workers woken after every commit (a Kafka topic's, whose lane is claimed).
     wakes: Vec<Arc<Notify>>,
+    /// The intake's group commit (`[store] group_commit_ms`), when on.
+    group: Option<group::Group>,
 }
 
 impl Storage {
@@ -194,6 +197,7 @@ impl Storage {
             handoff: None,
             sending: false,
             wakes: Vec::new(),
+            group: None,
         })
     }
 
@@ -205,6 +209,7 @@ impl Storage {
             handoff: None,
             sending: false,
             wakes: Vec::new(),
+            group: None,
         }
     }
 
@@ -219,6 +224,15 @@ impl Storage {
     pub fn wake_all(&self) {
         for w in &self.wakes {
             w.notify_one();
+        }
+    }
+
+    /// This store, recording the activities of requests that arrive within `window` of each
+    /// other in one transaction ([`group`]); each alone when `window` is zero.
+    pub fn with_group_commit(self, window: std::time::Duration) -> Self {
+        Self {
+            group: (!window.is_zero()).then(|| group::Group::new(window)),
+            ..self
         }
     }
 
@@ -298,8 +312,21 @@ impl Storage {
         Ok(answer)
     }
 
-    /// Records activities (see [`Store::record_activities`]) and hands their events over.
+    /// Records activities (see [`Store::record_activities`]), with those of other requests
+    /// when group commit is on, and hands their events over.
     pub async fn record_activities(
+        &self,
+        activities: Vec<Activity>,
+        unknown: Unknown,
+    ) -> Result<Vec<ActivityOutcome>> {
+        match &self.group {
+            Some(group) => group.record(self, activities, unknown).await,
+            None => self.record_now(activities, unknown).await,
+        }
+    }
+
+    /// Records activities in a transaction of their own and hands their events over.
+    async fn record_now(
         &self,
         activities: Vec<Activity>,
         unknown: Unknown,

@@ -1,0 +1,218 @@
+//! Group commit for the intake: activities of requests that arrive together are recorded in
+//! one transaction.
+//!
+//! A request's activities join a queue. The first request to find no commit running starts
+//! one (a task of its own, so a client that hangs up cannot cancel the others' commit): it
+//! waits until the `[store] group_commit_ms` window after the first queued request's arrival
+//! has passed or [`MAX_ACTIVITIES`] are queued, records everything queued (of one
+//! [`Unknown`] policy) in one transaction, answers each request with its own outcomes, and
+//! goes on while requests are queued. No request waits more than the window plus the
+//! commits before it. Under load the window has mostly passed while the previous commit ran;
+//! at moderate rates it gathers the requests of a few milliseconds into one commit (one WAL
+//! flush, one round of `BEGIN`/`COMMIT`).
+//!
+//! A request's answer is as before: its outcomes in its order, or its own error. When a
+//! group fails on what one request sent (an unknown personal broadcast it refuses), each
+//! request is recorded alone again, so only that one fails; when the store fails, every
+//! request of the group gets the error and nothing of the group was written.
+
+use super::Storage;
+use crate::activity::Activity;
+use crate::outbox::error::{Result, StoreError};
+use crate::recording::{ActivityOutcome, Unknown};
+use futures::FutureExt;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+/// The most activities one group commit records (a single request's batch may be larger and
+/// is then recorded alone).
+pub const MAX_ACTIVITIES: usize = 256;
+
+/// The intake's group commit (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    window: Duration,
+    state: Arc<Mutex<State>>,
+    /// Told when [`MAX_ACTIVITIES`] are queued: the window's wait ends.
+    full: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queued: VecDeque<Queued>,
+    activities: usize,
+    /// Whether a commit task runs (it takes every queued request in turn).
+    committing: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    activities: Vec<Activity>,
+    unknown: Unknown,
+    arrived: Instant,
+    answer: oneshot::Sender<Result<Vec<ActivityOutcome>>>,
+}
+
+impl Group {
+    /// Groups the requests that arrive within `window` of each other's first.
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            window,
+            state: Arc::default(),
+            full: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Records `activities` in the next group commit of `store`; their outcomes in order.
+    pub(crate) async fn record(
+        &self,
+        store: &Storage,
+        activities: Vec<Activity>,
+        unknown: Unknown,
+    ) -> Result<Vec<ActivityOutcome>> {
+        let (answer, answered) = oneshot::channel();
+        let n = activities.len();
+        let (start, full) = {
+            let mut state = self.lock();
+            state.queued.push_back(Queued {
+                activities,
+                unknown,
+                arrived: Instant::now(),
+                answer,
+            });
+            state.activities += n;
+            let start = !std::mem::replace(&mut state.committing, true);
+            (start, state.activities >= MAX_ACTIVITIES)
+        };
+        if full {
+            self.full.notify_one();
+        }
+        if start {
+            tokio::spawn(self.clone().commit_all(store.clone()));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Other(anyhow::anyhow!(
+                "the commit of this request's group stopped unexpectedly (see the log); nothing of it was recorded"
+            )))
+        })
+    }
+
+    /// Commits group after group until none is queued.
+    async fn commit_all(self, store: Storage) {
+        loop {
+            let Some(deadline) = self.deadline() else {
+                return;
+            };
+            // Until the window closes, or sooner when the group is full.
+            let _ = tokio::time::timeout_at(deadline, self.full.notified()).await;
+            let group = self.take();
+            let committed = std::panic::AssertUnwindSafe(commit(&store, group))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = committed {
+                tracing::error!(
+                    panic = crate::tasks::panic_message(&*panic),
+                    "a group commit of activities panicked; its requests were answered with an error, nothing of them was recorded"
+                );
+            }
+        }
+    }
+
+    /// When the window of the first queued request closes; `None` (and no commit running
+    /// any more) when none is queued.
+    fn deadline(&self) -> Option<Instant> {
+        let mut state = self.lock();
+        match state.queued.front() {
+            Some(first) => Some(first.arrived + self.window),
+            None => {
+                state.committing = false;
+                None
+            }
+        }
+    }
+
+    /// The next group: the first queued request, and those after it of the same policy while
+    /// they fit in [`MAX_ACTIVITIES`].
+    fn take(&self) -> Vec<Queued> {
+        let mut state = self.lock();
+        let mut group = Vec::new();
+        let mut n = 0;
+        while let Some(next) = state.queued.front() {
+            let fits = n + next.activities.len() <= MAX_ACTIVITIES;
+            if !group.is_empty() && (!fits || next.unknown != group_policy(&group)) {
+                break;
+            }
+            let next = state.queued.pop_front().expect("looked at");
+            n += next.activities.len();
+            group.push(next);
+        }
+        state.activities -= n;
+        group
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn group_policy(group: &[Queued]) -> Unknown {
+    group[0].unknown
+}
+
+/// Records a group in one transaction and answers each request (see the module's text for
+/// failures).
+async fn commit(store: &Storage, group: Vec<Queued>) {
+    let unknown = group_policy(&group);
+    let sizes: Vec<usize> = group.iter().map(|q| q.activities.len()).collect();
+    // Kept only where a failure would need each request again.
+    let again: Option<Vec<Vec<Activity>>> =
+        (group.len() > 1).then(|| group.iter().map(|q| q.activities.clone()).collect());
+    let (all, answers): (Vec<Vec<Activity>>, Vec<_>) =
+        group.into_iter().map(|q| (q.activities, q.answer)).unzip();
+    let all: Vec<Activity> = all.into_iter().flatten().collect();
+    match (store.record_now(all, unknown).await, again) {
+        (Ok(mut outcomes), _) => {
+            for (answer, n) in answers.into_iter().zip(sizes).rev() {
+                let own = outcomes.split_off(outcomes.len() - n);
+                let _ = answer.send(Ok(own));
+            }
+        }
+        (Err(StoreError::UnknownBroadcast { .. }), Some(again)) => {
+            for (answer, activities) in answers.into_iter().zip(again) {
+                let _ = answer.send(store.record_now(activities, unknown).await);
+            }
+        }
+        (Err(e), _) => {
+            let mut answers = answers.into_iter();
+            let last = answers.next_back();
+            for answer in answers {
+                let _ = answer.send(Err(copy(&e)));
+            }
+            if let Some(answer) = last {
+                let _ = answer.send(Err(e));
+            }
+        }
+    }
+}
+
+/// The same failure, for another request of the group.
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Conflict(why) => StoreError::Conflict(why.clone()),
+        StoreError::NotFound(what) => StoreError::NotFound(what.clone()),
+        StoreError::UnknownBroadcast {
+            index,
+            broadcast_id,
+            customer_id,
+        } => StoreError::UnknownBroadcast {
+            index: *index,
+            broadcast_id: *broadcast_id,
+            customer_id: *customer_id,
+        },
+        StoreError::Other(e) => StoreError::Other(anyhow::anyhow!("{e:#}")),
+    }
+}

@@ -282,6 +282,11 @@ pub(crate) async fn activities(
     activities: &[Activity],
     unknown: Unknown,
 ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
+    let personal: Vec<(i64, i64)> = activities
+        .iter()
+        .map(|a| (a.broadcast_id, a.customer_id))
+        .collect();
+    tx.read_ahead(&personal, activities.len()).await?;
     let mut commons = Vec::with_capacity(activities.len());
     for (index, a) in activities.iter().enumerate() {
         let common = tx.broadcast_event(a.broadcast_id, a.customer_id).await?;

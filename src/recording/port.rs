@@ -134,6 +134,14 @@ pub trait Tx {
         next_at_ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<()>;
+    /// Reads ahead, before a batch of activities, what they will ask for: the events of the
+    /// personal broadcasts `personal` (for [`Tx::broadcast_event`]), and room for `events`
+    /// new events (for [`Tx::enqueue`]), where one statement for all costs less than one each
+    /// (PostgreSQL's round trips). Nothing by default.
+    async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
+        let _ = (personal, events);
+        Ok(())
+    }
     /// Queues an event in the outbox: `payload` is given the row's id (the event's
     /// `metric_id`). Returns that id, and the event when it is leased to this process.
     async fn enqueue(

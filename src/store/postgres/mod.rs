@@ -126,6 +126,7 @@ macro_rules! transaction {
                     $store.lanes.load(std::sync::atomic::Ordering::Relaxed),
                 ),
                 announce: false,
+                ahead: tx::Ahead::default(),
             };
             let $tx = &mut tx;
             let done = match $work.await {

@@ -89,8 +89,8 @@ impl crate::store::OutboxStore for PgStore {
         Ok(())
     }
 
-    /// Records the outcomes of a delivery round: two set-based statements, whatever the
-    /// number of events (one round trip each).
+    /// Records the outcomes of a delivery round: one set-based statement (one round trip),
+    /// whatever the number of events.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         let mut rows = Rows::default();
         let mut attempts = AttemptRows::default();
@@ -117,17 +117,20 @@ impl crate::store::OutboxStore for PgStore {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
+        // One statement: the rows and their attempts together (atomic as any statement).
         sqlx::query(
-            "UPDATE outbox o SET status = u.status,
-                 next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
-                 delivered_at = COALESCE(u.delivered_at, o.delivered_at),
-                 last_error = CASE WHEN u.status = 'delivered' THEN NULL
-                                   ELSE COALESCE(u.error, o.last_error) END,
-                 attempts = o.attempts + u.bump, lease_until = 0
-             FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[])
-                  AS u(id, status, next_at, delivered_at, error, bump)
-             WHERE o.id = u.id",
+            "WITH settled AS (
+                 UPDATE outbox o SET status = u.status,
+                     next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
+                     delivered_at = COALESCE(u.delivered_at, o.delivered_at),
+                     last_error = CASE WHEN u.status = 'delivered' THEN NULL
+                                       ELSE COALESCE(u.error, o.last_error) END,
+                     attempts = o.attempts + u.bump, lease_until = 0
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[])
+                      AS u(id, status, next_at, delivered_at, error, bump)
+                 WHERE o.id = u.id)
+             INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+             SELECT * FROM unnest($7::bigint[], $8::bigint[], $9::int[], $10::bigint[], $11::text[], $12::text[])",
         )
         .bind(&rows.id)
         .bind(&rows.status)
@@ -135,23 +138,14 @@ impl crate::store::OutboxStore for PgStore {
         .bind(&rows.delivered_at)
         .bind(&rows.error)
         .bind(&rows.bump)
-        .execute(&mut *tx)
+        .bind(&attempts.id)
+        .bind(&attempts.at_ms)
+        .bind(&attempts.http_status)
+        .bind(&attempts.duration_ms)
+        .bind(&attempts.outcome)
+        .bind(&attempts.detail)
+        .execute(&self.pool)
         .await?;
-        if !attempts.id.is_empty() {
-            sqlx::query(
-                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::text[], $6::text[])",
-            )
-            .bind(&attempts.id)
-            .bind(&attempts.at_ms)
-            .bind(&attempts.http_status)
-            .bind(&attempts.duration_ms)
-            .bind(&attempts.outcome)
-            .bind(&attempts.detail)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -20,7 +20,23 @@ pub(super) struct PgTx<'a> {
     pub lanes: crate::outbox::Lanes,
     /// Whether a due event was queued (every instance is told at commit).
     pub announce: bool,
+    /// What [`Tx::read_ahead`] read for the statements to come.
+    pub ahead: Ahead,
 }
+
+/// What a batch of activities was read ahead for: its personal broadcasts' events (`None`:
+/// there is none) and outbox ids taken from the sequence, so that each event is one
+/// statement (its row and its payload together) instead of two.
+#[derive(Debug, Default)]
+pub(super) struct Ahead {
+    events: std::collections::HashMap<(i64, i64), Option<String>>,
+    ids: std::collections::VecDeque<i64>,
+}
+
+const READ_AHEAD_EVENTS: &str = "SELECT p.broadcast_id, p.customer_id, p.event FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c";
+const OUTBOX_ROW: &str = "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, nextval(pg_get_serial_sequence('outbox', 'id')))) RETURNING id";
+/// An outbox row and its payload, in one statement (the id taken ahead).
+const OUTBOX_ROW_AND_PAYLOAD: &str = "WITH o AS (INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)) INSERT INTO outbox_payloads (id, payload) VALUES ($11, $12)";
 
 fn standing(r: &sqlx::postgres::PgRow) -> Standing {
     Standing {
@@ -113,6 +129,7 @@ impl Tx for PgTx<'_> {
     }
 
     async fn insert_personal(&mut self, row: PersonalRow<'_>) -> Result<()> {
+        self.ahead.events.clear();
         sqlx::query(
             "INSERT INTO personal_broadcasts (broadcast_id, customer_id, uuid, email, status, event, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -145,11 +162,16 @@ impl Tx for PgTx<'_> {
         broadcast_id: i64,
         customer_id: i64,
     ) -> Result<Option<Common>> {
-        let stored: Option<String> = sqlx::query_scalar(BROADCAST_EVENT)
-            .bind(broadcast_id)
-            .bind(customer_id)
-            .fetch_optional(&mut *self.c)
-            .await?;
+        let stored: Option<String> = match self.ahead.events.get(&(broadcast_id, customer_id)) {
+            Some(read) => read.clone(),
+            None => {
+                sqlx::query_scalar(BROADCAST_EVENT)
+                    .bind(broadcast_id)
+                    .bind(customer_id)
+                    .fetch_optional(&mut *self.c)
+                    .await?
+            }
+        };
         Ok(match stored {
             Some(s) => Some(serde_json::from_str(&s)?),
             None => None,
@@ -214,6 +236,7 @@ impl Tx for PgTx<'_> {
         customer_id: i64,
         event: &str,
     ) -> Result<()> {
+        self.ahead.events.clear();
         sqlx::query(
             "UPDATE personal_broadcasts SET event = $3 WHERE broadcast_id = $1 AND customer_id = $2",
         )
@@ -244,6 +267,28 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
+        let (b, c): (Vec<i64>, Vec<i64>) = personal.iter().copied().unzip();
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(READ_AHEAD_EVENTS)
+            .bind(&b)
+            .bind(&c)
+            .fetch_all(&mut *self.c)
+            .await?;
+        self.ahead.events = personal.iter().map(|k| (*k, None)).collect();
+        for (b, c, event) in rows {
+            self.ahead.events.insert((b, c), Some(event));
+        }
+        let n = events * self.lanes.iter().count();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('outbox', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(n as i64)
+        .fetch_all(&mut *self.c)
+        .await?;
+        self.ahead.ids = ids.into();
+        Ok(())
+    }
+
     async fn enqueue(
         &mut self,
         new: NewEvent<'_>,
@@ -270,9 +315,13 @@ impl Tx for PgTx<'_> {
             } else {
                 None
             };
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            )
+            let ahead = self.ahead.ids.pop_front();
+            let with_payload = ahead.is_some() && !new.in_personal_broadcast;
+            let row = sqlx::query_scalar::<_, i64>(if with_payload {
+                OUTBOX_ROW_AND_PAYLOAD
+            } else {
+                OUTBOX_ROW
+            })
             .bind(new.uuid)
             .bind(new.metric.as_str())
             .bind(external_id)
@@ -283,19 +332,30 @@ impl Tx for PgTx<'_> {
             .bind(lane.as_str())
             .bind(new.personal.0)
             .bind(new.personal.1)
-            .fetch_one(&mut *self.c)
-            .await?;
-            let body = match &first {
-                None => (payload.take().expect("called for the first row"))(id)?,
-                Some((_, body)) => body.clone(),
+            .bind(ahead);
+            let mut body_of = |id| match &first {
+                None => (payload.take().expect("called for the first row"))(id),
+                Some((_, body)) => Ok(body.clone()),
             };
-            if !new.in_personal_broadcast {
-                sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(&body)
-                    .execute(&mut *self.c)
-                    .await?;
-            }
+            let (id, body) = match ahead {
+                Some(id) if with_payload => {
+                    let body = body_of(id)?;
+                    row.bind(&body).fetch_optional(&mut *self.c).await?;
+                    (id, body)
+                }
+                _ => {
+                    let id = row.fetch_one(&mut *self.c).await?;
+                    let body = body_of(id)?;
+                    if !new.in_personal_broadcast {
+                        sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
+                            .bind(id)
+                            .bind(&body)
+                            .execute(&mut *self.c)
+                            .await?;
+                    }
+                    (id, body)
+                }
+            };
             if !new.withheld {
                 match queue {
                     Queue::Due => self.announce = true,

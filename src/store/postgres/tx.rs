@@ -31,9 +31,12 @@ pub(super) struct PgTx<'a> {
 pub(super) struct Ahead {
     events: std::collections::HashMap<(i64, i64), Option<String>>,
     ids: std::collections::VecDeque<i64>,
+    /// Customers read with no soft bounces (and none counted since in this transaction): an
+    /// open's or a click's reset would not change them, and is not sent.
+    no_soft_bounces: std::collections::HashSet<i64>,
 }
 
-const READ_AHEAD_EVENTS: &str = "SELECT p.broadcast_id, p.customer_id, p.event FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c";
+const READ_AHEAD_EVENTS: &str = "SELECT p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0 FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c JOIN customers c ON c.id = p.customer_id";
 const OUTBOX_ROW: &str = "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, nextval(pg_get_serial_sequence('outbox', 'id')))) RETURNING id";
 /// An outbox row and its payload, in one statement (the id taken ahead).
 const OUTBOX_ROW_AND_PAYLOAD: &str = "WITH o AS (INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)) INSERT INTO outbox_payloads (id, payload) VALUES ($11, $12)";
@@ -194,6 +197,14 @@ impl Tx for PgTx<'_> {
         let Some((set, unchanged)) = change.sql("true") else {
             return Ok(());
         };
+        // The statement's own condition would skip the write; this skips the round trip.
+        if change == CountChange::ResetSoftBounces {
+            if self.ahead.no_soft_bounces.contains(&customer_id) {
+                return Ok(());
+            }
+        } else {
+            self.ahead.no_soft_bounces.remove(&customer_id);
+        }
         let sql = format!("UPDATE customers SET {set} WHERE id = $1 AND NOT ({unchanged})");
         sqlx::query(&sql)
             .bind(customer_id)
@@ -269,14 +280,18 @@ impl Tx for PgTx<'_> {
 
     async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
         let (b, c): (Vec<i64>, Vec<i64>) = personal.iter().copied().unzip();
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(READ_AHEAD_EVENTS)
+        let rows: Vec<(i64, i64, String, bool)> = sqlx::query_as(READ_AHEAD_EVENTS)
             .bind(&b)
             .bind(&c)
             .fetch_all(&mut *self.c)
             .await?;
         self.ahead.events = personal.iter().map(|k| (*k, None)).collect();
-        for (b, c, event) in rows {
+        self.ahead.no_soft_bounces.clear();
+        for (b, c, event, no_soft_bounces) in rows {
             self.ahead.events.insert((b, c), Some(event));
+            if no_soft_bounces {
+                self.ahead.no_soft_bounces.insert(c);
+            }
         }
         let n = events * self.lanes.iter().count();
         let ids: Vec<i64> = sqlx::query_scalar(

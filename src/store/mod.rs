@@ -3,7 +3,7 @@
 //! SQLite (the default) and PostgreSQL (several instances on one database). Everything that
 //! must not be lost is committed before the HTTP answer.
 
-pub(crate) mod group;
+pub mod group;
 pub mod handoff;
 pub mod postgres;
 pub(crate) mod sql;

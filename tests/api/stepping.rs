@@ -379,11 +379,29 @@ async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmappe
 }
 
 /// A real store whose outbox refuses to record the next `fail` rounds' outcomes (a database
-/// restarting, a full disk): everything else goes to the real one.
+/// restarting, a full disk): everything else goes to the real one. It notes the size of each
+/// batch of activities it is given (each one transaction).
 #[derive(Debug)]
-struct Hiccup {
+pub(crate) struct Hiccup {
     real: Storage,
     fail: std::sync::atomic::AtomicUsize,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Hiccup {
+    /// `real`, failing nothing.
+    pub(crate) fn over(real: Storage) -> Self {
+        Self {
+            real,
+            fail: std::sync::atomic::AtomicUsize::new(0),
+            batches: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The sizes of the batches of activities recorded so far, in order.
+    pub(crate) fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
 }
 
 #[async_trait::async_trait]
@@ -503,6 +521,7 @@ impl pegabridge::store::Store for Hiccup {
         ),
         StoreError,
     > {
+        self.batches.lock().unwrap().push(activities.len());
         self.real
             .backend()
             .record_activities(activities, unknown, queue)
@@ -560,10 +579,8 @@ use pegabridge::store::StoreError;
 async fn a_store_hiccup_while_recording_outcomes_retries_the_recording_not_the_post() {
     each_backend(|| async {
         let (real, _dir, _db) = open_store().await;
-        let hiccup = Arc::new(Hiccup {
-            real: real.clone(),
-            fail: std::sync::atomic::AtomicUsize::new(2),
-        });
+        let hiccup = Arc::new(Hiccup::over(real.clone()));
+        hiccup.fail.store(2, std::sync::atomic::Ordering::SeqCst);
         let store = Storage::over(hiccup.clone());
         let pega = start_pega().await;
         let (worker, _config) = worker(&store, &pega, "concurrency = 2");

@@ -518,3 +518,95 @@ async fn an_interaction_is_found_by_what_an_operator_knows_of_it() {
     })
     .await;
 }
+
+/// `n` opens of the personal broadcast `(b, c)`, with caller's ids `{tag}-0`...
+fn opens(b: i64, c: i64, tag: &str, n: usize) -> Vec<pegabridge::activity::Activity> {
+    let raws: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"id": format!("{tag}-{i}"), "metric": "opens", "broadcast_id": b, "customer_id": c}))
+        .collect();
+    pegabridge::activity::parse(serde_json::Value::Array(raws)).unwrap()
+}
+
+/// Requests that arrive together are recorded in one transaction (group commit), and each
+/// is answered with its own outcomes only, in its order; when one of them refuses an unknown
+/// personal broadcast, it alone fails and the others are recorded. On both backends.
+#[tokio::test]
+async fn requests_arriving_together_share_one_commit_and_each_gets_its_own_answer() {
+    use futures::future::join_all;
+    use pegabridge::store::group::MAX_ACTIVITIES;
+    each_backend(|| async {
+        let (real, _dir, _db) = open_store().await;
+        let counting = std::sync::Arc::new(crate::stepping::Hiccup::over(real.clone()));
+        // A window no test waits for: each group below is committed because it is full.
+        let store =
+            Storage::over(counting.clone()).with_group_commit(std::time::Duration::from_secs(600));
+        let sent = real
+            .record_trigger("m".into(), None, (0..4).map(recipient).collect())
+            .await
+            .unwrap();
+        let b = sent.broadcast_id;
+        let customers: Vec<i64> = sent.recipients.iter().map(|r| r.customer_id).collect();
+        let per = MAX_ACTIVITIES / 4;
+        let answers = join_all(customers.iter().enumerate().map(|(k, c)| {
+            store.record_activities(opens(b, *c, &format!("r{k}"), per), Unknown::Refuse)
+        }))
+        .await;
+        assert_eq!(counting.batches(), vec![MAX_ACTIVITIES], "one transaction");
+        for (k, answer) in answers.into_iter().enumerate() {
+            let answer = answer.unwrap();
+            assert_eq!(answer.len(), per);
+            let mut last = 0;
+            for outcome in &answer {
+                let a = outcome.answer().unwrap();
+                assert_eq!(a.status, ActivityStatus::Queued);
+                assert!(a.metric_id > last, "in the request's order");
+                last = a.metric_id;
+                let (_, event, _) = real
+                    .outbox()
+                    .delivery(a.uuid.clone(), None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    event["customer_id"], customers[k],
+                    "request {k}'s own event"
+                );
+            }
+        }
+        assert_counters_agree(&store, "grouped").await;
+
+        // One request of a full group names a personal broadcast that does not exist.
+        let (first, last) = (MAX_ACTIVITIES / 2 - 1, MAX_ACTIVITIES / 2);
+        let unknown = opens(b + 1000, customers[0], "bad", 1);
+        let answers = join_all([
+            store.record_activities(opens(b, customers[1], "g1", first), Unknown::Refuse),
+            store.record_activities(unknown, Unknown::Refuse),
+            store.record_activities(opens(b, customers[2], "g2", last), Unknown::Refuse),
+        ])
+        .await;
+        assert_eq!(answers[0].as_ref().unwrap().len(), first);
+        assert!(
+            matches!(
+                answers[1],
+                Err(pegabridge::store::StoreError::UnknownBroadcast { index: 0, .. })
+            ),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(answers[2].as_ref().unwrap().len(), last);
+        // The group's transaction failed; each request was then recorded alone.
+        assert_eq!(
+            counting.batches()[1..],
+            [MAX_ACTIVITIES, first, 1, last],
+            "{:?}",
+            counting.batches()
+        );
+        let stats = store.outbox().outbox_stats().await.unwrap();
+        assert_eq!(
+            stats.pending + stats.inflight,
+            (4 + MAX_ACTIVITIES + first + last) as i64
+        );
+        assert_counters_agree(&store, "after the failed group").await;
+    })
+    .await;
+}

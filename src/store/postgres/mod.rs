@@ -38,7 +38,12 @@ impl PgStore {
     /// password), not after the pool's long wait.
     pub async fn connect(url: &str, pool_size: u32, timeout: Duration) -> anyhow::Result<Self> {
         let options = first_connection(url, timeout).await?;
+        // No ping before each use of a pooled connection (sqlx's default): it was a round trip
+        // per statement outside a transaction and per transaction. A connection the server
+        // dropped fails its next statement instead, is closed, and the work is retried as any
+        // store error (`tests/api/outages.rs` restarts PostgreSQL under load).
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(pool_size.max(2))
             .acquire_timeout(timeout.max(Duration::from_secs(5)))
             .connect_with(options)

@@ -135,7 +135,7 @@ macro_rules! transaction {
             };
             let $tx = &mut tx;
             let done = match $work.await {
-                Ok(done) => tx.announce().await.map(|()| done),
+                Ok(done) => tx.finish().await.map(|()| done),
                 Err(e) => Err(e),
             };
             match done {

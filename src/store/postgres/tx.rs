@@ -31,15 +31,36 @@ pub(super) struct PgTx<'a> {
 pub(super) struct Ahead {
     events: std::collections::HashMap<(i64, i64), Option<String>>,
     ids: std::collections::VecDeque<i64>,
+    /// Events queued with ids taken ahead, not yet written ([`PgTx::flush`]).
+    rows: Rows,
     /// Customers read with no soft bounces (and none counted since in this transaction): an
     /// open's or a click's reset would not change them, and is not sent.
     no_soft_bounces: std::collections::HashSet<i64>,
 }
 
+/// Outbox rows and their payloads to write together, one array per column.
+#[derive(Debug, Default)]
+struct Rows {
+    id: Vec<i64>,
+    uuid: Vec<String>,
+    metric: Vec<String>,
+    external_id: Vec<Option<String>>,
+    at_ms: Vec<i64>,
+    status: Vec<String>,
+    lease_until: Vec<i64>,
+    sink: Vec<String>,
+    personal: (Vec<i64>, Vec<i64>),
+    payload: Vec<String>,
+}
+
 const READ_AHEAD_EVENTS: &str = "SELECT p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0 FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c JOIN customers c ON c.id = p.customer_id";
 const OUTBOX_ROW: &str = "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, nextval(pg_get_serial_sequence('outbox', 'id')))) RETURNING id";
-/// An outbox row and its payload, in one statement (the id taken ahead).
-const OUTBOX_ROW_AND_PAYLOAD: &str = "WITH o AS (INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11)) INSERT INTO outbox_payloads (id, payload) VALUES ($11, $12)";
+/// The events of a batch written at once, rows and payloads (their ids taken ahead).
+const FLUSH: &str = "WITH o AS (INSERT INTO outbox (id, uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id)
+     SELECT id, uuid, metric, external_id, at_ms, at_ms, at_ms / 1000, status, lease_until, sink, b, c
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[])
+          AS r(id, uuid, metric, external_id, at_ms, status, lease_until, sink, b, c))
+ INSERT INTO outbox_payloads (id, payload) SELECT * FROM unnest($1::bigint[], $11::text[])";
 
 fn standing(r: &sqlx::postgres::PgRow) -> Standing {
     Standing {
@@ -182,6 +203,8 @@ impl Tx for PgTx<'_> {
     }
 
     async fn earlier_activity(&mut self, external_id: &str) -> Result<Option<ActivityAnswer>> {
+        // It may be one of this batch's, not written yet.
+        self.flush().await?;
         let row = sqlx::query(EARLIER_ACTIVITY)
             .bind(external_id)
             .fetch_optional(&mut *self.c)
@@ -331,35 +354,43 @@ impl Tx for PgTx<'_> {
                 None
             };
             let ahead = self.ahead.ids.pop_front();
-            let with_payload = ahead.is_some() && !new.in_personal_broadcast;
-            let row = sqlx::query_scalar::<_, i64>(if with_payload {
-                OUTBOX_ROW_AND_PAYLOAD
-            } else {
-                OUTBOX_ROW
-            })
-            .bind(new.uuid)
-            .bind(new.metric.as_str())
-            .bind(external_id)
-            .bind(ms)
-            .bind(ms / 1000)
-            .bind(status.as_str())
-            .bind(lease_until)
-            .bind(lane.as_str())
-            .bind(new.personal.0)
-            .bind(new.personal.1)
-            .bind(ahead);
             let mut body_of = |id| match &first {
                 None => (payload.take().expect("called for the first row"))(id),
                 Some((_, body)) => Ok(body.clone()),
             };
             let (id, body) = match ahead {
-                Some(id) if with_payload => {
+                Some(id) if !new.in_personal_broadcast => {
+                    // Written with the others at the next flush.
                     let body = body_of(id)?;
-                    row.bind(&body).fetch_optional(&mut *self.c).await?;
+                    let rows = &mut self.ahead.rows;
+                    rows.id.push(id);
+                    rows.uuid.push(new.uuid.to_owned());
+                    rows.metric.push(new.metric.as_str().to_owned());
+                    rows.external_id.push(external_id.map(str::to_owned));
+                    rows.at_ms.push(ms);
+                    rows.status.push(status.as_str().to_owned());
+                    rows.lease_until.push(lease_until);
+                    rows.sink.push(lane.as_str().to_owned());
+                    rows.personal.0.push(new.personal.0);
+                    rows.personal.1.push(new.personal.1);
+                    rows.payload.push(body.clone());
                     (id, body)
                 }
                 _ => {
-                    let id = row.fetch_one(&mut *self.c).await?;
+                    let id = sqlx::query_scalar::<_, i64>(OUTBOX_ROW)
+                        .bind(new.uuid)
+                        .bind(new.metric.as_str())
+                        .bind(external_id)
+                        .bind(ms)
+                        .bind(ms / 1000)
+                        .bind(status.as_str())
+                        .bind(lease_until)
+                        .bind(lane.as_str())
+                        .bind(new.personal.0)
+                        .bind(new.personal.1)
+                        .bind(ahead)
+                        .fetch_one(&mut *self.c)
+                        .await?;
                     let body = body_of(id)?;
                     if !new.in_personal_broadcast {
                         sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
@@ -394,8 +425,33 @@ impl Tx for PgTx<'_> {
 }
 
 impl PgTx<'_> {
-    /// Tells every instance's worker, at commit, that due events were queued.
-    pub async fn announce(&mut self) -> Result<()> {
+    /// Writes the events queued with ids taken ahead: one statement for all.
+    async fn flush(&mut self) -> Result<()> {
+        if self.ahead.rows.id.is_empty() {
+            return Ok(());
+        }
+        let r = std::mem::take(&mut self.ahead.rows);
+        sqlx::query(FLUSH)
+            .bind(&r.id)
+            .bind(&r.uuid)
+            .bind(&r.metric)
+            .bind(&r.external_id)
+            .bind(&r.at_ms)
+            .bind(&r.status)
+            .bind(&r.lease_until)
+            .bind(&r.sink)
+            .bind(&r.personal.0)
+            .bind(&r.personal.1)
+            .bind(&r.payload)
+            .execute(&mut *self.c)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the transaction's work: writes what is queued ([`PgTx::flush`]) and tells every
+    /// instance's worker, at commit, that due events were queued.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.flush().await?;
         if self.announce {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)

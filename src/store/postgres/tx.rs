@@ -53,7 +53,14 @@ struct Rows {
     payload: Vec<String>,
 }
 
-const READ_AHEAD_EVENTS: &str = "SELECT p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0 FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c JOIN customers c ON c.id = p.customer_id";
+/// A batch's read ahead, one statement: a row with `$3` outbox ids from the sequence (in
+/// order), and a row for each personal broadcast `($1[i], $2[i])` found, with its event and
+/// whether its customer has no soft bounces.
+const READ_AHEAD: &str = "SELECT (SELECT array_agg(nextval(pg_get_serial_sequence('outbox', 'id')) ORDER BY g) FROM generate_series(1, $3) AS g), NULL::bigint, NULL::bigint, NULL::text, NULL::boolean
+ UNION ALL
+ SELECT NULL, p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0
+ FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c
+ JOIN customers c ON c.id = p.customer_id";
 const OUTBOX_ROW: &str = "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, nextval(pg_get_serial_sequence('outbox', 'id')))) RETURNING id";
 /// The events of a batch written at once, rows and payloads (their ids taken ahead).
 const FLUSH: &str = "WITH o AS (INSERT INTO outbox (id, uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id)
@@ -302,28 +309,36 @@ impl Tx for PgTx<'_> {
     }
 
     async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
+        type Found = (
+            Option<Vec<i64>>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<bool>,
+        );
         let (b, c): (Vec<i64>, Vec<i64>) = personal.iter().copied().unzip();
-        let rows: Vec<(i64, i64, String, bool)> = sqlx::query_as(READ_AHEAD_EVENTS)
+        let n = events * self.lanes.iter().count();
+        let rows: Vec<Found> = sqlx::query_as(READ_AHEAD)
             .bind(&b)
             .bind(&c)
+            .bind(n as i64)
             .fetch_all(&mut *self.c)
             .await?;
         self.ahead.events = personal.iter().map(|k| (*k, None)).collect();
         self.ahead.no_soft_bounces.clear();
-        for (b, c, event, no_soft_bounces) in rows {
+        self.ahead.ids.clear();
+        for (ids, b, c, event, no_soft_bounces) in rows {
+            if let Some(ids) = ids {
+                self.ahead.ids = ids.into();
+            }
+            let (Some(b), Some(c), Some(event)) = (b, c, event) else {
+                continue;
+            };
             self.ahead.events.insert((b, c), Some(event));
-            if no_soft_bounces {
+            if no_soft_bounces == Some(true) {
                 self.ahead.no_soft_bounces.insert(c);
             }
         }
-        let n = events * self.lanes.iter().count();
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('outbox', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(n as i64)
-        .fetch_all(&mut *self.c)
-        .await?;
-        self.ahead.ids = ids.into();
         Ok(())
     }
 

@@ -20,14 +20,6 @@ const OPEN: usize = 1_000;
 
 const MAPPING: &str = "template = \"offer.html\"\nsubject = \"Offer\"\ncampaign_id = 1\ncampaign_name = \"Bulk\"\ncampaign_object_id = 1\ncontent_id = 1\ncontent_name = \"Bulk\"\nbroadcast_event_type = \"CAMPAIGNMAIL\"\nsub_type = \"CAMPAIGNMAIL\"\n[auth]\ntype = \"bearer\"\ntoken = \"t\"\n[recipient]\neach = \"Customers\"\nemail = \"Email\"\n";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Reads one SMTP reply; its first line.
 async fn reply(r: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>) -> String {
     let mut first = String::new();
@@ -48,7 +40,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
     std::fs::write(dir.path().join("mappings/bulk.toml"), MAPPING).unwrap();
-    let (http, smtp) = (free_port(), free_port());
+    let (http, smtp) = (common::free_port(), common::free_port());
     let bounces = format!("[bounces]\ndomain = \"bounce.example.com\"\nsecret = \"a bounce secret of more than 32 characters\"\nlisten = \"127.0.0.1:{smtp}\"\nmax_connections = {OPEN}\n");
     std::fs::write(
         dir.path().join("pegabridge.toml"),

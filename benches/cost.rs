@@ -13,10 +13,8 @@
 mod common;
 
 use common::load::{first_broadcast, post_activity, trial, wait_for, write_config_on};
-use common::{cpu_of, postgres_cpu, postgres_cpu_since, receiver};
+use common::{cpu_of, free_port, postgres_cpu, postgres_cpu_since, receiver, start_serve};
 use pegabridge::mock::MockPega;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Activities of a saturated run.
@@ -89,7 +87,7 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         let text = text.replace("[store]\n", &format!("[store]\ngroup_commit_ms = {ms}\n"));
         std::fs::write(&config, text).unwrap();
     }
-    let mut serve = start(dir.path(), port);
+    let mut serve = start_serve(dir.path(), port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let open = first_broadcast(&client, &base, pega).await;
@@ -153,26 +151,6 @@ async fn paced(client: &reqwest::Client, base: &str, body: &[u8], rate: f64, n: 
     }
 }
 
-/// `pegabridge serve` from `dir`, once it accepts connections on `port`.
-fn start(dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_pegabridge"))
-        .args(["--config", "pegabridge.toml", "serve"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// A database of its own on a PostgreSQL server, dropped after the run.
 struct Database {
     server: String,
@@ -206,14 +184,6 @@ async fn admin(server: &str, sql: &str) {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(server).await.unwrap();
     sqlx::query(sql).execute(&mut c).await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Each run's figure, as `a, b, c`.

@@ -587,25 +587,8 @@ fn memory(_pega_url: &str) -> (f64, f64) {
 }
 
 fn rss_of_serve(dir: &std::path::Path, port: u16) -> f64 {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
-        .args([
-            "--config",
-            dir.join("pegabridge.toml").to_str().unwrap(),
-            "serve",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Let it start and run delivery rounds against the dead endpoint.
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = common::start_serve(dir, port);
     std::thread::sleep(Duration::from_secs(5));
     let mb = common::rss_mb(child.id());
     child.kill().unwrap();

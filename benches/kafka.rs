@@ -39,14 +39,6 @@ fn tansu() -> std::path::PathBuf {
         .expect("Tansu: run `cargo test --test api kafka` once (it makes target/kafka-test-venv), or set PEGABRIDGE_TANSU")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server from `config`, with one personal broadcast: its base URL, (broadcast, customer).
 async fn server(config: &str) -> (String, (i64, i64), tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +114,7 @@ async fn throughput(base: &str, key: (i64, i64), delivered: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let port = free_port();
+    let port = common::free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let mut broker = Command::new(tansu())
         .args([

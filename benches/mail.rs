@@ -35,14 +35,6 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The sink on `port`, counting what it accepted into `accepted`.
 fn sink(port: u16, accepted: Arc<AtomicUsize>) -> std::process::Child {
     sink_with(port, accepted, &[])
@@ -137,7 +129,7 @@ async fn main() {
 
     // pegabridge: a committed bulk trigger, to acceptance of every message.
     let accepted = Arc::new(AtomicUsize::new(0));
-    let smtp_port = free_port();
+    let smtp_port = common::free_port();
     let mut sink_a = sink(smtp_port, accepted.clone());
     let (_, settings, _dir, committed) = bulk_send(&client, smtp_port).await;
     wait_for(&accepted, MAILS).await;
@@ -147,7 +139,7 @@ async fn main() {
 
     // Plain lettre: the same messages (rendered by pegabridge's composer), same sessions.
     let accepted = Arc::new(AtomicUsize::new(0));
-    let smtp_port = free_port();
+    let smtp_port = common::free_port();
     let mut sink_b = sink(smtp_port, accepted.clone());
     let mail = pegabridge::config::mail::MailSettings {
         port: smtp_port,
@@ -269,7 +261,7 @@ async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
         }
         child
     };
-    let smtp_port = free_port();
+    let smtp_port = common::free_port();
     let mut first = sink(smtp_port);
     let (base, settings, _dir, committed) = bulk_send(client, smtp_port).await;
     let sent = format!("pegabridge_mail_sends_total{{outcome=\"sent\"}} {MAILS}");
@@ -303,7 +295,7 @@ async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
         .len();
     let _ = first.kill();
     let _ = first.wait();
-    let port = free_port();
+    let port = common::free_port();
     let mut second = sink(port);
     let start = Instant::now();
     let status = std::process::Command::new("/usr/sbin/smtp-source")
@@ -330,7 +322,7 @@ async fn postfix_run(client: &reqwest::Client) -> Option<(f64, f64, usize)> {
 /// the others, to acceptance by the sink.
 async fn stuck_run(client: &reqwest::Client) -> f64 {
     let accepted = Arc::new(AtomicUsize::new(0));
-    let smtp_port = free_port();
+    let smtp_port = common::free_port();
     let mut sink = sink_with(smtp_port, accepted.clone(), &["--stuck", "r0@example.org"]);
     let (_, _, _dir, committed) = bulk_send(client, smtp_port).await;
     let others = (MAILS - 1) / 100 * 100;
@@ -346,8 +338,8 @@ async fn stuck_run(client: &reqwest::Client) -> f64 {
 /// trigger was answered, and its resident size 15 s later.
 async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let down = free_port();
-    let port = free_port();
+    let down = common::free_port();
+    let port = common::free_port();
     write_project(dir.path(), down, &format!("127.0.0.1:{port}"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
         .args([

@@ -149,3 +149,34 @@ pub fn postgres_cpu_since(
         .map(|(pid, now)| now.saturating_sub(before.get(pid).copied().unwrap_or_default()))
         .sum()
 }
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pegabridge serve` with `dir`'s `pegabridge.toml`, run from `dir`, once it accepts
+/// connections on `port`.
+pub fn start_serve(dir: &Path, port: u16) -> std::process::Child {
+    use std::time::{Duration, Instant};
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+        .args(["--config", "pegabridge.toml", "serve"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}

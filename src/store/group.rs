@@ -9,7 +9,9 @@
 //! goes on while requests are queued. No request waits more than the window plus the
 //! commits before it. Under load the window has mostly passed while the previous commit ran;
 //! at moderate rates it gathers the requests of a few milliseconds into one commit (one WAL
-//! flush, one round of `BEGIN`/`COMMIT`).
+//! flush, one round of `BEGIN`/`COMMIT`). (The SQLite store also commits all the work
+//! waiting at each moment in one transaction, without a window, for every kind of work; this
+//! group is the intake's, on both backends, and the only one on PostgreSQL.)
 //!
 //! A request's answer is as before: its outcomes in its order, or its own error. When a
 //! group fails on what one request sent (an unknown personal broadcast it refuses), each

@@ -1,6 +1,8 @@
 //! [`Tx`] on a PostgreSQL transaction. Customers are found or created in one statement
 //! (`INSERT .. ON CONFLICT`), atomically across instances; a unique key another instance
-//! takes first fails the transaction, which the store runs again.
+//! takes first fails the transaction, which the store runs again. A batch of activities
+//! reads what it needs in one statement ahead and writes its events in one statement at the
+//! end: a round trip costs more here than the work of a row.
 
 use super::CHANNEL;
 use crate::event::Common;
@@ -24,9 +26,10 @@ pub(super) struct PgTx<'a> {
     pub ahead: Ahead,
 }
 
-/// What a batch of activities was read ahead for: its personal broadcasts' events (`None`:
-/// there is none) and outbox ids taken from the sequence, so that each event is one
-/// statement (its row and its payload together) instead of two.
+/// What a batch of activities read ahead ([`Tx::read_ahead`], one statement): its personal
+/// broadcasts' events (`None`: there is none) and outbox ids taken from the sequence, so that
+/// its events, their ids known, are written together at the end ([`PgTx::flush`]) instead of
+/// two statements each.
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
     events: std::collections::HashMap<(i64, i64), Option<String>>,

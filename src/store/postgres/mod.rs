@@ -120,13 +120,10 @@ macro_rules! transaction {
         let mut tries = 0;
         loop {
             let mut conn = $store.pool.begin().await?;
-            let queue = match $queue {
-                Queue::Leased { .. } if outbox::paused(&mut *conn).await? => Queue::Due,
-                other => other,
-            };
             let mut tx = tx::PgTx {
                 c: &mut conn,
-                queue,
+                queue: $queue,
+                paused: None,
                 lanes: crate::outbox::Lanes::from_bits(
                     $store.lanes.load(std::sync::atomic::Ordering::Relaxed),
                 ),

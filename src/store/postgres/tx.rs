@@ -14,10 +14,13 @@ use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, Recipien
 use crate::store::{Claimed, Queue};
 use sqlx::{PgConnection, Row};
 
-/// One transaction, queuing events to `queue`.
+/// One transaction, queuing events to `queue` (due instead while delivery is paused).
 pub(super) struct PgTx<'a> {
     pub c: &'a mut PgConnection,
     pub queue: Queue,
+    /// Whether delivery is paused, once read in this transaction (by [`Tx::read_ahead`], or
+    /// by the first event queued to be leased).
+    pub paused: Option<bool>,
     /// The sinks an event is queued to: a row for each.
     pub lanes: crate::outbox::Lanes,
     /// Whether a due event was queued (every instance is told at commit).
@@ -57,11 +60,11 @@ struct Rows {
 }
 
 /// A batch's read ahead, one statement: a row with `$3` outbox ids from the sequence (in
-/// order), and a row for each personal broadcast `($1[i], $2[i])` found, with its event and
+/// order) and whether delivery is paused, and a row for each personal broadcast `($1[i], $2[i])` found, with its event and
 /// whether its customer has no soft bounces.
-const READ_AHEAD: &str = "SELECT (SELECT array_agg(nextval(pg_get_serial_sequence('outbox', 'id')) ORDER BY g) FROM generate_series(1, $3) AS g), NULL::bigint, NULL::bigint, NULL::text, NULL::boolean
+const READ_AHEAD: &str = "SELECT (SELECT array_agg(nextval(pg_get_serial_sequence('outbox', 'id')) ORDER BY g) FROM generate_series(1, $3) AS g), NULL::bigint, NULL::bigint, NULL::text, NULL::boolean, EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
  UNION ALL
- SELECT NULL, p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0
+ SELECT NULL, p.broadcast_id, p.customer_id, p.event, c.bounce_count_soft = 0, NULL
  FROM personal_broadcasts p JOIN unnest($1::bigint[], $2::bigint[]) AS k(b, c) ON p.broadcast_id = k.b AND p.customer_id = k.c
  JOIN customers c ON c.id = p.customer_id";
 const OUTBOX_ROW: &str = "INSERT INTO outbox (uuid, metric, external_id, next_attempt_at, created_ms, created_at, status, lease_until, sink, broadcast_id, customer_id, id) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, nextval(pg_get_serial_sequence('outbox', 'id')))) RETURNING id";
@@ -318,6 +321,7 @@ impl Tx for PgTx<'_> {
             Option<i64>,
             Option<String>,
             Option<bool>,
+            Option<bool>,
         );
         let (b, c): (Vec<i64>, Vec<i64>) = personal.iter().copied().unzip();
         let n = events * self.lanes.iter().count();
@@ -330,9 +334,12 @@ impl Tx for PgTx<'_> {
         self.ahead.events = personal.iter().map(|k| (*k, None)).collect();
         self.ahead.no_soft_bounces.clear();
         self.ahead.ids.clear();
-        for (ids, b, c, event, no_soft_bounces) in rows {
+        for (ids, b, c, event, no_soft_bounces, paused) in rows {
             if let Some(ids) = ids {
                 self.ahead.ids = ids.into();
+            }
+            if paused.is_some() {
+                self.paused = paused;
             }
             let (Some(b), Some(c), Some(event)) = (b, c, event) else {
                 continue;
@@ -354,12 +361,13 @@ impl Tx for PgTx<'_> {
         let mut payload = Some(payload);
         let mut first: Option<(i64, String)> = None;
         let mut leased = None;
+        let handed = self.queue().await?;
         for lane in self.lanes.iter() {
             // Only Pega's lane is handed over; the others are due.
             let queue = if new.withheld || lane != crate::outbox::Lane::Pega {
                 Queue::Due
             } else {
-                self.queue
+                handed
             };
             let (status, lease_until) = if new.withheld {
                 (crate::store::Status::Filtered, 0)
@@ -443,6 +451,25 @@ impl Tx for PgTx<'_> {
 }
 
 impl PgTx<'_> {
+    /// Where this transaction's events go: as asked, but due while delivery is paused (read
+    /// once per transaction, and only when they would be leased).
+    async fn queue(&mut self) -> Result<Queue> {
+        if let Queue::Leased { .. } = self.queue {
+            let paused = match self.paused {
+                Some(p) => p,
+                None => {
+                    let p = super::outbox::paused(&mut *self.c).await?;
+                    self.paused = Some(p);
+                    p
+                }
+            };
+            if paused {
+                return Ok(Queue::Due);
+            }
+        }
+        Ok(self.queue)
+    }
+
     /// Writes the events queued with ids taken ahead: one statement for all.
     async fn flush(&mut self) -> Result<()> {
         if self.ahead.rows.id.is_empty() {

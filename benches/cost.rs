@@ -13,7 +13,9 @@
 mod common;
 
 use common::load::{first_broadcast, post_activity, trial, wait_for, write_config_on};
-use common::{cpu_of, free_port, postgres_cpu, postgres_cpu_since, receiver, start_serve};
+use common::{
+    cpu_of, free_port, postgres_cpu, postgres_cpu_since, receiver, start_serve, Database,
+};
 use pegabridge::mock::MockPega;
 use std::time::{Duration, Instant};
 
@@ -149,41 +151,6 @@ async fn paced(client: &reqwest::Client, base: &str, body: &[u8], rate: f64, n: 
     for t in tasks {
         t.await.unwrap();
     }
-}
-
-/// A database of its own on a PostgreSQL server, dropped after the run.
-struct Database {
-    server: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(server: &str) -> Self {
-        let name = format!("pegabridge_cost_{}", uuid::Uuid::new_v4().simple());
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
-        let this = Self {
-            server: server.to_owned(),
-            name,
-            url,
-        };
-        admin(&this.server, &format!("CREATE DATABASE {}", this.name)).await;
-        this
-    }
-
-    async fn drop(self) {
-        admin(
-            &self.server,
-            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
-        )
-        .await;
-    }
-}
-
-async fn admin(server: &str, sql: &str) {
-    use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(sql).execute(&mut c).await.unwrap();
 }
 
 /// Each run's figure, as `a, b, c`.

@@ -11,12 +11,13 @@
 
 mod common;
 
-use common::{cpu_of, fill_sqlite, payload, postgres_cpu, postgres_cpu_since, receiver};
+use common::load::wait_for;
+use common::{cpu_of, fill_sqlite, payload, postgres_cpu, postgres_cpu_since, receiver, Database};
 use pegabridge::mock::MockPega;
 use pegabridge::store::{PgStore, SqliteStore};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BACKLOG: i64 = 20_000;
 
@@ -40,9 +41,8 @@ async fn main() {
         return;
     };
     for n in 1..=3 {
-        let name = format!("pegabridge_bench_{}", uuid::Uuid::new_v4().simple());
-        admin(&server, &format!("CREATE DATABASE {name}")).await;
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let database = Database::create(&server).await;
+        let url = database.url.clone();
         let store = PgStore::connect(&url, 2, std::time::Duration::from_secs(5))
             .await
             .unwrap();
@@ -53,7 +53,7 @@ async fn main() {
             "| PostgreSQL | {n} | {rate:.0} | {cpu:.0} us | {:.2} |",
             cpu / sqlite_cpu
         );
-        admin(&server, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+        database.drop().await;
     }
     if pinned {
         let all = format!(
@@ -100,7 +100,7 @@ async fn deliver(
     let database_before = postgres_cpu();
     let mut children: Vec<Child> = (0..n)
         .map(|k| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = common::free_port();
             let config = dir.join(format!("instance{k}.toml"));
             std::fs::write(
                 &config,
@@ -116,14 +116,7 @@ async fn deliver(
         })
         .collect();
     let target = before + BACKLOG as usize;
-    let start = Instant::now();
-    while pega.event_count() < target {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "backlog not delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(pega, target).await;
     let cpu = children.iter().map(|c| cpu_of(c.id())).sum::<Duration>()
         + if store_url.starts_with("postgres") {
             postgres_cpu_since(&database_before)
@@ -182,10 +175,4 @@ async fn fill_postgres(url: &str, payload: &str) {
     .execute(&mut c)
     .await
     .unwrap();
-}
-
-async fn admin(server: &str, sql: &str) {
-    use sqlx::Connection;
-    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(sql).execute(&mut c).await.unwrap();
 }

@@ -180,3 +180,40 @@ pub fn start_serve(dir: &Path, port: u16) -> std::process::Child {
     }
     child
 }
+
+/// A database of a bench's own on a PostgreSQL server, dropped with [`Database::drop`].
+pub struct Database {
+    server: String,
+    name: String,
+    pub url: String,
+}
+
+impl Database {
+    /// A new database on `server` (a PostgreSQL URL naming any database).
+    pub async fn create(server: &str) -> Self {
+        let name = format!("pegabridge_bench_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let this = Self {
+            server: server.to_owned(),
+            name,
+            url,
+        };
+        admin(&this.server, &format!("CREATE DATABASE {}", this.name)).await;
+        this
+    }
+
+    pub async fn drop(self) {
+        admin(
+            &self.server,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
+/// Runs `sql` on `server` (creating or dropping a database).
+pub async fn admin(server: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
+    sqlx::query(sql).execute(&mut c).await.unwrap();
+}

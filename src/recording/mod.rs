@@ -282,11 +282,7 @@ pub(crate) async fn activities(
     activities: &[Activity],
     unknown: Unknown,
 ) -> Result<(Vec<ActivityOutcome>, Vec<Claimed>)> {
-    let personal: Vec<(i64, i64)> = activities
-        .iter()
-        .map(|a| (a.broadcast_id, a.customer_id))
-        .collect();
-    tx.read_ahead(&personal, activities.len()).await?;
+    tx.read_ahead(activities).await?;
     let mut commons = Vec::with_capacity(activities.len());
     for (index, a) in activities.iter().enumerate() {
         let common = tx.broadcast_event(a.broadcast_id, a.customer_id).await?;

@@ -134,12 +134,12 @@ pub trait Tx {
         next_at_ms: Option<i64>,
         error: Option<&str>,
     ) -> Result<()>;
-    /// Reads ahead, before a batch of activities, what they will ask for: the events of the
-    /// personal broadcasts `personal` (for [`Tx::broadcast_event`]), and room for `events`
-    /// new events (for [`Tx::enqueue`]), where one statement for all costs less than one each
-    /// (PostgreSQL's round trips). Nothing by default.
-    async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
-        let _ = (personal, events);
+    /// Reads ahead, before a batch of activities, what they will ask for: their personal
+    /// broadcasts' events (for [`Tx::broadcast_event`]), and room for an event each (for
+    /// [`Tx::enqueue`]), where one statement for all costs less than one each (PostgreSQL's
+    /// round trips). Nothing by default.
+    async fn read_ahead(&mut self, activities: &[crate::activity::Activity]) -> Result<()> {
+        let _ = activities;
         Ok(())
     }
     /// Queues an event in the outbox: `payload` is given the row's id (the event's

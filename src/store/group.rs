@@ -171,9 +171,10 @@ fn group_policy(group: &[Queued]) -> Unknown {
 async fn commit(store: &Storage, group: Vec<Queued>) {
     let unknown = group_policy(&group);
     let sizes: Vec<usize> = group.iter().map(|q| q.activities.len()).collect();
-    // Kept only where a failure would need each request again.
-    let again: Option<Vec<Vec<Activity>>> =
-        (group.len() > 1).then(|| group.iter().map(|q| q.activities.clone()).collect());
+    // Kept only where a failure would need each request again: a group of several whose
+    // policy refuses an unknown personal broadcast (the one failure about a request's input).
+    let again: Option<Vec<Vec<Activity>>> = (group.len() > 1 && unknown == Unknown::Refuse)
+        .then(|| group.iter().map(|q| q.activities.clone()).collect());
     let (all, answers): (Vec<Vec<Activity>>, Vec<_>) =
         group.into_iter().map(|q| (q.activities, q.answer)).unzip();
     let all: Vec<Activity> = all.into_iter().flatten().collect();

@@ -314,7 +314,7 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
-    async fn read_ahead(&mut self, personal: &[(i64, i64)], events: usize) -> Result<()> {
+    async fn read_ahead(&mut self, activities: &[crate::activity::Activity]) -> Result<()> {
         type Found = (
             Option<Vec<i64>>,
             Option<i64>,
@@ -323,8 +323,12 @@ impl Tx for PgTx<'_> {
             Option<bool>,
             Option<bool>,
         );
+        let personal: Vec<(i64, i64)> = activities
+            .iter()
+            .map(|a| (a.broadcast_id, a.customer_id))
+            .collect();
         let (b, c): (Vec<i64>, Vec<i64>) = personal.iter().copied().unzip();
-        let n = events * self.lanes.iter().count();
+        let n = activities.len() * self.lanes.iter().count();
         let rows: Vec<Found> = sqlx::query_as(READ_AHEAD)
             .bind(&b)
             .bind(&c)

@@ -13,7 +13,7 @@
 //! `BENCH_THROUGHPUT_ONLY=1` skips latency and memory; `BENCH_SETUPS=64/16,16/1` runs only
 //! the given setups (in flight/batch_size); `BENCH_BRIDGED_ONLY=1` runs only pegabridge's side
 //! (for profiling: no plain client, no ratio); `BENCH_THREADS=1` prints each thread's CPU per
-//! event.
+//! event; `BENCH_OUTAGE_ONLY=1` runs only the mid-bulk outage.
 #![allow(clippy::too_many_lines)] // a bench reads best as its scenarios, whole
 
 mod common;
@@ -54,6 +54,10 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("BENCH_OUTAGE_ONLY").is_some() {
+        mid_bulk_outage().await;
+        return;
+    }
     if std::env::var_os("BENCH_ENDPOINT_ONLY").is_some() {
         endpoints().await;
         return;
@@ -169,8 +173,13 @@ async fn main() {
 /// A server with the default `[pega]` settings (adaptive concurrency, `batch_size = 1`) and
 /// `n` events already pending, delivering to `url`; returns when it has started.
 async fn backlog_server(n: usize, url: &str, pega: &str) -> tempfile::TempDir {
+    backlog_server_on(n, "127.0.0.1:0", url, pega).await
+}
+
+/// [`backlog_server`], listening on `listen`.
+async fn backlog_server_on(n: usize, listen: &str, url: &str, pega: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write_config_with(dir.path(), "127.0.0.1:0", &format!("{url}/in"), pega);
+    write_config_with(dir.path(), listen, &format!("{url}/in"), pega);
     // Migrated by the store, filled, then served.
     drop(
         pegabridge::store::Storage::connect(
@@ -336,16 +345,41 @@ async fn endpoints() {
         back.elapsed().as_secs_f64()
     );
 
-    // Down in the middle of a bulk send: answering, then 503 right after thousands were
-    // delivered (the breaker's window full of successes), for 30 s, then back.
+    mid_bulk_outage().await;
+}
+
+/// Down in the middle of a bulk send: answering, then 503 right after thousands were
+/// delivered (the breaker's window full of successes), for 30 s, then back.
+async fn mid_bulk_outage() {
     let n = 40_000;
     let (flaky, url) = receiver_with(Behaviour::default()).await;
-    let _dir = backlog_server(
+    let port = common::free_port();
+    let _dir = backlog_server_on(
         n,
+        &format!("127.0.0.1:{port}"),
         &url,
         "[pega.retry]\nbase_ms = 200\nmax_delay_secs = 10\nmax_attempts = 1000",
     )
     .await;
+    while flaky.request_times().len() < 4_900 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The limit and the POSTs under way, just before it goes down.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| {
+        (metrics.lines())
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (limit, under_way) = (
+        gauge("pegabridge_delivery_concurrency_limit"),
+        gauge("pegabridge_delivery_requests_in_flight"),
+    );
     while flaky.request_times().len() < 5_000 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -371,6 +405,9 @@ async fn endpoints() {
     println!(
         "| down (503) mid-bulk | of which in its first second down / later (the probes) | {at_once} / {} | |",
         in_first_30s - at_once
+    );
+    println!(
+        "| down (503) mid-bulk | concurrency limit / POSTs under way, 100 requests before | {limit} / {under_way} | |"
     );
     println!(
         "| down (503) right after {before} requests answered, mid-bulk | all {n} delivered once back | yes | |"

@@ -8,7 +8,11 @@
 //!   `min_requests` requests did (so a long run of successes still in the window does not
 //!   hide an endpoint that just went down), it opens: no POST but one probe
 //!   every `probe_interval_secs`, one at a time, until a probe is answered; then it closes and
-//!   concurrency starts again from the minimum.
+//!   concurrency starts again from the minimum;
+//! - **failures in a row**: while closed, each failure since the last success halves how
+//!   many POSTs may be under way ([`Gate::places`]), down to one. The POSTs already under
+//!   way when an endpoint goes down all come back failing, so no new one starts while they
+//!   do (a fast endpoint has dozens under way); one success brings the limit back.
 
 use crate::config::pega::BreakerSettings;
 use std::collections::VecDeque;
@@ -53,6 +57,8 @@ struct State {
     /// The last `min_requests` outcomes within the window, and how many of them failed.
     last: VecDeque<(Instant, bool)>,
     last_failures: usize,
+    /// Failures since the last success (while closed).
+    in_a_row: u32,
     next_probe: Instant,
 }
 
@@ -62,6 +68,7 @@ impl State {
         self.recent_failures = 0;
         self.last.clear();
         self.last_failures = 0;
+        self.in_a_row = 0;
     }
 }
 
@@ -83,6 +90,7 @@ impl Gate {
                 recent_failures: 0,
                 last: VecDeque::new(),
                 last_failures: 0,
+                in_a_row: 0,
                 next_probe: Instant::now(),
             }),
             settings,
@@ -108,6 +116,16 @@ impl Gate {
             BreakerState::HalfOpen => Some(now + self.probe_interval()),
         };
         pause.max(probe)
+    }
+
+    /// How many POSTs may be under way under a concurrency limit of `limit`: the limit
+    /// halved for each failure in a row (at least one), one while the breaker is open.
+    pub fn places(&self, limit: usize) -> usize {
+        let s = self.lock();
+        if s.breaker != BreakerState::Closed {
+            return 1;
+        }
+        limit.checked_shr(s.in_a_row).unwrap_or(0).max(1)
     }
 
     fn probe_interval(&self) -> Duration {
@@ -179,6 +197,11 @@ impl Gate {
             s.recent.pop_front();
             s.recent_failures -= usize::from(f);
         }
+        s.in_a_row = if failed {
+            s.in_a_row.saturating_add(1)
+        } else {
+            0
+        };
         s.last.push_back((now, failed));
         s.last_failures += usize::from(failed);
         while let Some(&(at, f)) = s.last.front() {
@@ -280,5 +303,39 @@ mod tests {
         assert_eq!(g.record(t, true, false, None), None);
         assert_eq!(g.record(t, true, false, None), None);
         assert_eq!(g.record(t, true, false, None), Some(Transition::Opened));
+    }
+
+    #[test]
+    fn each_failure_in_a_row_halves_the_places_and_a_success_restores_them() {
+        let g = gate();
+        let t = Instant::now();
+        for _ in 0..100 {
+            g.record(t, false, false, None);
+        }
+        assert_eq!(g.places(40), 40);
+        g.record(t, true, false, None);
+        assert_eq!(g.places(40), 20);
+        g.record(t, true, false, None);
+        assert_eq!(g.places(40), 10);
+        g.record(t, false, false, None);
+        assert_eq!(g.places(40), 40, "a success in between");
+        for _ in 0..4 {
+            g.record(t, false, false, None);
+        }
+        // Half failing, never two in a row: the breaker stays closed, the places halve.
+        for _ in 0..70 {
+            g.record(t, true, false, None);
+            g.record(t, false, false, None);
+        }
+        g.record(t, true, false, None);
+        assert_eq!(g.state(), BreakerState::Closed);
+        assert_eq!(g.places(40), 20);
+        // Open: the probe alone.
+        let g = gate();
+        for _ in 0..4 {
+            g.record(t, true, false, None);
+        }
+        assert_eq!(g.state(), BreakerState::Open);
+        assert_eq!(g.places(40), 1);
     }
 }

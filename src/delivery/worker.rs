@@ -215,7 +215,7 @@ impl Worker {
         if self.gate.state() != BreakerState::Closed {
             return batch;
         }
-        batch * self.limiter.limit() * ROUND_BATCHES
+        batch * self.places() * ROUND_BATCHES
     }
 
     /// One round from the store: claim the due events (up to the round's size) and deliver
@@ -630,14 +630,10 @@ impl Worker {
         }
     }
 
-    /// How many POSTs may be under way now: the limit, or the probe alone while the
-    /// endpoint is down.
+    /// How many POSTs may be under way now: the limit, narrowed by failures in a row, or
+    /// the probe alone while the endpoint is down ([`super::breaker::Gate::places`]).
     fn places(&self) -> usize {
-        if self.gate.state() == BreakerState::Closed {
-            self.limiter.limit()
-        } else {
-            1
-        }
+        self.gate.places(self.limiter.limit())
     }
 
     /// Claims up to `want` due events from the store; `true` when the claim came back full

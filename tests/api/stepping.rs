@@ -286,6 +286,44 @@ async fn a_failing_endpoint_gets_one_probe_per_interval_until_it_answers() {
 }
 
 #[tokio::test]
+async fn failures_in_a_row_narrow_the_next_round_until_a_success_comes_back() {
+    use pegabridge::delivery::breaker::BreakerState;
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let pega = start_pega().await;
+        // A breaker that does not open here: only the failures in a row narrow the rounds.
+        let more = "concurrency = 8\n[pega.breaker]\nmin_requests = 100000";
+        let (worker, _config) = worker(&store, &pega, more);
+        let full = worker.round_limit();
+        let narrow = full / 8;
+        queue(&store, 3 * full).await;
+        let first = worker.try_deliver_next().await.unwrap();
+        assert_eq!(first.delivered, full, "{first:?}");
+        // Down: the round under way was sized while it answered, so all of it is posted.
+        pega.mock.control(|b| b.fail_rate = 1.0);
+        let failed = worker.try_deliver_next().await.unwrap();
+        assert_eq!(failed.retried, full, "{failed:?}");
+        assert_eq!(worker.breaker_state(), BreakerState::Closed);
+        // Then one POST at a time: the next round is one batch per round's share of a place.
+        let before = pega.mock.requests();
+        let narrowed = worker.try_deliver_next().await.unwrap();
+        assert_eq!(narrowed.retried, narrow, "{narrowed:?}");
+        assert_eq!(pega.mock.requests() - before, narrow as u64);
+        // Back: a narrow round answered, then full rounds again.
+        pega.mock.control(|b| b.fail_rate = 0.0);
+        let back = worker.try_deliver_next().await.unwrap();
+        assert_eq!(back.delivered, narrow, "{back:?}");
+        let again = worker.try_deliver_next().await.unwrap();
+        assert_eq!(
+            again.delivered,
+            full - 2 * narrow,
+            "the rest of the due events: {again:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_adaptive_limit_grows_on_a_slow_endpoint_and_never_exceeds_its_maximum() {
     let (store, _dir, _db) = open_store().await;
     let pega = start_pega().await;

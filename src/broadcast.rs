@@ -2,7 +2,7 @@
 //! events, and (in the preview) their rendered metadata and HTML.
 
 use crate::event::{now, Account, Common};
-use crate::mapping::apply::{apply_to, ApplyError, FieldError, Warnings};
+use crate::mapping::apply::{apply_each, ApplyError, FieldError, Warnings};
 use crate::mapping::Mapping;
 use crate::recording::{NewRecipient, TriggerAnswer};
 use crate::store::Storage;
@@ -77,33 +77,31 @@ pub enum Trigger<'a> {
     Split(crate::mapping::bulk::Split<'a>),
 }
 
-/// The trigger's recipients with their events, and warnings for people.
-fn recipients(
+/// The trigger's recipients, each made into what `keep` makes of it and its warnings for
+/// people as it is mapped (its manual options made compact: [`NewRecipient`]).
+fn recipients<T>(
     account: &Account,
     mapping: &Mapping,
     configured: &[Variable],
     (trigger, split): (&Value, Option<&[&RawValue]>),
     warnings: Warnings,
-) -> Result<Vec<(NewRecipient, Vec<String>)>, TriggerError> {
-    let personal =
-        apply_to(mapping, configured, trigger, split, warnings).map_err(|e| match e {
-            ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
-            ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
-        })?;
+    mut keep: impl FnMut(NewRecipient, Vec<String>) -> T,
+) -> Result<Vec<T>, TriggerError> {
     let shared = Arc::new(shared_event(account, mapping));
-    Ok(personal
-        .into_iter()
-        .map(|p| {
-            let recipient = NewRecipient {
-                idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
-                email: p.email,
-                external_id: p.external_id,
-                manual_options: p.manual_options,
-                shared: shared.clone(),
-            };
-            (recipient, p.warnings)
-        })
-        .collect())
+    let each = |p: crate::mapping::apply::PersonalBroadcast| {
+        let recipient = NewRecipient {
+            idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
+            email: p.email,
+            external_id: p.external_id,
+            manual_options: (&p.manual_options).into(),
+            shared: shared.clone(),
+        };
+        keep(recipient, p.warnings)
+    };
+    apply_each(mapping, configured, trigger, split, warnings, each).map_err(|e| match e {
+        ApplyError::Invalid(fields) => TriggerError::Invalid(fields),
+        ApplyError::TooLarge(limit) => TriggerError::TooLarge(limit),
+    })
 }
 
 /// Accepts a trigger: maps it and records every personal broadcast durably. The trigger is
@@ -121,10 +119,8 @@ pub async fn accept(
         Trigger::Whole(trigger) => (trigger, None),
         Trigger::Split(split) => (&split.trigger, Some(split.elements.as_slice())),
     };
-    let new: Vec<NewRecipient> = recipients(account, mapping, configured, parts, Warnings::Skip)?
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
+    let keep = |r, _| r;
+    let new = recipients(account, mapping, configured, parts, Warnings::Skip, keep)?;
     drop(trigger);
     let key = idempotency_key.map(|k| format!("{}:{k}", mapping.name));
     Ok(store.record_trigger(mapping.name.clone(), key, new).await?)
@@ -194,14 +190,16 @@ pub fn preview(
         configured,
         (trigger, None),
         Warnings::Collect,
+        |r, warnings| (r, warnings),
     )? {
+        let options = r.manual_options.to_map();
         let mut meta = Map::new();
         for field in plan.fields() {
-            let rendered = render(&field.expression, &r.manual_options)?;
+            let rendered = render(&field.expression, &options)?;
             meta.insert(field.name.clone(), Value::String(rendered.html));
         }
         let html = if with_html || mapping.file.tracking {
-            let rendered = render(&mapping.template_html, &r.manual_options)?;
+            let rendered = render(&mapping.template_html, &options)?;
             warnings.extend(rendered.warnings);
             if mapping.file.tracking {
                 warnings.extend(untracked(&rendered.html));
@@ -213,7 +211,7 @@ pub fn preview(
         };
         out.push(PreviewRecipient {
             event: r.event(),
-            manual_options: r.manual_options,
+            manual_options: options,
             meta,
             warnings,
             html,

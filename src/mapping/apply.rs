@@ -70,6 +70,19 @@ pub fn apply_to(
     split: Option<&[&serde_json::value::RawValue]>,
     warnings: Warnings,
 ) -> Result<Vec<PersonalBroadcast>, ApplyError> {
+    apply_each(mapping, configured, trigger, split, warnings, |p| p)
+}
+
+/// Like [`apply_to`], keeping of each recipient what `keep` makes of it, as it comes: a bulk
+/// trigger's recipients are never all held in their mapped form.
+pub fn apply_each<T>(
+    mapping: &Mapping,
+    configured: &[Variable],
+    trigger: &Value,
+    split: Option<&[&serde_json::value::RawValue]>,
+    warnings: Warnings,
+    mut keep: impl FnMut(PersonalBroadcast) -> T,
+) -> Result<Vec<T>, ApplyError> {
     let limits = mapping.limits;
     let mut errors = Vec::new();
     let each = mapping.file.recipient.each.as_ref();
@@ -85,7 +98,7 @@ pub fn apply_to(
             ),
         }));
     }
-    let mut recipients = Vec::new();
+    let mut recipients = Vec::with_capacity(elements.len());
     let mut total_bytes = 0usize;
     // The expansion bound: the trigger's size times the allowed factor, 1 MiB at least.
     let size =
@@ -141,7 +154,9 @@ pub fn apply_to(
                         ),
                     }));
                 }
-                recipients.push(r);
+                if errors.is_empty() {
+                    recipients.push(keep(r));
+                }
             }
             Err(mut e) => errors.append(&mut e),
         }

@@ -628,12 +628,15 @@ fn file_of(url: &str) -> anyhow::Result<PathBuf> {
 fn open(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // A 64 MiB page cache (the default is 2 MiB): the writer spent much of its time re-reading
-    // pages. (Rarer checkpoints were tried too: no faster, and p99 latency x4.)
+    // A 16 MiB page cache (the default is 2 MiB, with which the writer spent much of its time
+    // re-reading pages; rarer checkpoints were tried too: no faster, and p99 latency x4). A
+    // bulk trigger's one transaction fills it: at 64 MiB it was half of what a trigger of
+    // 100,000 recipients added to the process, and the lookups among 1,000,000 customers
+    // measured the same at 16 (docs/benchmarks.md).
     // `synchronous = NORMAL`: commits do not flush; see the module's notes for who does.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -65536;",
+         PRAGMA cache_size = -16384;",
     )?;
     migrate::run(&conn).context("running migrations")?;
     Ok(conn)

@@ -7,7 +7,7 @@
 //! Two loads, each on a fresh `serve` with the default `[pega]` settings (adaptive
 //! concurrency, `batch_size = 1`): saturation ([`SATURATED`] activities, [`IN_FLIGHT`] at a
 //! time) and a steady 500 a second for 5 s. [`RUNS`] runs of each store, alternating;
-//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
+//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, and `serve`'s context switches per event; `BENCH_PERF=FILE` records a `perf` profile of `serve` at the steady rate). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
 //! PostgreSQL at most twice SQLite's.
 
 mod common;
@@ -105,12 +105,27 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         wait_for(pega, before + SATURATED).await;
     })
     .await;
+    // `BENCH_PERF=FILE`: `perf record -g` of `serve` during the steady load, into FILE.
+    let perf = std::env::var("BENCH_PERF").ok().map(|file| {
+        std::process::Command::new("perf")
+            .args(["record", "-g", "-o", &file, "-p", &serve.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     let steady = cost(serve.id(), on_postgres, STEADY, async {
         let before = pega.event_count();
         paced(&client, &base, &body, STEADY_RATE, STEADY).await;
         wait_for(pega, before + STEADY).await;
     })
     .await;
+    if let Some(mut perf) = perf {
+        // SIGINT: perf writes its file and ends.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     serve.kill().unwrap();
     serve.wait().unwrap();
     if let Some(d) = database {
@@ -119,12 +134,33 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
     (saturated, steady)
 }
 
+/// The context switches of process `pid`'s threads so far (those alive now).
+fn switches_of(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let counts = tasks.flatten().flat_map(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        (status.lines())
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .collect::<Vec<_>>()
+    });
+    counts.sum()
+}
+
 /// The CPU microseconds per event `serve` (and PostgreSQL, `on_postgres`) spent while
 /// `work` ran, over `n` events.
 async fn cost(pid: u32, on_postgres: bool, n: usize, work: impl std::future::Future) -> f64 {
-    let (own, database) = (cpu_of(pid), postgres_cpu());
+    let (own, database, switched) = (cpu_of(pid), postgres_cpu(), switches_of(pid));
     work.await;
     let mut spent = cpu_of(pid) - own;
+    if std::env::var_os("BENCH_SPLIT").is_some() {
+        println!(
+            "serve: {:.1} context switches per event",
+            (switches_of(pid) - switched) as f64 / n as f64
+        );
+    }
     if on_postgres {
         let theirs = postgres_cpu_since(&database);
         if std::env::var_os("BENCH_SPLIT").is_some() {

@@ -160,10 +160,13 @@ pub fn free_port() -> u16 {
 }
 
 /// `pegabridge serve` with `dir`'s `pegabridge.toml`, run from `dir`, once it accepts
-/// connections on `port`.
+/// connections on `port`. `BENCH_BIN` names another `pegabridge` binary to run (an earlier
+/// commit's, to compare in the same sitting).
 pub fn start_serve(dir: &Path, port: u16) -> std::process::Child {
     use std::time::{Duration, Instant};
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+    let bin =
+        std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pegabridge").into());
+    let child = std::process::Command::new(bin)
         .args(["--config", "pegabridge.toml", "serve"])
         .current_dir(dir)
         .stdout(std::process::Stdio::null())

@@ -7,7 +7,7 @@
 //! Two loads, each on a fresh `serve` with the default `[pega]` settings (adaptive
 //! concurrency, `batch_size = 1`): saturation ([`SATURATED`] activities, [`IN_FLIGHT`] at a
 //! time) and a steady 500 a second for 5 s. [`RUNS`] runs of each store, alternating;
-//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, and `serve`'s context switches per event; `BENCH_PERF=FILE` records a `perf` profile of `serve` at the steady rate). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
+//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, and `serve`'s context switches per event; `BENCH_ATTACH="perf record -g -o FILE -p {pid}"` runs a command on `serve` during the steady load). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
 //! PostgreSQL at most twice SQLite's.
 
 mod common;
@@ -105,13 +105,17 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         wait_for(pega, before + SATURATED).await;
     })
     .await;
-    // `BENCH_PERF=FILE`: `perf record -g` of `serve` during the steady load, into FILE.
-    let perf = std::env::var("BENCH_PERF").ok().map(|file| {
-        std::process::Command::new("perf")
-            .args(["record", "-g", "-o", &file, "-p", &serve.id().to_string()])
+    // `BENCH_ATTACH`: a command run on `serve` during the steady load, `{pid}` its process
+    // id (`perf record -g -o FILE -p {pid}`, `strace -c -f -o FILE -p {pid}`), stopped with
+    // SIGINT (both write their file and end).
+    let perf = std::env::var("BENCH_ATTACH").ok().map(|command| {
+        let command = command.replace("{pid}", &serve.id().to_string());
+        let mut words = command.split_whitespace();
+        std::process::Command::new(words.next().expect("BENCH_ATTACH: a command"))
+            .args(words)
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("perf")
+            .expect("BENCH_ATTACH")
     });
     let steady = cost(serve.id(), on_postgres, STEADY, async {
         let before = pega.event_count();
@@ -120,7 +124,6 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
     })
     .await;
     if let Some(mut perf) = perf {
-        // SIGINT: perf writes its file and ends.
         let _ = std::process::Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
             .status();

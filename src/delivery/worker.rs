@@ -48,8 +48,10 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The longest an outcome waits for others to be recorded with (one transaction, and one
 /// flush of the WAL, for all of them): at a moderate rate each POST's outcome used to cost a
-/// commit of its own. Nobody waits for it: the POSTs go on meanwhile.
-const GATHER: Duration = Duration::from_millis(10);
+/// commit of its own. Nobody waits for it: the POSTs go on meanwhile. (10 ms until the cost
+/// bench measured 50 ms about 7% cheaper per event at 500/s; a crash repeats at most this
+/// much of the deliveries, with their uuids.)
+const GATHER: Duration = Duration::from_millis(50);
 
 /// Batches claimed per round for each slot of concurrency: enough to keep the slots busy
 /// between two store calls.

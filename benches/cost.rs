@@ -108,7 +108,7 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
     // `BENCH_ATTACH`: a command run on `serve` during the steady load, `{pid}` its process
     // id (`perf record -g -o FILE -p {pid}`, `strace -c -f -o FILE -p {pid}`), stopped with
     // SIGINT (both write their file and end).
-    let perf = std::env::var("BENCH_ATTACH").ok().map(|command| {
+    let attached = std::env::var("BENCH_ATTACH").ok().map(|command| {
         let command = command.replace("{pid}", &serve.id().to_string());
         let mut words = command.split_whitespace();
         std::process::Command::new(words.next().expect("BENCH_ATTACH: a command"))
@@ -123,11 +123,11 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         wait_for(pega, before + STEADY).await;
     })
     .await;
-    if let Some(mut perf) = perf {
+    if let Some(mut attached) = attached {
         let _ = std::process::Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
+            .args(["-INT", &attached.id().to_string()])
             .status();
-        let _ = perf.wait();
+        let _ = attached.wait();
     }
     serve.kill().unwrap();
     serve.wait().unwrap();

@@ -225,7 +225,7 @@ async fn main() {
 
 /// Memory: one trigger of `QUEUED` recipients, the relay down (its rows of the table).
 async fn memory(client: &reqwest::Client) {
-    let (before, peak, rss) = queued_rss(client).await;
+    let (before, peak, rss, cpu) = queued_rss(client).await;
     println!(
         "| resident size of serve before one trigger of {QUEUED} recipients | {before:.1} MB | |"
     );
@@ -233,6 +233,7 @@ async fn memory(client: &reqwest::Client) {
         "| peak resident size until the trigger was answered | {peak:.1} MB (+{:.1} MB) | growth <= 100 MiB |",
         peak - before
     );
+    println!("| CPU of serve from the trigger's POST to its answer | {cpu:.2} s | |");
     println!(
         "| resident size of serve 15 s later, {QUEUED} sends queued, relay down | {rss:.1} MB | |"
     );
@@ -335,13 +336,13 @@ async fn stuck_run(client: &reqwest::Client) -> f64 {
 
 /// `serve` as its own process with `QUEUED` sends committed and the relay refusing
 /// connections: its resident size before the trigger, the most it was resident until the
-/// trigger was answered, and its resident size 15 s later.
-async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
+/// trigger was answered, its resident size 15 s later, and its CPU seconds for the trigger.
+async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let down = common::free_port();
     let port = common::free_port();
     write_project(dir.path(), down, &format!("127.0.0.1:{port}"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+    let mut child = std::process::Command::new(common::serve_bin())
         .args([
             "--config",
             dir.path().join("pegabridge.toml").to_str().unwrap(),
@@ -360,6 +361,7 @@ async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = common::rss_mb(child.id());
+    let cpu_before = common::cpu_of(child.id());
     let res = client
         .post(format!("{base}/webhooks/bulk"))
         .bearer_auth("t")
@@ -369,6 +371,7 @@ async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
         .unwrap();
     assert!(res.status().is_success(), "{}", res.status());
     let peak = common::peak_rss_mb(child.id());
+    let cpu = (common::cpu_of(child.id()) - cpu_before).as_secs_f64();
     // Attempts against the dead relay meanwhile (its breaker opens), and time for the
     // allocator to return what parsing the 10 MB trigger took (measured at 5 s, that peak
     // is still counted: a bulk trigger's own memory is the efficiency issue's).
@@ -376,5 +379,5 @@ async fn queued_rss(client: &reqwest::Client) -> (f64, f64, f64) {
     let mb = common::rss_mb(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
-    (before, peak, mb)
+    (before, peak, mb, cpu)
 }

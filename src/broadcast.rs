@@ -88,12 +88,12 @@ fn recipients<T>(
     mut keep: impl FnMut(NewRecipient, Vec<String>) -> T,
 ) -> Result<Vec<T>, TriggerError> {
     let shared = Arc::new(shared_event(account, mapping));
-    let each = |p: crate::mapping::apply::PersonalBroadcast| {
+    let each = |p: crate::mapping::apply::PersonalBroadcast, manual_options| {
         let recipient = NewRecipient {
             idempotency_key: p.idempotency_key.map(|k| format!("{}:{k}", mapping.name)),
             email: p.email,
             external_id: p.external_id,
-            manual_options: (&p.manual_options).into(),
+            manual_options,
             shared: shared.clone(),
         };
         keep(recipient, p.warnings)

@@ -159,14 +159,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `pegabridge serve` with `dir`'s `pegabridge.toml`, run from `dir`, once it accepts
-/// connections on `port`. `BENCH_BIN` names another `pegabridge` binary to run (an earlier
-/// commit's, to compare in the same sitting).
+/// The `pegabridge` binary the benches run: this build's, or the one `BENCH_BIN` names (an
+/// earlier commit's, to compare in the same sitting).
+pub fn serve_bin() -> String {
+    (std::env::var("BENCH_BIN").ok())
+        .filter(|bin| !bin.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pegabridge").into())
+}
+
+/// `pegabridge serve` ([`serve_bin`]) with `dir`'s `pegabridge.toml`, run from `dir`, once it
+/// accepts connections on `port`.
 pub fn start_serve(dir: &Path, port: u16) -> std::process::Child {
     use std::time::{Duration, Instant};
-    let bin =
-        std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pegabridge").into());
-    let child = std::process::Command::new(bin)
+    let child = std::process::Command::new(serve_bin())
         .args(["--config", "pegabridge.toml", "serve"])
         .current_dir(dir)
         .stdout(std::process::Stdio::null())

@@ -3,6 +3,7 @@
 
 use super::Mapping;
 pub use crate::config::TriggerLimits;
+use crate::event::ManualOptions;
 use crate::template::Variable;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -70,18 +71,19 @@ pub fn apply_to(
     split: Option<&[&serde_json::value::RawValue]>,
     warnings: Warnings,
 ) -> Result<Vec<PersonalBroadcast>, ApplyError> {
-    apply_each(mapping, configured, trigger, split, warnings, |p| p)
+    apply_each(mapping, configured, trigger, split, warnings, |p, _| p)
 }
 
-/// Like [`apply_to`], keeping of each recipient what `keep` makes of it, as it comes: a bulk
-/// trigger's recipients are never all held in their mapped form.
+/// Like [`apply_to`], keeping of each recipient what `keep` makes of it and of its manual
+/// options' text (measured against the limits), as it comes: a bulk trigger's recipients are
+/// never all held in their mapped form.
 pub fn apply_each<T>(
     mapping: &Mapping,
     configured: &[Variable],
     trigger: &Value,
     split: Option<&[&serde_json::value::RawValue]>,
     warnings: Warnings,
-    mut keep: impl FnMut(PersonalBroadcast) -> T,
+    mut keep: impl FnMut(PersonalBroadcast, ManualOptions) -> T,
 ) -> Result<Vec<T>, ApplyError> {
     let limits = mapping.limits;
     let mut errors = Vec::new();
@@ -122,7 +124,8 @@ pub fn apply_each<T>(
         let element = item.as_deref().map(|v| (v, prefix.as_str()));
         match recipient(mapping, configured, trigger, element, warnings) {
             Ok(r) => {
-                let bytes = json_len(&r.manual_options);
+                let options = ManualOptions::new(&r.manual_options);
+                let bytes = options.len();
                 if bytes > limits.max_options_bytes {
                     return Err(ApplyError::TooLarge(FieldError {
                         field: "server.max_options_bytes".into(),
@@ -155,7 +158,7 @@ pub fn apply_each<T>(
                     }));
                 }
                 if errors.is_empty() {
-                    recipients.push(keep(r));
+                    recipients.push(keep(r, options));
                 }
             }
             Err(mut e) => errors.append(&mut e),

@@ -23,7 +23,7 @@ pub struct NewRecipient {
     /// The mapping's per-recipient idempotency key, if any (already namespaced).
     pub idempotency_key: Option<String>,
     /// Every manual field of the template plus the mapped variables.
-    pub manual_options: ManualOptions,
+    pub manual_options: crate::event::ManualOptions,
     /// The trigger's `broadcasts` event without anything of a recipient's own.
     pub shared: std::sync::Arc<Common>,
 }
@@ -40,53 +40,6 @@ impl NewRecipient {
             email_address: Some(self.email.clone()),
             ..(*self.shared).clone()
         }
-    }
-}
-
-/// A recipient's manual options, kept as their JSON object's text: one allocation, where a
-/// map held a node, a key and a value of its own per option (about 1 KB a recipient, 86 MB of
-/// a 100,000-recipient trigger's peak). Read back into a map at the recipient's turn.
-#[derive(Clone)]
-pub struct ManualOptions(Box<serde_json::value::RawValue>);
-
-impl ManualOptions {
-    /// The options' JSON text (a serialized map: its keys sorted, its numbers exact).
-    pub fn new(options: &serde_json::Map<String, serde_json::Value>) -> Self {
-        let text = serde_json::to_string(options).expect("a map of JSON values serializes");
-        Self(serde_json::value::RawValue::from_string(text).expect("serialized JSON"))
-    }
-
-    /// The length of its JSON text.
-    pub fn len(&self) -> usize {
-        self.0.get().len()
-    }
-
-    /// Whether there is no option (`{}`).
-    pub fn is_empty(&self) -> bool {
-        self.len() <= 2
-    }
-
-    /// The options as a map.
-    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(self.0.get()).expect("written by ManualOptions::new")
-    }
-}
-
-impl From<&serde_json::Map<String, serde_json::Value>> for ManualOptions {
-    fn from(options: &serde_json::Map<String, serde_json::Value>) -> Self {
-        Self::new(options)
-    }
-}
-
-impl From<serde_json::Map<String, serde_json::Value>> for ManualOptions {
-    fn from(options: serde_json::Map<String, serde_json::Value>) -> Self {
-        Self::new(&options)
-    }
-}
-
-impl std::fmt::Debug for ManualOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.get())
     }
 }
 
@@ -508,23 +461,6 @@ fn duplicate(original: RecipientAnswer) -> RecipientAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn manual_options_kept_as_text_read_back_as_they_were_given() {
-        let options: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-            r#"{"InteractionId": -563481321460449721123, "Amount": 12.50, "Name": "Zoë \"Z\"",
-                "Nested": {"b": [1, null, true]}, "Empty": ""}"#,
-        )
-        .unwrap();
-        let kept = ManualOptions::new(&options);
-        assert_eq!(kept.to_map(), options);
-        // Digit for digit (beyond 64 bits, the trailing zero kept), in one allocation of text.
-        let text = format!("{kept:?}");
-        assert!(text.contains("-563481321460449721123"), "{text}");
-        assert!(text.contains("12.50"), "{text}");
-        assert_eq!(kept.len(), text.len());
-        assert!(ManualOptions::new(&serde_json::Map::new()).is_empty());
-    }
 
     fn answer(customer_id: i64, status: RecipientStatus) -> RecipientAnswer {
         RecipientAnswer {

@@ -59,7 +59,7 @@ async fn queue(store: &Storage, n: usize) {
             email: format!("s{i}@x.nl"),
             external_id: format!("S-{i}"),
             idempotency_key: None,
-            manual_options: common().broadcast_manual_options.into(),
+            manual_options: (&common().broadcast_manual_options).into(),
             shared: std::sync::Arc::new(common()),
         })
         .collect();

@@ -40,7 +40,7 @@ fn recipient(n: usize) -> NewRecipient {
         email: format!("c{n}@x.nl"),
         external_id: format!("CUST-{n}"),
         idempotency_key: None,
-        manual_options: common().broadcast_manual_options.into(),
+        manual_options: (&common().broadcast_manual_options).into(),
         shared: std::sync::Arc::new(common()),
     }
 }
@@ -464,7 +464,7 @@ async fn an_interaction_is_found_by_what_an_operator_knows_of_it() {
             "InteractionId".into(),
             serde_json::json!("-563481321460449721"),
         );
-        r.manual_options = options.into();
+        r.manual_options = (&options).into();
         let answer = store
             .record_trigger("offers".into(), None, vec![r, recipient(6)])
             .await

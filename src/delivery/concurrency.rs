@@ -3,14 +3,23 @@
 //! Concurrency). Once per observation window (about one round trip), the limit
 //!
 //! - goes down by a tenth (never below `min_concurrency`) when the window saw backpressure
-//!   (429, 503, 408, a timeout or a refused connection), or round trips well above their
+//!   (429, 503, 408, a timeout or a refused connection), round trips well above their
 //!   moving average (more than the mean plus [`RTT_DEVIATIONS`] deviations, and
-//!   [`RTT_RISE`] times the mean);
+//!   [`RTT_RISE`] times the mean), or round trips showing a queue at the endpoint (more
+//!   than [`QUEUE_RATIO`] times the unloaded round trip plus [`QUEUE_SLACK`]);
 //! - goes up when the limit was in use and round trips stayed flat: doubling until the first
 //!   decrease (so a fast endpoint is reached in a few round trips), by one after that;
 //! - stays as it is otherwise (a limit not in use says nothing about the endpoint).
 //!
-//! The round-trip average is an exponentially weighted mean of each window's mean.
+//! The round-trip average is an exponentially weighted mean of each window's mean. The
+//! unloaded round trip is the mean of the last window with at most [`LIGHT`] POSTs in
+//! flight, or a loaded window's mean when that is lower: the round trip with nothing queued.
+//! The moving average follows round trips that rise slowly as the limit grows, so it alone
+//! let the limit grow to wherever the endpoint's queue stopped growing smoothly: on a fast
+//! endpoint, tens of POSTs waiting in its queue for no more throughput, and all of them
+//! failing at once when it goes down. Measured against the unloaded round trip (the idea of
+//! TCP Vegas and of Netflix's gradient limiter), more in flight than the endpoint works on
+//! at once shows as a longer round trip, and the limit stops there.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +30,14 @@ use tokio::time::Instant;
 pub const RTT_DEVIATIONS: f64 = 2.5;
 /// ...and this many times the mean (small jitter on a loopback endpoint is not a signal).
 pub const RTT_RISE: f64 = 1.5;
+/// A window's round trips show a queue at the endpoint above this many times the unloaded
+/// round trip...
+pub const QUEUE_RATIO: f64 = 2.0;
+/// ...plus this (a millisecond of scheduling on either side is not a queue worth a smaller
+/// limit: a loopback endpoint answers in a tenth of that).
+pub const QUEUE_SLACK: Duration = Duration::from_millis(1);
+/// A window with at most this many POSTs in flight measures the unloaded round trip.
+pub const LIGHT: usize = 2;
 /// The weight of a new window in the moving average.
 const ALPHA: f64 = 0.3;
 /// The decrease factor.
@@ -43,12 +60,14 @@ pub enum Decrease {
     /// No answer, for another reason (a reset connection).
     Failed,
     RoundTripRise,
+    /// Round trips well above the unloaded round trip: POSTs wait in the endpoint's queue.
+    Queue,
     /// The endpoint came back after the circuit breaker opened: start again from the minimum.
     Recovered,
 }
 
 impl Decrease {
-    pub const ALL: [Decrease; 10] = [
+    pub const ALL: [Decrease; 11] = [
         Decrease::TooManyRequests,
         Decrease::Unavailable,
         Decrease::RequestTimeout,
@@ -58,6 +77,7 @@ impl Decrease {
         Decrease::Refused,
         Decrease::Failed,
         Decrease::RoundTripRise,
+        Decrease::Queue,
         Decrease::Recovered,
     ];
 
@@ -72,6 +92,7 @@ impl Decrease {
             Decrease::Refused => "refused",
             Decrease::Failed => "failed",
             Decrease::RoundTripRise => "rtt",
+            Decrease::Queue => "queue",
             Decrease::Recovered => "recovered",
         }
     }
@@ -136,7 +157,11 @@ struct State {
     window_count: u32,
     window_backpressure: Option<Decrease>,
     window_full: bool,
+    /// The most POSTs in flight at once during the window.
+    window_peak: usize,
     mean: Option<f64>,
+    /// The unloaded round trip, once one is known.
+    unloaded: Option<f64>,
     variance: f64,
     last_decrease: Option<Decrease>,
 }
@@ -182,7 +207,9 @@ impl Limiter {
                 window_count: 0,
                 window_backpressure: None,
                 window_full: false,
+                window_peak: 0,
                 mean: None,
+                unloaded: None,
                 variance: 0.0,
                 last_decrease: None,
             })),
@@ -217,6 +244,7 @@ impl Limiter {
                 let mut s = self.lock();
                 if s.in_flight < s.limit {
                     s.in_flight += 1;
+                    s.window_peak = s.window_peak.max(s.in_flight);
                     if s.in_flight >= s.limit {
                         s.window_full = true;
                     }
@@ -240,6 +268,7 @@ impl Limiter {
             s.limit = s.min;
             s.slow_start = false;
             s.mean = None;
+            s.unloaded = None;
             s.variance = 0.0;
             s.last_decrease = Some(Decrease::Recovered);
             s.window_start = Instant::now();
@@ -247,6 +276,7 @@ impl Limiter {
             s.window_count = 0;
             s.window_backpressure = None;
             s.window_full = false;
+            s.window_peak = s.in_flight;
         }
     }
 
@@ -292,10 +322,22 @@ impl State {
             (Some(c), Some(m)) => c > m + RTT_DEVIATIONS * self.variance.sqrt() && c > m * RTT_RISE,
             _ => false,
         };
+        if let Some(c) = current {
+            self.unloaded = Some(match self.unloaded {
+                Some(u) if self.window_peak > LIGHT => u.min(c),
+                _ => c,
+            });
+        }
+        let queued = match (current, self.unloaded) {
+            (Some(c), Some(u)) => c > u * QUEUE_RATIO + QUEUE_SLACK.as_secs_f64(),
+            _ => false,
+        };
         if let Some(why) = self.window_backpressure {
             self.decrease(why);
         } else if rising {
             self.decrease(Decrease::RoundTripRise);
+        } else if queued {
+            self.decrease(Decrease::Queue);
         } else if self.window_full && current.is_some() {
             let step = if self.slow_start { self.limit } else { 1 };
             self.limit = (self.limit + step).min(self.max);
@@ -316,6 +358,7 @@ impl State {
         self.window_count = 0;
         self.window_backpressure = None;
         self.window_full = self.in_flight >= self.limit;
+        self.window_peak = self.in_flight;
     }
 
     fn decrease(&mut self, why: Decrease) {
@@ -365,10 +408,17 @@ mod tests {
         }
     }
 
-    /// Feeds `limiter` one window: `n` POSTs of `rtt` with `signal`, the limit in use.
+    /// Feeds `limiter` one window: POSTs of `rtt` with `signal`, the limit in use, at most
+    /// [`LIGHT`] in flight.
     fn window(l: &Limiter, at: &mut Instant, rtt: Duration, signal: Signal) {
+        loaded(l, at, rtt, signal, LIGHT);
+    }
+
+    /// [`window`] with up to `peak` in flight.
+    fn loaded(l: &Limiter, at: &mut Instant, rtt: Duration, signal: Signal, peak: usize) {
         let mut s = l.lock();
         s.window_full = true;
+        s.window_peak = peak;
         *at += rtt.max(Duration::from_millis(1)) * 2;
         s.observe(rtt, signal, *at);
     }
@@ -407,6 +457,77 @@ mod tests {
         }
         assert_eq!(l.limit(), 4);
         assert_eq!(l.snapshot().last_decrease, Some(Decrease::Timeout));
+    }
+
+    /// The round trip of an endpoint that works on `parallel` POSTs at once, `service` each,
+    /// with `in_flight` sent: the rest wait in its queue.
+    fn queued(service: Duration, parallel: usize, in_flight: usize) -> Duration {
+        service * in_flight.div_ceil(parallel).max(1) as u32
+    }
+
+    #[test]
+    fn the_limit_stops_where_posts_start_waiting_in_the_endpoints_queue() {
+        let l = Limiter::adaptive(1, 256);
+        let mut at = Instant::now();
+        let service = Duration::from_micros(200);
+        let mut limits = Vec::new();
+        for _ in 0..300 {
+            let limit = l.limit();
+            loaded(&l, &mut at, queued(service, 4, limit), Signal::Fine, limit);
+            limits.push(l.limit());
+        }
+        // Unloaded 0.2 ms: a queue shows above 2 x 0.2 + 1 = 1.4 ms, beyond 28 in flight.
+        let settled = &limits[100..];
+        assert!(
+            settled.iter().all(|l| (20..=32).contains(l)),
+            "settled where the queue starts: {settled:?}"
+        );
+        assert!(limits.contains(&28), "{limits:?}");
+        assert_eq!(l.snapshot().last_decrease, Some(Decrease::Queue));
+        assert_eq!(
+            l.snapshot().rtt.map(|r| r < Duration::from_micros(1_500)),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn an_endpoint_that_got_slower_is_measured_again_when_few_posts_are_in_flight() {
+        let l = Limiter::adaptive(1, 256);
+        let mut at = Instant::now();
+        for _ in 0..100 {
+            let limit = l.limit();
+            let rtt = queued(Duration::from_micros(200), 4, limit);
+            loaded(&l, &mut at, rtt, Signal::Fine, limit);
+        }
+        // Now each POST takes 20 ms, still four at once. Against the unloaded 0.2 ms every
+        // window shows a queue, down to so few in flight that the round trip is measured again.
+        let mut limits = Vec::new();
+        for _ in 0..400 {
+            let limit = l.limit();
+            let rtt = queued(Duration::from_millis(20), 4, limit);
+            loaded(&l, &mut at, rtt, Signal::Fine, limit);
+            limits.push(l.limit());
+        }
+        // Measured again at 20 ms: a queue shows above 2 x 20 + 1 = 41 ms, beyond 8.
+        let settled = &limits[300..];
+        assert!(
+            settled.iter().all(|l| (7..=9).contains(l)),
+            "measured again and back to where the queue starts: {settled:?}"
+        );
+        assert!(settled.contains(&8), "{settled:?}");
+    }
+
+    #[test]
+    fn a_slow_endpoint_without_a_queue_gets_the_maximum() {
+        let l = Limiter::adaptive(1, 256);
+        let mut at = Instant::now();
+        for _ in 0..40 {
+            let limit = l.limit();
+            // 50 ms, and a little more with more in flight (the client's own work).
+            let rtt = Duration::from_millis(50) + Duration::from_micros(10) * limit as u32;
+            loaded(&l, &mut at, rtt, Signal::Fine, limit);
+        }
+        assert_eq!(l.limit(), 256);
     }
 
     #[test]

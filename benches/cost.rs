@@ -7,7 +7,7 @@
 //! Two loads, each on a fresh `serve` with the default `[pega]` settings (adaptive
 //! concurrency, `batch_size = 1`): saturation ([`SATURATED`] activities, [`IN_FLIGHT`] at a
 //! time) and a steady 500 a second for 5 s. [`RUNS`] runs of each store, alternating;
-//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, and `serve`'s context switches per event; `BENCH_ATTACH="perf record -g -o FILE -p {pid}"` runs a command on `serve` during the steady load). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
+//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, and `serve`'s context switches per event; `BENCH_ATTACH="perf record -g -o FILE -p {pid}"` runs a command on `serve` during the steady load, or at saturation with `BENCH_ATTACH_TO=saturation`). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
 //! PostgreSQL at most twice SQLite's.
 
 mod common;
@@ -96,6 +96,10 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
     let body = serde_json::to_vec(&open).unwrap();
     let on_postgres = database.is_some();
 
+    // `BENCH_ATTACH` runs during the steady load, or at saturation with
+    // `BENCH_ATTACH_TO=saturation`.
+    let at_saturation = std::env::var("BENCH_ATTACH_TO").is_ok_and(|to| to == "saturation");
+    let attached = at_saturation.then(|| attach(serve.id())).flatten();
     let saturated = cost(serve.id(), on_postgres, SATURATED, async {
         let before = pega.event_count();
         trial(IN_FLIGHT, SATURATED, || {
@@ -105,36 +109,45 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         wait_for(pega, before + SATURATED).await;
     })
     .await;
-    // `BENCH_ATTACH`: a command run on `serve` during the steady load, `{pid}` its process
-    // id (`perf record -g -o FILE -p {pid}`, `strace -c -f -o FILE -p {pid}`), stopped with
-    // SIGINT (both write their file and end).
-    let attached = std::env::var("BENCH_ATTACH").ok().map(|command| {
-        let command = command.replace("{pid}", &serve.id().to_string());
-        let mut words = command.split_whitespace();
-        std::process::Command::new(words.next().expect("BENCH_ATTACH: a command"))
-            .args(words)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("BENCH_ATTACH")
-    });
+    detach(attached);
+    let attached = (!at_saturation).then(|| attach(serve.id())).flatten();
     let steady = cost(serve.id(), on_postgres, STEADY, async {
         let before = pega.event_count();
         paced(&client, &base, &body, STEADY_RATE, STEADY).await;
         wait_for(pega, before + STEADY).await;
     })
     .await;
-    if let Some(mut attached) = attached {
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &attached.id().to_string()])
-            .status();
-        let _ = attached.wait();
-    }
+    detach(attached);
     serve.kill().unwrap();
     serve.wait().unwrap();
     if let Some(d) = database {
         d.drop().await;
     }
     (saturated, steady)
+}
+
+/// `BENCH_ATTACH`: a command run on `serve`, `{pid}` its process id (`perf record -g -o FILE
+/// -p {pid}`, `strace -c -f -o FILE -p {pid}`), until [`detach`].
+fn attach(pid: u32) -> Option<std::process::Child> {
+    let command = std::env::var("BENCH_ATTACH").ok()?;
+    let command = command.replace("{pid}", &pid.to_string());
+    let mut words = command.split_whitespace();
+    let child = std::process::Command::new(words.next().expect("BENCH_ATTACH: a command"))
+        .args(words)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("BENCH_ATTACH");
+    Some(child)
+}
+
+/// Stops an [`attach`]ed command with SIGINT (perf and strace write their file and end).
+fn detach(attached: Option<std::process::Child>) {
+    if let Some(mut attached) = attached {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &attached.id().to_string()])
+            .status();
+        let _ = attached.wait();
+    }
 }
 
 /// The context switches of process `pid`'s threads so far (those alive now).

@@ -210,6 +210,20 @@ impl Database {
         this
     }
 
+    /// This database's commits and the server's WAL flushes so far (`pg_stat_database`,
+    /// `pg_stat_wal`; a backend reports its counts within about a second).
+    pub async fn activity(&self) -> (i64, i64) {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&self.server).await.unwrap();
+        sqlx::query_as(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = $1), (SELECT wal_sync FROM pg_stat_wal)",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    }
+
     pub async fn drop(self) {
         admin(
             &self.server,

@@ -29,6 +29,8 @@ pub struct Application {
     port: u16,
     grace: Duration,
     limits: serve::Limits,
+    /// The server's connections (the intake's group commit reads how many are in use).
+    connections: Arc<crate::store::group::Connections>,
     tasks: Arc<Tasks>,
     delivery: Option<Delivery>,
     mail: Option<Mail>,
@@ -201,7 +203,8 @@ impl Application {
         let mappings = load_mappings(settings)?;
         let metrics = Arc::new(Metrics::new());
         let tasks = Arc::new(Tasks::new(metrics.task_restarts()));
-        let store = open_store(settings).await?;
+        let connections = crate::store::group::Connections::new();
+        let store = open_store(settings, connections.clone()).await?;
         let outbox = Arc::new(Notify::new());
         let (store, deliveries) = Delivery::build(settings, store, &metrics, &outbox).await?;
         let Deliveries {
@@ -280,6 +283,7 @@ impl Application {
             port,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             limits: serve::Limits::new(&settings.server),
+            connections,
             tasks,
             delivery,
             kafka,
@@ -353,7 +357,13 @@ impl Application {
             shutdown.await;
             let _ = fired_tx.send(());
         };
-        let serve = serve::serve(self.listener, self.router, self.limits, signal);
+        let serve = serve::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.connections,
+            signal,
+        );
         let grace_over = async {
             if fired_rx.await.is_err() {
                 std::future::pending::<()>().await;
@@ -391,11 +401,16 @@ impl Application {
     }
 }
 
-/// The store `[store]` names, said in the log (and whether delivery is paused).
-async fn open_store(settings: &Settings) -> anyhow::Result<Storage> {
-    let store = Storage::open(settings)
-        .await?
-        .with_group_commit(Duration::from_millis(settings.store.group_commit_ms));
+/// The store `[store]` names, said in the log (and whether delivery is paused); its group
+/// commit knows the server's open `connections`.
+async fn open_store(
+    settings: &Settings,
+    connections: Arc<crate::store::group::Connections>,
+) -> anyhow::Result<Storage> {
+    let store = Storage::open(settings).await?.with_group_commit_for(
+        Duration::from_millis(settings.store.group_commit_ms),
+        connections,
+    );
     tracing::info!(store = settings.store_display(), "store opened");
     if store.outbox().is_paused().await.unwrap_or(false) {
         tracing::warn!("delivery is paused (pegabridge deliveries resume)");

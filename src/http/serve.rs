@@ -2,9 +2,11 @@
 //! `header_timeout_secs` to send a request's headers (the same bound holds an idle keep-alive
 //! connection), a request at most `request_timeout_secs` from its headers to its answer, and
 //! no more than `max_connections` connections are open at once (beyond that, connections
-//! wait in the kernel's backlog until one closes).
+//! wait in the kernel's backlog until one closes). Each connection's requests are counted for
+//! the intake's group commit ([`Connections`]).
 
 use crate::config::ServerSettings;
+use crate::store::group::Connections;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -38,11 +40,13 @@ impl Limits {
 }
 
 /// Serves `router` on `listener` until `signal` completes, then lets the connections finish
-/// their requests in flight (the caller bounds how long).
+/// their requests in flight (the caller bounds how long). Each connection's requests are
+/// counted in `connections`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    connections: Arc<Connections>,
     signal: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -80,9 +84,11 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         // The socket's peer, for the client's address (see `engagement::client`).
+        let counted = Arc::new(connections.connection());
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             router.clone(),
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                counted.request();
                 req.extensions_mut().insert(Peer(peer.ip()));
                 req
             },

@@ -13,6 +13,13 @@
 //! waiting at each moment in one transaction, without a window, for every kind of work; this
 //! group is the intake's, on both backends, and the only one on PostgreSQL.)
 //!
+//! The window is not waited out when nobody could join: when every connection of the HTTP
+//! server that sent a request lately has one queued here ([`Connections`]; an HTTP/1.1
+//! connection carries one request at a time, and its client waits for the answer before it
+//! sends the next), the group commits at once. Without that, a client sending one request at a time, or a few
+//! clients with a connection each, waited the window on every request for nobody: 16
+//! clients got 1,900 activities a second through a 5 ms window.
+//!
 //! A request's answer is as before: its outcomes in its order, or its own error. When a
 //! group fails on what one request sent (an unknown personal broadcast it refuses), each
 //! request is recorded alone again, so only that one fails; when the store fails, every
@@ -24,6 +31,7 @@ use crate::outbox::error::{Result, StoreError};
 use crate::recording::{ActivityOutcome, Unknown};
 use futures::FutureExt;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -33,13 +41,107 @@ use tokio::time::Instant;
 /// is then recorded alone).
 pub const MAX_ACTIVITIES: usize = 256;
 
+/// How long a connection that sent no request counts as still in use ([`Connections`]):
+/// between one and two of these.
+pub const RECENT: Duration = Duration::from_secs(1);
+
+/// The HTTP server's connections, as far as the group commit needs them: how many sent a
+/// request lately. The accept loop makes a [`Connection`] per connection and tells it of
+/// each request. A client's pool often keeps a connection or two more than it uses at once;
+/// one that sent nothing for [`RECENT`] to twice that is not counted.
+#[derive(Debug)]
+pub struct Connections {
+    start: Instant,
+    used: Mutex<Used>,
+}
+
+/// Connections that sent a request in the current period of [`RECENT`] and in the one before.
+#[derive(Debug, Default)]
+struct Used {
+    period: u64,
+    now: usize,
+    before: usize,
+}
+
+impl Used {
+    fn roll(&mut self, period: u64) {
+        if period != self.period {
+            self.before = if period == self.period + 1 {
+                self.now
+            } else {
+                0
+            };
+            self.now = 0;
+            self.period = period;
+        }
+    }
+}
+
+impl Connections {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            used: Mutex::default(),
+        })
+    }
+
+    /// A connection just opened.
+    pub fn connection(self: &Arc<Self>) -> Connection {
+        Connection {
+            all: self.clone(),
+            last: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// How many connections sent a request lately: the most in this period or the last, so
+    /// a connection in use in both counts once.
+    pub fn recent(&self) -> usize {
+        let mut used = self.lock();
+        used.roll(self.period());
+        used.now.max(used.before)
+    }
+
+    fn period(&self) -> u64 {
+        (self.start.elapsed().as_millis() / RECENT.as_millis()) as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Used> {
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One of the server's connections ([`Connections::connection`]).
+#[derive(Debug)]
+pub struct Connection {
+    all: Arc<Connections>,
+    /// The period of its last request.
+    last: AtomicU64,
+}
+
+impl Connection {
+    /// A request arrived on this connection (counted once per period).
+    pub fn request(&self) {
+        let period = self.all.period();
+        if self.last.swap(period, Ordering::Relaxed) != period {
+            let mut used = self.all.lock();
+            used.roll(period);
+            used.now += 1;
+        }
+    }
+}
+
 /// The intake's group commit (cheap to clone).
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     window: Duration,
     state: Arc<Mutex<State>>,
-    /// Told when [`MAX_ACTIVITIES`] are queued: the window's wait ends.
-    full: Arc<Notify>,
+    /// The server's connections, when it counts them: once each that sent a request lately
+    /// has one queued, the window's wait ends.
+    connections: Option<Arc<Connections>>,
+    /// Told when the group became [`ready`](Group::ready): the window's wait ends.
+    ready: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -59,13 +161,22 @@ struct Queued {
 }
 
 impl Group {
-    /// Groups the requests that arrive within `window` of each other's first.
-    pub(crate) fn new(window: Duration) -> Self {
+    /// Groups the requests that arrive within `window` of each other's first, or until each
+    /// of the server's `connections` that sent a request lately has one queued.
+    pub(crate) fn new(window: Duration, connections: Option<Arc<Connections>>) -> Self {
         Self {
             window,
             state: Arc::default(),
-            full: Arc::new(Notify::new()),
+            connections,
+            ready: Arc::new(Notify::new()),
         }
+    }
+
+    /// Whether the queued group is complete before its window closes: [`MAX_ACTIVITIES`]
+    /// are queued, or nobody could send another request before it is answered.
+    fn ready(&self, state: &State) -> bool {
+        state.activities >= MAX_ACTIVITIES
+            || (self.connections.as_ref()).is_some_and(|c| state.queued.len() >= c.recent())
     }
 
     /// Records `activities` in the next group commit of `store`; their outcomes in order.
@@ -77,7 +188,7 @@ impl Group {
     ) -> Result<Vec<ActivityOutcome>> {
         let (answer, answered) = oneshot::channel();
         let n = activities.len();
-        let (start, full) = {
+        let (start, ready) = {
             let mut state = self.lock();
             state.queued.push_back(Queued {
                 activities,
@@ -87,10 +198,10 @@ impl Group {
             });
             state.activities += n;
             let start = !std::mem::replace(&mut state.committing, true);
-            (start, state.activities >= MAX_ACTIVITIES)
+            (start, self.ready(&state))
         };
-        if full {
-            self.full.notify_one();
+        if ready {
+            self.ready.notify_one();
         }
         if start {
             tokio::spawn(self.clone().commit_all(store.clone()));
@@ -108,8 +219,14 @@ impl Group {
             let Some(deadline) = self.deadline() else {
                 return;
             };
-            // Until the window closes, or sooner when the group is full.
-            let _ = tokio::time::timeout_at(deadline, self.full.notified()).await;
+            // Until the window closes, or sooner when the group is ready (a notice left
+            // from an earlier group is checked again).
+            while !self.ready(&self.lock()) {
+                let woken = tokio::time::timeout_at(deadline, self.ready.notified()).await;
+                if woken.is_err() {
+                    break;
+                }
+            }
             let group = self.take();
             let committed = std::panic::AssertUnwindSafe(commit(&store, group))
                 .catch_unwind()

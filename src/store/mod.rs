@@ -231,7 +231,20 @@ impl Storage {
     /// other in one transaction ([`group`]); each alone when `window` is zero.
     pub fn with_group_commit(self, window: std::time::Duration) -> Self {
         Self {
-            group: (!window.is_zero()).then(|| group::Group::new(window)),
+            group: (!window.is_zero()).then(|| group::Group::new(window, None)),
+            ..self
+        }
+    }
+
+    /// [`Storage::with_group_commit`], not waiting out the window once each of the server's
+    /// open `connections` has a request queued ([`group::Connections`]).
+    pub fn with_group_commit_for(
+        self,
+        window: std::time::Duration,
+        connections: Arc<group::Connections>,
+    ) -> Self {
+        Self {
+            group: (!window.is_zero()).then(|| group::Group::new(window, Some(connections))),
             ..self
         }
     }

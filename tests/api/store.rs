@@ -529,6 +529,79 @@ fn opens(b: i64, c: i64, tag: &str, n: usize) -> Vec<pegabridge::activity::Activ
     pegabridge::activity::parse(serde_json::Value::Array(raws)).unwrap()
 }
 
+/// A group commit does not wait out its window once every connection that sent a request
+/// lately has one queued: a client sending one request at a time, or a few with a connection
+/// each, would wait for nobody. A connection that sent nothing for a while (a client pool's
+/// spare) is not counted. SQLite, on tokio's paused clock: a wait for the window shows as
+/// its whole length gone by.
+#[tokio::test(start_paused = true)]
+async fn a_group_commits_at_once_when_each_connection_in_use_has_a_request_queued() {
+    use futures::future::join_all;
+    use pegabridge::store::group::{Connections, RECENT};
+    use tokio::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/store.db", dir.path().display());
+    let real = Storage::connect(&url, "normal", 4).await.unwrap();
+    let window = std::time::Duration::from_secs(600);
+    let connections = Connections::new();
+    let store = real
+        .clone()
+        .with_group_commit_for(window, connections.clone());
+    let sent = real
+        .record_trigger("m".into(), None, (0..1).map(recipient).collect())
+        .await
+        .unwrap();
+    let (b, c) = (sent.broadcast_id, sent.recipients[0].customer_id);
+    let store = &store;
+    let three = |tag: &'static str| {
+        join_all((0..3).map(move |k| {
+            store.record_activities(opens(b, c, &format!("{tag}{k}"), 1), Unknown::Refuse)
+        }))
+    };
+    let in_use: Vec<_> = (0..3).map(|_| connections.connection()).collect();
+    let send = || in_use.iter().for_each(|c| c.request());
+
+    send();
+    let start = Instant::now();
+    for answer in three("a").await {
+        assert_eq!(answer.unwrap().len(), 1);
+    }
+    assert!(
+        start.elapsed() < window,
+        "three connections, three requests: committed at once ({:?})",
+        start.elapsed()
+    );
+
+    // A fourth connection sent a request (answered), and could send another.
+    let fourth = connections.connection();
+    fourth.request();
+    send();
+    let start = Instant::now();
+    for answer in three("b").await {
+        assert_eq!(answer.unwrap().len(), 1);
+    }
+    assert!(
+        start.elapsed() >= window,
+        "four connections in use, three requests: the window waited out ({:?})",
+        start.elapsed()
+    );
+
+    // The fourth sent nothing since: after two periods it is a spare, no longer counted.
+    send();
+    tokio::time::advance(RECENT).await;
+    send();
+    let start = Instant::now();
+    for answer in three("c").await {
+        assert_eq!(answer.unwrap().len(), 1);
+    }
+    assert!(
+        start.elapsed() < window,
+        "the spare is not counted ({:?})",
+        start.elapsed()
+    );
+    assert_counters_agree(store, "grouped by connections").await;
+}
+
 /// Requests that arrive together are recorded in one transaction (group commit), and each
 /// is answered with its own outcomes only, in its order; when one of them refuses an unknown
 /// personal broadcast, it alone fails and the others are recorded. On both backends.

@@ -99,21 +99,12 @@ async fn main() {
             })
             .await;
             if std::env::var_os("BENCH_LIMITER").is_some() {
-                let metrics = reqwest::get(format!("{base}/metrics"))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                let limit = (metrics.lines())
-                    .find_map(|l| l.strip_prefix("pegabridge_delivery_concurrency_limit "))
-                    .unwrap_or("?");
-                let rtt = (metrics.lines())
-                    .find_map(|l| l.strip_prefix("pegabridge_delivery_rtt_seconds "))
-                    .unwrap_or("?");
+                let metrics = metrics_of(&base).await;
                 println!(
-                    "limit {limit}, rtt {rtt} s, last decrease {}",
-                    last_decrease_in(&metrics)
+                    "limit {}, rtt {} s, last decrease {}",
+                    gauge(&metrics, "pegabridge_delivery_concurrency_limit"),
+                    gauge(&metrics, "pegabridge_delivery_rtt_seconds"),
+                    last_decrease(&metrics)
                 );
             }
             if std::env::var_os("BENCH_THREADS").is_some() {
@@ -255,7 +246,7 @@ async fn endpoints() {
         );
         println!(
             "| answers after 50 ms | the limit's last decrease | {} | |",
-            last_decrease(port).await
+            last_decrease(&metrics_of(&format!("http://127.0.0.1:{port}")).await)
         );
         drop(_dir);
 
@@ -394,20 +385,10 @@ async fn mid_bulk_outage() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // The limit and the POSTs under way, just before it goes down.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = |name: &str| {
-        (metrics.lines())
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let metrics = metrics_of(&format!("http://127.0.0.1:{port}")).await;
     let (limit, under_way) = (
-        gauge("pegabridge_delivery_concurrency_limit"),
-        gauge("pegabridge_delivery_requests_in_flight"),
+        gauge(&metrics, "pegabridge_delivery_concurrency_limit"),
+        gauge(&metrics, "pegabridge_delivery_requests_in_flight"),
     );
     while flaky.request_times().len() < 5_000 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -443,20 +424,26 @@ async fn mid_bulk_outage() {
     );
 }
 
-/// Why the delivery's concurrency limit last came down, from the server's `/metrics` on
-/// `port` (`none` when it never did).
-async fn last_decrease(port: u16) -> String {
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+/// The `/metrics` text of the server at `base`.
+async fn metrics_of(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    last_decrease_in(&metrics)
+        .unwrap()
 }
 
-/// [`last_decrease`] in a `/metrics` text.
-fn last_decrease_in(metrics: &str) -> String {
+/// A gauge's value in a `/metrics` text (NaN when it is not there).
+fn gauge(metrics: &str, name: &str) -> f64 {
+    (metrics.lines())
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Why the delivery's concurrency limit last came down, from a `/metrics` text (`none` when
+/// it never did).
+fn last_decrease(metrics: &str) -> String {
     let prefix = "pegabridge_delivery_concurrency_last_decrease{reason=\"";
     (metrics.lines())
         .filter_map(|l| l.strip_prefix(prefix)?.split_once("\"} "))

@@ -56,7 +56,7 @@ async fn main() {
             .try_into()
             .unwrap();
     let paths = ReturnPaths::new(&settings);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pegabridge"))
+    let mut child = std::process::Command::new(common::serve_bin())
         .args([
             "--config",
             dir.path().join("pegabridge.toml").to_str().unwrap(),

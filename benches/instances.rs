@@ -135,13 +135,13 @@ async fn deliver(
     )
 }
 
-/// `pegabridge`, kept off `BENCH_DB_CPU` when it is set.
+/// `pegabridge` ([`common::serve_bin`]), kept off `BENCH_DB_CPU` when it is set.
 fn instance_command() -> Command {
-    let exe = env!("CARGO_BIN_EXE_pegabridge");
+    let exe = common::serve_bin();
     match others_cpus() {
         Some(cpus) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpus, exe]);
+            c.args(["-c", &cpus, &exe]);
             c
         }
         None => Command::new(exe),

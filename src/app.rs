@@ -407,9 +407,9 @@ async fn open_store(
     settings: &Settings,
     connections: Arc<crate::store::group::Connections>,
 ) -> anyhow::Result<Storage> {
-    let store = Storage::open(settings).await?.with_group_commit_for(
+    let store = Storage::open(settings).await?.with_group_commit(
         Duration::from_millis(settings.store.group_commit_ms),
-        connections,
+        Some(connections),
     );
     tracing::info!(store = settings.store_display(), "store opened");
     if store.outbox().is_paused().await.unwrap_or(false) {

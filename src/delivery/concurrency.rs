@@ -465,17 +465,29 @@ mod tests {
         service * in_flight.div_ceil(parallel).max(1) as u32
     }
 
+    /// Feeds `n` windows with the limit in use, each of the round trip `rtt` gives for that
+    /// many in flight; the limit after each.
+    fn drive(
+        l: &Limiter,
+        at: &mut Instant,
+        n: usize,
+        rtt: impl Fn(usize) -> Duration,
+    ) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                let limit = l.limit();
+                loaded(l, at, rtt(limit), Signal::Fine, limit);
+                l.limit()
+            })
+            .collect()
+    }
+
     #[test]
     fn the_limit_stops_where_posts_start_waiting_in_the_endpoints_queue() {
         let l = Limiter::adaptive(1, 256);
         let mut at = Instant::now();
         let service = Duration::from_micros(200);
-        let mut limits = Vec::new();
-        for _ in 0..300 {
-            let limit = l.limit();
-            loaded(&l, &mut at, queued(service, 4, limit), Signal::Fine, limit);
-            limits.push(l.limit());
-        }
+        let limits = drive(&l, &mut at, 300, |n| queued(service, 4, n));
         // Unloaded 0.2 ms: a queue shows above 2 x 0.2 + 1 = 1.4 ms, beyond 28 in flight.
         let settled = &limits[100..];
         assert!(
@@ -494,20 +506,14 @@ mod tests {
     fn an_endpoint_that_got_slower_is_measured_again_when_few_posts_are_in_flight() {
         let l = Limiter::adaptive(1, 256);
         let mut at = Instant::now();
-        for _ in 0..100 {
-            let limit = l.limit();
-            let rtt = queued(Duration::from_micros(200), 4, limit);
-            loaded(&l, &mut at, rtt, Signal::Fine, limit);
-        }
+        drive(&l, &mut at, 100, |n| {
+            queued(Duration::from_micros(200), 4, n)
+        });
         // Now each POST takes 20 ms, still four at once. Against the unloaded 0.2 ms every
         // window shows a queue, down to so few in flight that the round trip is measured again.
-        let mut limits = Vec::new();
-        for _ in 0..400 {
-            let limit = l.limit();
-            let rtt = queued(Duration::from_millis(20), 4, limit);
-            loaded(&l, &mut at, rtt, Signal::Fine, limit);
-            limits.push(l.limit());
-        }
+        let limits = drive(&l, &mut at, 400, |n| {
+            queued(Duration::from_millis(20), 4, n)
+        });
         // Measured again at 20 ms: a queue shows above 2 x 20 + 1 = 41 ms, beyond 8.
         let settled = &limits[300..];
         assert!(
@@ -521,12 +527,9 @@ mod tests {
     fn a_slow_endpoint_without_a_queue_gets_the_maximum() {
         let l = Limiter::adaptive(1, 256);
         let mut at = Instant::now();
-        for _ in 0..40 {
-            let limit = l.limit();
-            // 50 ms, and a little more with more in flight (the client's own work).
-            let rtt = Duration::from_millis(50) + Duration::from_micros(10) * limit as u32;
-            loaded(&l, &mut at, rtt, Signal::Fine, limit);
-        }
+        // 50 ms, and a little more with more in flight (the client's own work).
+        let slow = |n: usize| Duration::from_millis(50) + Duration::from_micros(10) * n as u32;
+        drive(&l, &mut at, 40, slow);
         assert_eq!(l.limit(), 256);
     }
 

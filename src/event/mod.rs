@@ -134,12 +134,6 @@ impl ManualOptions {
     }
 }
 
-impl From<&Map<String, Value>> for ManualOptions {
-    fn from(options: &Map<String, Value>) -> Self {
-        Self::new(options)
-    }
-}
-
 impl std::fmt::Debug for ManualOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.0.get())

@@ -16,9 +16,9 @@
 //! The window is not waited out when nobody could join: when every connection of the HTTP
 //! server that sent a request lately has one queued here ([`Connections`]; an HTTP/1.1
 //! connection carries one request at a time, and its client waits for the answer before it
-//! sends the next), the group commits at once. Without that, a client sending one request at a time, or a few
-//! clients with a connection each, waited the window on every request for nobody: 16
-//! clients got 1,900 activities a second through a 5 ms window.
+//! sends the next), the group commits at once. Without that, a client sending one request
+//! at a time, or a few clients with a connection each, waited the window on every request
+//! for nobody: 16 clients got 1,900 activities a second through a 5 ms window.
 //!
 //! A request's answer is as before: its outcomes in its order, or its own error. When a
 //! group fails on what one request sent (an unknown personal broadcast it refuses), each

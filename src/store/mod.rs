@@ -228,23 +228,16 @@ impl Storage {
     }
 
     /// This store, recording the activities of requests that arrive within `window` of each
-    /// other in one transaction ([`group`]); each alone when `window` is zero.
-    pub fn with_group_commit(self, window: std::time::Duration) -> Self {
-        Self {
-            group: (!window.is_zero()).then(|| group::Group::new(window, None)),
-            ..self
-        }
-    }
-
-    /// [`Storage::with_group_commit`], not waiting out the window once each of the server's
-    /// open `connections` has a request queued ([`group::Connections`]).
-    pub fn with_group_commit_for(
+    /// other in one transaction ([`group`]); each alone when `window` is zero. With the
+    /// server's `connections`, the window is not waited out once each connection in use has
+    /// a request queued ([`group::Connections`]).
+    pub fn with_group_commit(
         self,
         window: std::time::Duration,
-        connections: Arc<group::Connections>,
+        connections: Option<Arc<group::Connections>>,
     ) -> Self {
         Self {
-            group: (!window.is_zero()).then(|| group::Group::new(window, Some(connections))),
+            group: (!window.is_zero()).then(|| group::Group::new(window, connections)),
             ..self
         }
     }

@@ -59,7 +59,9 @@ async fn queue(store: &Storage, n: usize) {
             email: format!("s{i}@x.nl"),
             external_id: format!("S-{i}"),
             idempotency_key: None,
-            manual_options: (&common().broadcast_manual_options).into(),
+            manual_options: pegabridge::event::ManualOptions::new(
+                &common().broadcast_manual_options,
+            ),
             shared: std::sync::Arc::new(common()),
         })
         .collect();
@@ -379,7 +381,7 @@ async fn with_the_capture_response_format_each_event_is_one_cdh_body_and_unmappe
                     email: "c17@x.nl".into(),
                     external_id: "C-17".into(),
                     idempotency_key: None,
-                    manual_options: (&event.broadcast_manual_options).into(),
+                    manual_options: pegabridge::event::ManualOptions::new(&event.broadcast_manual_options),
                     shared: std::sync::Arc::new(event),
                 }],
             )

@@ -93,12 +93,26 @@ async fn the_counters_follow_every_change_of_status() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
         let recipients = (0..10).map(recipient).collect();
-        store
+        let answer = store
             .record_trigger("m".into(), None, recipients)
             .await
             .unwrap();
         assert_counters_agree(&store, "queued").await;
         assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 10);
+        // A batch of activities writes its events in one statement.
+        let opens = (answer.recipients.iter().take(3))
+            .map(|r| {
+                serde_json::json!({"metric": "opens", "broadcast_id": answer.broadcast_id,
+                    "customer_id": r.customer_id})
+            })
+            .collect();
+        let opens = pegabridge::activity::parse(serde_json::Value::Array(opens)).unwrap();
+        store
+            .record_activities(opens, Unknown::Refuse)
+            .await
+            .unwrap();
+        assert_counters_agree(&store, "activities").await;
+        assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 13);
 
         let claimed = store
             .outbox()
@@ -121,7 +135,7 @@ async fn the_counters_follow_every_change_of_status() {
         let stats = store.outbox().outbox_stats().await.unwrap();
         assert_eq!(
             (stats.delivered, stats.dead, stats.filtered, stats.pending),
-            (3, 2, 1, 4)
+            (3, 2, 1, 7)
         );
 
         assert_eq!(

@@ -111,17 +111,18 @@ pub async fn check(url: &str, timeout: Duration) -> anyhow::Result<String> {
 /// Attempts of a transaction that loses a race on a unique key to another instance.
 const RACE_ATTEMPTS: usize = 3;
 
-/// Runs `$work` (an expression over `$tx`, a [`tx::PgTx`]) in a transaction, again when
-/// another instance took a unique key first; where due events were queued, every instance
+/// Runs `$work` (an expression over `$tx`, a [`tx::PgTx`]) in a transaction (begun by its
+/// first statement that may write: [`tx::Conn`]), again when another instance took a unique
+/// key first; where due events were queued, every instance
 /// is told at commit. (A macro: a closure over the transaction would make the future's
 /// lifetimes too general for `Send`.)
 macro_rules! transaction {
     ($store:expr, $queue:expr, |$tx:ident| $work:expr) => {{
         let mut tries = 0;
         loop {
-            let mut conn = $store.pool.begin().await?;
+            let mut conn = $store.pool.acquire().await?;
             let mut tx = tx::PgTx {
-                c: &mut conn,
+                c: tx::Conn::Plain(&mut conn),
                 queue: $queue,
                 paused: None,
                 lanes: crate::outbox::Lanes::from_bits(
@@ -137,7 +138,7 @@ macro_rules! transaction {
             };
             match done {
                 Ok(done) => {
-                    conn.commit().await?;
+                    tx.c.commit().await?;
                     break Ok(done);
                 }
                 Err(StoreError::Conflict(_)) if tries + 1 < RACE_ATTEMPTS => tries += 1,

@@ -14,9 +14,52 @@ use crate::recording::{ActivityAnswer, ActivityStatus, RecipientAnswer, Recipien
 use crate::store::{Claimed, Queue};
 use sqlx::{PgConnection, Row};
 
+/// The connection of a [`PgTx`], its transaction begun by the first statement that may
+/// write. Reads before it see what is committed, as each statement of a `READ COMMITTED`
+/// transaction does; a batch of activities reads ahead and then writes its events in one
+/// statement, which needs no `BEGIN` and `COMMIT` (two round trips of four).
+pub(super) enum Conn<'a> {
+    /// Nothing written yet: each statement is its own transaction.
+    Plain(&'a mut PgConnection),
+    /// The transaction, begun.
+    Begun(sqlx::Transaction<'a, sqlx::Postgres>),
+    /// Only while `BEGIN` is under way (left so if it fails).
+    Beginning,
+}
+
+impl<'a> Conn<'a> {
+    /// The connection as it is: in the transaction if it was begun.
+    pub fn current(&mut self) -> &mut PgConnection {
+        match self {
+            Conn::Plain(c) => c,
+            Conn::Begun(t) => t,
+            Conn::Beginning => unreachable!("a failed BEGIN ends the work"),
+        }
+    }
+
+    /// The connection in the transaction, begun now if need be.
+    pub async fn begun(&mut self) -> Result<&mut PgConnection> {
+        if let Conn::Plain(_) = self {
+            let Conn::Plain(c) = std::mem::replace(self, Conn::Beginning) else {
+                unreachable!()
+            };
+            *self = Conn::Begun(sqlx::Connection::begin(c).await?);
+        }
+        Ok(self.current())
+    }
+
+    /// Commits the transaction, if one was begun.
+    pub async fn commit(self) -> Result<()> {
+        if let Conn::Begun(t) = self {
+            t.commit().await?;
+        }
+        Ok(())
+    }
+}
+
 /// One transaction, queuing events to `queue` (due instead while delivery is paused).
 pub(super) struct PgTx<'a> {
-    pub c: &'a mut PgConnection,
+    pub c: Conn<'a>,
     pub queue: Queue,
     /// Whether delivery is paused, once read in this transaction (by [`Tx::read_ahead`], or
     /// by the first event queued to be leased).
@@ -109,7 +152,7 @@ impl Tx for PgTx<'_> {
     async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(TRIGGER_ANSWER)
             .bind(key)
-            .fetch_optional(&mut *self.c)
+            .fetch_optional(self.c.begun().await?)
             .await?)
     }
 
@@ -117,7 +160,7 @@ impl Tx for PgTx<'_> {
         sqlx::query("UPDATE broadcasts SET response = $1 WHERE id = $2")
             .bind(answer)
             .bind(broadcast_id)
-            .execute(&mut *self.c)
+            .execute(self.c.begun().await?)
             .await?;
         Ok(())
     }
@@ -125,7 +168,7 @@ impl Tx for PgTx<'_> {
     async fn earlier_send(&mut self, key: &str) -> Result<Option<(i64, RecipientAnswer)>> {
         let row = sqlx::query(EARLIER_SEND)
             .bind(key)
-            .fetch_optional(&mut *self.c)
+            .fetch_optional(self.c.begun().await?)
             .await?;
         let Some(r) = row else {
             return Ok(None);
@@ -147,7 +190,7 @@ impl Tx for PgTx<'_> {
         .bind(mapping)
         .bind(at)
         .bind(key)
-        .fetch_one(&mut *self.c)
+        .fetch_one(self.c.begun().await?)
         .await?)
     }
 
@@ -160,7 +203,7 @@ impl Tx for PgTx<'_> {
             .bind(email)
             .bind(external_id)
             .bind(at)
-            .fetch_one(&mut *self.c)
+            .fetch_one(self.c.begun().await?)
             .await?;
         Ok(standing(&row))
     }
@@ -177,7 +220,7 @@ impl Tx for PgTx<'_> {
         .bind(row.status.as_str())
         .bind(row.event)
         .bind(row.idempotency_key)
-        .execute(&mut *self.c)
+        .execute(self.c.begun().await?)
         .await?;
         Ok(())
     }
@@ -188,7 +231,7 @@ impl Tx for PgTx<'_> {
         )
         .bind(broadcast_id)
         .bind(customer_id)
-        .execute(&mut *self.c)
+        .execute(self.c.begun().await?)
         .await?
         .rows_affected();
         Ok(changed == 1)
@@ -205,7 +248,7 @@ impl Tx for PgTx<'_> {
                 sqlx::query_scalar(BROADCAST_EVENT)
                     .bind(broadcast_id)
                     .bind(customer_id)
-                    .fetch_optional(&mut *self.c)
+                    .fetch_optional(self.c.begun().await?)
                     .await?
             }
         };
@@ -220,7 +263,7 @@ impl Tx for PgTx<'_> {
         self.flush().await?;
         let row = sqlx::query(EARLIER_ACTIVITY)
             .bind(external_id)
-            .fetch_optional(&mut *self.c)
+            .fetch_optional(self.c.begun().await?)
             .await?;
         Ok(row.map(|r| ActivityAnswer {
             uuid: r.get(0),
@@ -244,7 +287,7 @@ impl Tx for PgTx<'_> {
         let sql = format!("UPDATE customers SET {set} WHERE id = $1 AND NOT ({unchanged})");
         sqlx::query(&sql)
             .bind(customer_id)
-            .execute(&mut *self.c)
+            .execute(self.c.begun().await?)
             .await?;
         Ok(())
     }
@@ -252,7 +295,7 @@ impl Tx for PgTx<'_> {
     async fn standing(&mut self, customer_id: i64) -> Result<Standing> {
         let row = sqlx::query(STANDING)
             .bind(customer_id)
-            .fetch_one(&mut *self.c)
+            .fetch_one(self.c.begun().await?)
             .await?;
         Ok(standing(&row))
     }
@@ -272,7 +315,7 @@ impl Tx for PgTx<'_> {
         .bind(customer_id)
         .bind(ms)
         .bind(ms / 1000)
-        .execute(&mut *self.c)
+        .execute(self.c.begun().await?)
         .await?;
         Ok(())
     }
@@ -290,7 +333,7 @@ impl Tx for PgTx<'_> {
         .bind(broadcast_id)
         .bind(customer_id)
         .bind(event)
-        .execute(&mut *self.c)
+        .execute(self.c.begun().await?)
         .await?;
         Ok(())
     }
@@ -309,7 +352,7 @@ impl Tx for PgTx<'_> {
         .bind(status.as_str())
         .bind(next_at_ms)
         .bind(error)
-        .execute(&mut *self.c)
+        .execute(self.c.begun().await?)
         .await?;
         Ok(())
     }
@@ -333,7 +376,7 @@ impl Tx for PgTx<'_> {
             .bind(&b)
             .bind(&c)
             .bind(n as i64)
-            .fetch_all(&mut *self.c)
+            .fetch_all(self.c.current())
             .await?;
         self.ahead.events = personal.iter().map(|k| (*k, None)).collect();
         self.ahead.no_soft_bounces.clear();
@@ -419,14 +462,14 @@ impl Tx for PgTx<'_> {
                         .bind(new.personal.0)
                         .bind(new.personal.1)
                         .bind(ahead)
-                        .fetch_one(&mut *self.c)
+                        .fetch_one(self.c.begun().await?)
                         .await?;
                     let body = body_of(id)?;
                     if !new.in_personal_broadcast {
                         sqlx::query("INSERT INTO outbox_payloads (id, payload) VALUES ($1, $2)")
                             .bind(id)
                             .bind(&body)
-                            .execute(&mut *self.c)
+                            .execute(self.c.begun().await?)
                             .await?;
                     }
                     (id, body)
@@ -462,7 +505,7 @@ impl PgTx<'_> {
             let paused = match self.paused {
                 Some(p) => p,
                 None => {
-                    let p = super::outbox::paused(&mut *self.c).await?;
+                    let p = super::outbox::paused(self.c.current()).await?;
                     self.paused = Some(p);
                     p
                 }
@@ -492,19 +535,25 @@ impl PgTx<'_> {
             .bind(&r.personal.0)
             .bind(&r.personal.1)
             .bind(&r.payload)
-            .execute(&mut *self.c)
+            .execute(self.c.current())
             .await?;
         Ok(())
     }
 
     /// Ends the transaction's work: writes what is queued ([`PgTx::flush`]) and tells every
-    /// instance's worker, at commit, that due events were queued.
+    /// instance's worker, at commit, that due events were queued. Work that wrote nothing
+    /// before (a batch of activities that only queues events) writes them in a statement of
+    /// its own, without `BEGIN` and `COMMIT`.
     pub async fn finish(&mut self) -> Result<()> {
+        if self.announce {
+            // The notice is sent at the commit of the events it announces.
+            self.c.begun().await?;
+        }
         self.flush().await?;
         if self.announce {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)
-                .execute(&mut *self.c)
+                .execute(self.c.begun().await?)
                 .await?;
         }
         Ok(())

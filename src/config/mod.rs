@@ -268,7 +268,7 @@ pub struct StoreSettings {
     /// SQLite `synchronous`: `full` (default) survives a crash of the machine, `normal` only a
     /// crash of the process. With group commit both measured the same rate.
     pub synchronous: String,
-    /// PostgreSQL connections per instance.
+    /// PostgreSQL connections per instance for the work (at least 2; `LISTEN` has one more).
     pub pool_size: u32,
     /// PostgreSQL: how long connecting may take before the cause is named (refused, unknown
     /// host, no answer).

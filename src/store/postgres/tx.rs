@@ -578,29 +578,10 @@ mod tests {
     /// (this machine's by default); `PEGABRIDGE_SKIP_POSTGRES=1` skips it.
     #[tokio::test]
     async fn every_lookup_of_a_request_goes_through_an_index() {
-        use sqlx::Connection;
-        if std::env::var("PEGABRIDGE_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            eprintln!("postgres: skipped (PEGABRIDGE_SKIP_POSTGRES=1)");
+        let Some(fresh) = super::super::testing::Fresh::store(2).await else {
             return;
-        }
-        let server = std::env::var("PEGABRIDGE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("pegabridge_plan_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = (sqlx::PgConnection::connect(&server).await).unwrap_or_else(|e| {
-            panic!("PostgreSQL at {server} does not answer ({e}): start it, name another with PEGABRIDGE_TEST_POSTGRES_URL, or set PEGABRIDGE_SKIP_POSTGRES=1")
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-        let store = crate::store::PgStore::connect(
-            &format!("{base}/{name}"),
-            2,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        };
+        let store = &fresh.store;
         let mut c = store.pool.acquire().await.unwrap();
         sqlx::query("SET enable_seqscan = off")
             .execute(&mut *c)
@@ -628,10 +609,7 @@ mod tests {
             plans.push((sql.to_owned(), plan));
         }
         drop(c);
-        store.pool.close().await;
-        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
+        fresh.drop().await;
         for (sql, plan) in plans {
             let plan = plan.unwrap().join("\n");
             assert!(!plan.contains("Seq Scan"), "{sql}:\n{plan}");

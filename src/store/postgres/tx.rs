@@ -518,7 +518,20 @@ impl PgTx<'_> {
     }
 
     /// Writes the events queued with ids taken ahead: one statement for all.
+    ///
+    /// In the transaction, begun if need be: events written before the work's end (an
+    /// activity's `id` is looked up among them) must not commit before the rest of it.
     async fn flush(&mut self) -> Result<()> {
+        if self.ahead.rows.id.is_empty() {
+            return Ok(());
+        }
+        self.c.begun().await?;
+        self.write_rows().await
+    }
+
+    /// Writes the events queued, on the connection as it is ([`PgTx::flush`] begins the
+    /// transaction first; [`PgTx::finish`] need not, when they are all the work wrote).
+    async fn write_rows(&mut self) -> Result<()> {
         if self.ahead.rows.id.is_empty() {
             return Ok(());
         }
@@ -549,7 +562,9 @@ impl PgTx<'_> {
             // The notice is sent at the commit of the events it announces.
             self.c.begun().await?;
         }
-        self.flush().await?;
+        // One statement is atomic on its own; anything written before it is in the
+        // transaction, and so is this.
+        self.write_rows().await?;
         if self.announce {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)

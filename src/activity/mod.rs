@@ -220,6 +220,12 @@ pub fn error(index: usize, field: &str, message: String) -> FieldError {
     }
 }
 
+/// The longest `id` an activity may have (mail platforms' event ids are tens of bytes). An
+/// id is looked up through an index, and PostgreSQL's B-tree takes a key of at most 2,704
+/// bytes: a longer one failed the request (and its group) at the store instead of naming the
+/// field.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// The longest user agent kept (real ones are a few hundred bytes): a longer one is cut, so
 /// an activity cannot make every copy of its event (in the outbox, in memory on its way to
 /// Pega) as large as the request.
@@ -280,6 +286,9 @@ fn check(a: Raw) -> Result<Activity, (&'static str, String)> {
     };
     if let Some(ts) = a.timestamp {
         plausible(ts)?;
+    }
+    if a.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
+        return Err(("id", format!("at most {MAX_ID_BYTES} bytes")));
     }
     let user_agent = bounded_agent(a.user_agent.clone().unwrap_or_default());
     let agent = enrich::agent(&user_agent);
@@ -492,6 +501,25 @@ mod tests {
         let kept = a[0].user_agent().unwrap();
         assert_eq!(kept.len(), MAX_USER_AGENT_BYTES);
         assert!(ua.starts_with(kept));
+    }
+
+    #[test]
+    fn an_id_beyond_the_bound_is_refused_naming_it() {
+        let open =
+            |id: String| json!({"metric": "opens", "broadcast_id": 1, "customer_id": 1, "id": id});
+        assert!(parse(open("a".repeat(MAX_ID_BYTES))).is_ok());
+        let errors = parse(json!([
+            open("a".into()),
+            open("a".repeat(MAX_ID_BYTES + 1))
+        ]))
+        .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "1.id");
+        assert!(
+            errors[0].message.contains("256 bytes"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub(crate) async fn trigger(
 
     let at = now();
     let broadcast_id = tx.insert_broadcast(mapping, at, idempotency_key).await?;
+    if !sending {
+        tx.ids_ahead(recipients.len()).await?;
+    }
     let mut answers: Vec<RecipientAnswer> = Vec::with_capacity(recipients.len());
     // Where each customer already is in this trigger's answers.
     let mut seen: std::collections::HashMap<i64, usize> =

@@ -142,6 +142,13 @@ pub trait Tx {
         let _ = activities;
         Ok(())
     }
+    /// Takes ids ahead for up to `n` events about to be queued ([`Tx::enqueue`]), where one
+    /// statement for all costs less than one each (PostgreSQL's round trips). Nothing by
+    /// default.
+    async fn ids_ahead(&mut self, n: usize) -> Result<()> {
+        let _ = n;
+        Ok(())
+    }
     /// Queues an event in the outbox: `payload` is given the row's id (the event's
     /// `metric_id`). Returns that id, and the event when it is leased to this process.
     async fn enqueue(

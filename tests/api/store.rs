@@ -161,6 +161,36 @@ async fn the_counters_follow_every_change_of_status() {
     .await;
 }
 
+/// A bulk trigger is written a chunk at a time on PostgreSQL (its personal broadcasts and
+/// events held in memory until a thousand are queued): every recipient's personal broadcast
+/// and event arrive, the event's payload read from its personal broadcast.
+#[tokio::test]
+async fn a_trigger_of_thousands_writes_every_personal_broadcast_and_event() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let recipients = (0..2_500).map(recipient).collect();
+        let answer = store
+            .record_trigger("m".into(), None, recipients)
+            .await
+            .unwrap();
+        assert_counters_agree(&store, "queued").await;
+        let claimed = store
+            .outbox()
+            .claim(pegabridge::store::Lane::Pega, 3_000, 60)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2_500);
+        let mut uuids: Vec<&str> = answer.recipients.iter().map(|r| r.uuid.as_str()).collect();
+        uuids.sort_unstable();
+        for c in &claimed {
+            let event: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
+            assert_eq!(event["uuid"], c.uuid.as_str());
+            assert!(uuids.binary_search(&c.uuid.as_str()).is_ok());
+        }
+    })
+    .await;
+}
+
 /// A batch of activities is written all or nothing, also when an activity's `id` had the
 /// events before it written early (to look the id up among them) and a later one fails. On
 /// PostgreSQL an `id` beyond its B-tree's 2,704 bytes fails the batch's last statement (the

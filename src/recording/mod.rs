@@ -152,13 +152,10 @@ pub(crate) async fn trigger(
     // Each recipient's earlier send, when the mapping keys recipients (none held otherwise).
     let mut earlier = Vec::new();
     if recipients.iter().any(|r| r.idempotency_key.is_some()) {
-        earlier.reserve_exact(recipients.len());
-        for r in &recipients {
-            earlier.push(match &r.idempotency_key {
-                Some(k) => tx.earlier_send(k).await?,
-                None => None,
-            });
-        }
+        let keys: Vec<Option<&str>> = (recipients.iter())
+            .map(|r| r.idempotency_key.as_deref())
+            .collect();
+        earlier = tx.earlier_sends(&keys).await?;
     }
     if let Some(answer) = earlier_answer(&earlier) {
         return Ok((answer, Vec::new()));

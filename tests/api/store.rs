@@ -161,6 +161,41 @@ async fn the_counters_follow_every_change_of_status() {
     .await;
 }
 
+/// A trigger whose recipients were partly sent before (keyed: InteractionID) answers those
+/// as duplicates of their first send, in their place, and records the others. (PostgreSQL
+/// reads every key's earlier send in one statement.)
+#[tokio::test]
+async fn a_trigger_repeating_some_keyed_recipients_answers_each_in_its_place() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let keyed = |n: usize| NewRecipient {
+            idempotency_key: Some(format!("K-{n}")),
+            ..recipient(n)
+        };
+        let first = store
+            .record_trigger("m".into(), None, vec![keyed(1), keyed(2)])
+            .await
+            .unwrap();
+        let second = store
+            .record_trigger("m".into(), None, vec![keyed(3), keyed(2), keyed(4)])
+            .await
+            .unwrap();
+        let statuses: Vec<_> = second.recipients.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                RecipientStatus::Queued,
+                RecipientStatus::Duplicate,
+                RecipientStatus::Queued
+            ]
+        );
+        assert_eq!(second.recipients[1].uuid, first.recipients[1].uuid);
+        assert_ne!(second.recipients[0].uuid, second.recipients[2].uuid);
+        assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 4);
+    })
+    .await;
+}
+
 /// A bulk trigger is written a chunk at a time on PostgreSQL (its personal broadcasts and
 /// events held in memory until a thousand are queued): every recipient's personal broadcast
 /// and event arrive, the event's payload read from its personal broadcast.

@@ -158,6 +158,19 @@ fn standing(r: &sqlx::postgres::PgRow) -> Standing {
 
 const TRIGGER_ANSWER: &str = "SELECT response FROM broadcasts WHERE idempotency_key = $1";
 const EARLIER_SEND: &str = "SELECT broadcast_id, customer_id, uuid, email, status FROM personal_broadcasts WHERE idempotency_key = $1";
+const EARLIER_SENDS: &str = "SELECT broadcast_id, customer_id, uuid, email, status, idempotency_key FROM personal_broadcasts WHERE idempotency_key = ANY($1)";
+
+/// An earlier send's broadcast and answer, from the columns of [`EARLIER_SEND`].
+fn earlier(r: &sqlx::postgres::PgRow) -> Result<(i64, RecipientAnswer)> {
+    let status: String = r.get(4);
+    let answer = RecipientAnswer {
+        customer_id: r.get(1),
+        uuid: r.get(2),
+        email_address: r.get(3),
+        status: RecipientStatus::parse_stored(&status)?,
+    };
+    Ok((r.get(0), answer))
+}
 const BROADCAST_EVENT: &str =
     "SELECT event FROM personal_broadcasts WHERE broadcast_id = $1 AND customer_id = $2";
 const EARLIER_ACTIVITY: &str = "SELECT o.uuid, (p.payload::jsonb ->> 'metric_id')::bigint FROM outbox o JOIN outbox_payloads p ON p.id = o.id WHERE o.external_id = $1";
@@ -200,17 +213,27 @@ impl Tx for PgTx<'_> {
             .bind(key)
             .fetch_optional(self.c.begun().await?)
             .await?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        let status: String = r.get(4);
-        let answer = RecipientAnswer {
-            customer_id: r.get(1),
-            uuid: r.get(2),
-            email_address: r.get(3),
-            status: RecipientStatus::parse_stored(&status)?,
-        };
-        Ok(Some((r.get(0), answer)))
+        row.as_ref().map(earlier).transpose()
+    }
+
+    async fn earlier_sends(
+        &mut self,
+        keys: &[Option<&str>],
+    ) -> Result<Vec<Option<(i64, RecipientAnswer)>>> {
+        self.flush().await?;
+        let given: Vec<&str> = keys.iter().flatten().copied().collect();
+        let rows = sqlx::query(EARLIER_SENDS)
+            .bind(&given)
+            .fetch_all(self.c.begun().await?)
+            .await?;
+        let mut by_key = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            by_key.insert(r.get::<String, _>(5), earlier(r)?);
+        }
+        Ok(keys
+            .iter()
+            .map(|k| k.and_then(|k| by_key.get(k).cloned()))
+            .collect())
     }
 
     async fn insert_broadcast(&mut self, mapping: &str, at: i64, key: Option<&str>) -> Result<i64> {

@@ -2,10 +2,11 @@
 //! (`INSERT .. ON CONFLICT`), atomically across instances; a unique key another instance
 //! takes first fails the transaction, which the store runs again. A batch of activities
 //! reads what it needs in one statement ahead and writes its events in one statement at the
-//! end; a trigger takes its events' ids ahead and writes its personal broadcasts and events a
-//! thousand at a time ([`CHUNK`]): a round trip costs more here than the work of a row. (A
-//! trigger of 100,000 recipients took more than the bench's 120 s with four round trips per
-//! recipient, 24.5 s with two: `BENCH_BULK_POSTGRES=1 cargo bench --bench triggers`.)
+//! end; a trigger reads its recipients' earlier sends and takes its events' ids ahead, and
+//! writes its personal broadcasts and events a thousand at a time ([`CHUNK`]): a round trip
+//! costs more here than the work of a row. (A trigger of 100,000 recipients took more than
+//! the bench's 120 s with four round trips per recipient, 18 to 25 s with two or one:
+//! `BENCH_BULK_POSTGRES=1 cargo bench --bench triggers`.)
 
 use super::CHANNEL;
 use crate::event::Common;

@@ -98,23 +98,12 @@ pub trait Tx {
     async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>>;
     /// Keeps a trigger's answer for its idempotency key.
     async fn set_trigger_answer(&mut self, broadcast_id: i64, answer: &str) -> Result<()>;
-    /// The earlier send of a recipient with this idempotency key: (broadcast id, its answer).
-    async fn earlier_send(&mut self, key: &str) -> Result<Option<(i64, RecipientAnswer)>>;
-    /// [`Tx::earlier_send`] of each key, in order (`None` for a recipient without one), where
-    /// one statement for all costs less than one each (PostgreSQL's round trips).
+    /// The earlier send of the recipient with each idempotency key, in order (`None` for a
+    /// recipient without a key, or without an earlier send): (broadcast id, its answer).
     async fn earlier_sends(
         &mut self,
         keys: &[Option<&str>],
-    ) -> Result<Vec<Option<(i64, RecipientAnswer)>>> {
-        let mut found = Vec::with_capacity(keys.len());
-        for key in keys {
-            found.push(match key {
-                Some(k) => self.earlier_send(k).await?,
-                None => None,
-            });
-        }
-        Ok(found)
-    }
+    ) -> Result<Vec<Option<(i64, RecipientAnswer)>>>;
     async fn insert_broadcast(&mut self, mapping: &str, at: i64, key: Option<&str>) -> Result<i64>;
     /// The customer with this key, created (with `email`) if new.
     async fn customer(&mut self, key: CustomerKey<'_>, email: &str, at: i64) -> Result<Standing>;

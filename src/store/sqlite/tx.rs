@@ -82,24 +82,37 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    async fn earlier_send(&mut self, key: &str) -> Result<Option<(i64, RecipientAnswer)>> {
-        let row: Option<(i64, i64, String, String, String)> = self
-            .c
-            .prepare_cached(EARLIER_SEND)?
-            .query_row([key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .optional()?;
-        let Some((broadcast_id, customer_id, uuid, email_address, status)) = row else {
-            return Ok(None);
-        };
-        let answer = RecipientAnswer {
-            customer_id,
-            uuid,
-            email_address,
-            status: RecipientStatus::parse_stored(&status)?,
-        };
-        Ok(Some((broadcast_id, answer)))
+    /// One indexed read per key: a statement costs no round trip here.
+    async fn earlier_sends(
+        &mut self,
+        keys: &[Option<&str>],
+    ) -> Result<Vec<Option<(i64, RecipientAnswer)>>> {
+        let mut stmt = self.c.prepare_cached(EARLIER_SEND)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(key) = key else {
+                found.push(None);
+                continue;
+            };
+            let row: Option<(i64, i64, String, String, String)> = stmt
+                .query_row([key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()?;
+            found.push(match row {
+                Some((broadcast_id, customer_id, uuid, email_address, status)) => Some((
+                    broadcast_id,
+                    RecipientAnswer {
+                        customer_id,
+                        uuid,
+                        email_address,
+                        status: RecipientStatus::parse_stored(&status)?,
+                    },
+                )),
+                None => None,
+            });
+        }
+        Ok(found)
     }
 
     async fn insert_broadcast(&mut self, mapping: &str, at: i64, key: Option<&str>) -> Result<i64> {

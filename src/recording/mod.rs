@@ -167,27 +167,83 @@ pub(crate) async fn trigger(
     if !sending {
         tx.ids_ahead(recipients.len()).await?;
     }
-    let mut answers: Vec<RecipientAnswer> = Vec::with_capacity(recipients.len());
-    // Where each customer already is in this trigger's answers.
-    let mut seen: std::collections::HashMap<i64, usize> =
-        std::collections::HashMap::with_capacity(recipients.len());
-    let mut leased = Vec::new();
-    // Each recipient is dropped once recorded: the answers grow as the recipients go.
-    for r in recipients {
-        if let Some((_, original)) = earlier.next().flatten() {
-            answers.push(duplicate(original));
-            continue;
+    let mut recorded = Recorded {
+        broadcast_id,
+        at,
+        sending,
+        answers: Vec::with_capacity(recipients.len()),
+        seen: std::collections::HashMap::with_capacity(recipients.len()),
+        leased: Vec::new(),
+    };
+    // Each recipient is dropped once recorded: the answers grow as the recipients go. Their
+    // customers are found or created a chunk at a time.
+    let mut recipients = recipients.into_iter().peekable();
+    while recipients.peek().is_some() {
+        let chunk: Vec<(NewRecipient, Option<(i64, RecipientAnswer)>)> = (&mut recipients)
+            .take(CUSTOMERS_AT_ONCE)
+            .map(|r| (r, earlier.next().flatten()))
+            .collect();
+        let wanted: Vec<(CustomerKey, &str)> = (chunk.iter())
+            .filter(|(_, earlier)| earlier.is_none())
+            .map(|(r, _)| (customer_key(r), r.email.as_str()))
+            .collect();
+        let customers = tx.customers(&wanted, at).await?;
+        if customers.len() != wanted.len() {
+            let why = format!("{} customers for {} keys", customers.len(), wanted.len());
+            return Err(StoreError::Other(anyhow::anyhow!(why)));
         }
-        let key = match r.external_id.as_str() {
-            "" => CustomerKey::Email(&r.email),
-            id => CustomerKey::ExternalId(id),
-        };
-        let customer = tx.customer(key, &r.email, at).await?;
-        if let Some(&i) = seen.get(&customer.id) {
-            answers.push(duplicate(answers[i].clone()));
-            continue;
+        drop(wanted);
+        let mut customers = customers.into_iter();
+        for (r, earlier) in chunk {
+            match earlier {
+                Some((_, original)) => recorded.answers.push(duplicate(original)),
+                None => {
+                    let Some(customer) = customers.next() else {
+                        unreachable!("one customer for each key: checked above");
+                    };
+                    recorded.recipient(tx, r, customer).await?;
+                }
+            }
         }
-        seen.insert(customer.id, answers.len());
+    }
+    let answer = TriggerAnswer {
+        broadcast_id,
+        recipients: recorded.answers,
+    };
+    if idempotency_key.is_some() {
+        tx.set_trigger_answer(broadcast_id, &serde_json::to_string(&answer)?)
+            .await?;
+    }
+    Ok((answer, recorded.leased))
+}
+
+/// A trigger as it is recorded: its broadcast, and its recipients' answers so far.
+struct Recorded {
+    broadcast_id: i64,
+    at: i64,
+    sending: bool,
+    answers: Vec<RecipientAnswer>,
+    /// Where each customer already is in the answers.
+    seen: std::collections::HashMap<i64, usize>,
+    /// The events leased to this process.
+    leased: Vec<Claimed>,
+}
+
+impl Recorded {
+    /// Records a recipient with its customer: its personal broadcast, and its send or its
+    /// `broadcasts` event unless it is suppressed; a customer named before is a duplicate.
+    async fn recipient(
+        &mut self,
+        tx: &mut impl Tx,
+        r: NewRecipient,
+        customer: Standing,
+    ) -> Result<()> {
+        let (broadcast_id, at) = (self.broadcast_id, self.at);
+        if let Some(&i) = self.seen.get(&customer.id) {
+            self.answers.push(duplicate(self.answers[i].clone()));
+            return Ok(());
+        }
+        self.seen.insert(customer.id, self.answers.len());
         let status = if mailable(&customer) {
             RecipientStatus::Queued
         } else {
@@ -212,7 +268,7 @@ pub(crate) async fn trigger(
         })
         .await?;
         // A suppressed send is recorded but neither sent nor reported.
-        if status == RecipientStatus::Queued && sending {
+        if status == RecipientStatus::Queued && self.sending {
             tx.enqueue_send(&uuid, broadcast_id, customer.id).await?;
         } else if status == RecipientStatus::Queued {
             let new = NewEvent {
@@ -224,24 +280,28 @@ pub(crate) async fn trigger(
                 personal: (broadcast_id, customer.id),
             };
             let (_, lease) = tx.enqueue(new, |_| Ok(payload)).await?;
-            leased.extend(lease);
+            self.leased.extend(lease);
         }
-        answers.push(RecipientAnswer {
+        self.answers.push(RecipientAnswer {
             customer_id: customer.id,
             uuid,
             email_address: r.email,
             status,
         });
+        Ok(())
     }
-    let answer = TriggerAnswer {
-        broadcast_id,
-        recipients: answers,
-    };
-    if idempotency_key.is_some() {
-        tx.set_trigger_answer(broadcast_id, &serde_json::to_string(&answer)?)
-            .await?;
+}
+
+/// Recipients of a trigger whose customers are found or created at once (PostgreSQL: in one
+/// statement; a round trip costs more there than a row).
+const CUSTOMERS_AT_ONCE: usize = 1000;
+
+/// How a recipient's customer is found: by its external id when it has one.
+fn customer_key(r: &NewRecipient) -> CustomerKey<'_> {
+    match r.external_id.as_str() {
+        "" => CustomerKey::Email(&r.email),
+        id => CustomerKey::ExternalId(id),
     }
-    Ok((answer, leased))
 }
 
 /// Bytes reserved for an event's JSON (events are about 1.5 KB).

@@ -105,8 +105,13 @@ pub trait Tx {
         keys: &[Option<&str>],
     ) -> Result<Vec<Option<(i64, RecipientAnswer)>>>;
     async fn insert_broadcast(&mut self, mapping: &str, at: i64, key: Option<&str>) -> Result<i64>;
-    /// The customer with this key, created (with `email`) if new.
-    async fn customer(&mut self, key: CustomerKey<'_>, email: &str, at: i64) -> Result<Standing>;
+    /// The customer with each key, in order, created (with its `email`) if new. A key may
+    /// repeat: each of its places gets the same customer.
+    async fn customers(
+        &mut self,
+        wanted: &[(CustomerKey<'_>, &str)],
+        at: i64,
+    ) -> Result<Vec<Standing>>;
     async fn insert_personal(&mut self, row: PersonalRow<'_>) -> Result<()>;
     /// The `broadcasts` event of a personal broadcast, if there is one.
     async fn broadcast_event(

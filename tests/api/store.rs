@@ -262,6 +262,105 @@ async fn a_batch_of_activities_that_fails_at_its_end_writes_nothing() {
     .await;
 }
 
+/// A trigger's customers are found or created a thousand at a time (PostgreSQL: a statement
+/// for each kind of key, each key once): every recipient is answered with its own customer,
+/// known or new, by external id or by email, a repeat of one within a chunk or across
+/// chunks as a duplicate, and a customer who unsubscribed is suppressed.
+#[tokio::test]
+async fn a_bulk_trigger_answers_every_recipient_with_its_own_customer() {
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let by_email = |n: usize| NewRecipient {
+            external_id: String::new(),
+            ..recipient(n)
+        };
+        let first = store
+            .record_trigger(
+                "m".into(),
+                None,
+                vec![recipient(1), recipient(2), by_email(3)],
+            )
+            .await
+            .unwrap();
+        let known = |i: usize| first.recipients[i].customer_id;
+        let unsubscribe = serde_json::json!([{"metric": "unsubscribes",
+            "broadcast_id": first.broadcast_id, "customer_id": known(1)}]);
+        let unsubscribe = pegabridge::activity::parse(unsubscribe).unwrap();
+        store
+            .record_activities(unsubscribe, Unknown::Refuse)
+            .await
+            .unwrap();
+
+        // 2,100 recipients: new ones by external id and by email, among them the known.
+        let mut recipients: Vec<NewRecipient> = (100..2_200)
+            .map(|n| {
+                if n % 2 == 0 {
+                    recipient(n)
+                } else {
+                    by_email(n)
+                }
+            })
+            .collect();
+        recipients[0] = by_email(3);
+        recipients[1] = recipient(2);
+        recipients[2] = recipient(1);
+        // CUST-1 again in the same chunk, with another email: the same customer.
+        recipients[3] = NewRecipient {
+            email: "other@x.nl".into(),
+            ..recipient(1)
+        };
+        // A new customer by email twice in one chunk, and a known one in a later chunk.
+        recipients[9] = by_email(107);
+        recipients[1_500] = by_email(3);
+        let answer = store
+            .record_trigger("m".into(), None, recipients.clone())
+            .await
+            .unwrap();
+        let r = &answer.recipients;
+        assert_eq!(r.len(), 2_100);
+        assert_eq!(r[0].customer_id, known(2));
+        assert_eq!(r[0].status, RecipientStatus::Queued);
+        assert_eq!(r[1].customer_id, known(1));
+        assert_eq!(r[1].status, RecipientStatus::Suppressed);
+        assert_eq!(r[2].customer_id, known(0));
+        assert_eq!(r[2].status, RecipientStatus::Queued);
+        assert_eq!(r[3].status, RecipientStatus::Duplicate);
+        assert_eq!((r[3].customer_id, &r[3].uuid), (known(0), &r[2].uuid));
+        assert_eq!(r[9].status, RecipientStatus::Duplicate);
+        assert_eq!(
+            (r[9].customer_id, &r[9].uuid),
+            (r[7].customer_id, &r[7].uuid)
+        );
+        assert_eq!(r[1_500].status, RecipientStatus::Duplicate);
+        assert_eq!(
+            (r[1_500].customer_id, &r[1_500].uuid),
+            (known(2), &r[0].uuid)
+        );
+        // Every other recipient is a new customer of its own, queued.
+        let known_ids = [known(0), known(1), known(2)];
+        let mut new_ids = std::collections::HashSet::new();
+        for (i, a) in r.iter().enumerate() {
+            if [0, 1, 2, 3, 9, 1_500].contains(&i) {
+                continue;
+            }
+            assert_eq!(a.status, RecipientStatus::Queued, "{i}");
+            assert_eq!(a.email_address, recipients[i].email, "{i}");
+            assert!(!known_ids.contains(&a.customer_id), "{i}");
+            assert!(new_ids.insert(a.customer_id), "{i}: {}", a.customer_id);
+        }
+        // Found again by a second trigger: the same customers.
+        let again = store
+            .record_trigger("m".into(), None, recipients[4..10].to_vec())
+            .await
+            .unwrap();
+        let ids = |a: &[pegabridge::recording::RecipientAnswer]| -> Vec<i64> {
+            a.iter().map(|r| r.customer_id).collect()
+        };
+        assert_eq!(ids(&again.recipients), ids(&r[4..10]));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_recipient_without_a_customer_id_is_not_joined_to_a_customer_who_has_one() {
     each_backend(|| async {

@@ -66,6 +66,34 @@ fn standing(r: &rusqlite::Row<'_>) -> rusqlite::Result<Standing> {
     })
 }
 
+impl SqliteTx<'_> {
+    /// The customer with this key, created (with `email`) if new.
+    fn customer(&mut self, key: CustomerKey<'_>, email: &str, at: i64) -> Result<Standing> {
+        let (CustomerKey::ExternalId(k) | CustomerKey::Email(k)) = key;
+        let found = self
+            .c
+            .prepare_cached(customer_query(key))?
+            .query_row([k], standing)
+            .optional()?;
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        let external_id = match key {
+            CustomerKey::ExternalId(id) => id,
+            CustomerKey::Email(_) => "",
+        };
+        self.c
+            .prepare_cached(
+                "INSERT INTO customers (email, external_id, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![email, external_id, at])?;
+        Ok(Standing {
+            id: self.c.last_insert_rowid(),
+            ..Standing::default()
+        })
+    }
+}
+
 impl Tx for SqliteTx<'_> {
     async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>> {
         Ok(self
@@ -124,29 +152,17 @@ impl Tx for SqliteTx<'_> {
         Ok(self.c.last_insert_rowid())
     }
 
-    async fn customer(&mut self, key: CustomerKey<'_>, email: &str, at: i64) -> Result<Standing> {
-        let (CustomerKey::ExternalId(k) | CustomerKey::Email(k)) = key;
-        let found = self
-            .c
-            .prepare_cached(customer_query(key))?
-            .query_row([k], standing)
-            .optional()?;
-        if let Some(found) = found {
-            return Ok(found);
+    async fn customers(
+        &mut self,
+        wanted: &[(CustomerKey<'_>, &str)],
+        at: i64,
+    ) -> Result<Vec<Standing>> {
+        // An indexed read each, and an insert for a new one: no round trips here.
+        let mut found = Vec::with_capacity(wanted.len());
+        for &(key, email) in wanted {
+            found.push(self.customer(key, email, at)?);
         }
-        let external_id = match key {
-            CustomerKey::ExternalId(id) => id,
-            CustomerKey::Email(_) => "",
-        };
-        self.c
-            .prepare_cached(
-                "INSERT INTO customers (email, external_id, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![email, external_id, at])?;
-        Ok(Standing {
-            id: self.c.last_insert_rowid(),
-            ..Standing::default()
-        })
+        Ok(found)
     }
 
     async fn insert_personal(&mut self, row: PersonalRow<'_>) -> Result<()> {

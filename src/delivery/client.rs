@@ -64,6 +64,17 @@ struct Token {
     expires: Instant,
 }
 
+/// A Basic `Authorization` value (RFC 7617), marked sensitive (never shown in `Debug`).
+fn basic_auth(username: &str, password: &str) -> anyhow::Result<HeaderValue> {
+    use base64::Engine;
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+        .map_err(|_| anyhow::anyhow!("pega.auth: the credentials make no valid header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// Posts events to the configured endpoint.
 pub struct PegaClient {
     http: reqwest::Client,
@@ -71,6 +82,8 @@ pub struct PegaClient {
     endpoint: reqwest::Url,
     timeout: Duration,
     auth: Option<PegaAuth>,
+    /// With Basic auth, its `Authorization` value (made once, marked sensitive).
+    basic: Option<HeaderValue>,
     headers: HeaderMap,
     /// The cached token; held only to read or replace it.
     token: std::sync::Mutex<Option<Token>>,
@@ -130,9 +143,16 @@ impl PegaClient {
             builder = builder.identity(identity);
         }
         let http = builder.build()?;
+        let basic = match &settings.auth {
+            Some(PegaAuth::Basic { username, password }) => {
+                Some(basic_auth(username, password.expose())?)
+            }
+            _ => None,
+        };
         Ok(Some(Self {
             http,
             endpoint,
+            basic,
             timeout,
             auth: settings.auth.clone(),
             headers,
@@ -202,10 +222,10 @@ impl PegaClient {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(reqwest::RequestBuilder, Option<String>), ClientError> {
+        if let Some(basic) = &self.basic {
+            return Ok((req.header(AUTHORIZATION, basic.clone()), None));
+        }
         match &self.auth {
-            Some(PegaAuth::Basic { username, password }) => {
-                Ok((req.basic_auth(username, Some(password.expose())), None))
-            }
             Some(PegaAuth::Oauth2 { .. }) => {
                 let token = self.token().await?;
                 let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
@@ -214,7 +234,8 @@ impl PegaClient {
                 value.set_sensitive(true);
                 Ok((req.header(AUTHORIZATION, value), Some(token)))
             }
-            None => Ok((req, None)),
+            // Basic auth's value is `basic`, made once.
+            Some(PegaAuth::Basic { .. }) | None => Ok((req, None)),
         }
     }
 

@@ -935,6 +935,56 @@ mod tests {
         }
     }
 
+    /// The outbox's own statements say `OR ROLLBACK` (no statement journal): one that fails
+    /// ends the whole transaction in SQLite at once. Its batch's earlier work is answered with
+    /// an error, not a false success, the counters agree with the rows, and the work after it
+    /// commits in a new transaction. (Without the check that SQLite left the transaction, the
+    /// earlier work would be answered as committed.)
+    #[tokio::test]
+    async fn an_outbox_statement_that_fails_rolls_back_its_batch_and_the_store_goes_on() {
+        use crate::event::Metric;
+        use crate::outbox::{Lane, Lanes};
+        use crate::recording::port::NewEvent;
+        let (_dir, store) = store_in_a_file("full").await;
+        let queue = |uuid: &'static str| {
+            move |c: &Conn| -> Result<()> {
+                let new = NewEvent {
+                    uuid,
+                    metric: Metric::Opens,
+                    external_id: None,
+                    in_personal_broadcast: false,
+                    withheld: false,
+                    personal: (1, 1),
+                };
+                let lanes = Lanes::only(Lane::Pega);
+                let payload = |_| Ok("{}".to_owned());
+                super::outbox::enqueue(c, new, payload, super::Queue::Due, lanes)?;
+                Ok(())
+            }
+        };
+        store.call(queue("taken")).await.unwrap();
+        for round in 0..20 {
+            let (a, b) = (format!("a{round}"), format!("b{round}"));
+            let (a, b) = (a.leak() as &'static str, b.leak() as &'static str);
+            // The same uuid on the same lane: the insert's unique index refuses it.
+            let (before, failed, after) = tokio::join!(
+                store.call(queue(a)),
+                store.call(queue("taken")),
+                store.call(queue(b))
+            );
+            assert!(failed.is_err());
+            let stored = uuids(&store).await;
+            assert_eq!(
+                before.is_ok(),
+                stored.contains(&a.to_owned()),
+                "round {round}: answered {before:?}"
+            );
+            assert!(after.is_ok() && stored.contains(&b.to_owned()));
+            let counted = store.outbox_stats().await.unwrap().pending;
+            assert_eq!(counted as usize, stored.len(), "round {round}");
+        }
+    }
+
     #[tokio::test]
     async fn a_panic_in_a_piece_of_work_fails_its_batch_and_the_store_goes_on() {
         let (_dir, store) = store_in_a_file("full").await;

@@ -7,7 +7,7 @@
 //! Two loads, each on a fresh `serve` with the default `[pega]` settings (adaptive
 //! concurrency, `batch_size = 1`): saturation ([`SATURATED`] activities, [`IN_FLIGHT`] at a
 //! time) and a steady 500 a second for 5 s. [`RUNS`] runs of each store, alternating;
-//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, its commits and WAL flushes per event at 500/s, and `serve`'s context switches per event; `BENCH_ATTACH="perf record -g -o FILE -p {pid}"` runs a command on `serve` during the steady load, or at saturation with `BENCH_ATTACH_TO=saturation`; `BENCH_ATTACH=benches/postgres-cpu.sh` prints each `postgres` process's CPU meanwhile). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
+//! medians (`BENCH_GROUP_COMMIT_MS` sets `[store] group_commit_ms`; `BENCH_SPLIT=1` prints each PostgreSQL run's `serve` and database parts, its commits and WAL flushes per event at 500/s, and `serve`'s context switches per event; `BENCH_ATTACH="perf record -g -o FILE -p {pid}"` runs a command on `serve` during the steady load, or at saturation with `BENCH_ATTACH_TO=saturation`; `BENCH_ATTACH=benches/postgres-cpu.sh` prints each `postgres` process's CPU meanwhile; `BENCH_BIN=benches/callgrind-serve.sh BENCH_ATTACH="benches/callgrind-attach.sh {pid}"` counts `serve`'s instructions instead, the same on a busy machine: see those scripts). Targets (issue 29): at most 60 us at saturation and 200 us at 500/s on SQLite;
 //! PostgreSQL at most twice SQLite's.
 
 mod common;

@@ -985,6 +985,45 @@ mod tests {
         }
     }
 
+    /// The oldest open event is each lane's first by id (migration 0012 dropped the index
+    /// of open events by age), read through `outbox_open`.
+    #[tokio::test]
+    async fn the_oldest_open_event_is_found_through_each_lanes_first() {
+        let (_dir, store) = store_in_a_file("normal").await;
+        let now = crate::outbox::now_ms() / 1000;
+        // Inserted oldest first, as the store does; the oldest of all is done.
+        let rows = [
+            ("d", "pega", "delivered", 900),
+            ("k", "kafka", "pending", 500),
+            ("p", "pega", "inflight", 300),
+            ("q", "pega", "pending", 100),
+        ];
+        store
+            .call(move |c| {
+                for (uuid, sink, status, age) in rows {
+                    c.execute(
+                        "INSERT INTO outbox (uuid, metric, next_attempt_at, created_at, status, sink) VALUES (?1, 'opens', 0, ?2, ?3, ?4)",
+                        rusqlite::params![uuid, now - age, status, sink],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let age = store.outbox_stats().await.unwrap().oldest_pending_age_secs;
+        assert!((500..510).contains(&age), "{age}");
+        let plan = store
+            .call(|c| {
+                let sql = format!("EXPLAIN QUERY PLAN {}", super::outbox::OLDEST_OPEN);
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(["pega"], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
+            })
+            .await
+            .unwrap();
+        assert!(plan.contains("USING INDEX outbox_open"), "{plan}");
+    }
+
     #[tokio::test]
     async fn a_panic_in_a_piece_of_work_fails_its_batch_and_the_store_goes_on() {
         let (_dir, store) = store_in_a_file("full").await;

@@ -17,7 +17,7 @@ use crate::outbox::{
     Replay, Status,
 };
 use crate::recording::port::NewEvent;
-use crate::store::sql::{DONE, OLDEST_OPEN};
+use crate::store::sql::DONE;
 use crate::store::Queue;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -30,6 +30,11 @@ pub(super) fn effective(c: &Conn, queue: Queue) -> Result<Queue> {
 }
 
 pub(super) use crate::store::sql::PAYLOAD;
+
+/// The creation time of a lane's oldest open event: its first by id, as one connection
+/// inserts the outbox's rows with their `created_at` (migration 0012).
+pub(super) const OLDEST_OPEN: &str = "SELECT created_at FROM outbox
+ WHERE sink = ?1 AND status IN ('pending', 'inflight') ORDER BY id LIMIT 1";
 
 /// Queues an event (inside the caller's transaction), a row for each of `lanes`: `payload`
 /// is given the first row's id, which is an activity's `metric_id`. Returns that id, and the
@@ -354,7 +359,8 @@ impl crate::store::OutboxStore for SqliteStore {
     }
 
     /// The counts by status (kept by triggers with every change) and the age of the oldest
-    /// undelivered event (through its index): no scan, however big the outbox.
+    /// undelivered event (its lane's first open event, through `outbox_open`): no scan,
+    /// however big the outbox.
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         self.read(|c| {
             let mut stats = OutboxStats::default();
@@ -366,7 +372,12 @@ impl crate::store::OutboxStore for SqliteStore {
                     stats.set(status, n);
                 }
             }
-            let oldest: Option<i64> = c.query_row(OLDEST_OPEN, [], |r| r.get(0))?;
+            let mut oldest = Vec::new();
+            for lane in Lane::ALL {
+                let mut first = c.prepare_cached(OLDEST_OPEN)?;
+                oldest.push(first.query_row([lane.as_str()], |r| r.get(0)).optional()?);
+            }
+            let oldest: Option<i64> = oldest.into_iter().flatten().min();
             stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
             Ok(stats)
         })

@@ -5,6 +5,7 @@
 
 mod engagement;
 mod init;
+mod log_fields;
 mod ops;
 
 /// `println!` for command output: a closed pipe (`pegabridge preview | head`) ends the
@@ -232,6 +233,7 @@ pub fn init_logging(cli: &Cli) {
         LogFormat::Text => {
             use std::io::IsTerminal;
             builder
+                .fmt_fields(log_fields::TextFields)
                 .with_ansi(std::io::stderr().is_terminal())
                 .try_init()
         }

@@ -5,6 +5,7 @@
 //! together.
 
 mod outbox;
+mod parked;
 mod tx;
 
 use crate::activity::Activity;
@@ -28,6 +29,8 @@ const CHANNEL: &str = "pegabridge_outbox";
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// A connection kept between pieces of work (sqlx pings one going back to the pool).
+    parked: parked::Parked,
     /// The sinks new events are queued to ([`crate::outbox::Lanes`]'s bits).
     lanes: Arc<std::sync::atomic::AtomicU8>,
 }
@@ -55,6 +58,7 @@ impl PgStore {
             .context("running migrations")?;
         Ok(Self {
             pool,
+            parked: parked::Parked::default(),
             lanes: Arc::new(std::sync::atomic::AtomicU8::new(
                 crate::outbox::Lanes::default().bits(),
             )),
@@ -120,25 +124,31 @@ macro_rules! transaction {
     ($store:expr, $queue:expr, |$tx:ident| $work:expr) => {{
         let mut tries = 0;
         loop {
-            let mut conn = $store.pool.acquire().await?;
-            let mut tx = tx::PgTx {
-                c: tx::Conn::Plain(&mut conn),
-                queue: $queue,
-                paused: None,
-                lanes: crate::outbox::Lanes::from_bits(
-                    $store.lanes.load(std::sync::atomic::Ordering::Relaxed),
-                ),
-                announce: false,
-                ahead: tx::Ahead::default(),
-            };
-            let $tx = &mut tx;
-            let done = match $work.await {
-                Ok(done) => tx.finish().await.map(|()| done),
-                Err(e) => Err(e),
+            let mut conn = $store.parked.take(&$store.pool).await?;
+            let done = {
+                let mut tx = tx::PgTx {
+                    c: tx::Conn::Plain(&mut conn),
+                    queue: $queue,
+                    paused: None,
+                    lanes: crate::outbox::Lanes::from_bits(
+                        $store.lanes.load(std::sync::atomic::Ordering::Relaxed),
+                    ),
+                    announce: false,
+                    ahead: tx::Ahead::default(),
+                };
+                let $tx = &mut tx;
+                match $work.await {
+                    Ok(done) => match tx.finish().await {
+                        Ok(()) => tx.c.commit().await.map(|()| done),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
             };
             match done {
                 Ok(done) => {
-                    tx.c.commit().await?;
+                    // Committed: the connection is clean for the next piece of work.
+                    $store.parked.park(conn, &$store.pool);
                     break Ok(done);
                 }
                 Err(StoreError::Conflict(_)) if tries + 1 < RACE_ATTEMPTS => tries += 1,
@@ -453,6 +463,53 @@ mod testing {
 #[cfg(test)]
 mod tests {
     use crate::store::Store;
+
+    /// The backend process of a connection (the same process: the same connection).
+    async fn backend(c: &mut sqlx::PgConnection) -> i32 {
+        (sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c))
+            .await
+            .unwrap()
+    }
+
+    /// A connection whose work committed waits for the next piece of work (no trip back to
+    /// the pool, which pings it), is given back after `PARK_FOR` unused, and is not kept when
+    /// the pool could lend no other at once.
+    #[tokio::test]
+    async fn a_connection_waits_for_the_next_work_but_never_keeps_anyone_waiting() {
+        use crate::store::OutboxStore;
+        let Some(fresh) = super::testing::Fresh::store(3).await else {
+            return;
+        };
+        let (store, pool) = (&fresh.store, &fresh.store.pool);
+        let (a, b, c) = tokio::join!(pool.acquire(), pool.acquire(), pool.acquire());
+        let (a, b, mut c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        store.parked.park(a, pool);
+        assert!(
+            !store.parked.holds(),
+            "kept while the pool could lend no other"
+        );
+        // Out of the pool: it may open another now.
+        let apart = b.detach();
+        let kept = backend(&mut c).await;
+        store.parked.park(c, pool);
+        assert!(store.parked.holds());
+        let mut next = store.parked.take(pool).await.unwrap();
+        assert_eq!(backend(&mut next).await, kept, "the next work takes it");
+        store.parked.park(next, pool);
+        // The store's work takes it and parks it again when done.
+        store.complete(Vec::new()).await.unwrap();
+        assert!(store.parked.holds());
+        tokio::time::pause();
+        // Its timer's task starts, then the clock moves past its time.
+        tokio::task::yield_now().await;
+        tokio::time::advance(super::parked::PARK_FOR + std::time::Duration::from_millis(1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!store.parked.holds(), "given back to the pool once unused");
+        drop(apart);
+        fresh.drop().await;
+    }
 
     /// `LISTEN` does not hold one of the pool's connections: at the smallest pool, the work
     /// still has two (with one, sqlx's pool timed requests out under load).

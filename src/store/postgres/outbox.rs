@@ -123,6 +123,7 @@ impl crate::store::OutboxStore for PgStore {
             }
         }
         // One statement: the rows and their attempts together (atomic as any statement).
+        let mut conn = self.parked.take(&self.pool).await?;
         sqlx::query(
             "WITH settled AS (
                  UPDATE outbox o SET status = u.status,
@@ -149,8 +150,9 @@ impl crate::store::OutboxStore for PgStore {
         .bind(&attempts.duration_ms)
         .bind(&attempts.outcome)
         .bind(&attempts.detail)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
+        self.parked.park(conn, &self.pool);
         Ok(())
     }
 

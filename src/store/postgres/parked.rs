@@ -4,7 +4,8 @@
 //! group of two or three requests. A connection whose work ended cleanly (committed, nothing
 //! unread) is kept here instead, for the next piece of work, for at most [`PARK_FOR`]; then
 //! it goes back to the pool. It is not kept when the pool could lend no other at once (none
-//! idle, and as many open as it may have): someone may be waiting for it. A piece of work that fails or is cancelled drops its connection as
+//! idle, and as many open as it may have): someone may be waiting for it. Work that finds the
+//! pool empty while it is parked waits at most [`PARK_FOR`] for it. A piece of work that fails or is cancelled drops its connection as
 //! before: the pool pings it, and closes it if it is broken.
 
 use sqlx::pool::PoolConnection;

@@ -187,20 +187,14 @@ pub(crate) async fn trigger(
             .filter(|(_, earlier)| earlier.is_none())
             .map(|(r, _)| (customer_key(r), r.email.as_str()))
             .collect();
-        let customers = tx.customers(&wanted, at).await?;
-        if customers.len() != wanted.len() {
-            let why = format!("{} customers for {} keys", customers.len(), wanted.len());
-            return Err(StoreError::Other(anyhow::anyhow!(why)));
-        }
-        drop(wanted);
-        let mut customers = customers.into_iter();
+        let mut customers = tx.customers(&wanted, at).await?.into_iter();
         for (r, earlier) in chunk {
             match earlier {
                 Some((_, original)) => recorded.answers.push(duplicate(original)),
                 None => {
-                    let Some(customer) = customers.next() else {
-                        unreachable!("one customer for each key: checked above");
-                    };
+                    let customer = customers.next().ok_or_else(|| {
+                        StoreError::Other(anyhow::anyhow!("fewer customers than keys"))
+                    })?;
                     recorded.recipient(tx, r, customer).await?;
                 }
             }

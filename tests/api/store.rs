@@ -5,7 +5,7 @@
 use crate::backend::{current, each_backend, fresh_database, Backend, Database};
 use pegabridge::event::Common;
 use pegabridge::intake::Unknown;
-use pegabridge::recording::{ActivityStatus, NewRecipient, RecipientStatus};
+use pegabridge::recording::{ActivityStatus, NewRecipient, RecipientStatus, TriggerAnswer};
 use pegabridge::store::{Attempt, Completion, Done, Outcome, Purge, Replay, Status, Storage};
 use std::collections::HashMap;
 
@@ -43,6 +43,14 @@ fn recipient(n: usize) -> NewRecipient {
         manual_options: pegabridge::event::ManualOptions::new(&common().broadcast_manual_options),
         shared: std::sync::Arc::new(common()),
     }
+}
+
+/// The answer to a trigger of the mapping `m` for `recipients`, recorded.
+async fn triggered(store: &Storage, recipients: Vec<NewRecipient>) -> TriggerAnswer {
+    store
+        .record_trigger("m".into(), None, recipients)
+        .await
+        .unwrap()
 }
 
 /// The statuses as the rows have them.
@@ -93,10 +101,7 @@ async fn the_counters_follow_every_change_of_status() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
         let recipients = (0..10).map(recipient).collect();
-        let answer = store
-            .record_trigger("m".into(), None, recipients)
-            .await
-            .unwrap();
+        let answer = triggered(&store, recipients).await;
         assert_counters_agree(&store, "queued").await;
         assert_eq!(store.outbox().outbox_stats().await.unwrap().pending, 10);
         // A batch of activities writes its events in one statement.
@@ -172,14 +177,8 @@ async fn a_trigger_repeating_some_keyed_recipients_answers_each_in_its_place() {
             idempotency_key: Some(format!("K-{n}")),
             ..recipient(n)
         };
-        let first = store
-            .record_trigger("m".into(), None, vec![keyed(1), keyed(2)])
-            .await
-            .unwrap();
-        let second = store
-            .record_trigger("m".into(), None, vec![keyed(3), keyed(2), keyed(4)])
-            .await
-            .unwrap();
+        let first = triggered(&store, vec![keyed(1), keyed(2)]).await;
+        let second = triggered(&store, vec![keyed(3), keyed(2), keyed(4)]).await;
         let statuses: Vec<_> = second.recipients.iter().map(|r| r.status).collect();
         assert_eq!(
             statuses,
@@ -204,10 +203,7 @@ async fn a_trigger_of_thousands_writes_every_personal_broadcast_and_event() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
         let recipients = (0..2_500).map(recipient).collect();
-        let answer = store
-            .record_trigger("m".into(), None, recipients)
-            .await
-            .unwrap();
+        let answer = triggered(&store, recipients).await;
         assert_counters_agree(&store, "queued").await;
         let claimed = store
             .outbox()
@@ -234,10 +230,7 @@ async fn a_trigger_of_thousands_writes_every_personal_broadcast_and_event() {
 async fn a_batch_of_activities_that_fails_at_its_end_writes_nothing() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
-        let answer = store
-            .record_trigger("m".into(), None, vec![recipient(1)])
-            .await
-            .unwrap();
+        let answer = triggered(&store, vec![recipient(1)]).await;
         let open = serde_json::json!({"metric": "opens", "broadcast_id": answer.broadcast_id,
             "customer_id": answer.recipients[0].customer_id});
         let mut batch = pegabridge::activity::parse(serde_json::json!([open, open, open])).unwrap();
@@ -274,14 +267,7 @@ async fn a_bulk_trigger_answers_every_recipient_with_its_own_customer() {
             external_id: String::new(),
             ..recipient(n)
         };
-        let first = store
-            .record_trigger(
-                "m".into(),
-                None,
-                vec![recipient(1), recipient(2), by_email(3)],
-            )
-            .await
-            .unwrap();
+        let first = triggered(&store, vec![recipient(1), recipient(2), by_email(3)]).await;
         let known = |i: usize| first.recipients[i].customer_id;
         let unsubscribe = serde_json::json!([{"metric": "unsubscribes",
             "broadcast_id": first.broadcast_id, "customer_id": known(1)}]);
@@ -312,10 +298,7 @@ async fn a_bulk_trigger_answers_every_recipient_with_its_own_customer() {
         // A new customer by email twice in one chunk, and a known one in a later chunk.
         recipients[9] = by_email(107);
         recipients[1_500] = by_email(3);
-        let answer = store
-            .record_trigger("m".into(), None, recipients.clone())
-            .await
-            .unwrap();
+        let answer = triggered(&store, recipients.clone()).await;
         let r = &answer.recipients;
         assert_eq!(r.len(), 2_100);
         assert_eq!(r[0].customer_id, known(2));
@@ -349,10 +332,7 @@ async fn a_bulk_trigger_answers_every_recipient_with_its_own_customer() {
             assert!(new_ids.insert(a.customer_id), "{i}: {}", a.customer_id);
         }
         // Found again by a second trigger: the same customers.
-        let again = store
-            .record_trigger("m".into(), None, recipients[4..10].to_vec())
-            .await
-            .unwrap();
+        let again = triggered(&store, recipients[4..10].to_vec()).await;
         let ids = |a: &[pegabridge::recording::RecipientAnswer]| -> Vec<i64> {
             a.iter().map(|r| r.customer_id).collect()
         };
@@ -365,21 +345,12 @@ async fn a_bulk_trigger_answers_every_recipient_with_its_own_customer() {
 async fn a_recipient_without_a_customer_id_is_not_joined_to_a_customer_who_has_one() {
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
-        let with_id = store
-            .record_trigger("m".into(), None, vec![recipient(1)])
-            .await
-            .unwrap();
+        let with_id = triggered(&store, vec![recipient(1)]).await;
         let mut without = recipient(1);
         without.external_id = String::new();
-        let first = store
-            .record_trigger("m".into(), None, vec![without.clone()])
-            .await
-            .unwrap();
-        let again = store
-            .record_trigger("m".into(), None, vec![without])
-            .await
-            .unwrap();
-        let id = |a: &pegabridge::recording::TriggerAnswer| a.recipients[0].customer_id;
+        let first = triggered(&store, vec![without.clone()]).await;
+        let again = triggered(&store, vec![without]).await;
+        let id = |a: &TriggerAnswer| a.recipients[0].customer_id;
         assert_ne!(id(&with_id), id(&first), "the same email, not the same key");
         assert_eq!(id(&first), id(&again), "found again by email");
         assert_eq!(first.recipients[0].status, RecipientStatus::Queued);
@@ -489,10 +460,7 @@ async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activi
         let stats = store.outbox().outbox_stats().await.unwrap();
         assert_eq!((stats.pending, stats.delivered), (1, 1));
         // The customer is found again by its CustomerID.
-        let answer = store
-            .record_trigger("m".into(), None, vec![recipient(1)])
-            .await
-            .unwrap();
+        let answer = triggered(&store, vec![recipient(1)]).await;
         assert_eq!(answer.recipients[0].customer_id, 7);
         // A resend of the activity is answered with its first metric_id.
         let open = pegabridge::activity::parse(serde_json::json!({
@@ -541,10 +509,7 @@ async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
             .set_lanes(Lanes::of([Lane::Pega, Lane::Kafka]))
             .await
             .unwrap();
-        store
-            .record_trigger("m".into(), None, (0..6).map(recipient).collect())
-            .await
-            .unwrap();
+        triggered(&store, (0..6).map(recipient).collect()).await;
         let rows = store.outbox().deliveries(None, 100).await.unwrap();
         assert_eq!(rows.len(), 12, "a row per event and sink");
         assert_eq!(rows.iter().filter(|r| r.sink == Lane::Kafka).count(), 6);
@@ -761,10 +726,7 @@ async fn a_group_commits_at_once_when_each_connection_in_use_has_a_request_queue
     let store = real
         .clone()
         .with_group_commit(window, Some(connections.clone()));
-    let sent = real
-        .record_trigger("m".into(), None, (0..1).map(recipient).collect())
-        .await
-        .unwrap();
+    let sent = triggered(&real, (0..1).map(recipient).collect()).await;
     let (b, c) = (sent.broadcast_id, sent.recipients[0].customer_id);
     let store = &store;
     let in_use: Vec<_> = (0..3).map(|_| connections.connection()).collect();
@@ -819,10 +781,7 @@ async fn requests_arriving_together_share_one_commit_and_each_gets_its_own_answe
         // A window no test waits for: each group below is committed because it is full.
         let store = Storage::over(counting.clone())
             .with_group_commit(std::time::Duration::from_secs(600), None);
-        let sent = real
-            .record_trigger("m".into(), None, (0..4).map(recipient).collect())
-            .await
-            .unwrap();
+        let sent = triggered(&real, (0..4).map(recipient).collect()).await;
         let b = sent.broadcast_id;
         let customers: Vec<i64> = sent.recipients.iter().map(|r| r.customer_id).collect();
         let per = MAX_ACTIVITIES / 4;

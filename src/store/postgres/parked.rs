@@ -22,7 +22,7 @@ pub const PARK_FOR: Duration = Duration::from_millis(20);
 pub struct Parked(Arc<Slot>);
 
 #[derive(Debug, Default)]
-pub struct Slot {
+struct Slot {
     conn: Mutex<Option<(PoolConnection<Postgres>, u64)>>,
     parked: AtomicU64,
 }

@@ -188,16 +188,9 @@ const BROADCAST_EVENT: &str =
 const EARLIER_ACTIVITY: &str = "SELECT o.uuid, (p.payload::jsonb ->> 'metric_id')::bigint FROM outbox o JOIN outbox_payloads p ON p.id = o.id WHERE o.external_id = $1";
 const STANDING: &str = "SELECT id, bounce_count_hard, bounce_count_soft, complaints, unsubscribed FROM customers WHERE id = $1";
 
-/// The statement that finds or creates the customers of one kind of key (`$1` their keys,
+/// The statements that find or create the customers of one kind of key (`$1` their keys,
 /// each once, `$2` their emails, `$3` the time), through the unique index of that key, in
 /// the order given. Each row returned ends with its key.
-pub(super) fn customers_query(key: CustomerKey<'_>) -> &'static str {
-    match key {
-        CustomerKey::ExternalId(_) => CUSTOMERS_BY_EXTERNAL_ID,
-        CustomerKey::Email(_) => CUSTOMERS_BY_EMAIL,
-    }
-}
-
 const CUSTOMERS_BY_EXTERNAL_ID: &str = "INSERT INTO customers (email, external_id, created_at)
  SELECT email, key, $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(key, email, n) ORDER BY n
  ON CONFLICT (external_id) WHERE external_id <> '' DO UPDATE SET email = customers.email
@@ -206,6 +199,23 @@ const CUSTOMERS_BY_EMAIL: &str = "INSERT INTO customers (email, external_id, cre
  SELECT email, '', $3 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(key, email, n) ORDER BY n
  ON CONFLICT (email) WHERE external_id = '' DO UPDATE SET email = customers.email
  RETURNING id, bounce_count_hard, bounce_count_soft, complaints, unsubscribed, email";
+
+/// Customers' keys of one kind, each once, with the email of its first place.
+#[derive(Default)]
+struct KeysOnce<'a> {
+    keys: Vec<&'a str>,
+    emails: Vec<&'a str>,
+    given: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> KeysOnce<'a> {
+    fn add(&mut self, key: &'a str, email: &'a str) {
+        if self.given.insert(key) {
+            self.keys.push(key);
+            self.emails.push(email);
+        }
+    }
+}
 
 impl Tx for PgTx<'_> {
     async fn trigger_answer(&mut self, key: &str) -> Result<Option<String>> {
@@ -260,49 +270,29 @@ impl Tx for PgTx<'_> {
         wanted: &[(CustomerKey<'_>, &str)],
         at: i64,
     ) -> Result<Vec<Standing>> {
-        use std::collections::HashMap;
         // One statement for each kind of key. A key goes in once, with its first email:
         // PostgreSQL refuses to update a row twice in one statement, and the first recipient
         // of a customer is the one that creates it.
-        let mut found: [HashMap<String, Standing>; 2] = Default::default();
-        for kind in [CustomerKey::ExternalId(""), CustomerKey::Email("")] {
-            let mut keys = Vec::new();
-            let mut emails = Vec::new();
-            let mut given = std::collections::HashSet::new();
-            for &(key, email) in wanted {
-                match (kind, key) {
-                    (CustomerKey::ExternalId(_), CustomerKey::ExternalId(k))
-                    | (CustomerKey::Email(_), CustomerKey::Email(k))
-                        if given.insert(k) =>
-                    {
-                        keys.push(k);
-                        emails.push(email);
-                    }
-                    _ => {}
-                }
-            }
-            if keys.is_empty() {
-                continue;
-            }
-            let rows = sqlx::query(customers_query(kind))
-                .bind(&keys)
-                .bind(&emails)
-                .bind(at)
-                .fetch_all(self.c.begun().await?)
-                .await?;
-            let of_kind = &mut found[usize::from(matches!(kind, CustomerKey::Email(_)))];
-            for r in &rows {
-                of_kind.insert(r.get(5), standing(r));
+        let (mut by_id, mut by_email) = (KeysOnce::default(), KeysOnce::default());
+        for &(key, email) in wanted {
+            match key {
+                CustomerKey::ExternalId(k) => by_id.add(k, email),
+                CustomerKey::Email(k) => by_email.add(k, email),
             }
         }
-        wanted
-            .iter()
+        let by_id = self
+            .upsert_customers(CUSTOMERS_BY_EXTERNAL_ID, by_id, at)
+            .await?;
+        let by_email = self
+            .upsert_customers(CUSTOMERS_BY_EMAIL, by_email, at)
+            .await?;
+        (wanted.iter())
             .map(|&(key, _)| {
-                let (i, k) = match key {
-                    CustomerKey::ExternalId(k) => (0, k),
-                    CustomerKey::Email(k) => (1, k),
+                let found = match key {
+                    CustomerKey::ExternalId(k) => by_id.get(k),
+                    CustomerKey::Email(k) => by_email.get(k),
                 };
-                found[i].get(k).copied().ok_or_else(|| {
+                found.copied().ok_or_else(|| {
                     crate::outbox::StoreError::Other(anyhow::anyhow!(
                         "no customer returned for a key"
                     ))
@@ -621,6 +611,26 @@ impl Tx for PgTx<'_> {
 }
 
 impl PgTx<'_> {
+    /// Finds or creates the customers of `keys` with `sql` ([`CUSTOMERS_BY_EXTERNAL_ID`] or
+    /// [`CUSTOMERS_BY_EMAIL`]): each by its key.
+    async fn upsert_customers(
+        &mut self,
+        sql: &str,
+        keys: KeysOnce<'_>,
+        at: i64,
+    ) -> Result<std::collections::HashMap<String, Standing>> {
+        if keys.keys.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let rows = sqlx::query(sql)
+            .bind(&keys.keys)
+            .bind(&keys.emails)
+            .bind(at)
+            .fetch_all(self.c.begun().await?)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(5), standing(r))).collect())
+    }
+
     /// Where this transaction's events go: as asked, but due while delivery is paused (read
     /// once per transaction, and only when they would be leased).
     async fn queue(&mut self) -> Result<Queue> {
@@ -729,10 +739,10 @@ mod tests {
 
     #[test]
     fn the_customer_statement_names_the_index_of_its_key() {
-        let by_id = customers_query(CustomerKey::ExternalId("x"));
+        let by_id = CUSTOMERS_BY_EXTERNAL_ID;
         assert!(by_id.contains("ON CONFLICT (external_id) WHERE external_id <> ''"));
         assert!(by_id.ends_with(", external_id"));
-        let by_email = customers_query(CustomerKey::Email("x"));
+        let by_email = CUSTOMERS_BY_EMAIL;
         assert!(by_email.contains("ON CONFLICT (email) WHERE external_id = ''"));
         assert!(by_email.ends_with(", email"));
     }
@@ -758,8 +768,8 @@ mod tests {
             BROADCAST_EVENT,
             EARLIER_ACTIVITY,
             STANDING,
-            customers_query(CustomerKey::ExternalId("x")),
-            customers_query(CustomerKey::Email("x")),
+            CUSTOMERS_BY_EXTERNAL_ID,
+            CUSTOMERS_BY_EMAIL,
         ];
         let mut plans = Vec::new();
         for sql in lookups {

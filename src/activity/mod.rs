@@ -207,6 +207,33 @@ pub fn parse(body: Value) -> Result<Vec<Activity>, Vec<FieldError>> {
     }
 }
 
+/// The body of `POST /activities` read from its text straight into activities, without a
+/// [`serde_json::Value`] in between: `Some` only when every activity in it is a well-formed,
+/// storable object that [`Raw::check`] accepts, and then the same activities as [`parse`] over
+/// the parsed body. `None` leaves it to [`parse`], which names every problem (the same body
+/// always gets the same answer, whichever way it went).
+pub fn parse_text(body: &[u8]) -> Option<Vec<Activity>> {
+    use serde_json::value::RawValue;
+    let text = std::str::from_utf8(body).ok()?;
+    // A NUL can only be written escaped; `parse`'s way names where it is.
+    if text.contains("\\u0000") {
+        return None;
+    }
+    let object = |raw: &str| -> Option<Activity> {
+        // serde also reads a struct from an array of its fields; an activity is an object.
+        if !raw.trim_start().starts_with('{') {
+            return None;
+        }
+        check(serde_json::from_str::<Raw>(raw).ok()?).ok()
+    };
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+        items.into_iter().map(|item| object(item.get())).collect()
+    } else {
+        Some(vec![object(text)?])
+    }
+}
+
 /// A problem of the activity at `index`, for the caller.
 pub fn error(index: usize, field: &str, message: String) -> FieldError {
     FieldError {
@@ -450,6 +477,41 @@ pub fn event(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `parse_text` answers only for bodies `parse` accepts, with the same activities, and
+    /// leaves the rest to it: an array of a struct's fields (which serde would read as the
+    /// struct), a NUL (which the edge refuses), a repeated key, an unknown field, malformed
+    /// JSON, a refused metric.
+    #[test]
+    fn the_text_read_directly_gives_what_the_parsed_body_gives_or_leaves_it_to_parse() {
+        let fields = format!(r#"[["e-1", "opens", 1, 1{}]]"#, ", null".repeat(21));
+        let bodies: Vec<(bool, String)> = vec![
+            (true, r#"{"metric": "opens", "broadcast_id": 1, "customer_id": 2}"#.into()),
+            (true, r#"  [{"metric": "clicks", "broadcast_id": 7, "customer_id": 3, "url": "https://shop.example/?utm_source=pega&utm_medium=email", "link_id": 5, "tags": ["a", {"b": [1, 2.5]}], "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"},
+                {"metric": "conversions", "broadcast_id": 1, "customer_id": 1, "conversion_name": "order", "value": 12.50, "currency": "EUR", "order_id": "A1"},
+                {"metric": "opens", "broadcast_id": 1, "customer_id": 1, "timestamp": 1700000000, "id": "evt-\u00e9", "user_agent": "Mozilla/5.0", "machine_generated": true, "os": null}]"#.into()),
+            (true, "[]".into()),
+            (false, r#"{"metric": "unsubscribes", "broadcast_id": 1, "customer_id": 1, "id": "a \\u0000 literally"}"#.into()),
+            (false, r#"{"metric": "opens", "broadcast_id": 1, "customer_id": 1, "os": "a\u0000b"}"#.into()),
+            (false, r#"{"metric": "opens", "broadcast_id": 1, "customer_id": 1, "broadcast_id": 2}"#.into()),
+            (false, fields),
+            (false, r#"{"metric": "opens", "broadcast_id": 1, "customer_id": 1, "extra": 1}"#.into()),
+            (false, r#"{"metric": "opens", "broadcast_id": 1, "customer_id": 1} and more"#.into()),
+            (false, r#"{"metric": "broadcasts", "broadcast_id": 1, "customer_id": 1}"#.into()),
+            (false, r#"[{"metric": "opens", "broadcast_id": 1, "customer_id": 1}, 5]"#.into()),
+            (false, "null".into()),
+        ];
+        for (direct, body) in &bodies {
+            let read = parse_text(body.as_bytes());
+            let whole = serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| parse(v).ok());
+            assert_eq!(read.is_some(), *direct, "{body}");
+            if read.is_some() {
+                assert_eq!(read, whole, "{body}");
+            }
+        }
+    }
 
     #[test]
     fn one_activity_or_an_array_is_accepted_and_enriched() {

@@ -2,7 +2,7 @@
 //! the mail platform, committed with their events before the answer.
 
 use super::error::ApiError;
-use super::extract::{ActivityCaller, JsonBody};
+use super::extract::{ActivityCaller, JsonText};
 use super::AppState;
 use crate::intake::{ActivityAnswer, ActivityOutcome, Unknown};
 use axum::extract::State;
@@ -31,9 +31,13 @@ pub(super) struct Answer {
 pub(super) async fn receive(
     State(state): State<AppState>,
     _: ActivityCaller,
-    JsonBody(body): JsonBody,
+    body: JsonText,
 ) -> Result<(StatusCode, Json<Answer>), ApiError> {
-    let activities = crate::activity::parse(body).map_err(ApiError::InvalidActivity)?;
+    // Read straight from the text; only a body with a problem is parsed as a whole to name it.
+    let activities = match crate::activity::parse_text(&body.0) {
+        Some(activities) => activities,
+        None => crate::activity::parse(body.value()?).map_err(ApiError::InvalidActivity)?,
+    };
     // All or nothing: an unknown personal broadcast is the caller's mistake (422).
     let outcomes =
         (state.intake.record(activities, Unknown::Refuse).await).map_err(ApiError::store)?;

@@ -166,6 +166,127 @@ async fn the_counters_follow_every_change_of_status() {
     .await;
 }
 
+/// An event's attempts read as its history, in order, on both backends (SQLite keeps the
+/// attempt that delivered an event in the event's row, the others in `attempts`): a retry
+/// shared by a round of three, a delivery alone and one shared by two, then a replay and the
+/// next delivery, the first still there.
+#[tokio::test]
+async fn an_events_attempts_read_as_its_history_through_a_replay() {
+    use pegabridge::store::{AttemptOutcome, Lane};
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        triggered(&store, (0..3).map(recipient).collect()).await;
+        let attempt = |at_ms, outcome, http_status, detail: &str| Attempt {
+            at_ms,
+            http_status: Some(http_status),
+            duration_ms: at_ms / 100,
+            outcome,
+            detail: detail.into(),
+        };
+        let claimed = store.outbox().claim(Lane::Pega, 10, 60).await.unwrap();
+        let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), 3);
+        let retry = attempt(1000, AttemptOutcome::Retry, 503, "busy");
+        store
+            .outbox()
+            .complete(vec![Outcome {
+                ids: ids.clone(),
+                attempt: Some(retry.clone()),
+                completion: Completion::Retry { next_at_ms: 0 },
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .outbox()
+                .claim(Lane::Pega, 10, 60)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        let alone = attempt(2000, AttemptOutcome::Delivered, 200, "ok");
+        let shared = attempt(2100, AttemptOutcome::Delivered, 201, "");
+        store
+            .outbox()
+            .complete(vec![
+                Outcome {
+                    ids: vec![ids[0]],
+                    attempt: Some(alone.clone()),
+                    completion: Completion::Delivered,
+                },
+                Outcome {
+                    ids: ids[1..].to_vec(),
+                    attempt: Some(shared.clone()),
+                    completion: Completion::Delivered,
+                },
+            ])
+            .await
+            .unwrap();
+        assert_counters_agree(&store, "delivered").await;
+        let seen = |a: &Attempt| {
+            (
+                a.at_ms,
+                a.http_status,
+                a.duration_ms,
+                a.outcome,
+                a.detail.clone(),
+            )
+        };
+        let history = |uuid: String| {
+            let store = store.clone();
+            async move {
+                let (row, _, attempts) = store
+                    .outbox()
+                    .delivery(uuid, Some(Lane::Pega))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (
+                    row.status,
+                    row.attempts,
+                    attempts.iter().map(seen).collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(
+            history(claimed[0].uuid.clone()).await,
+            (Status::Delivered, 2, vec![seen(&retry), seen(&alone)])
+        );
+        for c in &claimed[1..] {
+            assert_eq!(
+                history(c.uuid.clone()).await,
+                (Status::Delivered, 2, vec![seen(&retry), seen(&shared)])
+            );
+        }
+        let replayed = store.outbox().replay(Replay::Uuid(claimed[0].uuid.clone()));
+        assert_eq!(replayed.await.unwrap(), 1);
+        assert_counters_agree(&store, "replayed").await;
+        let again = store.outbox().claim(Lane::Pega, 10, 60).await.unwrap();
+        assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[0]]);
+        let next = attempt(3000, AttemptOutcome::Delivered, 200, "again");
+        store
+            .outbox()
+            .complete(vec![Outcome {
+                ids: vec![ids[0]],
+                attempt: Some(next.clone()),
+                completion: Completion::Delivered,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            history(claimed[0].uuid.clone()).await,
+            (
+                Status::Delivered,
+                1,
+                vec![seen(&retry), seen(&alone), seen(&next)]
+            )
+        );
+        assert_counters_agree(&store, "delivered again").await;
+    })
+    .await;
+}
+
 /// A trigger whose recipients were partly sent before (keyed: InteractionID) answers those
 /// as duplicates of their first send, in their place, and records the others. (PostgreSQL
 /// reads every key's earlier send in one statement.)

@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0010_sinks.sql"),
     include_str!("../../../migrations/sqlite/0011_journeys.sql"),
     include_str!("../../../migrations/sqlite/0012_open_age_by_id.sql"),
+    include_str!("../../../migrations/sqlite/0013_delivering_attempt.sql"),
 ];
 
 /// Applies the migrations this database has not seen.

@@ -13,8 +13,8 @@
 use super::{Conn, SqliteStore};
 use crate::outbox::error::Result;
 use crate::outbox::{
-    now_ms, Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge,
-    Replay, Status,
+    now_ms, Attempt, AttemptOutcome, Claimed, Completion, Delivery, Lane, Lanes, OutboxStats,
+    Outcome, Purge, Replay, Status,
 };
 use crate::recording::port::NewEvent;
 use crate::store::sql::DONE;
@@ -98,56 +98,70 @@ pub(super) fn enqueue(
     Ok((id, leased))
 }
 
-/// Records an attempt on each of the outcome's events and moves them on: two statements for
-/// all of them (a round's events go in one POST and share its attempt). One event (the
-/// default `batch_size = 1`) is named by its id; several are passed as a JSON array.
+/// Records an attempt on each of the outcome's events and moves them on. The attempt that
+/// delivered them is written into their own rows, in one statement; any other attempt is a
+/// row of `attempts`, with a second statement (migration 0013). A round's events go in one
+/// POST and share its attempt: one event (the default `batch_size = 1`) is named by its id,
+/// several are passed as a JSON array.
 fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
+    let one = outcome.ids.len() == 1;
+    macro_rules! each {
+        ($statement:literal) => {
+            if one {
+                concat!($statement, "WHERE id = ?1")
+            } else {
+                concat!($statement, "WHERE id IN (SELECT value FROM json_each(?1))")
+            }
+        };
+    }
+    let ids: rusqlite::types::Value = match outcome.ids.as_slice() {
+        [one] => (*one).into(),
+        many => serde_json::to_string(many)?.into(),
+    };
     let (status, next_at, delivered_at) = outcome.completion.row();
     let attempt = outcome.attempt.as_ref();
+    if let Some(a) = attempt.filter(|a| {
+        a.outcome == AttemptOutcome::Delivered && outcome.completion == Completion::Delivered
+    }) {
+        c.prepare_cached(each!(
+            "UPDATE OR ROLLBACK outbox SET status = 'delivered', delivered_at = ?2,
+             last_error = NULL, attempts = attempts + 1, lease_until = 0, delivery_at_ms = ?3,
+             delivery_status = ?4, delivery_ms = ?5, delivery_detail = ?6 "
+        ))?
+        .execute(params![
+            ids,
+            delivered_at,
+            a.at_ms,
+            a.http_status,
+            a.duration_ms,
+            a.detail
+        ])?;
+        return Ok(());
+    }
     let error = attempt
         .filter(|a| a.outcome != AttemptOutcome::Delivered)
         .map(|a| a.detail.as_str());
     let bump = i64::from(attempt.is_some());
-    macro_rules! set {
-        ($which:literal) => {
-            concat!(
-                "UPDATE OR ROLLBACK outbox SET status = ?1, next_attempt_at = COALESCE(?2, next_attempt_at),
-                 delivered_at = COALESCE(?3, delivered_at),
-                 last_error = CASE WHEN ?1 = 'delivered' THEN NULL ELSE COALESCE(?4, last_error) END,
-                 attempts = attempts + ?5, lease_until = 0 ",
-                $which
-            )
-        };
-    }
-    macro_rules! insert {
-        ($rows:literal) => {
-            concat!(
-                "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) ",
-                $rows
-            )
-        };
-    }
-    let (update, add, ids): (&str, &str, rusqlite::types::Value) = match outcome.ids.as_slice() {
-        [one] => (
-            set!("WHERE id = ?6"),
-            insert!("VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            (*one).into(),
-        ),
-        many => (
-            set!("WHERE id IN (SELECT value FROM json_each(?6))"),
-            insert!("SELECT value, ?2, ?3, ?4, ?5, ?6 FROM json_each(?1)"),
-            serde_json::to_string(many)?.into(),
-        ),
-    };
-    c.prepare_cached(update)?.execute(params![
+    c.prepare_cached(each!(
+        "UPDATE OR ROLLBACK outbox SET status = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+         delivered_at = COALESCE(?4, delivered_at),
+         last_error = CASE WHEN ?2 = 'delivered' THEN NULL ELSE COALESCE(?5, last_error) END,
+         attempts = attempts + ?6, lease_until = 0 "
+    ))?
+    .execute(params![
+        ids,
         status.as_str(),
         next_at,
         delivered_at,
         error,
-        bump,
-        ids
+        bump
     ])?;
     if let Some(a) = attempt {
+        let add = if one {
+            "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        } else {
+            "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail) SELECT value, ?2, ?3, ?4, ?5, ?6 FROM json_each(?1)"
+        };
         c.prepare_cached(add)?.execute(params![
             ids,
             a.at_ms,
@@ -259,19 +273,32 @@ impl crate::store::OutboxStore for SqliteStore {
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = ?1 AND (?2 IS NULL OR sink = ?2) ORDER BY id LIMIT 1"
+                "SELECT {COLUMNS}, {PAYLOAD}, id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail FROM outbox WHERE uuid = ?1 AND (?2 IS NULL OR sink = ?2) ORDER BY id LIMIT 1"
             );
             let found = c
                 .prepare_cached(&sql)?
-                .query_row(params![&uuid, lane.map(Lane::as_str)], |r| Ok((delivery(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?)))
+                .query_row(params![&uuid, lane.map(Lane::as_str)], |r| {
+                    // The attempt that delivered it, kept in its row (migration 0013).
+                    let delivering = match r.get::<_, Option<i64>>(10)? {
+                        Some(at_ms) => Some(Attempt {
+                            at_ms,
+                            http_status: r.get(11)?,
+                            duration_ms: r.get(12)?,
+                            outcome: AttemptOutcome::Delivered,
+                            detail: r.get(13)?,
+                        }),
+                        None => None,
+                    };
+                    Ok((delivery(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?, delivering))
+                })
                 .optional()?;
-            let Some((row, payload, id)) = found else {
+            let Some((row, payload, id, delivering)) = found else {
                 return Ok(None);
             };
             let mut stmt = c.prepare_cached(
                 "SELECT at_ms, http_status, duration_ms, outcome, detail FROM attempts WHERE outbox_id = ?1 ORDER BY id",
             )?;
-            let attempts = stmt
+            let mut attempts = stmt
                 .query_map([id], |r| {
                     Ok(Attempt {
                         at_ms: r.get(0)?,
@@ -282,6 +309,8 @@ impl crate::store::OutboxStore for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Nothing is attempted after a delivery but a replay, which moves it to `attempts`.
+            attempts.extend(delivering);
             Ok(Some((row, serde_json::from_str(&payload)?, attempts)))
         })
         .await
@@ -316,25 +345,45 @@ impl crate::store::OutboxStore for SqliteStore {
     /// Makes the selected events due again with a fresh retry schedule; returns how many.
     async fn replay(&self, which: Replay) -> Result<usize> {
         self.call(move |c| {
-            let set = "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, created_ms = ?1, attempts = 0, lease_until = 0";
-            let now = now_ms();
-            let n = match which {
-                Replay::Uuid(u) => {
-                    c.execute(&format!("{set} WHERE uuid = ?2 AND {DONE}"), params![now, u])?
-                }
-                Replay::DeadRow { uuid, lane } => c.execute(
-                    &format!("{set} WHERE uuid = ?2 AND sink = ?3 AND status = 'dead'"),
-                    params![now, uuid, lane.as_str()],
-                )?,
-                Replay::Status(s) => c.execute(
-                    &format!("{set} WHERE status = ?2 AND {DONE}"),
-                    params![now, s.status().as_str()],
-                )?,
-                Replay::Since { since, status } => c.execute(
-                    &format!("{set} WHERE created_at >= ?2 AND status = ?3 AND {DONE}"),
-                    params![now, since, status.status().as_str()],
-                )?,
+            use rusqlite::types::Value;
+            let text = |s: &str| Value::Text(s.to_owned());
+            // `?1` is the time; the condition's arguments follow.
+            let (condition, args) = match which {
+                Replay::Uuid(u) => (format!("uuid = ?2 AND {DONE}"), vec![Value::Text(u)]),
+                Replay::DeadRow { uuid, lane } => (
+                    "uuid = ?2 AND sink = ?3 AND status = 'dead'".to_owned(),
+                    vec![Value::Text(uuid), text(lane.as_str())],
+                ),
+                Replay::Status(s) => (
+                    format!("status = ?2 AND {DONE}"),
+                    vec![text(s.status().as_str())],
+                ),
+                Replay::Since { since, status } => (
+                    format!("created_at >= ?2 AND status = ?3 AND {DONE}"),
+                    vec![Value::Integer(since), text(status.status().as_str())],
+                ),
             };
+            let args: Vec<Value> = std::iter::once(Value::Integer(now_ms()))
+                .chain(args)
+                .collect();
+            // A delivery kept in its row (migration 0013) moves to `attempts`, to stay in the
+            // event's history when the next one takes its place.
+            c.execute(
+                &format!(
+                    "INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+                     SELECT id, delivery_at_ms, delivery_status, delivery_ms, 'delivered', delivery_detail
+                     FROM outbox WHERE delivery_at_ms IS NOT NULL AND {condition} ORDER BY id"
+                ),
+                rusqlite::params_from_iter(&args),
+            )?;
+            let n = c.execute(
+                &format!(
+                    "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, created_ms = ?1,
+                     attempts = 0, lease_until = 0, delivery_at_ms = NULL, delivery_status = NULL,
+                     delivery_ms = NULL, delivery_detail = NULL WHERE {condition}"
+                ),
+                rusqlite::params_from_iter(&args),
+            )?;
             Ok(n)
         })
         .await

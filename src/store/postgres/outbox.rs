@@ -6,8 +6,8 @@ use crate::outbox::error::{Result, StoreError};
 use crate::outbox::now_ms;
 use crate::store::sql::DONE;
 use crate::store::{
-    Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge, Replay,
-    Status,
+    Attempt, AttemptOutcome, Claimed, Completion, Delivery, Lane, Lanes, OutboxStats, Outcome,
+    Purge, Replay, Status,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -21,6 +21,11 @@ struct Rows {
     delivered_at: Vec<Option<i64>>,
     error: Vec<Option<String>>,
     bump: Vec<i32>,
+    /// The attempt that delivered it, kept in its row (migration 0012); else in `attempts`.
+    delivery_at_ms: Vec<Option<i64>>,
+    delivery_status: Vec<Option<i32>>,
+    delivery_ms: Vec<Option<i64>>,
+    delivery_detail: Vec<Option<String>>,
 }
 
 /// The attempts of a round, one array per column.
@@ -95,7 +100,8 @@ impl crate::store::OutboxStore for PgStore {
     }
 
     /// Records the outcomes of a delivery round: one set-based statement (one round trip),
-    /// whatever the number of events.
+    /// whatever the number of events. The attempt that delivered an event is written into
+    /// its row; any other attempt is a row of `attempts`.
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<()> {
         let mut rows = Rows::default();
         let mut attempts = AttemptRows::default();
@@ -105,6 +111,9 @@ impl crate::store::OutboxStore for PgStore {
             let error = attempt
                 .filter(|a| a.outcome != AttemptOutcome::Delivered)
                 .map(|a| a.detail.clone());
+            let delivering = attempt.filter(|a| {
+                a.outcome == AttemptOutcome::Delivered && o.completion == Completion::Delivered
+            });
             for id in &o.ids {
                 rows.id.push(*id);
                 rows.status.push(status.as_str().to_owned());
@@ -112,7 +121,13 @@ impl crate::store::OutboxStore for PgStore {
                 rows.delivered_at.push(delivered_at);
                 rows.error.push(error.clone());
                 rows.bump.push(i32::from(attempt.is_some()));
-                if let Some(a) = attempt {
+                rows.delivery_at_ms.push(delivering.map(|a| a.at_ms));
+                rows.delivery_status
+                    .push(delivering.and_then(|a| a.http_status.map(i32::from)));
+                rows.delivery_ms.push(delivering.map(|a| a.duration_ms));
+                rows.delivery_detail
+                    .push(delivering.map(|a| a.detail.clone()));
+                if let Some(a) = attempt.filter(|_| delivering.is_none()) {
                     attempts.id.push(*id);
                     attempts.at_ms.push(a.at_ms);
                     attempts.http_status.push(a.http_status.map(i32::from));
@@ -131,9 +146,16 @@ impl crate::store::OutboxStore for PgStore {
                      delivered_at = COALESCE(u.delivered_at, o.delivered_at),
                      last_error = CASE WHEN u.status = 'delivered' THEN NULL
                                        ELSE COALESCE(u.error, o.last_error) END,
-                     attempts = o.attempts + u.bump, lease_until = 0
-                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[])
-                      AS u(id, status, next_at, delivered_at, error, bump)
+                     attempts = o.attempts + u.bump, lease_until = 0,
+                     delivery_at_ms = COALESCE(u.delivery_at_ms, o.delivery_at_ms),
+                     delivery_status = CASE WHEN u.delivery_at_ms IS NULL THEN o.delivery_status
+                                            ELSE u.delivery_status END,
+                     delivery_ms = COALESCE(u.delivery_ms, o.delivery_ms),
+                     delivery_detail = COALESCE(u.delivery_detail, o.delivery_detail)
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[],
+                             $13::bigint[], $14::int[], $15::bigint[], $16::text[])
+                      AS u(id, status, next_at, delivered_at, error, bump,
+                           delivery_at_ms, delivery_status, delivery_ms, delivery_detail)
                  WHERE o.id = u.id)
              INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
              SELECT * FROM unnest($7::bigint[], $8::bigint[], $9::int[], $10::bigint[], $11::text[], $12::text[])",
@@ -150,6 +172,10 @@ impl crate::store::OutboxStore for PgStore {
         .bind(&attempts.duration_ms)
         .bind(&attempts.outcome)
         .bind(&attempts.detail)
+        .bind(&rows.delivery_at_ms)
+        .bind(&rows.delivery_status)
+        .bind(&rows.delivery_ms)
+        .bind(&rows.delivery_detail)
         .execute(&mut *conn)
         .await?;
         self.parked.park(conn, &self.pool);
@@ -175,7 +201,7 @@ impl crate::store::OutboxStore for PgStore {
         uuid: String,
         lane: Option<Lane>,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id FROM outbox WHERE uuid = $1 AND ($2::text IS NULL OR sink = $2) ORDER BY id LIMIT 1");
+        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail FROM outbox WHERE uuid = $1 AND ($2::text IS NULL OR sink = $2) ORDER BY id LIMIT 1");
         let Some(row) = sqlx::query(&sql)
             .bind(&uuid)
             .bind(lane.map(Lane::as_str))
@@ -185,7 +211,7 @@ impl crate::store::OutboxStore for PgStore {
             return Ok(None);
         };
         let id: i64 = row.get(9);
-        let attempts = sqlx::query(
+        let mut attempts: Vec<Attempt> = sqlx::query(
             "SELECT at_ms, http_status, duration_ms, outcome, detail FROM attempts WHERE outbox_id = $1 ORDER BY id",
         )
         .bind(id)
@@ -200,6 +226,17 @@ impl crate::store::OutboxStore for PgStore {
             detail: r.get(4),
         })
         .collect();
+        // The attempt that delivered it, kept in its row (migration 0012): nothing is
+        // attempted after a delivery but a replay, which moves it to `attempts`.
+        if let Some(at_ms) = row.get::<Option<i64>, _>(10) {
+            attempts.push(Attempt {
+                at_ms,
+                http_status: row.get::<Option<i32>, _>(11).map(|s| s as u16),
+                duration_ms: row.get(12),
+                outcome: AttemptOutcome::Delivered,
+                detail: row.get(13),
+            });
+        }
         let payload: String = row.get(8);
         Ok(Some((
             delivery(&row)?,
@@ -237,49 +274,67 @@ impl crate::store::OutboxStore for PgStore {
 
     /// Makes the selected events due again with a fresh schedule; returns how many.
     async fn replay(&self, which: Replay) -> Result<usize> {
-        let set = "UPDATE outbox SET status = 'pending', next_attempt_at = $1, created_ms = $1, attempts = 0, lease_until = 0";
+        // `$1` is the time; the condition's arguments follow. A delivery kept in its row
+        // (migration 0012) moves to `attempts`, to stay in the event's history when the next
+        // one takes its place; one statement, its rows locked.
+        let replay = |condition: &str| {
+            format!(
+                "WITH old AS (
+                     SELECT id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail
+                     FROM outbox WHERE {condition} FOR UPDATE),
+                 replayed AS (
+                     UPDATE outbox o SET status = 'pending', next_attempt_at = $1, created_ms = $1,
+                         attempts = 0, lease_until = 0, delivery_at_ms = NULL,
+                         delivery_status = NULL, delivery_ms = NULL, delivery_detail = NULL
+                     FROM old WHERE o.id = old.id
+                     RETURNING old.*),
+                 moved AS (
+                     INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
+                     SELECT id, delivery_at_ms, delivery_status, delivery_ms, 'delivered', delivery_detail
+                     FROM replayed WHERE delivery_at_ms IS NOT NULL ORDER BY id)
+                 SELECT count(*) FROM replayed"
+            )
+        };
         let now = now_ms();
-        let done = match which {
+        let done: i64 = match which {
             Replay::Uuid(u) => {
-                let sql = format!("{set} WHERE uuid = $2 AND {DONE}");
-                sqlx::query(&sql)
+                sqlx::query_scalar(&replay(&format!("uuid = $2 AND {DONE}")))
                     .bind(now)
                     .bind(u)
-                    .execute(&self.pool)
+                    .fetch_one(&self.pool)
                     .await?
             }
             Replay::DeadRow { uuid, lane } => {
-                let sql = format!("{set} WHERE uuid = $2 AND sink = $3 AND status = 'dead'");
-                sqlx::query(&sql)
+                sqlx::query_scalar(&replay("uuid = $2 AND sink = $3 AND status = 'dead'"))
                     .bind(now)
                     .bind(uuid)
                     .bind(lane.as_str())
-                    .execute(&self.pool)
+                    .fetch_one(&self.pool)
                     .await?
             }
             Replay::Status(s) => {
-                let sql = format!("{set} WHERE status = $2 AND {DONE}");
-                sqlx::query(&sql)
+                sqlx::query_scalar(&replay(&format!("status = $2 AND {DONE}")))
                     .bind(now)
                     .bind(s.status().as_str())
-                    .execute(&self.pool)
+                    .fetch_one(&self.pool)
                     .await?
             }
             Replay::Since { since, status } => {
-                let sql = format!("{set} WHERE created_at >= $2 AND status = $3 AND {DONE}");
-                sqlx::query(&sql)
-                    .bind(now)
-                    .bind(since)
-                    .bind(status.status().as_str())
-                    .execute(&self.pool)
-                    .await?
+                sqlx::query_scalar(&replay(&format!(
+                    "created_at >= $2 AND status = $3 AND {DONE}"
+                )))
+                .bind(now)
+                .bind(since)
+                .bind(status.status().as_str())
+                .fetch_one(&self.pool)
+                .await?
             }
         };
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(super::CHANNEL)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() as usize)
+        Ok(usize::try_from(done).unwrap_or(0))
     }
 
     /// Pauses or resumes delivery for every instance.

@@ -162,9 +162,15 @@ pub fn free_port() -> u16 {
 /// The `pegabridge` binary the benches run: this build's, or the one `BENCH_BIN` names (an
 /// earlier commit's, to compare in the same sitting).
 pub fn serve_bin() -> String {
-    (std::env::var("BENCH_BIN").ok())
+    match std::env::var("BENCH_BIN")
+        .ok()
         .filter(|bin| !bin.is_empty())
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pegabridge").into())
+    {
+        // A relative path is the bench's own (the crate's directory), not that of `serve`,
+        // which runs in a directory of its own.
+        Some(bin) => std::fs::canonicalize(&bin).map_or(bin, |path| path.display().to_string()),
+        None => env!("CARGO_BIN_EXE_pegabridge").into(),
+    }
 }
 
 /// `pegabridge serve` ([`serve_bin`]) with `dir`'s `pegabridge.toml`, run from `dir`, once it

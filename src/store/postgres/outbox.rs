@@ -63,6 +63,18 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
 
 use crate::store::sql::PAYLOAD;
 
+/// A statement's changes of status added to the counts, as the last of its data-modifying
+/// CTEs: it reads a CTE `changed` with a row per row changed, its status before (`was`) and
+/// after (`now`). Every update of the outbox that changes a status has it (no trigger counts
+/// updates since migration 0013); inserts and deletes are counted by their triggers.
+const COUNT_CHANGES: &str = "counted AS (
+     INSERT INTO outbox_counts (status, shard, n)
+     SELECT c.status, pg_backend_pid() % 16, sum(c.d)
+     FROM changed, LATERAL (VALUES (changed.was, -1), (changed.now, 1)) AS c(status, d)
+     WHERE changed.was IS DISTINCT FROM changed.now
+     GROUP BY c.status HAVING sum(c.d) <> 0
+     ON CONFLICT (status, shard) DO UPDATE SET n = outbox_counts.n + excluded.n)";
+
 #[async_trait::async_trait]
 impl crate::store::OutboxStore for PgStore {
     /// Claims up to `limit` due events of `lane` for `lease_secs` (nothing while paused):
@@ -77,7 +89,10 @@ impl crate::store::OutboxStore for PgStore {
         }
         let mut claimed = self
             .claim_where(
-                "status = 'inflight' AND sink = $4 AND lease_until < $2 ORDER BY lease_until",
+                (
+                    Status::Inflight,
+                    "sink = $4 AND lease_until < $2 ORDER BY lease_until",
+                ),
                 lane,
                 lease,
                 limit,
@@ -85,9 +100,11 @@ impl crate::store::OutboxStore for PgStore {
             .await?;
         let rest = limit - claimed.len();
         if rest > 0 {
-            let filter =
-                "status = 'pending' AND sink = $4 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
-            claimed.extend(self.claim_where(filter, lane, lease, rest).await?);
+            let filter = "sink = $4 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
+            claimed.extend(
+                self.claim_where((Status::Pending, filter), lane, lease, rest)
+                    .await?,
+            );
         }
         claimed.sort_by_key(|c| c.id);
         Ok(claimed)
@@ -137,10 +154,12 @@ impl crate::store::OutboxStore for PgStore {
                 }
             }
         }
-        // One statement: the rows and their attempts together (atomic as any statement).
+        // One statement: the rows, their counts and their attempts together (atomic as any
+        // statement); the rows locked first, so that the status each had is the one counted.
         let mut conn = self.parked.take(&self.pool).await?;
-        sqlx::query(
-            "WITH settled AS (
+        sqlx::query(&format!(
+            "WITH old AS (SELECT id, status FROM outbox WHERE id = ANY($1) FOR UPDATE),
+             settled AS (
                  UPDATE outbox o SET status = u.status,
                      next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
                      delivered_at = COALESCE(u.delivered_at, o.delivered_at),
@@ -156,10 +175,14 @@ impl crate::store::OutboxStore for PgStore {
                              $13::bigint[], $14::int[], $15::bigint[], $16::text[])
                       AS u(id, status, next_at, delivered_at, error, bump,
                            delivery_at_ms, delivery_status, delivery_ms, delivery_detail)
-                 WHERE o.id = u.id)
+                      JOIN old ON old.id = u.id
+                 WHERE o.id = u.id
+                 RETURNING old.status AS was, o.status AS now),
+             changed AS (SELECT was, now FROM settled),
+             {COUNT_CHANGES}
              INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
              SELECT * FROM unnest($7::bigint[], $8::bigint[], $9::int[], $10::bigint[], $11::text[], $12::text[])",
-        )
+        ))
         .bind(&rows.id)
         .bind(&rows.status)
         .bind(&rows.next_at)
@@ -280,7 +303,7 @@ impl crate::store::OutboxStore for PgStore {
         let replay = |condition: &str| {
             format!(
                 "WITH old AS (
-                     SELECT id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail
+                     SELECT id, status, delivery_at_ms, delivery_status, delivery_ms, delivery_detail
                      FROM outbox WHERE {condition} FOR UPDATE),
                  replayed AS (
                      UPDATE outbox o SET status = 'pending', next_attempt_at = $1, created_ms = $1,
@@ -291,7 +314,9 @@ impl crate::store::OutboxStore for PgStore {
                  moved AS (
                      INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
                      SELECT id, delivery_at_ms, delivery_status, delivery_ms, 'delivered', delivery_detail
-                     FROM replayed WHERE delivery_at_ms IS NOT NULL ORDER BY id)
+                     FROM replayed WHERE delivery_at_ms IS NOT NULL ORDER BY id),
+                 changed AS (SELECT status AS was, 'pending' AS now FROM replayed),
+                 {COUNT_CHANGES}
                  SELECT count(*) FROM replayed"
             )
         };
@@ -353,7 +378,8 @@ impl crate::store::OutboxStore for PgStore {
         paused(&self.pool).await
     }
 
-    /// The counts by status (kept by triggers, in shards) and the age of the oldest
+    /// The counts by status (kept in shards by the statements that change a status and by the
+    /// insert and delete triggers; [`COUNT_CHANGES`]) and the age of the oldest
     /// undelivered event (through its index): no scan, however big the outbox.
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         let mut stats = OutboxStats::default();
@@ -385,18 +411,26 @@ impl crate::store::OutboxStore for PgStore {
 }
 
 impl PgStore {
+    /// Leases up to `limit` rows of `lane` in status `was` matching `filter` (which orders
+    /// them), skipping rows other instances are claiming.
     async fn claim_where(
         &self,
-        filter: &str,
+        (was, filter): (Status, &str),
         lane: Lane,
         (lease_until, now): (i64, i64),
         limit: usize,
     ) -> Result<Vec<Claimed>> {
+        let was = was.as_str();
         let sql = format!(
-            "UPDATE outbox SET status = 'inflight', lease_until = $1
-             WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
-               AND id IN (SELECT id FROM outbox WHERE {filter} LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
+            "WITH claimed AS (
+                 UPDATE outbox SET status = 'inflight', lease_until = $1
+                 WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
+                   AND id IN (SELECT id FROM outbox WHERE status = '{was}' AND {filter}
+                              LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until),
+             changed AS (SELECT '{was}' AS was, 'inflight' AS now FROM claimed),
+             {COUNT_CHANGES}
+             SELECT * FROM claimed"
         );
         let rows = sqlx::query(&sql)
             .bind(lease_until)
@@ -425,30 +459,44 @@ impl PgStore {
         if paused(&mut *tx).await? {
             return Ok(Vec::new());
         }
+        // Locked: their statuses, counted below, stay what they are read as.
         let open: Vec<(i64, bool, i64, i64)> = sqlx::query_as(
             "SELECT id, status = 'pending', next_attempt_at, lease_until FROM outbox
-             WHERE sink = $1 AND status IN ('pending', 'inflight') ORDER BY id LIMIT $2",
+             WHERE sink = $1 AND status IN ('pending', 'inflight') ORDER BY id LIMIT $2
+             FOR UPDATE",
         )
         .bind(lane.as_str())
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let ids: Vec<i64> = open
+        let (ids, was): (Vec<i64>, Vec<&str>) = open
             .iter()
             .take_while(
                 |(_, pending, due, leased)| if *pending { *due <= now } else { *leased < now },
             )
-            .map(|(id, ..)| *id)
-            .collect();
+            .map(|(id, pending, ..)| {
+                let was = if *pending {
+                    Status::Pending
+                } else {
+                    Status::Inflight
+                };
+                (*id, was.as_str())
+            })
+            .unzip();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(&format!(
-            "UPDATE outbox SET status = 'inflight', lease_until = $1 WHERE id = ANY($2)
-             RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until"
+            "WITH claimed AS (
+                 UPDATE outbox SET status = 'inflight', lease_until = $1 WHERE id = ANY($2)
+                 RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until),
+             changed AS (SELECT was, 'inflight' AS now FROM unnest($3::text[]) AS w(was)),
+             {COUNT_CHANGES}
+             SELECT * FROM claimed"
         ))
         .bind(lease_until)
         .bind(&ids)
+        .bind(&was)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -373,6 +373,16 @@ pub struct Outcome {
     pub completion: Completion,
 }
 
+impl Outcome {
+    /// The attempt that delivered its events, if this is one: the stores keep it in the
+    /// events' own rows (every other attempt is a row of `attempts`).
+    pub fn delivering(&self) -> Option<&Attempt> {
+        self.attempt.as_ref().filter(|a| {
+            a.outcome == AttemptOutcome::Delivered && self.completion == Completion::Delivered
+        })
+    }
+}
+
 /// One attempt, as recorded (never a secret; the first KB of the answer).
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {

@@ -6,8 +6,8 @@ use crate::outbox::error::{Result, StoreError};
 use crate::outbox::now_ms;
 use crate::store::sql::DONE;
 use crate::store::{
-    Attempt, AttemptOutcome, Claimed, Completion, Delivery, Lane, Lanes, OutboxStats, Outcome,
-    Purge, Replay, Status,
+    Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge, Replay,
+    Status,
 };
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -128,9 +128,7 @@ impl crate::store::OutboxStore for PgStore {
             let error = attempt
                 .filter(|a| a.outcome != AttemptOutcome::Delivered)
                 .map(|a| a.detail.clone());
-            let delivering = attempt.filter(|a| {
-                a.outcome == AttemptOutcome::Delivered && o.completion == Completion::Delivered
-            });
+            let delivering = o.delivering();
             for id in &o.ids {
                 rows.id.push(*id);
                 rows.status.push(status.as_str().to_owned());

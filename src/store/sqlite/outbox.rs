@@ -13,8 +13,8 @@
 use super::{Conn, SqliteStore};
 use crate::outbox::error::Result;
 use crate::outbox::{
-    now_ms, Attempt, AttemptOutcome, Claimed, Completion, Delivery, Lane, Lanes, OutboxStats,
-    Outcome, Purge, Replay, Status,
+    now_ms, Attempt, AttemptOutcome, Claimed, Delivery, Lane, Lanes, OutboxStats, Outcome, Purge,
+    Replay, Status,
 };
 use crate::recording::port::NewEvent;
 use crate::store::sql::DONE;
@@ -120,9 +120,7 @@ fn record_outcome(c: &Connection, outcome: &Outcome) -> Result<()> {
     };
     let (status, next_at, delivered_at) = outcome.completion.row();
     let attempt = outcome.attempt.as_ref();
-    if let Some(a) = attempt.filter(|a| {
-        a.outcome == AttemptOutcome::Delivered && outcome.completion == Completion::Delivered
-    }) {
+    if let Some(a) = outcome.delivering() {
         c.prepare_cached(each!(
             "UPDATE OR ROLLBACK outbox SET status = 'delivered', delivered_at = ?2,
              last_error = NULL, attempts = attempts + 1, lease_until = 0, delivery_at_ms = ?3,

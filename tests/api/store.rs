@@ -287,6 +287,62 @@ async fn an_events_attempts_read_as_its_history_through_a_replay() {
     .await;
 }
 
+/// A lease that ran out is claimed again, on an ordered lane (together with pending rows
+/// after it) and on the others, and the counters still agree with the rows: an expired lease
+/// was in flight already (PostgreSQL's claims count their own changes).
+#[tokio::test]
+async fn an_expired_lease_is_claimed_again_and_the_counters_agree() {
+    use pegabridge::store::{Lane, Lanes};
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        store
+            .outbox()
+            .set_lanes(Lanes::of([Lane::Pega, Lane::Kafka]))
+            .await
+            .unwrap();
+        triggered(&store, (0..4).map(recipient).collect()).await;
+        for lane in [Lane::Pega, Lane::Kafka] {
+            // Leased for no time: the lease runs out at the next millisecond.
+            let leased = store.outbox().claim(lane, 2, 0).await.unwrap();
+            assert_eq!(leased.len(), 2, "{lane:?}");
+            assert_counters_agree(&store, "leased for no time").await;
+            let start = std::time::Instant::now();
+            let again = loop {
+                let again = store.outbox().claim(lane, 10, 60).await.unwrap();
+                if again.len() > 2 || start.elapsed() > std::time::Duration::from_secs(5) {
+                    break again;
+                }
+                // Claimed before the lease ran out (the pending rows, on Pega's lane; nothing
+                // on an ordered one): made due again, and tried once more.
+                store
+                    .outbox()
+                    .complete(vec![outcome(
+                        again.iter().map(|c| c.id).collect(),
+                        Completion::Retry { next_at_ms: 0 },
+                    )])
+                    .await
+                    .unwrap();
+            };
+            let ids: Vec<i64> = again.iter().map(|c| c.id).collect();
+            assert_eq!(
+                ids.len(),
+                4,
+                "{lane:?}: the expired leases and the pending rows"
+            );
+            assert!(leased.iter().all(|l| ids.contains(&l.id)), "{lane:?}");
+            assert_counters_agree(&store, "claimed again").await;
+            let stats = store.outbox().outbox_stats().await.unwrap();
+            let open = if lane == Lane::Pega { 4 } else { 8 };
+            assert_eq!(
+                (stats.inflight, stats.pending),
+                (open, 8 - open),
+                "{lane:?}"
+            );
+        }
+    })
+    .await;
+}
+
 /// A trigger whose recipients were partly sent before (keyed: InteractionID) answers those
 /// as duplicates of their first send, in their place, and records the others. (PostgreSQL
 /// reads every key's earlier send in one statement.)

@@ -48,7 +48,8 @@ async fn main() {
             measured[k].1.push(steady);
         }
     }
-    println!("| store | CPU per event at saturation ({IN_FLIGHT} in flight) | at a steady 500/s | saturation / SQLite's | 500/s / SQLite's |");
+    let rate = steady_load().0;
+    println!("| store | CPU per event at saturation ({IN_FLIGHT} in flight) | at a steady {rate}/s | saturation / SQLite's | {rate}/s / SQLite's |");
     println!("|---|---|---|---|---|");
     let sqlite = (median(&measured[0].0), median(&measured[0].1));
     for ((name, _), (saturated, steady)) in backends.iter().zip(&measured) {
@@ -129,7 +130,7 @@ async fn run(pega: &MockPega, pega_url: &str, (_, server): &Backend) -> (f64, f6
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         let (commits_after, syncs_after) = d.activity().await;
         println!(
-            "PostgreSQL at 500/s: {:.2} commits and {:.2} WAL flushes per event",
+            "PostgreSQL at {rate}/s: {:.2} commits and {:.2} WAL flushes per event",
             (commits_after - commits) as f64 / steady_events as f64,
             (syncs_after - syncs) as f64 / steady_events as f64
         );

@@ -53,6 +53,14 @@ async fn triggered(store: &Storage, recipients: Vec<NewRecipient>) -> TriggerAns
         .unwrap()
 }
 
+/// `n` recipients triggered with both sinks configured: a row of each event for each.
+async fn triggered_to_both_sinks(store: &Storage, n: usize) {
+    use pegabridge::store::{Lane, Lanes};
+    let both = Lanes::of([Lane::Pega, Lane::Kafka]);
+    store.outbox().set_lanes(both).await.unwrap();
+    triggered(store, (0..n).map(recipient).collect()).await;
+}
+
 /// The statuses as the rows have them.
 async fn counted(store: &Storage) -> HashMap<Status, i64> {
     let mut counts = HashMap::new();
@@ -292,15 +300,10 @@ async fn an_events_attempts_read_as_its_history_through_a_replay() {
 /// was in flight already (PostgreSQL's claims count their own changes).
 #[tokio::test]
 async fn an_expired_lease_is_claimed_again_and_the_counters_agree() {
-    use pegabridge::store::{Lane, Lanes};
+    use pegabridge::store::Lane;
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
-        store
-            .outbox()
-            .set_lanes(Lanes::of([Lane::Pega, Lane::Kafka]))
-            .await
-            .unwrap();
-        triggered(&store, (0..4).map(recipient).collect()).await;
+        triggered_to_both_sinks(&store, 4).await;
         for lane in [Lane::Pega, Lane::Kafka] {
             // Leased for no time: the lease runs out at the next millisecond.
             let leased = store.outbox().claim(lane, 2, 0).await.unwrap();
@@ -678,15 +681,10 @@ async fn a_database_of_the_previous_schema_keeps_its_customers_events_and_activi
 /// someone else: nothing later overtakes it. On both backends.
 #[tokio::test]
 async fn each_sink_has_its_own_row_and_an_ordered_lane_is_never_overtaken() {
-    use pegabridge::store::{Lane, Lanes};
+    use pegabridge::store::Lane;
     each_backend(|| async {
         let (store, _dir, _db) = open_store().await;
-        store
-            .outbox()
-            .set_lanes(Lanes::of([Lane::Pega, Lane::Kafka]))
-            .await
-            .unwrap();
-        triggered(&store, (0..6).map(recipient).collect()).await;
+        triggered_to_both_sinks(&store, 6).await;
         let rows = store.outbox().deliveries(None, 100).await.unwrap();
         assert_eq!(rows.len(), 12, "a row per event and sink");
         assert_eq!(rows.iter().filter(|r| r.sink == Lane::Kafka).count(), 6);

@@ -67,13 +67,19 @@ use crate::store::sql::PAYLOAD;
 /// CTEs: it reads a CTE `changed` with a row per row changed, its status before (`was`) and
 /// after (`now`). Every update of the outbox that changes a status has it (no trigger counts
 /// updates since migration 0013); inserts and deletes are counted by their triggers.
-const COUNT_CHANGES: &str = "counted AS (
+/// (A macro, so that a statement with nothing else to fill in stays a `concat!`ed constant.)
+macro_rules! count_changes {
+    () => {
+        "counted AS (
      INSERT INTO outbox_counts (status, shard, n)
      SELECT c.status, pg_backend_pid() % 16, sum(c.d)
      FROM changed, LATERAL (VALUES (changed.was, -1), (changed.now, 1)) AS c(status, d)
      WHERE changed.was IS DISTINCT FROM changed.now
      GROUP BY c.status HAVING sum(c.d) <> 0
-     ON CONFLICT (status, shard) DO UPDATE SET n = outbox_counts.n + excluded.n)";
+     ON CONFLICT (status, shard) DO UPDATE SET n = outbox_counts.n + excluded.n)"
+    };
+}
+const COUNT_CHANGES: &str = count_changes!();
 
 #[async_trait::async_trait]
 impl crate::store::OutboxStore for PgStore {
@@ -155,9 +161,9 @@ impl crate::store::OutboxStore for PgStore {
         // One statement: the rows, their counts and their attempts together (atomic as any
         // statement); the rows locked first, so that the status each had is the one counted.
         let mut conn = self.parked.take(&self.pool).await?;
-        sqlx::query(&format!(
+        sqlx::query(concat!(
             "WITH old AS (SELECT id, status FROM outbox WHERE id = ANY($1) FOR UPDATE),
-             settled AS (
+             changed AS (
                  UPDATE outbox o SET status = u.status,
                      next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),
                      delivered_at = COALESCE(u.delivered_at, o.delivered_at),
@@ -176,8 +182,9 @@ impl crate::store::OutboxStore for PgStore {
                       JOIN old ON old.id = u.id
                  WHERE o.id = u.id
                  RETURNING old.status AS was, o.status AS now),
-             changed AS (SELECT was, now FROM settled),
-             {COUNT_CHANGES}
+             ",
+            count_changes!(),
+            "
              INSERT INTO attempts (outbox_id, at_ms, http_status, duration_ms, outcome, detail)
              SELECT * FROM unnest($7::bigint[], $8::bigint[], $9::int[], $10::bigint[], $11::text[], $12::text[])",
         ))

@@ -707,12 +707,14 @@ impl Worker {
                 posts.push(async move { self.deliver(&events).await });
             }
             // Outcomes wait for others (one transaction and one flush for all) until
-            // `GATHER` after the first, or until a full set of places' worth came.
+            // `GATHER` after the first, or until a round's worth came: the most events the
+            // worker takes at once (a set of places' worth, before, meant a commit for every
+            // ten events or so under a small fixed `concurrency`).
             let now = tokio::time::Instant::now();
             if recording.is_empty() && !outcomes.is_empty() {
                 let since = *gathering.get_or_insert(now);
                 let n: usize = outcomes.iter().map(|o| o.ids.len()).sum();
-                if n >= batch * self.settings.max_in_flight() || now >= since + GATHER {
+                if n >= self.round_limit() || now >= since + GATHER {
                     let group = std::mem::take(&mut outcomes);
                     recording.push(self.record(group));
                     gathering = None;

@@ -274,9 +274,16 @@ pub const FOUND_AT_MOST: usize = 20;
 
 /// The SQL both backends search personal broadcasts with: `{q}` is the text searched, `{n}`
 /// the number (customer id) it may be, `{interaction}` the backend's expression of the
-/// `InteractionId` manual option (its index's), `{limit}` the most rows. Each branch goes
-/// through an index.
-pub(crate) fn find_personal_sql(q: &str, n: &str, interaction: &str, limit: &str) -> String {
+/// `InteractionId` manual option (its index's), `{limit}` the most rows, `{keys}` the table
+/// with the outbox's uuids and personal broadcasts, indexed (`outbox`, or PostgreSQL's
+/// `outbox_keys`). Each branch goes through an index.
+pub(crate) fn find_personal_sql(
+    q: &str,
+    n: &str,
+    interaction: &str,
+    limit: &str,
+    keys: &str,
+) -> String {
     format!(
         "SELECT p.broadcast_id, p.customer_id, p.uuid, p.email, b.mapping, b.created_at, p.event
            FROM (SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE uuid = {q}
@@ -286,7 +293,7 @@ pub(crate) fn find_personal_sql(q: &str, n: &str, interaction: &str, limit: &str
                       JOIN customers c ON c.id = x.customer_id
                       WHERE c.external_id = {q} AND c.external_id <> ''
                 UNION SELECT broadcast_id, customer_id FROM personal_broadcasts WHERE {interaction} = {q}
-                UNION SELECT broadcast_id, customer_id FROM outbox WHERE uuid = {q} AND broadcast_id IS NOT NULL) k
+                UNION SELECT broadcast_id, customer_id FROM {keys} WHERE uuid = {q} AND broadcast_id IS NOT NULL) k
            JOIN personal_broadcasts p ON p.broadcast_id = k.broadcast_id AND p.customer_id = k.customer_id
            JOIN broadcasts b ON b.id = p.broadcast_id
           ORDER BY b.created_at DESC, p.broadcast_id DESC LIMIT {limit}"

@@ -5,7 +5,14 @@ pub(crate) const DONE: &str = "status IN ('dead', 'filtered', 'delivered')";
 
 /// An outbox row's event, as an expression over `outbox`: its row in `outbox_payloads`, or,
 /// for a `broadcasts` event, the event of its personal broadcast (stored once, there).
-pub(crate) const PAYLOAD: &str = "COALESCE((SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), (SELECT event FROM personal_broadcasts b WHERE b.uuid = outbox.uuid))";
+/// (A macro too, for statements that are `concat!`ed constants.)
+macro_rules! payload {
+    () => {
+        "COALESCE((SELECT payload FROM outbox_payloads p WHERE p.id = outbox.id), (SELECT event FROM personal_broadcasts b WHERE b.uuid = outbox.uuid))"
+    };
+}
+pub(crate) use payload;
+pub(crate) const PAYLOAD: &str = payload!();
 
 /// The columns of a claimed send, over `sends s JOIN personal_broadcasts p JOIN broadcasts b`
 /// (both backends), in the order of [`ClaimedSend`]'s fields.

@@ -346,6 +346,120 @@ async fn an_expired_lease_is_claimed_again_and_the_counters_agree() {
     .await;
 }
 
+/// A claim takes what is due and nothing else: leases that ran out and pending events whose
+/// attempt is due, not a lease still running nor a retry not yet due, and the counters agree
+/// (PostgreSQL reads both kinds of due event through one index in one statement, migration
+/// 0014).
+#[tokio::test]
+async fn a_claim_takes_expired_leases_and_due_events_but_no_running_lease_or_later_retry() {
+    use pegabridge::store::Lane;
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        triggered(&store, (0..6).map(recipient).collect()).await;
+        let outbox = store.outbox();
+        let running = outbox.claim(Lane::Pega, 1, 600).await.unwrap();
+        let later = outbox.claim(Lane::Pega, 1, 600).await.unwrap();
+        let far = pegabridge::outbox::now_ms() + 3_600_000;
+        outbox
+            .complete(vec![outcome(
+                vec![later[0].id],
+                Completion::Retry { next_at_ms: far },
+            )])
+            .await
+            .unwrap();
+        // Leased for no time (last: a claim after it could take them again).
+        let expired = outbox.claim(Lane::Pega, 2, 0).await.unwrap();
+        assert_eq!(expired.len(), 2);
+        // The leases of no time run out at the next millisecond.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pegabridge::outbox::now_ms()
+            <= expired.iter().map(|c| c.lease_until_ms).max().unwrap()
+        {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        let claimed: Vec<i64> = outbox
+            .claim(Lane::Pega, 100, 600)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(
+            claimed.len(),
+            4,
+            "2 expired leases and 2 pending: {claimed:?}"
+        );
+        for e in &expired {
+            assert!(
+                claimed.contains(&e.id),
+                "the expired lease {} in {claimed:?}",
+                e.id
+            );
+        }
+        for not_due in [running[0].id, later[0].id] {
+            assert!(!claimed.contains(&not_due), "{not_due} is not due");
+        }
+        assert_counters_agree(&store, "claimed").await;
+        let stats = outbox.outbox_stats().await.unwrap();
+        assert_eq!((stats.inflight, stats.pending), (5, 1));
+    })
+    .await;
+}
+
+/// On PostgreSQL the age of the oldest open event is the earliest of each lane's first open
+/// event by id (migration 0014 dropped the index of open events by age): a done event older
+/// than all does not count, and the oldest may be on either lane.
+#[tokio::test]
+async fn the_oldest_open_event_on_postgres_is_the_earliest_of_each_lanes_first() {
+    use sqlx::Connection;
+    let Some(server) = crate::backend::postgres_url() else {
+        return;
+    };
+    let db = crate::backend::create_database(&server).await;
+    // (postgres_url says on stderr when PostgreSQL is skipped.)
+    let store = Storage::connect(&db.url, "normal", 2).await.unwrap();
+    let now = pegabridge::outbox::now_ms() / 1000;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // Inserted oldest first, as the store does; the oldest of all is done.
+    for (uuid, sink, status, age) in [
+        ("d", "pega", "delivered", 900),
+        ("k", "kafka", "pending", 500),
+        ("p", "pega", "inflight", 300),
+        ("q", "pega", "pending", 100),
+    ] {
+        sqlx::query("INSERT INTO outbox (uuid, metric, next_attempt_at, created_at, created_ms, status, sink) VALUES ($1, 'opens', 0, $2, 0, $3, $4)")
+            .bind(uuid)
+            .bind(now - age)
+            .bind(status)
+            .bind(sink)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let age = store
+        .outbox()
+        .outbox_stats()
+        .await
+        .unwrap()
+        .oldest_pending_age_secs;
+    assert!((500..510).contains(&age), "{age}");
+    sqlx::query("UPDATE outbox SET status = 'delivered' WHERE uuid = 'k'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let age = store
+        .outbox()
+        .outbox_stats()
+        .await
+        .unwrap()
+        .oldest_pending_age_secs;
+    assert!((300..310).contains(&age), "{age}");
+    drop(c);
+    drop(store);
+    drop(db);
+}
+
 /// A trigger whose recipients were partly sent before (keyed: InteractionID) answers those
 /// as duplicates of their first send, in their place, and records the others. (PostgreSQL
 /// reads every key's earlier send in one statement.)

@@ -167,6 +167,7 @@ impl crate::store::Store for PgStore {
             "$2",
             "(event::jsonb -> 'broadcast_manual_options' ->> 'InteractionId')",
             "$3",
+            "outbox_keys",
         );
         let rows = sqlx::query(&sql)
             .bind(&q)
@@ -194,7 +195,7 @@ impl crate::store::Store for PgStore {
         customer_id: i64,
     ) -> Result<Vec<(String, crate::outbox::Lane)>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT uuid, sink FROM outbox WHERE broadcast_id = $1 AND customer_id = $2 ORDER BY id",
+            "SELECT uuid, sink FROM outbox_keys WHERE broadcast_id = $1 AND customer_id = $2 ORDER BY id",
         )
         .bind(broadcast_id)
         .bind(customer_id)

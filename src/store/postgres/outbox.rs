@@ -39,10 +39,13 @@ struct AttemptRows {
     detail: Vec<String>,
 }
 
-/// The creation time of the oldest event not yet done (through `outbox_open_age`; ids do not
-/// follow creation across instances here, so the age has an index of its own).
-const OLDEST_OPEN: &str =
-    "SELECT min(created_at) FROM outbox WHERE status IN ('pending', 'inflight')";
+/// The creation time of the oldest event not yet done, of the lanes `$1`: the earliest of
+/// each lane's first open event by id, through `outbox_open` (migration 0014: ids are taken in
+/// the transaction that inserts them, so the first by id is within a transaction's length of
+/// the oldest).
+const OLDEST_OPEN: &str = "SELECT min((SELECT created_at FROM outbox
+     WHERE sink = l AND status IN ('pending', 'inflight') ORDER BY id LIMIT 1))
+ FROM unnest($1::text[]) AS l";
 
 const COLUMNS: &str =
     "uuid, metric, status, attempts, next_attempt_at, created_at, last_error, sink";
@@ -61,7 +64,7 @@ fn delivery(r: &PgRow) -> Result<Delivery> {
     })
 }
 
-use crate::store::sql::PAYLOAD;
+use crate::store::sql::{payload, PAYLOAD};
 
 /// A statement's changes of status added to the counts, as the last of its data-modifying
 /// CTEs: it reads a CTE `changed` with a row per row changed, its status before (`was`) and
@@ -81,37 +84,52 @@ macro_rules! count_changes {
 }
 const COUNT_CHANGES: &str = count_changes!();
 
+/// The rows of uuid `$2`, through their keys (migration 0014).
+const BY_UUID: &str = "SELECT id FROM outbox_keys WHERE uuid = $2";
+
+/// A claim of lane `$4`'s due events at `$2` (pending ones whose attempt is due, in-flight ones
+/// whose lease ran out), at most `$3`, leased until `$1`; each locked row's status as it was is
+/// the one counted. (`PAYLOAD` names the table, so the update does not alias it.)
+const CLAIM: &str = concat!(
+    "WITH picked AS (
+         SELECT id, status FROM outbox
+         WHERE status IN ('pending', 'inflight') AND sink = $4 AND due_at <= $2
+           AND NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
+         ORDER BY due_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+     claimed AS (
+         UPDATE outbox SET status = 'inflight', lease_until = $1 FROM picked
+         WHERE outbox.id = picked.id
+         RETURNING outbox.id, outbox.uuid, outbox.metric, ",
+    payload!(),
+    " AS payload, outbox.attempts, outbox.created_ms, outbox.lease_until, picked.status AS was),
+     changed AS (SELECT was, 'inflight' AS now FROM claimed),
+     ",
+    count_changes!(),
+    "
+     SELECT id, uuid, metric, payload, attempts, created_ms, lease_until FROM claimed"
+);
+
 #[async_trait::async_trait]
 impl crate::store::OutboxStore for PgStore {
     /// Claims up to `limit` due events of `lane` for `lease_secs` (nothing while paused):
-    /// rows of an instance that died first, then new work by due time, each through its
-    /// partial index, skipping rows other instances are claiming. An ordered lane is claimed
-    /// by one instance at a time ([`PgStore::claim_ordered`]).
+    /// pending events whose attempt is due and in-flight ones whose lease ran out (an
+    /// instance that died), in order of due time, through one index (`outbox_due`, migration
+    /// 0014) in one statement, skipping rows other instances are claiming. An ordered lane is
+    /// claimed by one instance at a time ([`PgStore::claim_ordered`]).
     async fn claim(&self, lane: Lane, limit: usize, lease_secs: u64) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let lease = (now + lease_secs as i64 * 1000, now);
         if lane.ordered() {
             return self.claim_ordered(lane, lease, limit).await;
         }
-        let mut claimed = self
-            .claim_where(
-                (
-                    Status::Inflight,
-                    "sink = $4 AND lease_until < $2 ORDER BY lease_until",
-                ),
-                lane,
-                lease,
-                limit,
-            )
+        let rows = sqlx::query(CLAIM)
+            .bind(lease.0)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(lane.as_str())
+            .fetch_all(&self.pool)
             .await?;
-        let rest = limit - claimed.len();
-        if rest > 0 {
-            let filter = "sink = $4 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id";
-            claimed.extend(
-                self.claim_where((Status::Pending, filter), lane, lease, rest)
-                    .await?,
-            );
-        }
+        let mut claimed = rows.iter().map(claimed).collect::<Result<Vec<_>>>()?;
         claimed.sort_by_key(|c| c.id);
         Ok(claimed)
     }
@@ -229,7 +247,8 @@ impl crate::store::OutboxStore for PgStore {
         uuid: String,
         lane: Option<Lane>,
     ) -> Result<Option<(Delivery, serde_json::Value, Vec<Attempt>)>> {
-        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail FROM outbox WHERE uuid = $1 AND ($2::text IS NULL OR sink = $2) ORDER BY id LIMIT 1");
+        // Found through its keys (migration 0014).
+        let sql = format!("SELECT {COLUMNS}, {PAYLOAD}, id, delivery_at_ms, delivery_status, delivery_ms, delivery_detail FROM outbox WHERE id = (SELECT id FROM outbox_keys WHERE uuid = $1 AND ($2::text IS NULL OR sink = $2) ORDER BY id LIMIT 1)");
         let Some(row) = sqlx::query(&sql)
             .bind(&uuid)
             .bind(lane.map(Lane::as_str))
@@ -285,7 +304,11 @@ impl crate::store::OutboxStore for PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
-        for table in ["attempts WHERE outbox_id", "outbox_payloads WHERE id"] {
+        for table in [
+            "attempts WHERE outbox_id",
+            "outbox_payloads WHERE id",
+            "outbox_keys WHERE id",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} = ANY($1)"))
                 .bind(&ids)
                 .execute(&mut *tx)
@@ -328,19 +351,21 @@ impl crate::store::OutboxStore for PgStore {
         let now = now_ms();
         let done: i64 = match which {
             Replay::Uuid(u) => {
-                sqlx::query_scalar(&replay(&format!("uuid = $2 AND {DONE}")))
+                sqlx::query_scalar(&replay(&format!("id IN ({BY_UUID}) AND {DONE}")))
                     .bind(now)
                     .bind(u)
                     .fetch_one(&self.pool)
                     .await?
             }
             Replay::DeadRow { uuid, lane } => {
-                sqlx::query_scalar(&replay("uuid = $2 AND sink = $3 AND status = 'dead'"))
-                    .bind(now)
-                    .bind(uuid)
-                    .bind(lane.as_str())
-                    .fetch_one(&self.pool)
-                    .await?
+                sqlx::query_scalar(&replay(&format!(
+                    "id IN ({BY_UUID} AND sink = $3) AND status = 'dead'"
+                )))
+                .bind(now)
+                .bind(uuid)
+                .bind(lane.as_str())
+                .fetch_one(&self.pool)
+                .await?
             }
             Replay::Status(s) => {
                 sqlx::query_scalar(&replay(&format!("status = $2 AND {DONE}")))
@@ -397,7 +422,9 @@ impl crate::store::OutboxStore for PgStore {
                 stats.set(status, n);
             }
         }
+        let lanes: Vec<&str> = Lane::ALL.iter().map(|l| l.as_str()).collect();
         let oldest: Option<i64> = sqlx::query_scalar(OLDEST_OPEN)
+            .bind(&lanes)
             .fetch_one(&self.pool)
             .await?;
         stats.oldest_pending_age_secs = oldest.map_or(0, |t| (now_ms() / 1000 - t).max(0));
@@ -416,37 +443,6 @@ impl crate::store::OutboxStore for PgStore {
 }
 
 impl PgStore {
-    /// Leases up to `limit` rows of `lane` in status `was` matching `filter` (which orders
-    /// them), skipping rows other instances are claiming.
-    async fn claim_where(
-        &self,
-        (was, filter): (Status, &str),
-        lane: Lane,
-        (lease_until, now): (i64, i64),
-        limit: usize,
-    ) -> Result<Vec<Claimed>> {
-        let was = was.as_str();
-        let sql = format!(
-            "WITH claimed AS (
-                 UPDATE outbox SET status = 'inflight', lease_until = $1
-                 WHERE NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused' AND value = '1')
-                   AND id IN (SELECT id FROM outbox WHERE status = '{was}' AND {filter}
-                              LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, uuid, metric, {PAYLOAD}, attempts, created_ms, lease_until),
-             changed AS (SELECT '{was}' AS was, 'inflight' AS now FROM claimed),
-             {COUNT_CHANGES}
-             SELECT * FROM claimed"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(lease_until)
-            .bind(now)
-            .bind(limit as i64)
-            .bind(lane.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(claimed).collect()
-    }
-
     /// Claims an ordered lane: under a transaction-scoped advisory lock (one instance at a
     /// time), its open events by id up to the first that is not yet due or is leased to
     /// someone else, all leased.

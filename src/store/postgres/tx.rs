@@ -185,7 +185,7 @@ fn earlier(r: &sqlx::postgres::PgRow) -> Result<(i64, RecipientAnswer)> {
 }
 const BROADCAST_EVENT: &str =
     "SELECT event FROM personal_broadcasts WHERE broadcast_id = $1 AND customer_id = $2";
-const EARLIER_ACTIVITY: &str = "SELECT o.uuid, (p.payload::jsonb ->> 'metric_id')::bigint FROM outbox o JOIN outbox_payloads p ON p.id = o.id WHERE o.external_id = $1";
+const EARLIER_ACTIVITY: &str = "SELECT o.uuid, (p.payload::jsonb ->> 'metric_id')::bigint FROM outbox_keys o JOIN outbox_payloads p ON p.id = o.id WHERE o.external_id = $1";
 const STANDING: &str = "SELECT id, bounce_count_hard, bounce_count_soft, complaints, unsubscribed FROM customers WHERE id = $1";
 
 /// The statements that find or create the customers of one kind of key (`$1` their keys,

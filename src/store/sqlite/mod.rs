@@ -321,6 +321,7 @@ impl crate::store::Store for SqliteStore {
                 "?2",
                 "CAST(json_extract(event, '$.broadcast_manual_options.InteractionId') AS TEXT)",
                 "?3",
+                "outbox",
             );
             let n = q.parse::<i64>().ok();
             let mut stmt = c.prepare_cached(&sql)?;

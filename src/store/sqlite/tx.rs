@@ -361,6 +361,7 @@ mod tests {
             "?2",
             "CAST(json_extract(event, '$.broadcast_manual_options.InteractionId') AS TEXT)",
             "?3",
+            "outbox",
         );
         let found = plan(&find, &[&"-5634", &Some(7_i64), &20_i64]);
         for index in [

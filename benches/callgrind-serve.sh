@@ -6,9 +6,10 @@
 #     BENCH_ATTACH_TO=saturation cargo bench --bench cost
 # writes target/callgrind/cg.PID.1 for each run; its `summary:` line divided by the load's
 # events (the cost bench's saturated load: 10,000) is the instructions per event, and
-# `callgrind_annotate --inclusive=yes FILE` shows where they go. (CPU figures the bench prints
+# `callgrind_annotate --inclusive=yes FILE` shows where they go. CALLGRIND_BIN names another
+# build of `serve` to count (an earlier commit's, to compare). (CPU figures the bench prints
 # meanwhile mean nothing: valgrind runs `serve` some fifty times slower.)
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$here/target/callgrind"
 exec valgrind --tool=callgrind --callgrind-out-file="$here/target/callgrind/cg.%p" \
-    "$here/target/release/pegabridge" "$@"
+    "${CALLGRIND_BIN:-$here/target/release/pegabridge}" "$@"

@@ -12,7 +12,9 @@
 --    took a statement each. The age of the oldest open event is read from each lane's first
 --    open event by id through `outbox_open`, so `outbox_open_age` goes: an instance takes its
 --    ids from the sequence in the transaction that inserts them, so the first by id was
---    created at most a transaction's length after the oldest.
+--    created at most a transaction's length after the oldest. (Adding a stored column
+--    rewrites the outbox once, under its lock: on an outbox of millions of rows the first
+--    start after an upgrade takes that long, and other instances wait for it.)
 ALTER TABLE outbox ADD COLUMN due_at BIGINT
     GENERATED ALWAYS AS (CASE WHEN status = 'inflight' THEN lease_until ELSE next_attempt_at END) STORED;
 DROP INDEX outbox_pending;

@@ -31,11 +31,14 @@ async fn main() {
     let sqlite_url = format!("sqlite://{}/bench.db", dir.path().display());
     SqliteStore::connect(&sqlite_url, "full").await.unwrap();
     fill_sqlite(&dir.path().join("bench.db"), &payload, BACKLOG as usize);
-    let (sqlite, sqlite_cpu, _) = deliver(&pega, &pega_url, dir.path(), &sqlite_url, 1).await;
+    let sqlite = deliver(&pega, &pega_url, dir.path(), &sqlite_url, 1).await;
 
-    println!("| store | instances | events/s | CPU per event (instances + PostgreSQL) | of which PostgreSQL | CPU / SQLite's (target <= 2) |");
-    println!("|---|---|---|---|---|---|");
-    println!("| SQLite | 1 | {sqlite:.0} | {sqlite_cpu:.0} us | | 1 |");
+    println!("| store | instances | events/s | CPU per event (instances + PostgreSQL) | of which PostgreSQL | CPU / SQLite's (target <= 2) | the receiver's CPU per event (not counted) |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| SQLite | 1 | {:.0} | {:.0} us | | 1 | {:.0} us |",
+        sqlite.rate, sqlite.cpu, sqlite.receiver
+    );
     let Ok(server) = std::env::var("PEGABRIDGE_TEST_POSTGRES_URL") else {
         println!("\nPostgreSQL: skipped (PEGABRIDGE_TEST_POSTGRES_URL is not set)");
         return;
@@ -50,10 +53,14 @@ async fn main() {
             .unwrap();
         drop(store);
         fill_postgres(&url, &payload).await;
-        let (rate, cpu, postgres) = deliver(&pega, &pega_url, dir.path(), &url, n).await;
+        let d = deliver(&pega, &pega_url, dir.path(), &url, n).await;
         println!(
-            "| PostgreSQL | {n} | {rate:.0} | {cpu:.0} us | {postgres:.0} us | {:.2} |",
-            cpu / sqlite_cpu
+            "| PostgreSQL | {n} | {:.0} | {:.0} us | {:.0} us | {:.2} | {:.0} us |",
+            d.rate,
+            d.cpu,
+            d.postgres,
+            d.cpu / sqlite.cpu,
+            d.receiver
         );
         database.drop().await;
     }
@@ -89,6 +96,16 @@ fn taskset(cpus: &str, pids: impl IntoIterator<Item = u32>) {
     }
 }
 
+/// What one bench run measured: events/s, and CPU microseconds per event of the instances
+/// plus PostgreSQL, of PostgreSQL alone, and of this process (the receiver; not counted in
+/// `cpu`, but it shares the instances' cores).
+struct Delivered {
+    rate: f64,
+    cpu: f64,
+    postgres: f64,
+    receiver: f64,
+}
+
 /// Starts `n` processes on `store_url`, waits for the whole backlog, stops them; events/s
 /// and the CPU microseconds per event of the processes and of PostgreSQL.
 async fn deliver(
@@ -97,9 +114,10 @@ async fn deliver(
     dir: &Path,
     store_url: &str,
     n: usize,
-) -> (f64, f64, f64) {
+) -> Delivered {
     let before = pega.event_count();
     let database_before = postgres_cpu();
+    let receiver_before = cpu_time::ProcessTime::now();
     let mut children: Vec<Child> = (0..n)
         .map(|k| {
             let port = common::free_port();
@@ -125,6 +143,7 @@ async fn deliver(
         Duration::ZERO
     };
     let cpu = children.iter().map(|c| cpu_of(c.id())).sum::<Duration>() + database;
+    let receiver = receiver_before.elapsed();
     for c in &mut children {
         c.kill().unwrap();
         c.wait().unwrap();
@@ -132,11 +151,12 @@ async fn deliver(
     let arrivals = pega.arrivals();
     let (first, last) = (arrivals[before], arrivals[target - 1]);
     let per_event = |d: Duration| d.as_secs_f64() * 1e6 / BACKLOG as f64;
-    (
-        BACKLOG as f64 / last.duration_since(first).as_secs_f64(),
-        per_event(cpu),
-        per_event(database),
-    )
+    Delivered {
+        rate: BACKLOG as f64 / last.duration_since(first).as_secs_f64(),
+        cpu: per_event(cpu),
+        postgres: per_event(database),
+        receiver: per_event(receiver),
+    }
 }
 
 /// `pegabridge` ([`common::serve_bin`]), kept off `BENCH_DB_CPU` when it is set.

@@ -65,17 +65,22 @@ async fn main() {
         database.drop().await;
     }
     if pinned {
-        let all = format!(
-            "0-{}",
-            std::thread::available_parallelism().map_or(1, usize::from) - 1
-        );
+        let all = format!("0-{}", machine_cpus() - 1);
         taskset(&all, postgres_cpu().keys().copied());
     }
+}
+
+/// The machine's CPUs, as counted before this process is pinned (after, the count would be
+/// its own CPUs', and PostgreSQL would be left on them).
+fn machine_cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// With `BENCH_DB_CPU`, puts every `postgres` process (its server first: new backends
 /// inherit it) on that CPU and this process on the others; whether it did.
 fn pin_database() -> bool {
+    machine_cpus();
     let (Ok(db), Some(others)) = (std::env::var("BENCH_DB_CPU"), others_cpus()) else {
         return false;
     };
@@ -175,8 +180,7 @@ fn instance_command() -> Command {
 /// The CPUs other than `BENCH_DB_CPU` (as `taskset -c` takes them), when it is set.
 fn others_cpus() -> Option<String> {
     let db: usize = std::env::var("BENCH_DB_CPU").ok()?.parse().ok()?;
-    let all = std::thread::available_parallelism().map_or(1, usize::from);
-    let others: Vec<String> = (0..all)
+    let others: Vec<String> = (0..machine_cpus())
         .filter(|c| *c != db)
         .map(|c| c.to_string())
         .collect();

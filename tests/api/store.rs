@@ -407,6 +407,64 @@ async fn a_claim_takes_expired_leases_and_due_events_but_no_running_lease_or_lat
     .await;
 }
 
+/// A purged event takes its keys with it: an activity with the caller id of one purged is
+/// recorded as new, and the purged one's uuid is found no more (PostgreSQL keeps the keys in
+/// `outbox_keys`, migration 0014, which the purge empties too).
+#[tokio::test]
+async fn a_purged_activitys_caller_id_is_taken_as_new_again() {
+    use pegabridge::store::Lane;
+    each_backend(|| async {
+        let (store, _dir, _db) = open_store().await;
+        let answer = triggered(&store, vec![recipient(0)]).await;
+        let open = |tag: &str| {
+            pegabridge::activity::parse(serde_json::json!({
+                "id": tag, "metric": "opens", "broadcast_id": answer.broadcast_id,
+                "customer_id": answer.recipients[0].customer_id,
+            }))
+            .unwrap()
+        };
+        let queued = |outcomes: Vec<pegabridge::recording::ActivityOutcome>| {
+            let answers: Vec<_> = outcomes
+                .iter()
+                .filter_map(|o| o.answer().cloned())
+                .collect();
+            assert_eq!(answers.len(), 1);
+            answers[0].clone()
+        };
+        let first = queued(
+            store
+                .record_activities(open("open-1"), Unknown::Refuse)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(first.status, ActivityStatus::Queued);
+        let claimed = store.outbox().claim(Lane::Pega, 10, 60).await.unwrap();
+        store
+            .outbox()
+            .complete(vec![outcome(
+                claimed.iter().map(|c| c.id).collect(),
+                Completion::Delivered,
+            )])
+            .await
+            .unwrap();
+        let far = pegabridge::event::now() + 10;
+        let purged = store.purge_all(Purge::Delivered, far, 10, || false).await;
+        assert_eq!(purged.unwrap(), 2, "the send's event and the open's");
+        let found = store.outbox().delivery(first.uuid.clone(), None).await;
+        assert!(found.unwrap().is_none(), "purged: {}", first.uuid);
+        let again = queued(
+            store
+                .record_activities(open("open-1"), Unknown::Refuse)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.status, ActivityStatus::Queued, "new, not a duplicate");
+        assert_ne!(again.uuid, first.uuid);
+        assert_counters_agree(&store, "after the purge").await;
+    })
+    .await;
+}
+
 /// On PostgreSQL the age of the oldest open event is the earliest of each lane's first open
 /// event by id (migration 0014 dropped the index of open events by age): a done event older
 /// than all does not count, and the oldest may be on either lane.

@@ -70,8 +70,8 @@ async fn main() {
     }
 }
 
-/// The machine's CPUs, as counted before this process is pinned (after, the count would be
-/// its own CPUs', and PostgreSQL would be left on them).
+/// The machine's CPUs, as counted before this process is pinned (`others_cpus` reads it
+/// first; after, the count would be this process's CPUs', and PostgreSQL left on them).
 fn machine_cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
@@ -80,7 +80,6 @@ fn machine_cpus() -> usize {
 /// With `BENCH_DB_CPU`, puts every `postgres` process (its server first: new backends
 /// inherit it) on that CPU and this process on the others; whether it did.
 fn pin_database() -> bool {
-    machine_cpus();
     let (Ok(db), Some(others)) = (std::env::var("BENCH_DB_CPU"), others_cpus()) else {
         return false;
     };

@@ -708,8 +708,8 @@ impl Worker {
             }
             // Outcomes wait for others (one transaction and one flush for all) until
             // `GATHER` after the first, or until a round's worth came: the most events the
-            // worker takes at once (a set of places' worth, before, meant a commit for every
-            // ten events or so under a small fixed `concurrency`).
+            // worker takes at once (under a small fixed `concurrency`, fewer would mean a
+            // commit every few events).
             let now = tokio::time::Instant::now();
             if recording.is_empty() && !outcomes.is_empty() {
                 let since = *gathering.get_or_insert(now);
